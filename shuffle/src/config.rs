@@ -1,0 +1,45 @@
+//! The daemon's validated configuration (the binary builds it from flags).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::wire::DEFAULT_MAX_FRAME_LEN_BYTES;
+
+/// Everything the server needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directories executors' local dirs must be inside. At least one.
+    pub allowed_roots: Vec<PathBuf>,
+    /// Largest incoming frame accepted; a larger one closes the connection.
+    pub max_frame_len_bytes: usize,
+    /// Most connections served at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Most open streams (fetches not yet fully read) per connection; above, requests that
+    /// open streams get an `RpcFailure`.
+    pub max_streams_per_connection: usize,
+    /// A connection with no incoming bytes for this long is closed (Spark's
+    /// `spark.shuffle.io.connectionTimeout`; clients reconnect transparently).
+    pub idle_timeout: Duration,
+    /// A reply that makes no progress for this long closes the connection.
+    pub write_timeout: Duration,
+    /// On shutdown, how long connections may keep serving open streams.
+    pub shutdown_grace_period: Duration,
+    /// Bound of the cache of parsed index files.
+    pub index_cache_bytes: usize,
+}
+
+impl Config {
+    /// The defaults, with `allowed_roots`.
+    pub fn new(allowed_roots: Vec<PathBuf>) -> Self {
+        Self {
+            allowed_roots,
+            max_frame_len_bytes: DEFAULT_MAX_FRAME_LEN_BYTES,
+            max_connections: 4096,
+            max_streams_per_connection: 4096,
+            idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(120),
+            shutdown_grace_period: Duration::from_secs(30),
+            index_cache_bytes: 100 * 1024 * 1024,
+        }
+    }
+}

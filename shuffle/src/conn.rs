@@ -1,0 +1,358 @@
+//! One client connection: reads frames, hands requests to the [`Service`], writes replies in
+//! arrival order.
+//!
+//! Replies are written in the order requests arrived, which is what Spark's client needs
+//! (`StreamResponse`s are matched first-in first-out). Small frames are batched in a write
+//! buffer; a chunk's header is sent with `MSG_MORE` and its body goes from the page cache to
+//! the socket with `sendfile(2)`, never through user memory. A connection reads no further
+//! requests while it writes, so a slow reader cannot make the daemon buffer replies.
+//!
+//! Errors: a failed request gets an `RpcFailure`/`ChunkFetchFailure`/`StreamFailure` and the
+//! connection goes on; a framing error, a timeout or an I/O error closes this connection only
+//! and is logged once, with the peer address, by [`serve`].
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rustix::net::SendFlags;
+use tokio::io::{AsyncReadExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::handler::{Failure, Service};
+use crate::stats::Stats;
+use crate::stream::{self, Streams};
+use crate::wire::{self, Frame, StreamChunkId};
+
+/// Largest piece handed to one `sendfile` call.
+const SENDFILE_MAX_BYTES: u64 = 1 << 30;
+/// Initial read buffer; it grows up to the frame limit for large requests.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Flush batched small replies once this many bytes are waiting.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Why a connection was closed by the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The peer sent something that is not a valid frame.
+    #[error("protocol error: {0}")]
+    Wire(#[from] wire::Error),
+    /// A frame type a server never receives, or one that cannot be served safely.
+    #[error("unexpected {0} frame from a client")]
+    UnexpectedFrame(&'static str),
+    /// No bytes from the peer for the idle timeout.
+    #[error("idle for {0:?}, closing")]
+    Idle(Duration),
+    /// The peer did not read our reply for the write timeout.
+    #[error("write made no progress for {0:?}")]
+    WriteStalled(Duration),
+    /// The peer closed in the middle of a frame.
+    #[error("connection closed by peer mid-frame ({0} bytes pending)")]
+    TruncatedFrame(usize),
+    /// A data file shrank while it was being sent (the header had promised its length).
+    #[error("file shrank while being sent")]
+    FileShrank,
+    /// Socket I/O failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Wire(e) => e.kind(),
+            Error::UnexpectedFrame(_) => "unexpected_frame",
+            Error::Idle(_) => "idle_timeout",
+            Error::WriteStalled(_) => "write_timeout",
+            Error::TruncatedFrame(_) => "truncated_frame",
+            Error::FileShrank => "file_shrank",
+            Error::Io(_) => "io",
+        }
+    }
+}
+
+/// Serves one connection until it closes, logging its end once.
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+) {
+    let span = info_span!("conn", %peer);
+    async move {
+        if let Err(e) = socket.set_nodelay(true) {
+            debug!(error = %e, "set_nodelay failed");
+        }
+        let mut conn = Connection::new(socket, service, shutdown);
+        match conn.run().await {
+            Ok(()) => debug!("connection closed"),
+            Err(Error::Io(e)) if is_disconnect(&e) => debug!(error = %e, "peer went away"),
+            Err(e) => {
+                Stats::inc(&conn.service.stats.connection_errors);
+                warn!(kind = e.kind(), error = %e, "closing connection");
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+    )
+}
+
+struct Connection {
+    socket: TcpStream,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+    streams: Streams,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl Connection {
+    fn new(socket: TcpStream, service: Arc<Service>, shutdown: CancellationToken) -> Self {
+        let streams = Streams::new(service.config.max_streams_per_connection);
+        Self {
+            socket,
+            service,
+            shutdown,
+            streams,
+            rbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            wbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), Error> {
+        let max_frame = self.service.config.max_frame_len_bytes;
+        let idle = self.service.config.idle_timeout;
+        loop {
+            while let Some(frame) = wire::decode(&mut self.rbuf, max_frame)? {
+                if !self.handle(frame).await? {
+                    self.flush().await?;
+                    return Ok(());
+                }
+            }
+            self.flush().await?;
+            // On shutdown, stay only while a client is still reading streams it opened.
+            if self.shutdown.is_cancelled() && self.streams.is_empty() {
+                return Ok(());
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < READ_BUFFER_BYTES / 4 {
+                self.rbuf.reserve(READ_BUFFER_BYTES);
+            }
+            let read = tokio::select! {
+                biased;
+                r = timeout(idle, self.socket.read_buf(&mut self.rbuf)) => r,
+                () = self.shutdown.cancelled(), if self.streams.is_empty() => return Ok(()),
+            };
+            match read {
+                Err(_) => return Err(Error::Idle(idle)),
+                Ok(Ok(0)) if self.rbuf.is_empty() => return Ok(()),
+                Ok(Ok(0)) => return Err(Error::TruncatedFrame(self.rbuf.len())),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Handles one frame; `Ok(false)` asks to close the connection after flushing.
+    async fn handle(&mut self, frame: Frame) -> Result<bool, Error> {
+        match frame {
+            Frame::RpcRequest { request_id, body } => {
+                let reply = self.service.rpc(&body, &mut self.streams).await;
+                let frame = match reply {
+                    Ok(body) => Frame::RpcResponse { request_id, body },
+                    Err(failure) => {
+                        self.log_failure("rpc", &failure);
+                        Stats::inc(&self.service.stats.rpc_failures);
+                        Frame::RpcFailure {
+                            request_id,
+                            error: failure.message,
+                        }
+                    }
+                };
+                self.queue(&frame).await?;
+            }
+            Frame::ChunkFetchRequest(id) => {
+                match self
+                    .service
+                    .chunk(&mut self.streams, id.stream_id, i64::from(id.chunk_index))
+                {
+                    Ok(chunk) => {
+                        let len = chunk.segment.len;
+                        wire::encode_chunk_success_header(id, len, &mut self.wbuf)?;
+                        self.send_segment(&chunk.segment.file, chunk.segment.offset, len)
+                            .await?;
+                        let stats = &self.service.stats;
+                        Stats::inc(&stats.chunks_served);
+                        Stats::add(&stats.chunk_bytes, len);
+                        if chunk.rdd {
+                            Stats::inc(&stats.rdd_blocks_served);
+                        }
+                    }
+                    Err(failure) => self.chunk_failed(id, failure).await?,
+                }
+            }
+            Frame::StreamRequest { stream_id } => {
+                let chunk = stream::parse_stream_chunk_id(&stream_id)
+                    .map_err(Failure::from)
+                    .and_then(|(id, index)| self.service.chunk(&mut self.streams, id, index));
+                match chunk {
+                    Ok(chunk) => {
+                        let len = chunk.segment.len;
+                        wire::encode_stream_response_header(&stream_id, len, &mut self.wbuf);
+                        self.send_segment(&chunk.segment.file, chunk.segment.offset, len)
+                            .await?;
+                        let stats = &self.service.stats;
+                        Stats::inc(&stats.streams_served);
+                        Stats::add(&stats.stream_bytes, len);
+                        if chunk.rdd {
+                            Stats::inc(&stats.rdd_blocks_served);
+                        }
+                    }
+                    Err(failure) => {
+                        self.log_failure("stream", &failure);
+                        Stats::inc(&self.service.stats.chunk_failures);
+                        self.queue(&Frame::StreamFailure {
+                            stream_id,
+                            error: failure.message,
+                        })
+                        .await?;
+                    }
+                }
+            }
+            Frame::OneWayMessage { body } => {
+                if let Some(failure) = self.service.one_way(&body) {
+                    self.log_failure("one_way", &failure);
+                }
+            }
+            Frame::UploadStream { request_id, .. } => {
+                // Its body follows out of frame; it cannot be skipped safely, so the
+                // connection closes after the failure, as Spark's own service does.
+                let failure = Failure {
+                    kind: "upload_unsupported",
+                    message:
+                        "UploadStream is not supported: this service does not accept pushed blocks"
+                            .into(),
+                };
+                self.log_failure("upload", &failure);
+                Stats::inc(&self.service.stats.rpc_failures);
+                self.queue(&Frame::RpcFailure {
+                    request_id,
+                    error: failure.message,
+                })
+                .await?;
+                return Ok(false);
+            }
+            Frame::MergedBlockMetaRequest { request_id, .. } => {
+                Stats::inc(&self.service.stats.rpc_failures);
+                let error = "Cannot handle shuffle block merge: push-based shuffle is not supported by this service".into();
+                self.queue(&Frame::RpcFailure { request_id, error }).await?;
+            }
+            other => return Err(Error::UnexpectedFrame(other.type_name())),
+        }
+        Ok(true)
+    }
+
+    fn log_failure(&self, what: &'static str, failure: &Failure) {
+        warn!(request = what, kind = failure.kind, error = %failure.message, "request failed");
+    }
+
+    async fn chunk_failed(&mut self, id: StreamChunkId, failure: Failure) -> Result<(), Error> {
+        self.log_failure("chunk", &failure);
+        Stats::inc(&self.service.stats.chunk_failures);
+        self.queue(&Frame::ChunkFetchFailure {
+            id,
+            error: failure.message,
+        })
+        .await
+    }
+
+    /// Appends a small frame to the write buffer, flushing when the batch is large.
+    async fn queue(&mut self, frame: &Frame) -> Result<(), Error> {
+        wire::encode(frame, &mut self.wbuf);
+        if self.wbuf.len() >= WRITE_BATCH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        self.send_wbuf(false).await
+    }
+
+    /// Sends the buffered frames (the last one being a header) with `MSG_MORE`, then the
+    /// body with `sendfile`.
+    async fn send_segment(&mut self, file: &File, offset: u64, len: u64) -> Result<(), Error> {
+        self.send_wbuf(len > 0).await?;
+        let (mut offset, mut remaining) = (offset, len);
+        while remaining > 0 {
+            let step = remaining.min(SENDFILE_MAX_BYTES) as usize;
+            let sock = &self.socket;
+            let sent = self
+                .with_writable(|| {
+                    rustix::fs::sendfile(sock, file, Some(&mut offset), step)
+                        .map_err(io::Error::from)
+                })
+                .await?;
+            if sent == 0 {
+                return Err(Error::FileShrank);
+            }
+            remaining -= sent as u64;
+        }
+        Ok(())
+    }
+
+    async fn send_wbuf(&mut self, more: bool) -> Result<(), Error> {
+        let flags = if more {
+            SendFlags::MORE | SendFlags::NOSIGNAL
+        } else {
+            SendFlags::NOSIGNAL
+        };
+        let mut written = 0;
+        while written < self.wbuf.len() {
+            let sock = &self.socket;
+            let pending = self.wbuf.get(written..).unwrap_or_default();
+            let n = self
+                .with_writable(|| rustix::net::send(sock, pending, flags).map_err(io::Error::from))
+                .await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+            }
+            written += n;
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Runs a non-blocking write `op` when the socket is writable, retrying on `EAGAIN`,
+    /// with the write timeout on every wait.
+    async fn with_writable<F>(&self, mut op: F) -> Result<usize, Error>
+    where
+        F: FnMut() -> io::Result<usize>,
+    {
+        let limit = self.service.config.write_timeout;
+        loop {
+            timeout(limit, self.socket.writable())
+                .await
+                .map_err(|_| Error::WriteStalled(limit))??;
+            match self.socket.try_io(Interest::WRITABLE, &mut op) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

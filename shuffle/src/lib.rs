@@ -1,0 +1,29 @@
+//! kshuffle: an external shuffle service for Apache Spark, built for Kubernetes.
+//!
+//! Unmodified Spark 3.5 and 4.x executors register with it and fetch shuffle blocks from it
+//! over Spark's own wire protocol, so executors can go away (dynamic allocation, eviction)
+//! while their shuffle output stays served.
+//!
+//! Layers, dependencies pointing one way:
+//! - [`server`]: accept loop, connection limit, shutdown;
+//! - [`conn`]: one connection's I/O: frames in, replies out (zero-copy `sendfile`);
+//! - [`handler`]: what each request does; [`stream`]: the chunks a fetch promised;
+//! - [`wire`]: the pure codec of Spark's frames, messages and block ids (no I/O);
+//! - [`store`]: block id → file segment on disk, confined to the allowed roots;
+//! - [`registry`]: registered executors (in memory for now).
+//!
+//! [`fixture`] writes Spark-format files for tests and benchmarks.
+
+pub mod config;
+pub mod conn;
+pub mod fixture;
+pub mod handler;
+pub mod registry;
+pub mod server;
+pub mod stats;
+pub mod store;
+pub mod stream;
+pub mod wire;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,123 @@
+//! The accept loop and the daemon's lifecycle.
+//!
+//! [`Server::run`] takes an already-bound listener and a cancellation token, so tests bind
+//! `127.0.0.1:0` and stop the server by cancelling. Connections are capped by a semaphore
+//! (one over the cap is accepted and closed at once, so the client sees a prompt failure
+//! rather than a hanging connect); accept errors (e.g. out of file descriptors) back off.
+//!
+//! Shutdown: stop accepting; connections finish the request at hand and close, except those
+//! whose client still has streams open, which keep serving them for at most the grace
+//! period; then everything left is dropped.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::conn;
+use crate::handler::Service;
+use crate::registry::Registry;
+use crate::stats::{Snapshot, Stats};
+use crate::store::Store;
+use crate::stream::StreamIds;
+
+/// The shuffle server.
+#[derive(Debug)]
+pub struct Server {
+    service: Arc<Service>,
+}
+
+impl Server {
+    /// Builds the server over `registry`.
+    ///
+    /// # Errors
+    /// When an allowed root is missing or cannot be canonicalized.
+    pub fn new(config: Config, registry: Arc<dyn Registry>) -> io::Result<Self> {
+        let store = Store::new(registry, &config.allowed_roots, config.index_cache_bytes)?;
+        let service = Service {
+            store,
+            stats: Stats::default(),
+            stream_ids: StreamIds::new(),
+            config,
+        };
+        Ok(Self {
+            service: Arc::new(service),
+        })
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &Stats {
+        &self.service.stats
+    }
+
+    /// The canonical allowed roots.
+    pub fn roots(&self) -> &[std::path::PathBuf] {
+        self.service.store.roots()
+    }
+
+    /// Serves `listener` until `shutdown` is cancelled, then drains (see the module docs)
+    /// and returns the final counters.
+    pub async fn run(&self, listener: TcpListener, shutdown: CancellationToken) -> Snapshot {
+        let config = &self.service.config;
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let tracker = TaskTracker::new();
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            let (socket, peer) = match accepted {
+                Ok(pair) => {
+                    backoff = Duration::from_millis(5);
+                    pair
+                }
+                Err(e) => {
+                    warn!(error = %e, ?backoff, "accept failed; backing off");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                Stats::inc(&self.service.stats.connections_refused);
+                warn!(%peer, limit = config.max_connections, "connection limit reached; closing new connection");
+                drop(socket);
+                continue;
+            };
+            Stats::inc(&self.service.stats.connections);
+            let service = Arc::clone(&self.service);
+            let token = shutdown.child_token();
+            tracker.spawn(async move {
+                conn::serve(socket, peer, service, token).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracker.close();
+        let open = tracker.len();
+        if open > 0 {
+            info!(connections = open, grace = ?config.shutdown_grace_period, "draining connections");
+        }
+        if tokio::time::timeout(config.shutdown_grace_period, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                connections = tracker.len(),
+                "grace period over; dropping remaining connections"
+            );
+        }
+        self.service.stats.snapshot()
+    }
+}

@@ -1,0 +1,85 @@
+//! Counters of what the daemon served: cheap atomics bumped on the request path, read by
+//! tests, the shutdown log line and (later) the metrics endpoint.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Live counters. All methods take `&self`.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: AtomicU64, )*
+        }
+
+        /// A point-in-time copy of [`Stats`].
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct Snapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Stats {
+            /// Copies every counter.
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+
+        impl Snapshot {
+            /// `(name, value)` of every counter, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections accepted.
+    connections,
+    /// Connections refused because the connection limit was reached.
+    connections_refused,
+    /// `RegisterExecutor` requests accepted.
+    registrations,
+    /// `OpenBlocks` requests answered with a stream.
+    open_blocks,
+    /// `FetchShuffleBlocks` requests answered with a stream.
+    fetch_shuffle_blocks,
+    /// `FetchShuffleBlocks` requests with batch fetch (contiguous reduce ranges).
+    batch_fetches,
+    /// `RemoveBlocks` requests answered.
+    remove_blocks,
+    /// Files deleted by `RemoveBlocks`.
+    blocks_removed,
+    /// `GetLocalDirsForExecutors` requests answered.
+    local_dirs_requests,
+    /// `DiagnoseCorruption` requests answered.
+    diagnoses,
+    /// `ChunkFetchSuccess` replies sent.
+    chunks_served,
+    /// Body bytes of `ChunkFetchSuccess` replies.
+    chunk_bytes,
+    /// `StreamResponse` replies sent (fetch-to-disk of large blocks).
+    streams_served,
+    /// Body bytes of `StreamResponse` replies.
+    stream_bytes,
+    /// RDD blocks served (chunks or streams).
+    rdd_blocks_served,
+    /// `RpcFailure` replies sent.
+    rpc_failures,
+    /// `ChunkFetchFailure` and `StreamFailure` replies sent.
+    chunk_failures,
+    /// Connections closed because of a protocol error, timeout or I/O error.
+    connection_errors,
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,590 @@
+//! Block resolution on disk: from (executor, block) to an open file segment that the
+//! connection layer sends with `sendfile`, plus registration checks, file removal and
+//! corruption diagnosis.
+//!
+//! Invariants:
+//! - every local dir of a registered executor is canonical and strictly inside an allowed
+//!   root (checked at registration);
+//! - every path is computed from parsed numbers with Spark's hash layout
+//!   ([`layout::locate`]), never taken from the peer;
+//! - every file is opened without following symlinks ([`fsio`]);
+//! - data files are never read into user memory for serving: callers get an open [`File`]
+//!   and a range.
+//!
+//! The methods do blocking file-system calls. Per-chunk resolution (a lookup in the index
+//! cache, one `open` and one `fstat` of a file the executor just wrote) is cheap and is done
+//! inline by the connection task; registration, removal and diagnosis run on the blocking
+//! pool (see `conn`).
+
+pub mod checksum;
+pub mod fsio;
+pub mod index;
+pub mod layout;
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use crate::registry::{self, AppId, ExecId, Executor, Registry};
+use checksum::Checksum;
+use index::{FileIdentity, IndexCache};
+pub use layout::{BlockFile, ChecksumAlgorithm};
+
+/// Most local dirs one executor may register.
+pub const MAX_LOCAL_DIRS: usize = 64;
+/// Most sub-dirs per local dir (`spark.diskStore.subDirectories`) accepted.
+pub const MAX_SUB_DIRS: i32 = 1 << 16;
+/// Longest app or executor id accepted.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// An open file and the byte range of it to send.
+#[derive(Debug)]
+pub struct Segment {
+    /// The open file (a data file or an RDD block file).
+    pub file: File,
+    /// Where the range starts.
+    pub offset: u64,
+    /// How many bytes to send.
+    pub len: u64,
+}
+
+/// Why a request could not be served from disk. The `Display` text goes to the Spark client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The (app, executor) pair never registered.
+    #[error("Executor is not registered (appId={app}, execId={exec})")]
+    UnknownExecutor {
+        /// App id.
+        app: String,
+        /// Executor id.
+        exec: String,
+    },
+    /// A registration was refused.
+    #[error("invalid executor registration: {reason}")]
+    InvalidRegistration {
+        /// What was wrong.
+        reason: String,
+    },
+    /// A registered local dir is outside every allowed root.
+    #[error("localDirs entry is not under any of the service's allowed roots: {dir}")]
+    LocalDirOutsideRoots {
+        /// The dir as registered.
+        dir: String,
+    },
+    /// No index file where the layout says it is.
+    #[error("Failed to open file: {path} (no such file)")]
+    IndexMissing {
+        /// Path of the index file.
+        path: PathBuf,
+    },
+    /// The index file exists but cannot be read (or involves a symlink).
+    #[error("Failed to open file: {path}: {source}")]
+    IndexUnreadable {
+        /// Path of the index file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The index file is not a valid index.
+    #[error("Index file {path} is corrupt: {reason}")]
+    IndexCorrupt {
+        /// Path of the index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The reduce partition range is not in the index.
+    #[error(
+        "Reduce partitions [{start}, {end}) out of range: map output {path} has {partitions} partitions"
+    )]
+    ReduceOutOfRange {
+        /// Path of the index file.
+        path: PathBuf,
+        /// First partition requested.
+        start: i64,
+        /// One past the last partition requested.
+        end: i64,
+        /// Partitions in the index.
+        partitions: usize,
+    },
+    /// The data file (or an RDD block file) is missing.
+    #[error("Failed to open file: {path} (no such file)")]
+    DataMissing {
+        /// Path of the file.
+        path: PathBuf,
+    },
+    /// The data file exists but cannot be opened or inspected.
+    #[error("Failed to open file: {path}: {source}")]
+    DataUnreadable {
+        /// Path of the file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The data file is shorter than its index says.
+    #[error("Data file {path} has {len} bytes, its index needs {need}")]
+    DataTruncated {
+        /// Path of the data file.
+        path: PathBuf,
+        /// Bytes the index requires.
+        need: u64,
+        /// Bytes the file has.
+        len: u64,
+    },
+    /// The registry could not record a registration.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+/// Who caused an error: the peer's request, the local disk, or the daemon itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A bad or unknown request.
+    Peer,
+    /// Missing, unreadable or corrupt files.
+    Disk,
+    /// The daemon's own failure.
+    Internal,
+}
+
+impl Error {
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::UnknownExecutor { .. } => "unknown_executor",
+            Error::InvalidRegistration { .. } => "invalid_registration",
+            Error::LocalDirOutsideRoots { .. } => "local_dir_outside_roots",
+            Error::IndexMissing { .. } => "index_missing",
+            Error::IndexUnreadable { .. } => "index_unreadable",
+            Error::IndexCorrupt { .. } => "index_corrupt",
+            Error::ReduceOutOfRange { .. } => "reduce_out_of_range",
+            Error::DataMissing { .. } => "data_missing",
+            Error::DataUnreadable { .. } => "data_unreadable",
+            Error::DataTruncated { .. } => "data_truncated",
+            Error::Registry(e) => e.kind(),
+        }
+    }
+
+    /// Who caused it.
+    pub fn source_party(&self) -> Source {
+        match self {
+            Error::UnknownExecutor { .. }
+            | Error::InvalidRegistration { .. }
+            | Error::LocalDirOutsideRoots { .. }
+            | Error::ReduceOutOfRange { .. } => Source::Peer,
+            Error::IndexMissing { .. }
+            | Error::IndexUnreadable { .. }
+            | Error::IndexCorrupt { .. }
+            | Error::DataMissing { .. }
+            | Error::DataUnreadable { .. }
+            | Error::DataTruncated { .. } => Source::Disk,
+            Error::Registry(_) => Source::Internal,
+        }
+    }
+}
+
+/// Outcome of `DiagnoseCorruption`, as Spark's `Cause` ordinal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CorruptionCause {
+    /// The data on disk does not match its checksum file.
+    DiskIssue = 0,
+    /// The data on disk is fine; the reader's copy differs.
+    NetworkIssue = 1,
+    /// The checksum file is missing or anything else failed.
+    UnknownIssue = 2,
+    /// Disk, checksum file and reader agree.
+    ChecksumVerifyPass = 3,
+    /// The algorithm is not one Spark writes.
+    UnsupportedChecksumAlgorithm = 4,
+}
+
+/// The block store: registrations plus the files they point at.
+pub struct Store {
+    registry: Arc<dyn Registry>,
+    roots: Vec<PathBuf>,
+    index: IndexCache,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store over `registry`, confining registrations to `roots` (canonicalized here).
+    ///
+    /// # Errors
+    /// When a root does not exist or cannot be canonicalized, or no root is given.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        roots: &[PathBuf],
+        index_cache_bytes: usize,
+    ) -> io::Result<Self> {
+        if roots.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no allowed root given",
+            ));
+        }
+        let roots = roots
+            .iter()
+            .map(|r| {
+                std::fs::canonicalize(r).map_err(|e| {
+                    io::Error::new(e.kind(), format!("allowed root {}: {e}", r.display()))
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self {
+            registry,
+            roots,
+            index: IndexCache::new(index_cache_bytes),
+        })
+    }
+
+    /// The canonical allowed roots.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// The registry behind the store.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// Validates and records `RegisterExecutor`. Blocking (canonicalizes every dir).
+    ///
+    /// # Errors
+    /// `InvalidRegistration` for empty/oversized ids or dir lists, relative or missing dirs,
+    /// a bad sub-dir count; `LocalDirOutsideRoots` for a dir outside every root (after
+    /// resolving symlinks) or equal to a root; `Registry` when recording fails.
+    pub fn register(
+        &self,
+        app_id: &str,
+        exec_id: &str,
+        local_dirs: &[String],
+        sub_dirs_per_local_dir: i32,
+        shuffle_manager: &str,
+    ) -> Result<Arc<Executor>, Error> {
+        let invalid = |reason: String| Error::InvalidRegistration { reason };
+        check_id("appId", app_id).map_err(invalid)?;
+        check_id("execId", exec_id).map_err(invalid)?;
+        if local_dirs.is_empty() || local_dirs.len() > MAX_LOCAL_DIRS {
+            return Err(invalid(format!(
+                "{} local dirs (expected 1 to {MAX_LOCAL_DIRS})",
+                local_dirs.len()
+            )));
+        }
+        if !(1..=MAX_SUB_DIRS).contains(&sub_dirs_per_local_dir) {
+            return Err(invalid(format!(
+                "subDirsPerLocalDir {sub_dirs_per_local_dir} (expected 1 to {MAX_SUB_DIRS})"
+            )));
+        }
+        let resolved_dirs = local_dirs
+            .iter()
+            .map(|dir| self.confine(dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let executor = Arc::new(Executor {
+            app_id: AppId(app_id.to_owned()),
+            exec_id: ExecId(exec_id.to_owned()),
+            local_dirs: local_dirs.to_vec(),
+            resolved_dirs,
+            sub_dirs_per_local_dir: sub_dirs_per_local_dir.unsigned_abs(),
+            shuffle_manager: shuffle_manager.to_owned(),
+        });
+        self.registry.insert(Arc::clone(&executor))?;
+        Ok(executor)
+    }
+
+    /// Resolves one registered local dir: absolute, existing, canonical form strictly inside
+    /// an allowed root.
+    fn confine(&self, dir: &str) -> Result<PathBuf, Error> {
+        let outside = || Error::LocalDirOutsideRoots { dir: truncate(dir) };
+        let path = Path::new(dir);
+        if dir.is_empty() || !path.is_absolute() || dir.contains('\0') {
+            return Err(Error::InvalidRegistration {
+                reason: format!("local dir {:?} is not an absolute path", truncate(dir)),
+            });
+        }
+        let canonical = std::fs::canonicalize(path).map_err(|e| Error::InvalidRegistration {
+            reason: format!("local dir {}: {e}", truncate(dir)),
+        })?;
+        let inside = self
+            .roots
+            .iter()
+            .any(|root| canonical.starts_with(root) && canonical != *root);
+        if !inside || !canonical.is_dir() {
+            return Err(outside());
+        }
+        Ok(canonical)
+    }
+
+    /// The registration of (app, exec).
+    ///
+    /// # Errors
+    /// `UnknownExecutor`.
+    pub fn executor(&self, app: &str, exec: &str) -> Result<Arc<Executor>, Error> {
+        self.registry
+            .get(app, exec)
+            .ok_or_else(|| Error::UnknownExecutor {
+                app: truncate(app),
+                exec: truncate(exec),
+            })
+    }
+
+    fn path_of(executor: &Executor, file: &BlockFile) -> PathBuf {
+        let name = file.name();
+        // A validated registration has at least one dir and sub_dirs >= 1.
+        layout::locate(
+            &executor.resolved_dirs,
+            executor.sub_dirs_per_local_dir,
+            &name,
+        )
+        .unwrap_or_else(|| PathBuf::from(name))
+    }
+
+    /// The segment of partitions `start..end` of map output (`shuffle_id`, `map_id`).
+    ///
+    /// # Errors
+    /// Missing, unreadable or corrupt index/data, or partitions outside the index.
+    pub fn shuffle_segment(
+        &self,
+        executor: &Executor,
+        shuffle_id: i32,
+        map_id: i64,
+        start: i32,
+        end: i32,
+    ) -> Result<Segment, Error> {
+        let index_path = Self::path_of(executor, &BlockFile::ShuffleIndex { shuffle_id, map_id });
+        let data_path = Self::path_of(executor, &BlockFile::ShuffleData { shuffle_id, map_id });
+        let data = match fsio::open_no_symlinks(&data_path) {
+            Ok(file) => {
+                let meta = file.metadata().map_err(|source| Error::DataUnreadable {
+                    path: data_path.clone(),
+                    source,
+                })?;
+                Some((file, meta))
+            }
+            Err(e) if fsio::is_not_found(&e) => None,
+            Err(source) => {
+                return Err(Error::DataUnreadable {
+                    path: data_path,
+                    source,
+                });
+            }
+        };
+        let identity = data.as_ref().map(|(_, meta)| FileIdentity::of(meta));
+        let index = self.index.get(&index_path, identity)?;
+        let out_of_range = || Error::ReduceOutOfRange {
+            path: index_path.clone(),
+            start: i64::from(start),
+            end: i64::from(end),
+            partitions: index.partitions(),
+        };
+        let (start_u, end_u) = match (usize::try_from(start), usize::try_from(end)) {
+            (Ok(s), Ok(e)) => (s, e),
+            _ => return Err(out_of_range()),
+        };
+        let (offset, len) = index.range(start_u, end_u).ok_or_else(out_of_range)?;
+        let Some((file, meta)) = data else {
+            if len == 0 {
+                // A map task that wrote nothing may leave no data file; an empty range of it
+                // is still a valid (empty) block.
+                let file = fsio::open_no_symlinks(&index_path).map_err(|source| {
+                    Error::IndexUnreadable {
+                        path: index_path.clone(),
+                        source,
+                    }
+                })?;
+                return Ok(Segment {
+                    file,
+                    offset: 0,
+                    len: 0,
+                });
+            }
+            return Err(Error::DataMissing { path: data_path });
+        };
+        if meta.len() < offset + len {
+            return Err(Error::DataTruncated {
+                path: data_path,
+                need: offset + len,
+                len: meta.len(),
+            });
+        }
+        Ok(Segment { file, offset, len })
+    }
+
+    /// The whole file of RDD block `rdd_<rdd_id>_<split_index>`.
+    ///
+    /// # Errors
+    /// `DataMissing` when there is no such block file, `DataUnreadable` otherwise.
+    pub fn rdd_segment(
+        &self,
+        executor: &Executor,
+        rdd_id: i32,
+        split_index: i32,
+    ) -> Result<Segment, Error> {
+        let path = Self::path_of(
+            executor,
+            &BlockFile::Rdd {
+                rdd_id,
+                split_index,
+            },
+        );
+        let file = fsio::open_no_symlinks(&path).map_err(|source| {
+            if fsio::is_not_found(&source) {
+                Error::DataMissing { path: path.clone() }
+            } else {
+                Error::DataUnreadable {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
+        let meta = file.metadata().map_err(|source| Error::DataUnreadable {
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(Error::DataMissing { path });
+        }
+        Ok(Segment {
+            file,
+            offset: 0,
+            len: meta.len(),
+        })
+    }
+
+    /// `RemoveBlocks`: deletes the named files of `executor`, returning how many were
+    /// deleted. Names that are not files Spark writes (anything with a `/`, `..`, temp
+    /// files, …) are skipped and logged. Blocking.
+    pub fn remove_files(&self, executor: &Executor, names: &[String]) -> usize {
+        let mut removed = 0;
+        for name in names {
+            let Some(file) = BlockFile::parse(name) else {
+                warn!(app = %executor.app_id, exec = %executor.exec_id, name = %truncate(name),
+                    "RemoveBlocks: not a block file name, skipped");
+                continue;
+            };
+            let path = Self::path_of(executor, &file);
+            if matches!(file, BlockFile::ShuffleIndex { .. }) {
+                self.index.invalidate(&path);
+            }
+            // `remove_file` unlinks the entry itself and never follows a final symlink; the
+            // parent (a hashed sub-dir) must not be a symlink either.
+            match path.parent().map(std::fs::symlink_metadata) {
+                Some(Ok(meta)) if meta.is_dir() => {}
+                _ => {
+                    debug!(path = %path.display(), "RemoveBlocks: no such file");
+                    continue;
+                }
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if fsio::is_not_found(&e) => {
+                    debug!(path = %path.display(), "RemoveBlocks: no such file");
+                }
+                Err(e) => warn!(path = %path.display(), error = %e, "RemoveBlocks: delete failed"),
+            }
+        }
+        removed
+    }
+
+    /// `DiagnoseCorruption` for one partition: compares the checksum file, the data on disk
+    /// and the reader's `checksum`. Blocking (reads the partition).
+    pub fn diagnose(
+        &self,
+        executor: &Executor,
+        shuffle_id: i32,
+        map_id: i64,
+        reduce_id: i32,
+        checksum: i64,
+        algorithm: &str,
+    ) -> CorruptionCause {
+        let Some(algorithm) = ChecksumAlgorithm::parse(algorithm) else {
+            return CorruptionCause::UnsupportedChecksumAlgorithm;
+        };
+        match self.diagnose_inner(executor, shuffle_id, map_id, reduce_id, checksum, algorithm) {
+            Ok(cause) => cause,
+            Err(e) => {
+                debug!(error = %e, "DiagnoseCorruption: cannot verify");
+                CorruptionCause::UnknownIssue
+            }
+        }
+    }
+
+    fn diagnose_inner(
+        &self,
+        executor: &Executor,
+        shuffle_id: i32,
+        map_id: i64,
+        reduce_id: i32,
+        reader_checksum: i64,
+        algorithm: ChecksumAlgorithm,
+    ) -> Result<CorruptionCause, Box<dyn std::error::Error>> {
+        let file = BlockFile::ShuffleChecksum {
+            shuffle_id,
+            map_id,
+            algorithm,
+        };
+        let mut sums = fsio::open_no_symlinks(&Self::path_of(executor, &file))?;
+        let entry = u64::try_from(reduce_id)? * 8;
+        sums.seek(SeekFrom::Start(entry))?;
+        let mut be = [0u8; 8];
+        sums.read_exact(&mut be)?;
+        let stored = i64::from_be_bytes(be);
+
+        let end = reduce_id.checked_add(1).ok_or("reduce id overflow")?;
+        let mut segment = self.shuffle_segment(executor, shuffle_id, map_id, reduce_id, end)?;
+        segment.file.seek(SeekFrom::Start(segment.offset))?;
+        let mut reader = (&segment.file).take(segment.len);
+        let mut sum = Checksum::new(algorithm);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            sum.update(buf.get(..n).ok_or("short read")?);
+        }
+        Ok(if sum.value() != stored {
+            CorruptionCause::DiskIssue
+        } else if stored != reader_checksum {
+            CorruptionCause::NetworkIssue
+        } else {
+            CorruptionCause::ChecksumVerifyPass
+        })
+    }
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {:?} is empty, longer than {MAX_ID_BYTES} bytes or has control characters",
+            truncate(id)
+        ));
+    }
+    Ok(())
+}
+
+/// At most 200 bytes of a peer-supplied string, for messages and logs.
+pub(crate) fn truncate(s: &str) -> String {
+    const MAX: usize = 200;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", s.get(..end).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests;
