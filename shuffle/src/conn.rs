@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::handler::{Failure, Service};
 use crate::stats::Stats;
-use crate::stream::{self, Streams};
+use crate::stream::Streams;
 use crate::wire::{self, Frame, StreamChunkId};
 
 /// Largest piece handed to one `sendfile` call.
@@ -205,9 +205,12 @@ impl Connection {
                 }
             }
             Frame::StreamRequest { stream_id } => {
-                let chunk = stream::parse_stream_chunk_id(&stream_id)
+                let chunk = StreamChunkId::parse_stream_request(&stream_id)
                     .map_err(Failure::from)
-                    .and_then(|(id, index)| self.service.chunk(&mut self.streams, id, index));
+                    .and_then(|id| {
+                        let index = i64::from(id.chunk_index);
+                        self.service.chunk(&mut self.streams, id.stream_id, index)
+                    });
                 match chunk {
                     Ok(chunk) => {
                         let len = chunk.segment.len;

@@ -14,6 +14,7 @@
 //!
 //! [`fixture`] writes Spark-format files for tests and benchmarks.
 
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod fixture;

@@ -217,8 +217,9 @@ async fn run(addr: SocketAddr, config: Config) -> anyhow::Result<()> {
         rpc_failures = stats.rpc_failures,
         chunk_failures = stats.chunk_failures,
         connections = stats.connections,
+        connections_refused = stats.connections_refused,
         connection_errors = stats.connection_errors,
-        summary = %fields.join(" "),
+        diagnoses = stats.diagnoses,
         "stopped"
     );
     Ok(())

@@ -162,12 +162,6 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// A `StreamRequest` id that is not `<streamId>_<chunkIndex>`.
-    #[error("Invalid stream chunk id: {id}")]
-    BadStreamChunkId {
-        /// The id, truncated.
-        id: String,
-    },
 }
 
 impl Error {
@@ -178,7 +172,6 @@ impl Error {
             Error::OutOfOrder { .. } => "out_of_order_chunk",
             Error::BeyondEnd { .. } => "chunk_beyond_end",
             Error::TooManyStreams { .. } => "too_many_streams",
-            Error::BadStreamChunkId { .. } => "bad_stream_chunk_id",
         }
     }
 }
@@ -305,25 +298,6 @@ impl Streams {
     }
 }
 
-/// Parses a `StreamRequest` id `"<streamId>_<chunkIndex>"`.
-///
-/// # Errors
-/// `BadStreamChunkId`.
-pub fn parse_stream_chunk_id(id: &str) -> Result<(i64, i64), Error> {
-    let bad = || Error::BadStreamChunkId {
-        id: crate::store::truncate(id),
-    };
-    let (stream, chunk) = id.rsplit_once('_').ok_or_else(bad)?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(stream) || !digits(chunk) {
-        return Err(bad());
-    }
-    Ok((
-        stream.parse().map_err(|_| bad())?,
-        chunk.parse().map_err(|_| bad())?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,27 +412,5 @@ mod tests {
         // Zero-chunk streams are answered but not kept.
         let (_, total) = streams.open(&ids, exec(), Chunks::Blocks(vec![])).unwrap();
         assert_eq!((total, streams.len()), (0, 2));
-    }
-
-    #[test]
-    fn stream_chunk_ids() {
-        assert_eq!(
-            parse_stream_chunk_id("72623859790382856_0"),
-            Ok((72623859790382856, 0))
-        );
-        assert_eq!(parse_stream_chunk_id("7_12"), Ok((7, 12)));
-        for bad in [
-            "",
-            "7",
-            "_1",
-            "7_",
-            "a_1",
-            "7_-1",
-            "-7_1",
-            "7_1_",
-            "99999999999999999999_0",
-        ] {
-            assert!(parse_stream_chunk_id(bad).is_err(), "{bad:?}");
-        }
     }
 }
