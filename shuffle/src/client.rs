@@ -59,7 +59,11 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Result<Self, Error> {
         let socket = TcpStream::connect(addr).await?;
         socket.set_nodelay(true)?;
-        Ok(Self { socket, rbuf: BytesMut::with_capacity(64 * 1024), next_request_id: 1 })
+        Ok(Self {
+            socket,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            next_request_id: 1,
+        })
     }
 
     /// Writes raw bytes (for tests of malformed input).
@@ -130,10 +134,14 @@ impl Client {
         self.next_request_id += 1;
         self.send(&Frame::RpcRequest { request_id, body }).await?;
         match self.recv().await?.0 {
-            Frame::RpcResponse { request_id: id, body } if id == request_id => Ok(body),
-            Frame::RpcFailure { request_id: id, error } if id == request_id => {
-                Err(Error::Failure(error))
-            }
+            Frame::RpcResponse {
+                request_id: id,
+                body,
+            } if id == request_id => Ok(body),
+            Frame::RpcFailure {
+                request_id: id,
+                error,
+            } if id == request_id => Err(Error::Failure(error)),
             other => Err(Error::Unexpected(Box::new(other))),
         }
     }
@@ -154,13 +162,18 @@ impl Client {
             sub_dirs_per_local_dir,
             shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
         };
-        let message =
-            Message::RegisterExecutor { app_id: app_id.into(), exec_id: exec_id.into(), info };
+        let message = Message::RegisterExecutor {
+            app_id: app_id.into(),
+            exec_id: exec_id.into(),
+            info,
+        };
         let reply = self.rpc(&message).await?;
         if reply.is_empty() {
             Ok(())
         } else {
-            Err(Error::Failure(format!("non-empty RegisterExecutor reply: {reply:?}")))
+            Err(Error::Failure(format!(
+                "non-empty RegisterExecutor reply: {reply:?}"
+            )))
         }
     }
 
@@ -171,10 +184,17 @@ impl Client {
     pub async fn open(&mut self, message: &Message) -> Result<StreamHandle, Error> {
         let reply = self.rpc(message).await?;
         match Message::decode(&reply)? {
-            Message::StreamHandle { stream_id, num_chunks } => {
-                Ok(StreamHandle { stream_id, num_chunks })
-            }
-            other => Err(Error::Failure(format!("expected StreamHandle, got {}", other.type_name()))),
+            Message::StreamHandle {
+                stream_id,
+                num_chunks,
+            } => Ok(StreamHandle {
+                stream_id,
+                num_chunks,
+            }),
+            other => Err(Error::Failure(format!(
+                "expected StreamHandle, got {}",
+                other.type_name()
+            ))),
         }
     }
 
@@ -183,7 +203,10 @@ impl Client {
     /// # Errors
     /// `Failure` for a `ChunkFetchFailure`, and transport errors.
     pub async fn chunk(&mut self, stream_id: i64, chunk_index: i32) -> Result<Bytes, Error> {
-        let id = StreamChunkId { stream_id, chunk_index };
+        let id = StreamChunkId {
+            stream_id,
+            chunk_index,
+        };
         self.send(&Frame::ChunkFetchRequest(id)).await?;
         match self.recv().await?.0 {
             Frame::ChunkFetchSuccess { id: got, body } if got == id => Ok(body),
@@ -198,7 +221,10 @@ impl Client {
     /// `Failure` for a `StreamFailure`, and transport errors.
     pub async fn stream(&mut self, stream_id: i64, chunk_index: i32) -> Result<Bytes, Error> {
         let name = format!("{stream_id}_{chunk_index}");
-        self.send(&Frame::StreamRequest { stream_id: name.clone() }).await?;
+        self.send(&Frame::StreamRequest {
+            stream_id: name.clone(),
+        })
+        .await?;
         match self.recv().await? {
             (Frame::StreamResponse { stream_id, .. }, Some(body)) if stream_id == name => Ok(body),
             (Frame::StreamFailure { stream_id, error }, _) if stream_id == name => {

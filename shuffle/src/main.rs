@@ -196,11 +196,6 @@ async fn run(addr: SocketAddr, config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let stats = server.run(listener, shutdown).await;
-    let fields: Vec<String> = stats
-        .fields()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
     info!(
         registrations = stats.registrations,
         open_blocks = stats.open_blocks,

@@ -78,18 +78,29 @@ fn spark_3_5_dynamic_allocation() {
 fn static_jobs(version: &str) {
     let run = SparkRun::execute(version, "static");
     let mut c = run.checks();
-    for job in ["reduce_by_key", "group_by_key", "sort_200", "sql_join_agg", "large_blocks"] {
+    for job in [
+        "reduce_by_key",
+        "group_by_key",
+        "sort_200",
+        "sql_join_agg",
+        "large_blocks",
+    ] {
         c.job_exact(&run.result, job);
     }
     c.check(
         run.result["jobs"]["sql_join_agg"]["aqe_coalesced"] == Value::Bool(true),
         "sql_join_agg: AQE did not coalesce shuffle partitions (no batch fetch possible); plan:\n"
             .to_owned()
-            + run.result["jobs"]["sql_join_agg"]["plan"].as_str().unwrap_or("?"),
+            + run.result["jobs"]["sql_join_agg"]["plan"]
+                .as_str()
+                .unwrap_or("?"),
     );
     c.served_by_daemon(&run);
     let s = &run.stats;
-    c.check(s.fetch_shuffle_blocks > 0, "daemon saw no FetchShuffleBlocks");
+    c.check(
+        s.fetch_shuffle_blocks > 0,
+        "daemon saw no FetchShuffleBlocks",
+    );
     c.check(
         s.batch_fetches > 0,
         "batch_fetches = 0: sql_join_agg (AQE, coalesced partitions) should make Spark send \
@@ -121,7 +132,10 @@ fn old_fetch_protocol(version: &str) {
     }
     c.served_by_daemon(&run);
     let s = &run.stats;
-    c.check(s.open_blocks > 0, "open_blocks = 0 with spark.shuffle.useOldFetchProtocol=true");
+    c.check(
+        s.open_blocks > 0,
+        "open_blocks = 0 with spark.shuffle.useOldFetchProtocol=true",
+    );
     c.check(
         s.fetch_shuffle_blocks == 0,
         format!(
@@ -144,15 +158,28 @@ fn dynamic_allocation(version: &str) {
     }
     c.check(
         r["executors_gone_error"].is_null(),
-        format!("phase A executors never went away: {}", r["executors_gone_error"]),
+        format!(
+            "phase A executors never went away: {}",
+            r["executors_gone_error"]
+        ),
     );
     c.job_exact(r, "dynamic_shuffle");
     c.job_exact(r, "dynamic_disk_only_rdd");
 
     // Nothing recomputed: each map record and each cached record was produced exactly once.
     for (job, counted, expected, what) in [
-        ("dynamic_shuffle", "map_records", "map_records_expected", "shuffle map function"),
-        ("dynamic_disk_only_rdd", "cache_records", "cache_records_expected", "cached RDD"),
+        (
+            "dynamic_shuffle",
+            "map_records",
+            "map_records_expected",
+            "shuffle map function",
+        ),
+        (
+            "dynamic_disk_only_rdd",
+            "cache_records",
+            "cache_records_expected",
+            "cached RDD",
+        ),
     ] {
         let (n, want) = (&r["jobs"][job][counted], &r["jobs"][job][expected]);
         c.check(
@@ -168,15 +195,28 @@ fn dynamic_allocation(version: &str) {
     let ids = |key: &str| -> Vec<String> {
         r[key]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let (phase_a, phase_b) = (ids("phase_a_executors"), ids("phase_b_executors"));
     let phase_b_start = r["phase_b_start_ms"].as_u64();
-    c.check(!phase_a.is_empty(), "no executor ids recorded for phase A tasks");
-    c.check(!phase_b.is_empty(), "no executor ids recorded for phase B tasks");
     c.check(
-        phase_a.iter().chain(&phase_b).all(|id| id.parse::<u32>().is_ok()),
+        !phase_a.is_empty(),
+        "no executor ids recorded for phase A tasks",
+    );
+    c.check(
+        !phase_b.is_empty(),
+        "no executor ids recorded for phase B tasks",
+    );
+    c.check(
+        phase_a
+            .iter()
+            .chain(&phase_b)
+            .all(|id| id.parse::<u32>().is_ok()),
         format!("unexpected executor ids: phase A {phase_a:?}, phase B {phase_b:?}"),
     );
     let reused: Vec<&String> = phase_b.iter().filter(|id| phase_a.contains(id)).collect();
@@ -214,7 +254,10 @@ fn dynamic_allocation(version: &str) {
         "rdd_blocks_served = 0: phase B should read the DISK_ONLY blocks of the gone executors \
          with OpenBlocks(rdd_*) (spark.shuffle.service.fetch.rdd.enabled=true)",
     );
-    c.check(s.fetch_shuffle_blocks > 0, "daemon saw no FetchShuffleBlocks");
+    c.check(
+        s.fetch_shuffle_blocks > 0,
+        "daemon saw no FetchShuffleBlocks",
+    );
     run.finish(c);
 }
 
@@ -323,7 +366,9 @@ impl SparkRun {
     }
 
     fn checks(&self) -> Checks {
-        Checks { failures: Vec::new() }
+        Checks {
+            failures: Vec::new(),
+        }
     }
 
     /// Panics with every failed check and the logs, or reports the wall time.
@@ -353,7 +398,11 @@ impl SparkRun {
 
     fn fail(&self, failures: &[String]) -> ! {
         let mut report = String::new();
-        let _ = writeln!(report, "===== Spark driver stderr ({}) =====", self.python.describe());
+        let _ = writeln!(
+            report,
+            "===== Spark driver stderr ({}) =====",
+            self.python.describe()
+        );
         let _ = writeln!(report, "{}", tail(&self.python.stderr, 400));
         for (path, text) in executor_logs(&self.scratch) {
             let _ = writeln!(report, "===== executor log {} =====", path.display());
@@ -380,9 +429,13 @@ impl SparkRun {
 /// Executor stderr files under `scratch/spark-home/work/<app>/<exec>/stderr`.
 fn executor_logs(scratch: &Path) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
-    let Ok(apps) = std::fs::read_dir(scratch.join("spark-home/work")) else { return out };
+    let Ok(apps) = std::fs::read_dir(scratch.join("spark-home/work")) else {
+        return out;
+    };
     for app in apps.flatten() {
-        let Ok(execs) = std::fs::read_dir(app.path()) else { continue };
+        let Ok(execs) = std::fs::read_dir(app.path()) else {
+            continue;
+        };
         let mut execs: Vec<PathBuf> = execs.flatten().map(|e| e.path()).collect();
         execs.sort();
         for exec in execs {
@@ -417,7 +470,8 @@ impl Checks {
             return false;
         }
         if !j["error"].is_null() {
-            self.failures.push(format!("{job}: failed in Spark: {}", j["error"]));
+            self.failures
+                .push(format!("{job}: failed in Spark: {}", j["error"]));
             return false;
         }
         true
@@ -433,7 +487,10 @@ impl Checks {
         if expected.is_null() {
             self.failures.push(format!("{job}: no expected value"));
         } else if got != expected {
-            self.failures.push(format!("{job}: Spark's result differs: {}", diff(got, expected)));
+            self.failures.push(format!(
+                "{job}: Spark's result differs: {}",
+                diff(got, expected)
+            ));
         }
     }
 
@@ -441,10 +498,16 @@ impl Checks {
     fn served_by_daemon(&mut self, run: &SparkRun) {
         let s = &run.stats;
         let executors = run.result["executors"].as_array().map_or(0, Vec::len) as u64;
-        self.check(executors >= 2, format!("Spark reported {executors} executors, expected >= 2"));
+        self.check(
+            executors >= 2,
+            format!("Spark reported {executors} executors, expected >= 2"),
+        );
         self.check(
             s.registrations >= executors,
-            format!("registrations = {} < {executors} executors", s.registrations),
+            format!(
+                "registrations = {} < {executors} executors",
+                s.registrations
+            ),
         );
         self.check(
             s.chunks_served + s.streams_served > 0,
@@ -466,7 +529,11 @@ fn diff(got: &Value, expected: &Value) -> String {
     const MAX: usize = 10;
     let short = |v: &Value| {
         let s = v.to_string();
-        if s.len() > 200 { format!("{}…", &s[..s.floor_char_boundary(200)]) } else { s }
+        if s.len() > 200 {
+            format!("{}…", &s[..s.floor_char_boundary(200)])
+        } else {
+            s
+        }
     };
     match (got, expected) {
         (Value::Object(g), Value::Object(e)) => {

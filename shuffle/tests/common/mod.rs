@@ -56,7 +56,11 @@ impl Event {
         let Value::Object(mut obj) = serde_json::from_str::<Value>(line).ok()? else {
             return None;
         };
-        let level = obj.get("level").and_then(Value::as_str).unwrap_or("").to_owned();
+        let level = obj
+            .get("level")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let mut fields = match obj.remove("fields") {
             Some(Value::Object(fields)) => fields,
             _ => Map::new(),
@@ -66,7 +70,12 @@ impl Event {
             Some(other) => other.to_string(),
             None => String::new(),
         };
-        Some(Event { level, message, fields, raw: line.to_owned() })
+        Some(Event {
+            level,
+            message,
+            fields,
+            raw: line.to_owned(),
+        })
     }
 
     /// A field as an unsigned integer (a JSON number, or a string holding one).
@@ -180,11 +189,18 @@ impl Daemon {
     /// Arguments for a daemon on an ephemeral loopback port with JSON logs, confined to
     /// `allowed_root`.
     pub fn standard_args(allowed_root: &Path) -> Vec<OsString> {
-        let mut args: Vec<OsString> =
-            ["--bind", "127.0.0.1", "--port", "0", "--log-format", "json", "--allowed-root"]
-                .iter()
-                .map(OsString::from)
-                .collect();
+        let mut args: Vec<OsString> = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            "--allowed-root",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         args.push(allowed_root.as_os_str().to_owned());
         args
     }
@@ -202,14 +218,18 @@ impl Daemon {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new(Self::bin());
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("KSHUFFLE_") {
                 cmd.env_remove(key);
             }
         }
-        let mut child =
-            cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", Self::bin().display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", Self::bin().display()));
         let pid = child.id();
         let stderr = child.stderr.take().expect("stderr is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -253,7 +273,10 @@ impl Daemon {
             }
         };
         daemon.addr = addr.parse().unwrap_or_else(|e| {
-            panic!("\"listening\" event has addr {addr:?} ({e}); log:\n{}", daemon.log_text())
+            panic!(
+                "\"listening\" event has addr {addr:?} ({e}); log:\n{}",
+                daemon.log_text()
+            )
         });
         daemon
     }
@@ -285,12 +308,18 @@ impl Daemon {
 
     /// The JSON events logged so far.
     pub fn events(&self) -> Vec<Event> {
-        self.log_lines().iter().filter_map(|l| Event::parse(l)).collect()
+        self.log_lines()
+            .iter()
+            .filter_map(|l| Event::parse(l))
+            .collect()
     }
 
     /// The events at level WARN or ERROR logged so far.
     pub fn warnings(&self) -> Vec<Event> {
-        self.events().into_iter().filter(|e| e.level == "WARN" || e.level == "ERROR").collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e.level == "WARN" || e.level == "ERROR")
+            .collect()
     }
 
     /// Whether the process has exited (without waiting).
@@ -331,7 +360,11 @@ impl Daemon {
         }
         self.join_log_reader();
         let status = self.exit_status.expect("set above");
-        let stopped = self.events().into_iter().rev().find(|e| e.message == "stopped");
+        let stopped = self
+            .events()
+            .into_iter()
+            .rev()
+            .find(|e| e.message == "stopped");
         match (status.success(), stopped) {
             (true, Some(event)) => Ok(Stats::from_event(&event)),
             (true, None) => Err(format!(
@@ -441,7 +474,10 @@ impl Finished {
     pub fn describe(&self) -> String {
         match self.status {
             Some(status) => format!("{status} after {:.1}s", self.elapsed.as_secs_f64()),
-            None => format!("killed at its deadline after {:.1}s", self.elapsed.as_secs_f64()),
+            None => format!(
+                "killed at its deadline after {:.1}s",
+                self.elapsed.as_secs_f64()
+            ),
         }
     }
 }
@@ -461,8 +497,13 @@ pub fn run_with_timeout(
     use std::os::unix::process::CommandExt;
 
     let start = Instant::now();
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let group = format!("-{}", child.id());
     let stdout = collect_in_thread(child.stdout.take().expect("stdout is piped"), None);
     let stderr = collect_in_thread(child.stderr.take().expect("stderr is piped"), echo_stderr);
@@ -507,7 +548,11 @@ pub fn tail(text: &str, max_lines: usize) -> String {
 /// If the script fails or takes longer than [`VENV_TIMEOUT`].
 pub fn spark_venv(version: &str) -> PathBuf {
     let script = workspace_root().join("scripts").join("spark-venv.sh");
-    let run = run_with_timeout(Command::new("bash").arg(&script).arg(version), VENV_TIMEOUT, None);
+    let run = run_with_timeout(
+        Command::new("bash").arg(&script).arg(version),
+        VENV_TIMEOUT,
+        None,
+    );
     assert!(
         run.success(),
         "{} {version}: {}\nstderr:\n{}",
@@ -515,9 +560,18 @@ pub fn spark_venv(version: &str) -> PathBuf {
         run.describe(),
         run.stderr
     );
-    let venv = run.stdout.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim);
+    let venv = run
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::trim);
     let venv = PathBuf::from(venv.unwrap_or_else(|| {
-        panic!("{} printed no venv path; stderr:\n{}", script.display(), run.stderr)
+        panic!(
+            "{} printed no venv path; stderr:\n{}",
+            script.display(),
+            run.stderr
+        )
     }));
     assert!(
         venv.join("bin/python").exists(),
