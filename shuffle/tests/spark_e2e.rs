@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Finished, Stats, run_with_timeout, spark_venv, tail};
 use serde_json::Value;
 
-/// Deadline for one Spark session (they take 20–100 s on 2 cores).
-const SESSION_TIMEOUT: Duration = Duration::from_secs(420);
+/// Deadline for one Spark session (they take 20–100 s on 2 cores; jobs.py cancels a job that
+/// runs longer than 150 s).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(480);
 /// `large_blocks` shuffles ~295 MB; about half of it is read remotely, through the daemon.
 const MIN_BYTES_SERVED_STATIC: u64 = 100_000_000;
 
@@ -202,7 +203,13 @@ fn dynamic_allocation(version: &str) {
             })
             .unwrap_or_default()
     };
-    let (phase_a, phase_b) = (ids("phase_a_executors"), ids("phase_b_executors"));
+    let (mut phase_a, phase_b) = (ids("phase_a_executors"), ids("phase_b_executors"));
+    // Executors alive at the end of phase A (driver's view), whether or not they ran a task.
+    for id in ids("phase_a_executors_live") {
+        if !phase_a.contains(&id) {
+            phase_a.push(id);
+        }
+    }
     let phase_b_start = r["phase_b_start_ms"].as_u64();
     c.check(
         !phase_a.is_empty(),
@@ -270,6 +277,7 @@ struct SparkRun {
     stats: Stats,
     python: Finished,
     daemon_log: String,
+    daemon_warnings: Vec<String>,
     scratch: PathBuf,
     started: Instant,
     _dir: tempfile::TempDir,
@@ -324,6 +332,7 @@ impl SparkRun {
         let mut daemon = daemon;
         let stats = daemon.try_stop();
         let daemon_log = daemon.log_text();
+        let daemon_warnings = daemon.warnings().iter().map(|e| e.raw.clone()).collect();
         drop(daemon);
 
         let result = python_run
@@ -354,6 +363,7 @@ impl SparkRun {
             stats,
             python: python_run,
             daemon_log,
+            daemon_warnings,
             scratch,
             started,
             _dir: dir,
@@ -421,6 +431,16 @@ impl SparkRun {
         );
         for f in failures {
             let _ = writeln!(msg, "  - {f}");
+        }
+        if !self.daemon_warnings.is_empty() {
+            let _ = writeln!(
+                msg,
+                "kshuffled logged {} warning(s)/error(s), the first ones:",
+                self.daemon_warnings.len()
+            );
+            for w in self.daemon_warnings.iter().take(5) {
+                let _ = writeln!(msg, "  {w}");
+            }
         }
         panic!("{msg}");
     }

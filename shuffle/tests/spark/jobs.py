@@ -36,6 +36,7 @@ import json
 import operator
 import os
 import sys
+import threading
 import time
 import traceback
 import zlib
@@ -43,6 +44,12 @@ import zlib
 # Executors of a dynamic session go away ~7 s after going idle with a 2 s idle timeout.
 EXECUTORS_GONE_TIMEOUT_S = 120
 EXECUTOR_IDLE_TIMEOUT = "2s"
+# A job still running after this long is cancelled and reported as failed (the slowest job
+# takes ~40 s on a busy 2-core machine). A shuffle service that refuses RegisterExecutor
+# otherwise leaves Spark relaunching executors forever.
+JOB_TIMEOUT_S = 150
+# Static sessions wait this long for both executors before running anything.
+EXECUTORS_UP_TIMEOUT_S = 90
 # Blocks above this size are fetched with StreamRequest (to disk) instead of ChunkFetchRequest.
 MAX_REMOTE_BLOCK_SIZE_FETCH_TO_MEM = "8m"
 
@@ -112,6 +119,8 @@ def base_conf(args, app_name):
         .set("spark.ui.showConsoleProgress", "false")
         .set("spark.driver.memory", "1g")
         .set("spark.executor.memory", "1g")
+        # A service that stops answering fails the fetch after 60 s instead of 120 s.
+        .set("spark.shuffle.io.connectionTimeout", "60s")
     )
 
 
@@ -194,19 +203,52 @@ def wait_until_no_executors(sc, timeout_s):
         time.sleep(0.25)
 
 
+def wait_for_executors(sc, n, timeout_s):
+    start = time.time()
+    while len(live_executor_ids(sc)) < n:
+        if time.time() - start > timeout_s:
+            raise TimeoutError(
+                "only %s of %d executors registered after %ds: executors failing to start "
+                "(is RegisterExecutor refused by the shuffle service?)"
+                % (live_executor_ids(sc), n, timeout_s)
+            )
+        time.sleep(0.25)
+    log("%d executors up after %.1fs" % (n, time.time() - start))
+
+
 def now_ms():
     return int(time.time() * 1000)
 
 
+# The SparkContext of the session, for the job watchdog.
+CONTEXT = None
+
+
 def run_job(results, name, fn, *args):
+    """Runs one job, recording its result or error and its duration; cancels it (and reports
+    it as failed) after JOB_TIMEOUT_S."""
     log("job %s: start" % name)
     start = time.time()
+    timed_out = threading.Event()
+
+    def cancel():
+        timed_out.set()
+        log("job %s: still running after %ds, cancelling" % (name, JOB_TIMEOUT_S))
+        CONTEXT.cancelAllJobs()
+
+    watchdog = threading.Timer(JOB_TIMEOUT_S, cancel)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         out = fn(*args)
         out.setdefault("error", None)
     except Exception as e:  # noqa: BLE001 - reported to the caller as this job's error
         traceback.print_exc(file=sys.stderr)
         out = {"error": "%s: %s" % (type(e).__name__, str(e)[:4000])}
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        out["error"] = "timed out after %ds (cancelled): %s" % (JOB_TIMEOUT_S, out["error"])
     out["seconds"] = round(time.time() - start, 2)
     log("job %s: %s in %.1fs" % (name, "FAILED" if out["error"] else "ok", out["seconds"]))
     results[name] = out
@@ -391,6 +433,7 @@ def session_static(args, out):
         return wanted is None or name in wanted
 
     try:
+        wait_for_executors(sc, 2, EXECUTORS_UP_TIMEOUT_S)
         if want("reduce_by_key"):
             run_job(jobs, "reduce_by_key", job_reduce_by_key, sc, 200_000, 8, 6)
         if want("group_by_key"):
@@ -415,6 +458,7 @@ def session_old_protocol(args, out):
     sc = SparkContext(conf=conf)
     describe(sc, out)
     try:
+        wait_for_executors(sc, 2, EXECUTORS_UP_TIMEOUT_S)
         run_job(out["jobs"], "old_protocol_reduce_by_key", job_reduce_by_key, sc, 50_000, 4, 4)
         run_job(out["jobs"], "old_protocol_sort", job_sort, sc, 50_000, 4, 20)
         out["executors"] = executor_timeline(sc)
@@ -538,6 +582,8 @@ def session_dynamic(args, out):
 
 
 def describe(sc, out):
+    global CONTEXT
+    CONTEXT = sc
     out["spark_version"] = sc.version
     out["app_id"] = sc.applicationId
     log("Spark %s, application %s" % (sc.version, sc.applicationId))

@@ -1,0 +1,670 @@
+//! The daemon over real sockets with the protocol client: every request Spark sends, and bad
+//! input as raw bytes. The server runs in-process on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kshuffle::client::{Client, Error as ClientError};
+use kshuffle::fixture::{ExecutorDirs, pseudo_random_bytes};
+use kshuffle::registry::MemoryRegistry;
+use kshuffle::stats::Snapshot;
+use kshuffle::wire::{Frame, Message, StreamChunkId};
+use kshuffle::{Config, Server};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "app-20261125-0001";
+
+struct Daemon {
+    addr: SocketAddr,
+    root: PathBuf,
+    shutdown: CancellationToken,
+    task: JoinHandle<Snapshot>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Daemon {
+    async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let mut config = Config::new(vec![root.clone()]);
+        tweak(&mut config);
+        let server = Server::new(config, Arc::new(MemoryRegistry::new())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { server.run(listener, token).await });
+        Daemon {
+            addr,
+            root,
+            shutdown,
+            task,
+            _tmp: tmp,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(self.addr).await.unwrap()
+    }
+
+    /// A registered executor "1" of APP with `maps` map outputs of shuffle 0 (map ids
+    /// 100..), each with `parts` partitions of pseudo-random sizes.
+    async fn executor(&self, client: &mut Client, maps: i64, parts: usize) -> Layout {
+        let dirs = ExecutorDirs::create(&self.root, "e1", 2, 64).unwrap();
+        let mut outputs = Vec::new();
+        for m in 0..maps {
+            let data: Vec<Vec<u8>> = (0..parts)
+                .map(|r| {
+                    pseudo_random_bytes((m * 1000 + r as i64) as u64, (r * 37 + m as usize) % 500)
+                })
+                .collect();
+            let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+            dirs.write_map_output(0, 100 + m, &refs).unwrap();
+            outputs.push(data);
+        }
+        client
+            .register(APP, "1", dirs.as_strings(), 64)
+            .await
+            .unwrap();
+        Layout { dirs, outputs }
+    }
+
+    async fn stop(self) -> Snapshot {
+        self.shutdown.cancel();
+        within(self.task).await.unwrap()
+    }
+}
+
+struct Layout {
+    dirs: ExecutorDirs,
+    outputs: Vec<Vec<Vec<u8>>>,
+}
+
+async fn within<F: std::future::IntoFuture>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("timed out")
+}
+
+fn failure(result: Result<impl std::fmt::Debug, ClientError>) -> String {
+    match result {
+        Err(ClientError::Failure(message)) => message,
+        other => panic!("expected a failure reply, got {other:?}"),
+    }
+}
+
+fn fetch(exec: &str, map_ids: Vec<i64>, reduce_ids: Vec<Vec<i32>>, batch: bool) -> Message {
+    Message::FetchShuffleBlocks {
+        app_id: APP.into(),
+        exec_id: exec.into(),
+        shuffle_id: 0,
+        map_ids,
+        reduce_ids,
+        batch_fetch_enabled: batch,
+    }
+}
+
+#[tokio::test]
+async fn fetch_shuffle_blocks_plain_batch_and_stream_request() {
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let layout = daemon.executor(&mut c, 3, 20).await;
+
+    // Plain: chunks in row-major order of (map, reduce).
+    let reduce_ids = vec![vec![0, 5, 19], vec![], vec![7, 3]];
+    let handle = c
+        .open(&fetch("1", vec![100, 101, 102], reduce_ids.clone(), false))
+        .await
+        .unwrap();
+    assert_eq!(handle.num_chunks, 5);
+    let want = [(0, 0), (0, 5), (0, 19), (2, 7), (2, 3)];
+    for (i, (m, r)) in want.iter().enumerate() {
+        let got = within(c.chunk(handle.stream_id, i as i32)).await.unwrap();
+        assert_eq!(got, layout.outputs[*m][*r], "chunk {i}");
+    }
+
+    // Batch: one contiguous range per map, partitions concatenated.
+    let handle = c
+        .open(&fetch(
+            "1",
+            vec![101, 100],
+            vec![vec![2, 9], vec![0, 20]],
+            true,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(handle.num_chunks, 2);
+    assert_eq!(
+        c.chunk(handle.stream_id, 0).await.unwrap(),
+        layout.outputs[1][2..9].concat()
+    );
+    assert_eq!(
+        c.chunk(handle.stream_id, 1).await.unwrap(),
+        layout.outputs[0].concat()
+    );
+
+    // StreamRequest (Spark's fetch-to-disk path) for a multi-MiB block.
+    let big = pseudo_random_bytes(7, 5 << 20);
+    layout.dirs.write_map_output(0, 900, &[b"x", &big]).unwrap();
+    let handle = c
+        .open(&fetch("1", vec![900], vec![vec![1, 0]], false))
+        .await
+        .unwrap();
+    assert_eq!(c.stream(handle.stream_id, 0).await.unwrap(), big);
+    assert_eq!(c.stream(handle.stream_id, 1).await.unwrap(), &b"x"[..]);
+
+    let stats = daemon.stop().await;
+    assert_eq!(stats.registrations, 1);
+    assert_eq!(stats.fetch_shuffle_blocks, 3);
+    assert_eq!(stats.batch_fetches, 1);
+    assert_eq!(stats.chunks_served, 7);
+    assert_eq!(
+        (stats.streams_served, stats.stream_bytes),
+        (2, big.len() as u64 + 1)
+    );
+    assert_eq!(stats.rpc_failures + stats.chunk_failures, 0);
+}
+
+#[tokio::test]
+async fn open_blocks_for_shuffle_and_rdd_blocks() {
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let layout = daemon.executor(&mut c, 2, 4).await;
+    layout
+        .dirs
+        .write_rdd_block(3, 4, b"cached partition 4")
+        .unwrap();
+
+    let open = |ids: &[&str]| Message::OpenBlocks {
+        app_id: APP.into(),
+        exec_id: "1".into(),
+        block_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let handle = c
+        .open(&open(&["shuffle_0_101_3", "shuffle_0_100_1"]))
+        .await
+        .unwrap();
+    assert_eq!(handle.num_chunks, 2);
+    assert_eq!(
+        c.chunk(handle.stream_id, 0).await.unwrap(),
+        layout.outputs[1][3]
+    );
+    assert_eq!(
+        c.chunk(handle.stream_id, 1).await.unwrap(),
+        layout.outputs[0][1]
+    );
+
+    let handle = c.open(&open(&["rdd_3_4"])).await.unwrap();
+    assert_eq!(
+        c.chunk(handle.stream_id, 0).await.unwrap(),
+        &b"cached partition 4"[..]
+    );
+    let handle = c.open(&open(&["rdd_3_5"])).await.unwrap();
+    let err = failure(c.chunk(handle.stream_id, 0).await);
+    assert!(err.contains("Chunk was not found"), "{err}");
+
+    let stats = daemon.stop().await;
+    assert_eq!(
+        (
+            stats.open_blocks,
+            stats.rdd_blocks_served,
+            stats.chunk_failures
+        ),
+        (3, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn local_dirs_and_remove_blocks() {
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let layout = daemon.executor(&mut c, 2, 4).await;
+
+    let reply = c
+        .rpc(&Message::GetLocalDirsForExecutors {
+            app_id: APP.into(),
+            exec_ids: vec!["1".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        Message::decode(&reply).unwrap(),
+        Message::LocalDirsForExecutors {
+            exec_ids: vec!["1".into()],
+            num_local_dirs_by_exec: vec![2],
+            all_local_dirs: layout.dirs.as_strings(),
+        }
+    );
+    let err = failure(
+        c.rpc(&Message::GetLocalDirsForExecutors {
+            app_id: APP.into(),
+            exec_ids: vec!["1".into(), "9".into()],
+        })
+        .await,
+    );
+    assert!(
+        err.contains("Executor is not registered") && err.contains("execId=9"),
+        "{err}"
+    );
+
+    let remove = |ids: &[&str]| Message::RemoveBlocks {
+        app_id: APP.into(),
+        exec_id: "1".into(),
+        block_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let reply = c
+        .rpc(&remove(&[
+            "shuffle_0_100_0.index",
+            "shuffle_0_100_0.data",
+            "shuffle_0_555_0.data",
+            "../x",
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        Message::decode(&reply).unwrap(),
+        Message::BlocksRemoved {
+            num_removed_blocks: 2
+        }
+    );
+    // The removed map output is gone; the other one is still served.
+    let handle = c
+        .open(&fetch("1", vec![100, 101], vec![vec![0], vec![0]], false))
+        .await
+        .unwrap();
+    let err = failure(c.chunk(handle.stream_id, 0).await);
+    assert!(err.contains("shuffle_0_100_0.index"), "{err}");
+    assert_eq!(
+        c.chunk(handle.stream_id, 1).await.unwrap(),
+        layout.outputs[1][0]
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_failures_and_the_connection_goes_on() {
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let layout = daemon.executor(&mut c, 1, 4).await;
+
+    // An auth message to a service without auth, as Spark's service answers it.
+    let err = failure(
+        c.rpc_raw(Bytes::from_static(&[0xFB, 0, 0, 0, 1, b'a']))
+            .await,
+    );
+    assert_eq!(err, "Unknown message type: -5");
+    let err = failure(c.rpc_raw(Bytes::new()).await);
+    assert!(!err.is_empty());
+    // A truncated message body.
+    let err = failure(
+        c.rpc_raw(Bytes::from_static(&[9, 0, 0, 0, 200, b'x']))
+            .await,
+    );
+    assert!(!err.is_empty());
+    // Unknown app or executor.
+    let err = failure(c.open(&fetch("7", vec![100], vec![vec![0]], false)).await);
+    assert!(
+        err.contains("Executor is not registered (appId=app-20261125-0001, execId=7)"),
+        "{err}"
+    );
+    // Block ids that do not parse, or of mixed kinds.
+    for ids in [
+        &["shuffle_0_x_1"][..],
+        &["shuffle_0_1"],
+        &["rdd_1_2", "shuffle_0_1_2"],
+        &["../../etc"],
+    ] {
+        let msg = Message::OpenBlocks {
+            app_id: APP.into(),
+            exec_id: "1".into(),
+            block_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let err = failure(c.open(&msg).await);
+        assert!(!err.is_empty(), "{ids:?}");
+    }
+    // Messages a shuffle service does not take.
+    let err = failure(
+        c.rpc(&Message::RegisterDriver {
+            app_id: APP.into(),
+            heartbeat_timeout_ms: 1,
+        })
+        .await,
+    );
+    assert!(err.contains("Unexpected message: RegisterDriver"), "{err}");
+    let err = failure(
+        c.rpc(&Message::FinalizeShuffleMerge {
+            app_id: APP.into(),
+            app_attempt_id: 1,
+            shuffle_id: 0,
+            shuffle_merge_id: 0,
+        })
+        .await,
+    );
+    assert!(err.contains("Cannot handle shuffle block merge"), "{err}");
+    // Registration outside the allowed roots.
+    let outside = tempfile::tempdir().unwrap();
+    let err = failure(
+        c.register(APP, "2", vec![outside.path().display().to_string()], 64)
+            .await,
+    );
+    assert!(
+        err.contains("not under any of the service's allowed roots"),
+        "{err}"
+    );
+
+    // Missing index, reduce id past the end, truncated data.
+    let handle = c
+        .open(&fetch(
+            "1",
+            vec![555, 100, 100],
+            vec![vec![0], vec![9], vec![1]],
+            false,
+        ))
+        .await
+        .unwrap();
+    let err = failure(c.chunk(handle.stream_id, 0).await);
+    assert!(
+        err.contains("Failed to open file") && err.contains("shuffle_0_555_0.index"),
+        "{err}"
+    );
+    let err = failure(c.chunk(handle.stream_id, 1).await);
+    assert!(err.contains("out of range"), "{err}");
+    let data = layout
+        .dirs
+        .path(&kshuffle::store::BlockFile::ShuffleData {
+            shuffle_id: 0,
+            map_id: 100,
+        })
+        .unwrap();
+    std::fs::write(&data, b"short").unwrap();
+    let err = failure(c.chunk(handle.stream_id, 2).await);
+    assert!(err.contains("has 5 bytes"), "{err}");
+
+    // Out of order, beyond the stream, unknown streams, bad StreamRequest ids.
+    let layout2 = daemon.root.join("second");
+    std::fs::create_dir(&layout2).unwrap();
+    let dirs = ExecutorDirs::create(&layout2, "e3", 1, 64).unwrap();
+    dirs.write_map_output(0, 100, &[b"a", b"b"]).unwrap();
+    c.register(APP, "3", dirs.as_strings(), 64).await.unwrap();
+    let handle = c
+        .open(&fetch("3", vec![100], vec![vec![0, 1]], false))
+        .await
+        .unwrap();
+    let err = failure(c.chunk(handle.stream_id, 1).await);
+    assert_eq!(err, "Received out-of-order chunk index 1 (expected 0)");
+    assert_eq!(c.chunk(handle.stream_id, 0).await.unwrap(), &b"a"[..]);
+    assert_eq!(c.chunk(handle.stream_id, 1).await.unwrap(), &b"b"[..]);
+    let err = failure(c.chunk(handle.stream_id, 2).await);
+    assert!(err.contains("is closed"), "finished stream: {err}");
+    let err = failure(c.chunk(42, 0).await);
+    assert!(err.contains("streamId 42 is closed"), "{err}");
+    c.send(&Frame::StreamRequest {
+        stream_id: "not-a-stream".into(),
+    })
+    .await
+    .unwrap();
+    match c.recv().await.unwrap().0 {
+        Frame::StreamFailure { stream_id, error } => {
+            assert_eq!(stream_id, "not-a-stream");
+            assert!(!error.is_empty());
+        }
+        other => panic!("expected StreamFailure, got {other:?}"),
+    }
+
+    // After all of that, the same connection still serves.
+    let handle = c
+        .open(&fetch("3", vec![100], vec![vec![1]], false))
+        .await
+        .unwrap();
+    assert_eq!(c.chunk(handle.stream_id, 0).await.unwrap(), &b"b"[..]);
+    let stats = daemon.stop().await;
+    assert_eq!(stats.connection_errors, 0);
+    assert!(stats.rpc_failures >= 10, "{stats:?}");
+}
+
+fn raw_frame(len: i64, rest: &[u8]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i64(len);
+    b.put_slice(rest);
+    b.to_vec()
+}
+
+#[tokio::test]
+async fn framing_errors_close_only_that_connection() {
+    let daemon = Daemon::start(|c| c.max_frame_len_bytes = 64 * 1024).await;
+    let mut good = daemon.client().await;
+    let layout = daemon.executor(&mut good, 1, 2).await;
+
+    let bad_inputs: Vec<(&str, Vec<u8>)> = vec![
+        ("oversized length", raw_frame(1 << 40, &[3])),
+        ("over the configured limit", raw_frame(64 * 1024 + 1, &[3])),
+        ("negative length", raw_frame(-5, &[3])),
+        ("zero length", raw_frame(0, &[])),
+        ("unknown frame type", raw_frame(9 + 4, &[0x42, 0, 0, 0, 0])),
+        (
+            "response type from a client",
+            raw_frame(9 + 12, &[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+        ),
+        (
+            "body length disagrees",
+            raw_frame(
+                8 + 1 + 8 + 4 + 1,
+                &[3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 2],
+            ),
+        ),
+    ];
+    for (what, bytes) in bad_inputs {
+        let mut bad = daemon.client().await;
+        bad.send_raw(&bytes).await.unwrap();
+        match within(bad.recv()).await {
+            Err(ClientError::Closed) | Err(ClientError::Io(_)) => {}
+            other => panic!("{what}: expected the connection to close, got {other:?}"),
+        }
+        // Everyone else is still served.
+        let handle = good
+            .open(&fetch("1", vec![100], vec![vec![1]], false))
+            .await
+            .unwrap();
+        assert_eq!(
+            good.chunk(handle.stream_id, 0).await.unwrap(),
+            layout.outputs[0][1],
+            "{what}"
+        );
+    }
+
+    // A client that disappears in the middle of a frame.
+    let mut bad = daemon.client().await;
+    bad.send_raw(&raw_frame(100, &[3, 0, 0])).await.unwrap();
+    drop(bad);
+    // UploadStream: failure, then the connection closes (its body cannot be skipped).
+    let mut up = daemon.client().await;
+    up.send(&Frame::UploadStream {
+        request_id: 5,
+        meta: Bytes::from_static(&[6]),
+        body_byte_count: 3,
+    })
+    .await
+    .unwrap();
+    up.send_raw(b"abc").await.unwrap();
+    match within(up.recv()).await.unwrap().0 {
+        Frame::RpcFailure { request_id: 5, .. } => {}
+        other => panic!("expected RpcFailure, got {other:?}"),
+    }
+    assert!(matches!(
+        within(up.recv()).await,
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
+
+    let stats = daemon.stop().await;
+    assert!(stats.connection_errors >= 7, "{stats:?}");
+}
+
+#[tokio::test]
+async fn streams_belong_to_the_connection_that_opened_them() {
+    let daemon = Daemon::start(|_| {}).await;
+    let mut a = daemon.client().await;
+    let layout = daemon.executor(&mut a, 1, 2).await;
+    let handle = a
+        .open(&fetch("1", vec![100], vec![vec![0, 1]], false))
+        .await
+        .unwrap();
+    let mut b = daemon.client().await;
+    let err = failure(b.chunk(handle.stream_id, 0).await);
+    assert!(err.contains("is closed"), "{err}");
+    let err = failure(b.stream(handle.stream_id, 0).await);
+    assert!(err.contains("is closed"), "{err}");
+    // The owner is unaffected.
+    assert_eq!(
+        a.chunk(handle.stream_id, 0).await.unwrap(),
+        layout.outputs[0][0]
+    );
+    // `a` still has a stream open: closing it lets shutdown finish without the grace period.
+    drop(a);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn limits_on_streams_and_connections() {
+    let daemon = Daemon::start(|c| {
+        c.max_streams_per_connection = 2;
+        c.max_connections = 2;
+    })
+    .await;
+    let mut a = daemon.client().await;
+    daemon.executor(&mut a, 1, 2).await;
+    a.open(&fetch("1", vec![100], vec![vec![0]], false))
+        .await
+        .unwrap();
+    let h = a
+        .open(&fetch("1", vec![100], vec![vec![1]], false))
+        .await
+        .unwrap();
+    let err = failure(a.open(&fetch("1", vec![100], vec![vec![1]], false)).await);
+    assert!(err.contains("Too many open streams"), "{err}");
+    // Finishing a stream frees its slot.
+    a.chunk(h.stream_id, 0).await.unwrap();
+    a.open(&fetch("1", vec![100], vec![vec![1]], false))
+        .await
+        .unwrap();
+
+    let _b = daemon.client().await;
+    let mut third = daemon.client().await;
+    assert!(matches!(
+        within(third.recv()).await,
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
+    drop(a);
+    let stats = daemon.stop().await;
+    assert_eq!(stats.connections_refused, 1);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let daemon = Daemon::start(|c| c.idle_timeout = Duration::from_millis(200)).await;
+    let mut c = daemon.client().await;
+    assert!(matches!(
+        within(c.recv()).await,
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_open_streams_finish_then_stops() {
+    let daemon = Daemon::start(|c| c.shutdown_grace_period = Duration::from_secs(5)).await;
+    let mut c = daemon.client().await;
+    let layout = daemon.executor(&mut c, 1, 3).await;
+    let mut idle = daemon.client().await;
+    let handle = c
+        .open(&fetch("1", vec![100], vec![vec![0, 1, 2]], false))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.chunk(handle.stream_id, 0).await.unwrap(),
+        layout.outputs[0][0]
+    );
+
+    daemon.shutdown.cancel();
+    // A connection without open streams closes; new connections are not accepted.
+    assert!(matches!(
+        within(idle.recv()).await,
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        Client::connect(daemon.addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+    // The open stream is still served to its end, then the server stops.
+    assert_eq!(
+        c.chunk(handle.stream_id, 1).await.unwrap(),
+        layout.outputs[0][1]
+    );
+    assert_eq!(
+        c.chunk(handle.stream_id, 2).await.unwrap(),
+        layout.outputs[0][2]
+    );
+    let stats = within(daemon.task).await.unwrap();
+    assert_eq!(stats.chunks_served, 3);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let layout = daemon.executor(&mut c, 2, 30).await;
+    // As Spark's client does: one request, then all chunk requests back to back, with an
+    // RPC interleaved.
+    let handle = c
+        .open(&fetch(
+            "1",
+            vec![100, 101],
+            vec![(0..30).collect(), (0..30).collect()],
+            false,
+        ))
+        .await
+        .unwrap();
+    for i in 0..handle.num_chunks {
+        c.send(&Frame::ChunkFetchRequest(StreamChunkId {
+            stream_id: handle.stream_id,
+            chunk_index: i,
+        }))
+        .await
+        .unwrap();
+        if i == 10 {
+            let body = Message::GetLocalDirsForExecutors {
+                app_id: APP.into(),
+                exec_ids: vec!["1".into()],
+            }
+            .to_bytes();
+            c.send(&Frame::RpcRequest {
+                request_id: 77,
+                body,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for i in 0..handle.num_chunks {
+        let (m, r) = ((i / 30) as usize, (i % 30) as usize);
+        match within(c.recv()).await.unwrap().0 {
+            Frame::ChunkFetchSuccess { id, body } => {
+                assert_eq!(id.chunk_index, i);
+                assert_eq!(body, layout.outputs[m][r]);
+            }
+            other => panic!("chunk {i}: {other:?}"),
+        }
+        if i == 10 {
+            assert!(matches!(
+                within(c.recv()).await.unwrap().0,
+                Frame::RpcResponse { request_id: 77, .. }
+            ));
+        }
+    }
+    daemon.stop().await;
+}
