@@ -152,7 +152,12 @@ fn config(args: &Args) -> anyhow::Result<Config> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        let usage = e.use_stderr();
+        let _ = e.print();
+        // Help and version go to stdout and succeed; every real usage error is EX_USAGE.
+        std::process::exit(if usage { EX_USAGE } else { 0 });
+    });
     if let Err(e) = init_tracing(&args.log_level, args.log_format) {
         eprintln!("kshuffled: {e:#}");
         std::process::exit(EX_USAGE);

@@ -1,0 +1,78 @@
+//! The `kshuffled` binary as a user runs it: flags, the "listening" and "stopped" events,
+//! clean exit on SIGTERM, usage errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::Daemon;
+use kshuffle::client::Client;
+use kshuffle::fixture::ExecutorDirs;
+
+#[tokio::test]
+async fn serves_and_stops_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A root that does not exist yet is created.
+    let root = tmp.path().join("not/yet/there");
+    let daemon = Daemon::start(Daemon::standard_args(&root));
+    assert!(root.is_dir());
+
+    let dirs = ExecutorDirs::create(&root, "e", 1, 64).unwrap();
+    dirs.write_map_output(0, 7, &[b"hello", b"world"]).unwrap();
+    let mut client = Client::connect(daemon.addr()).await.unwrap();
+    client
+        .register("app-1", "1", dirs.as_strings(), 64)
+        .await
+        .unwrap();
+    let handle = client
+        .open(&kshuffle::wire::Message::FetchShuffleBlocks {
+            app_id: "app-1".into(),
+            exec_id: "1".into(),
+            shuffle_id: 0,
+            map_ids: vec![7],
+            reduce_ids: vec![vec![1]],
+            batch_fetch_enabled: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        client.chunk(handle.stream_id, 0).await.unwrap(),
+        &b"world"[..]
+    );
+    drop(client);
+
+    let stats = daemon.stop();
+    assert_eq!(stats.registrations, 1, "{stats}");
+    assert_eq!(stats.chunks_served, 1, "{stats}");
+    assert_eq!(stats.chunk_bytes, 5, "{stats}");
+}
+
+#[test]
+fn bad_flags_exit_with_usage_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().display().to_string();
+    for (args, needle) in [
+        (vec!["--port", "7337"], "--allowed-root"),
+        (vec!["--allowed-root", &root, "--port", "70000"], "--port"),
+        (
+            vec!["--allowed-root", &root, "--idle-timeout", "soon"],
+            "--idle-timeout",
+        ),
+        (
+            vec!["--allowed-root", &root, "--max-connections", "0"],
+            "--max-connections",
+        ),
+        (
+            vec!["--allowed-root", &root, "--log-format", "xml"],
+            "--log-format",
+        ),
+    ] {
+        let out = Command::new(Daemon::bin()).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?} (EX_USAGE)\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: message does not name {needle}:\n{stderr}"
+        );
+    }
+}
