@@ -1,6 +1,8 @@
 //! The `kshuffled` binary as a user runs it: flags, the "listening" and "stopped" events,
 //! clean exit on SIGTERM, usage errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! The daemon over real sockets with the protocol client: every request Spark sends, and bad
 //! input as raw bytes. The server runs in-process on `127.0.0.1:0`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

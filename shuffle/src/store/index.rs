@@ -82,7 +82,7 @@ impl Index {
     /// Parses and validates index bytes: a whole number of `i64`s, at least two, first 0,
     /// non-decreasing.
     pub fn parse(bytes: &[u8]) -> Result<Box<[u64]>, &'static str> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return Err("length is not a multiple of 8");
         }
         if bytes.len() < 16 {
@@ -136,10 +136,10 @@ impl IndexCache {
     /// # Errors
     /// `IndexMissing`, `IndexUnreadable` or `IndexCorrupt`.
     pub fn get(&self, path: &Path, data: Option<FileIdentity>) -> Result<Arc<Index>, Error> {
-        if let Some(hit) = self.entries.get(path) {
-            if hit.data == data {
-                return Ok(Arc::clone(&hit));
-            }
+        if let Some(hit) = self.entries.get(path)
+            && hit.data == data
+        {
+            return Ok(Arc::clone(&hit));
         }
         let index = Arc::new(Index {
             offsets: read_index(path)?,
