@@ -40,6 +40,18 @@ impl Registry for MemoryRegistry {
             .unwrap_or_default()
     }
 
+    fn remove_app(&self, app: &str) -> Result<Vec<Arc<Executor>>, Error> {
+        Ok(self.apps.remove(app).map(|(_, execs)| execs.into_values().collect()).unwrap_or_default())
+    }
+
+    fn apps(&self) -> Vec<AppId> {
+        self.apps.iter().map(|app| app.key().clone()).collect()
+    }
+
+    fn all(&self) -> Vec<Arc<Executor>> {
+        self.apps.iter().flat_map(|app| app.value().values().cloned().collect::<Vec<_>>()).collect()
+    }
+
     fn len(&self) -> usize {
         self.apps.iter().map(|app| app.value().len()).sum()
     }
@@ -83,5 +95,12 @@ mod tests {
         ids.sort();
         assert_eq!(ids, ["1", "2"]);
         assert!(reg.executors_of("nope").is_empty());
+        assert_eq!(reg.all().len(), 3);
+        let mut apps = reg.apps();
+        apps.sort();
+        assert_eq!(apps, [AppId::from("a"), AppId::from("b")]);
+        assert_eq!(reg.remove_app("a").unwrap().len(), 2);
+        assert!(reg.remove_app("a").unwrap().is_empty());
+        assert_eq!((reg.len(), reg.apps()), (1, vec![AppId::from("b")]));
     }
 }

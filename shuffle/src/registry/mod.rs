@@ -1,11 +1,13 @@
 //! The registry: which executors of which applications are registered, with the local
 //! directories their shuffle files live in.
 //!
-//! It is a small trait so that durability can be added behind it without touching the layers
-//! above: [`MemoryRegistry`] keeps everything in memory (lost on restart). Entries are
+//! It is a small trait with two implementations: [`MemoryRegistry`] keeps everything in memory
+//! (lost on restart; tests), [`JournalRegistry`] makes every change durable in an `fsync`ed
+//! journal under the state dir before it is acknowledged (production). Entries are
 //! validated before they get here (the `store` layer confines local dirs to the allowed
 //! roots); the registry only records them. No network types appear here.
 
+mod journal;
 mod memory;
 
 use std::borrow::Borrow;
@@ -13,6 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use journal::{JournalRegistry, Recovery};
 pub use memory::MemoryRegistry;
 
 /// A Spark application id as sent by executors (`spark-application-…`, `app-…`).
@@ -81,8 +84,28 @@ pub trait Registry: Send + Sync + 'static {
     /// Every registered executor of `app` (empty when the app is unknown).
     fn executors_of(&self, app: &str) -> Vec<Arc<Executor>>;
 
+    /// Drops every registration of `app`, returning them (empty when the app is unknown).
+    ///
+    /// # Errors
+    /// When the removal cannot be recorded; nothing is removed then.
+    fn remove_app(&self, app: &str) -> Result<Vec<Arc<Executor>>, Error>;
+
+    /// Every app with at least one registered executor.
+    fn apps(&self) -> Vec<AppId>;
+
+    /// Every registered executor.
+    fn all(&self) -> Vec<Arc<Executor>>;
+
     /// Number of registered (app, executor) pairs.
     fn len(&self) -> usize;
+
+    /// Makes everything recorded so far durable (a no-op where every change already is).
+    ///
+    /// # Errors
+    /// When the backing store cannot sync.
+    fn flush(&self) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Whether nothing is registered.
     fn is_empty(&self) -> bool {

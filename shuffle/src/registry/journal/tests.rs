@@ -1,0 +1,155 @@
+use super::*;
+
+fn exec(app: &str, exec: &str) -> Arc<Executor> {
+    Arc::new(Executor {
+        app_id: app.into(),
+        exec_id: exec.into(),
+        local_dirs: vec![format!("/r/{app}/{exec}")],
+        resolved_dirs: vec![format!("/r/{app}/{exec}").into()],
+        sub_dirs_per_local_dir: 64,
+        shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+    })
+}
+
+fn sorted_ids(reg: &impl Registry) -> Vec<(String, String)> {
+    let mut ids: Vec<_> = reg.all().iter().map(|e| (e.app_id.0.clone(), e.exec_id.0.clone())).collect();
+    ids.sort();
+    ids
+}
+
+fn journal_path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+#[test]
+fn survives_reopen_with_removals() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
+        assert_eq!(rec, Recovery::default());
+        reg.insert(exec("a", "1")).unwrap();
+        reg.insert(exec("a", "2")).unwrap();
+        reg.insert(exec("b", "1")).unwrap();
+        reg.remove_app("a").unwrap();
+        reg.insert(exec("c", "7")).unwrap();
+        // Re-registration replaces.
+        reg.insert(exec("b", "1")).unwrap();
+    }
+    let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
+    assert_eq!(sorted_ids(&reg), [("b".into(), "1".into()), ("c".into(), "7".into())]);
+    assert_eq!((rec.records, rec.executors, rec.torn_tail), (6, 2, false));
+    assert_eq!(*reg.get("c", "7").unwrap(), *exec("c", "7"));
+}
+
+#[test]
+fn torn_tail_is_dropped_and_the_rest_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+        reg.insert(exec("a", "1")).unwrap();
+        reg.insert(exec("a", "2")).unwrap();
+    }
+    let path = journal_path(tmp.path());
+    let full = std::fs::read(&path).unwrap();
+    // Cut the last record at every possible point: the first record always survives.
+    let last = encode(&Record::register(&exec("a", "2"))).unwrap().len();
+    for cut in 1..last {
+        std::fs::write(&path, &full[..full.len() - cut]).unwrap();
+        let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
+        assert!(rec.torn_tail, "cut {cut}");
+        assert!(rec.moved_aside.is_none(), "cut {cut}");
+        assert_eq!(sorted_ids(&reg), [("a".into(), "1".into())], "cut {cut}");
+        // The file was truncated to its valid part and accepts appends again.
+        reg.insert(exec("z", "9")).unwrap();
+        drop(reg);
+        let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
+        assert!(!rec.torn_tail);
+        assert_eq!(reg.len(), 2, "cut {cut}");
+        std::fs::write(&path, &full).unwrap();
+    }
+    // A flipped bit in the last record is a torn write too.
+    let mut flipped = full.clone();
+    let n = flipped.len();
+    flipped[n - 3] ^= 0x40;
+    std::fs::write(&path, &flipped).unwrap();
+    let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
+    assert!(rec.torn_tail);
+    assert_eq!(reg.len(), 1);
+}
+
+#[test]
+fn corruption_before_the_tail_is_moved_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+        for i in 0..5 {
+            reg.insert(exec("a", &i.to_string())).unwrap();
+        }
+    }
+    let path = journal_path(tmp.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let one = encode(&Record::register(&exec("a", "0"))).unwrap().len();
+    // Corrupt the payload of the third record.
+    bytes[MAGIC.len() + 2 * one + 20] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
+    assert_eq!(reg.len(), 2, "records before the corruption are kept");
+    let aside = rec.moved_aside.expect("moved aside");
+    assert_eq!(std::fs::read(&aside).unwrap(), bytes, "the corrupt file is kept as it was");
+    // The fresh journal holds exactly the recovered entries.
+    drop(reg);
+    let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
+    assert_eq!((reg.len(), rec.records, rec.moved_aside), (2, 2, None));
+
+    // Not a journal at all.
+    std::fs::write(&path, b"hello, world").unwrap();
+    let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
+    assert!(rec.moved_aside.is_some());
+    assert!(reg.is_empty());
+}
+
+#[test]
+fn compacts_when_dead_records_dominate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+    reg.insert(exec("keep", "1")).unwrap();
+    for i in 0..1100 {
+        let app = format!("gone-{i}");
+        reg.insert(exec(&app, "1")).unwrap();
+        reg.remove_app(&app).unwrap();
+    }
+    let records = reg.journal.lock().unwrap().records;
+    assert!(records < 1100, "journal was never compacted: {records} records");
+    drop(reg);
+    let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+    assert_eq!(sorted_ids(&reg), [("keep".into(), "1".into())]);
+}
+
+#[test]
+fn unusable_state_dir_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = JournalRegistry::open(&file.join("state")).unwrap_err();
+    assert!(err.to_string().contains("state dir"), "{err}");
+}
+
+#[test]
+fn failed_append_leaves_no_partial_record() {
+    // /dev/full fails every write with ENOSPC: a stand-in for a full disk.
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+    reg.insert(exec("a", "1")).unwrap();
+    let good_len = std::fs::metadata(journal_path(tmp.path())).unwrap().len();
+    {
+        let mut journal = reg.journal.lock().unwrap();
+        journal.file = OpenOptions::new().append(true).open("/dev/full").unwrap();
+    }
+    let err = reg.insert(exec("a", "2")).unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(reg.get("a", "2").is_none(), "a refused registration must not be served");
+    assert_eq!(std::fs::metadata(journal_path(tmp.path())).unwrap().len(), good_len);
+}
