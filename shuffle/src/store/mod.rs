@@ -17,9 +17,11 @@
 //! pool (see `conn`).
 
 pub mod checksum;
+pub mod cleanup;
 pub mod fsio;
 pub mod index;
 pub mod layout;
+mod removal;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -32,6 +34,7 @@ use crate::registry::{self, AppId, ExecId, Executor, Registry};
 use checksum::Checksum;
 use index::{FileIdentity, IndexCache};
 pub use layout::{BlockFile, ChecksumAlgorithm};
+pub use removal::{AppRemoval, SweepOptions, SweepReport};
 
 /// Most local dirs one executor may register.
 pub const MAX_LOCAL_DIRS: usize = 64;

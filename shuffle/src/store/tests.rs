@@ -300,3 +300,137 @@ fn diagnose_corruption() {
         CorruptionCause::UnknownIssue
     );
 }
+
+fn sweep_options() -> SweepOptions {
+    SweepOptions {
+        orphan_grace: std::time::Duration::from_secs(600),
+        app_idle: Some(std::time::Duration::from_secs(86_400)),
+        max_removals: 100,
+        dry_run: false,
+        max_depth: 4,
+    }
+}
+
+fn later(secs: u64) -> std::time::SystemTime {
+    std::time::SystemTime::now() + std::time::Duration::from_secs(secs)
+}
+
+#[test]
+fn remove_app_deletes_exactly_its_dirs() {
+    let env = env();
+    let a = ExecutorDirs::create(&env.root.join("a"), "a", 2, 64).unwrap();
+    let b = ExecutorDirs::create(&env.root.join("b"), "b", 1, 64).unwrap();
+    a.write_map_output(0, 1, &[b"aaaa", b"bb"]).unwrap();
+    b.write_map_output(0, 1, &[b"bbbb"]).unwrap();
+    env.store
+        .register("app-a", "1", &a.as_strings(), 64, "m")
+        .unwrap();
+    let exec_b = env
+        .store
+        .register("app-b", "1", &b.as_strings(), 64, "m")
+        .unwrap();
+    // A symlink inside app A's dir pointing at app B's files must not be followed.
+    std::os::unix::fs::symlink(&b.dirs[0], a.dirs[0].join("evil")).unwrap();
+
+    let removal = env.store.remove_app("app-a").unwrap().unwrap();
+    assert_eq!(removal.executors, 1);
+    assert!(removal.errors.is_empty(), "{:?}", removal.errors);
+    assert_eq!(
+        removal.reclaimed.bytes,
+        6 + 24 + 16,
+        "data + index (3 offsets) + checksum bytes"
+    );
+    assert!(a.dirs.iter().all(|d| !d.exists()));
+    assert!(env.store.registry().get("app-a", "1").is_none());
+    // App B is untouched and still served.
+    let mut seg = env.store.shuffle_segment(&exec_b, 0, 1, 0, 1).unwrap();
+    assert_eq!(read_segment(&mut seg), b"bbbb");
+    assert!(
+        env.store.remove_app("app-a").unwrap().is_none(),
+        "unknown app"
+    );
+}
+
+#[test]
+fn executor_gone_keeps_shuffle_output() {
+    let env = env();
+    let d = ExecutorDirs::create(&env.root, "e", 1, 64).unwrap();
+    d.write_map_output(0, 1, &[b"x"]).unwrap();
+    d.write_rdd_block(2, 3, b"rdd").unwrap();
+    let sub = d.dirs[0].join("0c");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("temp_shuffle_1234"), b"spill").unwrap();
+    let exec = env
+        .store
+        .register("app", "1", &d.as_strings(), 64, "m")
+        .unwrap();
+
+    let r = env.store.executor_gone("app", "1", true).unwrap();
+    // The spill and the checksum file go; index, data and the RDD block stay.
+    assert_eq!(r.files, 2, "{r:?}");
+    assert!(env.store.shuffle_segment(&exec, 0, 1, 0, 1).is_ok());
+    assert!(env.store.rdd_segment(&exec, 2, 3).is_ok());
+    let r = env.store.executor_gone("app", "1", false).unwrap();
+    assert_eq!(r.files, 1, "RDD block removed when not served");
+    assert!(matches!(
+        env.store.executor_gone("app", "9", true),
+        Err(Error::UnknownExecutor { .. })
+    ));
+}
+
+#[test]
+fn sweep_reclaims_orphans_after_grace_and_leaves_live_apps() {
+    let env = env();
+    let live = ExecutorDirs::create(&env.root.join("spark-live"), "live", 1, 64).unwrap();
+    live.write_map_output(0, 1, &[b"live"]).unwrap();
+    env.store
+        .register("live", "1", &live.as_strings(), 64, "m")
+        .unwrap();
+    let orphan =
+        ExecutorDirs::create(&env.root.join("spark-dead/executor-1"), "dead", 1, 64).unwrap();
+    orphan.write_map_output(0, 1, &[b"dead data"]).unwrap();
+
+    // Within the grace period nothing is touched.
+    let report = env.store.sweep(&sweep_options(), later(0));
+    assert!(
+        report.orphan_dirs.is_empty() && report.idle_apps.is_empty(),
+        "{report:?}"
+    );
+    // A dry run after the grace period reports without deleting.
+    let dry = SweepOptions {
+        dry_run: true,
+        ..sweep_options()
+    };
+    let report = env.store.sweep(&dry, later(3600));
+    assert_eq!(report.orphan_dirs, orphan.dirs);
+    assert!(orphan.dirs[0].exists());
+    // The real sweep deletes the orphan only.
+    let report = env.store.sweep(&sweep_options(), later(3600));
+    assert_eq!(report.orphan_dirs, orphan.dirs);
+    assert!(report.reclaimed.bytes >= 9);
+    assert!(!orphan.dirs[0].exists());
+    assert!(live.dirs[0].exists());
+    assert!(report.idle_apps.is_empty());
+
+    // After the idle period the live app is reclaimed too.
+    let report = env.store.sweep(&sweep_options(), later(2 * 86_400));
+    assert_eq!(report.idle_apps, ["live"]);
+    assert!(!live.dirs[0].exists());
+    assert!(env.store.registry().is_empty());
+}
+
+#[test]
+fn sweep_is_rate_limited() {
+    let env = env();
+    for i in 0..5 {
+        ExecutorDirs::create(&env.root, &format!("o{i}"), 1, 64).unwrap();
+    }
+    let options = SweepOptions {
+        max_removals: 2,
+        ..sweep_options()
+    };
+    let first = env.store.sweep(&options, later(3600));
+    assert_eq!((first.orphan_dirs.len(), first.deferred), (2, 3));
+    let second = env.store.sweep(&options, later(3600));
+    assert_eq!((second.orphan_dirs.len(), second.deferred), (2, 1));
+}
