@@ -1,10 +1,27 @@
-//! kshuffle-benches: measurements of the kshuffle daemon.
+//! kshuffle-benches: measurements of the kshuffle daemon, side by side with Spark's own Java
+//! external shuffle service. Figures are reported as ratios measured in one run, never
+//! asserted in tests.
 //!
-//! This crate will own (see `../shared/DESIGN.md` and the benchmarks issue): a load generator
-//! speaking Spark's protocol that lays out Spark-format shuffle files, fetches them as Spark's
-//! fetcher does and verifies every byte; a side-by-side runner against Spark's own Java
-//! shuffle service and the loopback limit of the machine; and micro-benchmarks of the codec
-//! and the block store. Figures are reported as ratios measured in one run, never asserted in
-//! tests.
+//! - [`layout`]: Spark-format shuffle files (maps × reducers, block size, skew) with content
+//!   that can be verified byte for byte without a copy;
+//! - [`load`]: the load generator, fetching as Spark's fetcher does (`FetchShuffleBlocks`, then
+//!   every `ChunkFetchRequest` pipelined; requests in flight per connection; connections; batch
+//!   fetch), verifying every byte, with HDR latency percentiles;
+//! - [`register`]: many executors registering at once;
+//! - [`loopback`]: the machine's loopback limit for the same bytes (plain `sendfile`);
+//! - [`procstat`]: server CPU seconds and peak RSS from `/proc`;
+//! - [`services`]: `kshuffled` and the Java service as child processes;
+//! - [`compare`]: the side-by-side runner and its table;
+//! - [`scale`]: throughput and memory as connections and registered executors grow.
 //!
-//! Nothing is implemented yet: the daemon it measures comes first.
+//! The binary is `kshuffle-bench` (`load`, `compare`, `loopback`, `scale`); `scripts/bench.sh`
+//! builds and runs the comparison.
+
+pub mod compare;
+pub mod layout;
+pub mod load;
+pub mod loopback;
+pub mod procstat;
+pub mod register;
+pub mod scale;
+pub mod services;

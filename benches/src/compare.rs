@@ -1,0 +1,584 @@
+//! The side-by-side runner: Spark's Java shuffle service and `kshuffled` started on separate
+//! ports over the same files, the same workloads run against each in turn (alternating which
+//! goes first), plus the loopback limit of the machine, measured in the same run.
+//!
+//! Every figure is the median over the repetitions (peak RSS: the largest). Server CPU and
+//! peak RSS come from `/proc` of each service's process; the peak is reset before each run.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::layout::{Layout, LayoutSpec};
+use crate::load::{self, LoadSpec, Report};
+use crate::loopback::{self, LoopbackReport};
+use crate::procstat;
+use crate::register::{self, RegisterReport, RegisterSpec};
+use crate::services::{self, Service};
+
+/// Options of a comparison.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where layouts and the Java service's state go (a temp dir if `None`).
+    pub work_dir: Option<PathBuf>,
+    /// The `kshuffled` binary.
+    pub kshuffled: PathBuf,
+    /// `SPARK_HOME` of the Java service (the pinned 4.3.0 venv if `None`).
+    pub spark_home: Option<PathBuf>,
+    /// Spark version of the pinned venv to use when `spark_home` is `None`.
+    pub spark_version: String,
+    /// The workspace (for `scripts/spark-venv.sh`).
+    pub workspace: PathBuf,
+    /// Length of one measured run.
+    pub duration: Duration,
+    /// Measured runs per service and workload.
+    pub reps: usize,
+    /// Workloads to run (names, or empty for all).
+    pub only: Vec<String>,
+    /// Executors in the registration workload.
+    pub registrations: u64,
+    /// Skip the Java service (ours and loopback only).
+    pub no_java: bool,
+}
+
+/// One workload: a layout and how to fetch it.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Table name.
+    pub name: &'static str,
+    /// What it models.
+    pub about: &'static str,
+    /// The files.
+    pub layout: LayoutSpec,
+    /// The fetches.
+    pub load: LoadSpec,
+}
+
+/// The standard workloads.
+pub fn workloads() -> Vec<Workload> {
+    let spec = |maps, reducers, block_bytes, shuffle_id| LayoutSpec {
+        maps,
+        reducers,
+        block_bytes,
+        skew: 0.0,
+        shuffle_id,
+    };
+    let load = |mp, rp, batch, connections, inflight| LoadSpec {
+        connections,
+        inflight,
+        ..LoadSpec::new(mp, rp, batch)
+    };
+    vec![
+        Workload {
+            name: "small",
+            about: "4 KiB blocks, 64 per request, 8 requests in flight x 4 connections",
+            layout: spec(64, 512, 4 << 10, 1),
+            load: load(64, 1, false, 4, 8),
+        },
+        Workload {
+            name: "small-batch",
+            about: "4 KiB blocks, batch fetch: 8 maps x 64 contiguous partitions per request, 8 in flight x 2 connections",
+            layout: spec(64, 512, 4 << 10, 1),
+            load: load(8, 64, true, 2, 8),
+        },
+        Workload {
+            name: "medium",
+            about: "256 KiB blocks, 32 per request (8 MiB), 4 in flight x 2 connections",
+            layout: spec(32, 32, 256 << 10, 2),
+            load: load(16, 2, false, 2, 4),
+        },
+        Workload {
+            name: "large",
+            about: "4 MiB blocks, 2 per request (8 MiB), 4 in flight x 2 connections",
+            layout: spec(16, 16, 4 << 20, 3),
+            load: LoadSpec {
+                client_threads: 2,
+                ..load(2, 1, false, 2, 4)
+            },
+        },
+    ]
+}
+
+/// Figures of one service on one workload.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// The load report.
+    pub report: Report,
+    /// Server CPU seconds during the run.
+    pub cpu_secs: f64,
+    /// Server peak RSS during the run.
+    pub peak_rss: u64,
+}
+
+impl Measured {
+    /// Server CPU seconds per GB (10^9 bytes) served.
+    pub fn cpu_per_gb(&self) -> f64 {
+        self.cpu_secs / (self.report.bytes as f64 / 1e9).max(1e-12)
+    }
+}
+
+/// Runs `load` against `service` (already registered), measuring the server.
+///
+/// # Errors
+/// Load errors and `/proc` failures.
+pub fn measure(
+    service: &Service,
+    layout: &Arc<Layout>,
+    load: LoadSpec,
+) -> anyhow::Result<Measured> {
+    let pid = service.pid();
+    procstat::reset_peak(pid)?;
+    let before = procstat::usage(pid)?;
+    let report = load::run(service.addr, Arc::clone(layout), load)
+        .with_context(|| format!("load against {}", service.name))?;
+    let after = procstat::usage(pid)?;
+    Ok(Measured {
+        report,
+        cpu_secs: after.cpu_secs - before.cpu_secs,
+        peak_rss: after.peak_rss,
+    })
+}
+
+/// Registers the layout's executor as `app`/`exec` at `addr`.
+///
+/// # Errors
+/// When the service refuses.
+pub fn register_layout(
+    addr: SocketAddr,
+    layout: &Layout,
+    app: &str,
+    exec: &str,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = kshuffle::client::Client::connect(addr).await?;
+        client.register(app, exec, layout.local_dirs(), 64).await?;
+        anyhow::Ok(())
+    })
+    .with_context(|| format!("registering {app}/{exec} at {addr}"))
+}
+
+/// Median of `xs` (0 for none).
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// The figures of one service on one workload, over the repetitions.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Median blocks/s.
+    pub blocks_per_sec: f64,
+    /// Median MiB/s.
+    pub mib_per_sec: f64,
+    /// Median p50 open-to-first-byte (µs).
+    pub first_p50: f64,
+    /// Median p99 open-to-first-byte (µs).
+    pub first_p99: f64,
+    /// Median p99 chunk latency (µs).
+    pub chunk_p99: f64,
+    /// Median server CPU s per GB.
+    pub cpu_per_gb: f64,
+    /// Largest peak RSS (bytes).
+    pub peak_rss: f64,
+}
+
+impl Summary {
+    /// Summarizes runs.
+    pub fn of(runs: &[Measured]) -> Self {
+        let m = |f: &dyn Fn(&Measured) -> f64| median(runs.iter().map(f).collect());
+        Self {
+            blocks_per_sec: m(&|r| r.report.blocks_per_sec()),
+            mib_per_sec: m(&|r| r.report.mib_per_sec()),
+            first_p50: m(&|r| r.report.open_to_first_byte.p50_us as f64),
+            first_p99: m(&|r| r.report.open_to_first_byte.p99_us as f64),
+            chunk_p99: m(&|r| r.report.chunk.p99_us as f64),
+            cpu_per_gb: m(&|r| r.cpu_per_gb()),
+            peak_rss: runs.iter().map(|r| r.peak_rss as f64).fold(0.0, f64::max),
+        }
+    }
+}
+
+/// A registration run and the service's RSS after it (bytes).
+pub type Registered = (RegisterReport, u64);
+
+/// Everything one comparison measured.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// Per workload: (workload, ours, Java if run).
+    pub fetches: Vec<(Workload, Summary, Option<Summary>)>,
+    /// Registration: (ours, Java), with RSS after (bytes).
+    pub registration: Option<(Registered, Option<Registered>)>,
+    /// Loopback with verification, and raw, over the large layout.
+    pub loopback: Option<(LoopbackReport, LoopbackReport)>,
+    /// Idle RSS after start (ours, Java).
+    pub idle_rss: (u64, Option<u64>),
+    /// The Java service's name.
+    pub java_name: String,
+}
+
+/// Runs the comparison, printing progress to stderr.
+///
+/// # Errors
+/// When a service cannot start or any run fails.
+pub fn run(opts: &Options) -> anyhow::Result<Results> {
+    let tmp;
+    let work = match &opts.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("kshuffle-bench-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let work = std::fs::canonicalize(&work)?;
+    let root = work.join("root");
+    let state = work.join("java-state");
+    std::fs::create_dir_all(&root)?;
+    std::fs::create_dir_all(&state)?;
+    let selected: Vec<Workload> = workloads()
+        .into_iter()
+        .filter(|w| opts.only.is_empty() || opts.only.iter().any(|o| o == w.name))
+        .collect();
+    let want_registration = opts.only.is_empty() || opts.only.iter().any(|o| o == "register");
+    let want_loopback = selected.iter().any(|w| w.name == "large");
+
+    // Layouts, shared by workloads with the same file shape.
+    let mut layouts: Vec<(LayoutSpec, Arc<Layout>)> = Vec::new();
+    for w in &selected {
+        if layouts.iter().any(|(s, _)| *s == w.layout) {
+            continue;
+        }
+        eprintln!(
+            "writing layout {} maps x {} partitions x {} B",
+            w.layout.maps, w.layout.reducers, w.layout.block_bytes
+        );
+        let tag = format!("s{}", w.layout.shuffle_id);
+        layouts.push((
+            w.layout,
+            Arc::new(Layout::create(&root, &tag, 2, w.layout)?),
+        ));
+    }
+    let layout_of = |spec: &LayoutSpec| {
+        layouts
+            .iter()
+            .find(|(s, _)| s == spec)
+            .map(|(_, l)| Arc::clone(l))
+            .context("layout missing")
+    };
+
+    let ours = Service::start_kshuffled(&opts.kshuffled, &root, Duration::from_secs(20))?;
+    eprintln!("kshuffled pid {} on {}", ours.pid(), ours.addr);
+    let java = if opts.no_java {
+        None
+    } else {
+        let home = match &opts.spark_home {
+            Some(h) => h.clone(),
+            None => services::spark_home(&opts.workspace, &opts.spark_version)?,
+        };
+        let name = format!("spark-{}", opts.spark_version);
+        let log = work.join("java-service.log");
+        let java = Service::start_java(&home, &name, &state, &root, &log, Duration::from_secs(90))?;
+        eprintln!("{} pid {} on {}", java.name, java.pid(), java.addr);
+        Some(java)
+    };
+    let services: Vec<&Service> = std::iter::once(&ours).chain(java.as_ref()).collect();
+    let mut results = Results {
+        java_name: java.as_ref().map(|j| j.name.clone()).unwrap_or_default(),
+        idle_rss: (
+            procstat::usage(ours.pid())?.rss,
+            java.as_ref()
+                .map(|j| procstat::usage(j.pid()))
+                .transpose()?
+                .map(|u| u.rss),
+        ),
+        ..Results::default()
+    };
+    for s in &services {
+        for (_, layout) in &layouts {
+            let exec = format!("exec-s{}", layout.spec.shuffle_id);
+            register_layout(s.addr, layout, "app-bench", &exec)?;
+        }
+    }
+
+    for w in &selected {
+        let layout = layout_of(&w.layout)?;
+        let load = LoadSpec {
+            exec_id: format!("exec-s{}", w.layout.shuffle_id),
+            duration: opts.duration,
+            ..w.load.clone()
+        };
+        // Warm-up (JIT, page cache), not measured.
+        for s in &services {
+            let warm = LoadSpec {
+                duration: (opts.duration / 2).max(Duration::from_secs(1)),
+                ..load.clone()
+            };
+            load::run(s.addr, Arc::clone(&layout), warm)
+                .with_context(|| format!("warm-up of {} against {}", w.name, s.name))?;
+        }
+        let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); services.len()];
+        for rep in 0..opts.reps {
+            let mut order: Vec<usize> = (0..services.len()).collect();
+            if rep % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let m = measure(services[i], &layout, load.clone())?;
+                eprintln!(
+                    "{:<12} {:<12} rep {rep}: {:>10.0} blocks/s {:>8.1} MiB/s p99 first byte {:>6} us, cpu {:.2} s, peak RSS {:.1} MiB",
+                    w.name,
+                    services[i].name,
+                    m.report.blocks_per_sec(),
+                    m.report.mib_per_sec(),
+                    m.report.open_to_first_byte.p99_us,
+                    m.cpu_secs,
+                    m.peak_rss as f64 / 1048576.0
+                );
+                runs[i].push(m);
+            }
+        }
+        let ours_summary = Summary::of(&runs[0]);
+        let java_summary = runs.get(1).map(|r| Summary::of(r));
+        results
+            .fetches
+            .push((w.clone(), ours_summary, java_summary));
+    }
+
+    if want_loopback {
+        let layout = layout_of(
+            &workloads()
+                .into_iter()
+                .find(|w| w.name == "large")
+                .context("no large")?
+                .layout,
+        )?;
+        let conns = 2;
+        loopback::run(Arc::clone(&layout), conns, Duration::from_secs(1), true)?;
+        let verified = loopback::run(Arc::clone(&layout), conns, opts.duration, true)?;
+        let raw = loopback::run(layout, conns, opts.duration, false)?;
+        eprintln!(
+            "loopback sendfile: {:.1} MiB/s verified, {:.1} MiB/s raw",
+            verified.mib_per_sec(),
+            raw.mib_per_sec()
+        );
+        results.loopback = Some((verified, raw));
+    }
+
+    if want_registration && opts.registrations > 0 {
+        let dirs = layouts
+            .first()
+            .map(|(_, l)| l.local_dirs())
+            .context("no layout for registration dirs")?;
+        let mut out = Vec::new();
+        for s in &services {
+            let spec = RegisterSpec {
+                app_id: "app-register".into(),
+                count: opts.registrations,
+                local_dirs: dirs.clone(),
+                connections: 4,
+                inflight: 32,
+                io_timeout: Duration::from_secs(120),
+            };
+            let r = register::run(s.addr, spec)
+                .with_context(|| format!("registration at {}", s.name))?;
+            let rss = procstat::usage(s.pid())?.rss;
+            eprintln!(
+                "register     {:<12} {} executors: {:.0}/s, p99 {} us, RSS after {:.1} MiB",
+                s.name,
+                r.registered,
+                r.per_sec(),
+                r.latency.p99_us,
+                rss as f64 / 1048576.0
+            );
+            out.push((r, rss));
+        }
+        let mut it = out.into_iter();
+        if let Some(o) = it.next() {
+            results.registration = Some((o, it.next()));
+        }
+    }
+    Ok(results)
+}
+
+fn ratio(ours: f64, java: Option<f64>) -> String {
+    match java {
+        Some(j) if j > 0.0 => format!("{:.2}", ours / j),
+        _ => "-".into(),
+    }
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "-".into())
+}
+
+/// The results as a Markdown table (ratios are ours / Java).
+pub fn table(r: &Results) -> String {
+    let java = if r.java_name.is_empty() {
+        "Java"
+    } else {
+        &r.java_name
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| workload | metric | kshuffled | {java} | ours / Java | target |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---|");
+    let mib = |b: f64| format!("{:.0} MiB", b / 1048576.0);
+    let int = |v: f64| format!("{v:.0}");
+    let loop_verified = r.loopback.map(|(v, _)| v.mib_per_sec());
+    for (w, o, j) in &r.fetches {
+        let j = j.as_ref();
+        let mut row =
+            |metric: &str, ov: f64, jv: Option<f64>, fmt: &dyn Fn(f64) -> String, target: &str| {
+                let _ = writeln!(
+                    s,
+                    "| {} | {metric} | {} | {} | {} | {target} |",
+                    w.name,
+                    fmt(ov),
+                    opt(jv, fmt),
+                    ratio(ov, jv)
+                );
+            };
+        let small = w.name.starts_with("small");
+        row(
+            "blocks/s",
+            o.blocks_per_sec,
+            j.map(|j| j.blocks_per_sec),
+            &int,
+            if small { ">= 2" } else { "" },
+        );
+        row(
+            "MiB/s",
+            o.mib_per_sec,
+            j.map(|j| j.mib_per_sec),
+            &|v| format!("{v:.0}"),
+            if w.name == "large" { "> 1" } else { "" },
+        );
+        row(
+            "open→first byte p50 (µs)",
+            o.first_p50,
+            j.map(|j| j.first_p50),
+            &int,
+            "",
+        );
+        row(
+            "open→first byte p99 (µs)",
+            o.first_p99,
+            j.map(|j| j.first_p99),
+            &int,
+            "<= 0.5",
+        );
+        row(
+            "chunk p99 (µs)",
+            o.chunk_p99,
+            j.map(|j| j.chunk_p99),
+            &int,
+            "",
+        );
+        row(
+            "server CPU s/GB",
+            o.cpu_per_gb,
+            j.map(|j| j.cpu_per_gb),
+            &|v| format!("{v:.2}"),
+            "<= 0.5",
+        );
+        row(
+            "server peak RSS",
+            o.peak_rss,
+            j.map(|j| j.peak_rss),
+            &mib,
+            "<= 0.1",
+        );
+        if w.name == "large"
+            && let Some(l) = loop_verified
+        {
+            let _ = writeln!(
+                s,
+                "| large | % of loopback (sendfile, verified: {l:.0} MiB/s) | {:.0}% | {} | | ours >= 90% |",
+                100.0 * o.mib_per_sec / l,
+                opt(j.map(|j| j.mib_per_sec), |v| format!(
+                    "{:.0}%",
+                    100.0 * v / l
+                ))
+            );
+        }
+    }
+    if let Some((v, raw)) = r.loopback {
+        let _ = writeln!(
+            s,
+            "| loopback | sendfile → read+verify, 2 connections (MiB/s) | {:.0} | | | |",
+            v.mib_per_sec()
+        );
+        let _ = writeln!(
+            s,
+            "| loopback | sendfile → read, discard, 2 connections (MiB/s) | {:.0} | | | |",
+            raw.mib_per_sec()
+        );
+    }
+    if let Some(((o, orss), j)) = &r.registration {
+        let j = j.as_ref();
+        let _ = writeln!(
+            s,
+            "| register {} executors | registrations/s | {:.0} | {} | {} | |",
+            o.registered,
+            o.per_sec(),
+            opt(j.map(|(j, _)| j.per_sec()), int),
+            ratio(o.per_sec(), j.map(|(j, _)| j.per_sec()))
+        );
+        let _ = writeln!(
+            s,
+            "| register {} executors | p99 latency (µs) | {} | {} | {} | |",
+            o.registered,
+            o.latency.p99_us,
+            opt(j.map(|(j, _)| j.latency.p99_us as f64), int),
+            ratio(
+                o.latency.p99_us as f64,
+                j.map(|(j, _)| j.latency.p99_us as f64)
+            )
+        );
+        let _ = writeln!(
+            s,
+            "| register {} executors | RSS after | {} | {} | {} | |",
+            o.registered,
+            mib(*orss as f64),
+            opt(j.map(|(_, r)| *r as f64), mib),
+            ratio(*orss as f64, j.map(|(_, r)| *r as f64))
+        );
+    }
+    let (oi, ji) = r.idle_rss;
+    let _ = writeln!(
+        s,
+        "| idle | RSS after start | {} | {} | {} | |",
+        mib(oi as f64),
+        opt(ji.map(|v| v as f64), mib),
+        ratio(oi as f64, ji.map(|v| v as f64))
+    );
+    s
+}
+
+/// `kshuffled` next to the running binary (`target/<profile>/`), if it is there.
+pub fn default_kshuffled() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.join("kshuffled");
+    candidate.exists().then_some(candidate)
+}
+
+/// The workspace root of this crate (`benches/..`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}

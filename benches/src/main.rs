@@ -1,0 +1,236 @@
+//! `kshuffle-bench`: the load generator and the side-by-side runner (see the crate docs).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kshuffle_benches::compare::{self, Options};
+use kshuffle_benches::layout::{Layout, LayoutSpec};
+use kshuffle_benches::load::{self, LoadSpec};
+use kshuffle_benches::{loopback, procstat};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of kshuffled against Spark's Java shuffle service")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Shape {
+    /// Map outputs in the layout.
+    #[arg(long, default_value_t = 64)]
+    maps: u32,
+    /// Reduce partitions per map output.
+    #[arg(long, default_value_t = 512)]
+    reducers: u32,
+    /// Block size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    block_bytes: u64,
+    /// Block size skew (0 = uniform).
+    #[arg(long, default_value_t = 0.0)]
+    skew: f64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Lay out files under ROOT, register them at ADDR and fetch them for a while.
+    Load {
+        /// The service.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// A directory under the service's allowed root (or spark.local.dir).
+        #[arg(long)]
+        root: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+        /// Client connections.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Fetch requests in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        inflight: usize,
+        /// Maps per fetch request.
+        #[arg(long, default_value_t = 64)]
+        maps_per_request: u32,
+        /// Reduce partitions per fetch request.
+        #[arg(long, default_value_t = 1)]
+        reduces_per_request: u32,
+        /// Batch fetch (one chunk per map).
+        #[arg(long)]
+        batch: bool,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Client threads.
+        #[arg(long, default_value_t = 1)]
+        client_threads: usize,
+        /// Server pid, to report its CPU and peak RSS.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Start the Java service and kshuffled over the same files and compare them.
+    Compare {
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Measured runs per service and workload (alternating order).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Only these workloads (small, small-batch, medium, large, register).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Executors in the registration workload.
+        #[arg(long, default_value_t = 20_000)]
+        registrations: u64,
+        /// Work directory (default: a temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// The kshuffled binary (default: next to this one).
+        #[arg(long)]
+        kshuffled: Option<PathBuf>,
+        /// SPARK_HOME of the Java service (default: the pinned pyspark venv).
+        #[arg(long)]
+        spark_home: Option<PathBuf>,
+        /// Pinned pyspark version for the Java service.
+        #[arg(long, default_value = "4.3.0")]
+        spark_version: String,
+        /// Without the Java service.
+        #[arg(long)]
+        no_java: bool,
+    },
+    /// Measure the loopback sendfile limit over a layout under a temp dir.
+    Loopback {
+        #[command(flatten)]
+        shape: Shape,
+        /// Connections.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Read and discard instead of verifying.
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Cmd::Load {
+            addr,
+            root,
+            shape,
+            connections,
+            inflight,
+            maps_per_request,
+            reduces_per_request,
+            batch,
+            secs,
+            client_threads,
+            pid,
+        } => {
+            let layout = Arc::new(Layout::create(&root, "load", 2, layout_spec(&shape))?);
+            compare::register_layout(addr, &layout, "app-bench", "0")?;
+            let spec = LoadSpec {
+                connections,
+                inflight,
+                duration: Duration::from_secs_f64(secs),
+                client_threads,
+                ..LoadSpec::new(maps_per_request, reduces_per_request, batch)
+            };
+            let before = pid.map(procstat::usage).transpose()?;
+            if let Some(pid) = pid {
+                procstat::reset_peak(pid)?;
+            }
+            let r = load::run(addr, layout, spec)?;
+            println!(
+                "{} requests, {} chunks, {} blocks, {} bytes verified in {:.2} s: {:.0} blocks/s, {:.1} MiB/s",
+                r.requests,
+                r.chunks,
+                r.blocks,
+                r.bytes,
+                r.elapsed.as_secs_f64(),
+                r.blocks_per_sec(),
+                r.mib_per_sec()
+            );
+            for (name, l) in [
+                ("open→first byte", r.open_to_first_byte),
+                ("chunk", r.chunk),
+            ] {
+                println!(
+                    "{name:<16} p50 {} us, p99 {} us, p99.9 {} us, max {} us ({} samples)",
+                    l.p50_us, l.p99_us, l.p999_us, l.max_us, l.count
+                );
+            }
+            if let (Some(pid), Some(before)) = (pid, before) {
+                let after = procstat::usage(pid)?;
+                let cpu = after.cpu_secs - before.cpu_secs;
+                println!(
+                    "server: {cpu:.2} CPU s ({:.2} s/GB), peak RSS {:.1} MiB",
+                    cpu / (r.bytes as f64 / 1e9),
+                    after.peak_rss as f64 / 1048576.0
+                );
+            }
+        }
+        Cmd::Compare {
+            secs,
+            reps,
+            only,
+            registrations,
+            work_dir,
+            kshuffled,
+            spark_home,
+            spark_version,
+            no_java,
+        } => {
+            let kshuffled = kshuffled
+                .or_else(compare::default_kshuffled)
+                .context("no kshuffled next to this binary; build it (cargo build --release -p kshuffle) or pass --kshuffled")?;
+            let opts = Options {
+                work_dir,
+                kshuffled,
+                spark_home,
+                spark_version,
+                workspace: compare::workspace_root(),
+                duration: Duration::from_secs_f64(secs),
+                reps: reps.max(1),
+                only,
+                registrations,
+                no_java,
+            };
+            let results = compare::run(&opts)?;
+            println!("{}", compare::table(&results));
+        }
+        Cmd::Loopback {
+            shape,
+            connections,
+            secs,
+            raw,
+        } => {
+            let tmp = tempfile::tempdir()?;
+            let layout = Arc::new(Layout::create(tmp.path(), "loop", 2, layout_spec(&shape))?);
+            let r = loopback::run(layout, connections, Duration::from_secs_f64(secs), !raw)?;
+            println!(
+                "{} bytes in {:.2} s: {:.1} MiB/s",
+                r.bytes,
+                r.elapsed.as_secs_f64(),
+                r.mib_per_sec()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn layout_spec(shape: &Shape) -> LayoutSpec {
+    LayoutSpec {
+        maps: shape.maps,
+        reducers: shape.reducers,
+        block_bytes: shape.block_bytes,
+        skew: shape.skew,
+        shuffle_id: 1,
+    }
+}

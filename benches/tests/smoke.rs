@@ -1,0 +1,119 @@
+//! The load generator, the registration driver and the loopback measurement work end to end
+//! on a tiny layout against an in-process `kshuffle` server. No figures are asserted: only
+//! that every block arrived, verified, and the reports add up. (The Java comparison is the
+//! bench command's business, never the tests'.)
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kshuffle::registry::MemoryRegistry;
+use kshuffle::{Config, Server};
+use kshuffle_benches::compare::register_layout;
+use kshuffle_benches::layout::{Layout, LayoutSpec};
+use kshuffle_benches::load::{self, LoadSpec};
+use kshuffle_benches::register::{self, RegisterSpec};
+use kshuffle_benches::{loopback, procstat};
+use tokio_util::sync::CancellationToken;
+
+/// Serves `root` on a background runtime until the token is cancelled.
+fn serve(root: &std::path::Path) -> (SocketAddr, CancellationToken, std::thread::JoinHandle<()>) {
+    let server = Server::new(
+        Config::new(vec![root.to_path_buf()]),
+        Arc::new(MemoryRegistry::new()),
+    )
+    .unwrap();
+    let token = CancellationToken::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = token.clone();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            server.run(listener, stop).await;
+        });
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (addr, token, thread)
+}
+
+#[test]
+fn tiny_layout_fetched_and_verified_every_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    let spec = LayoutSpec {
+        maps: 5,
+        reducers: 7,
+        block_bytes: 3000,
+        skew: 2.0,
+        shuffle_id: 4,
+    };
+    let layout = Arc::new(Layout::create(&root, "smoke", 2, spec).unwrap());
+    let (addr, token, thread) = serve(&root);
+    register_layout(addr, &layout, "app-bench", "0").unwrap();
+
+    // 2 maps x 3 partitions per request: 3 x 3 requests cover the grid exactly once (edges
+    // included), so the bytes must add up to the layout's.
+    for batch in [false, true] {
+        let run = LoadSpec {
+            connections: 2,
+            inflight: 2,
+            max_requests: Some(9),
+            duration: Duration::from_secs(120),
+            ..LoadSpec::new(2, 3, batch)
+        };
+        let r = load::run(addr, Arc::clone(&layout), run).unwrap();
+        assert_eq!(r.requests, 9, "batch={batch}");
+        assert_eq!(r.blocks, 35, "batch={batch}");
+        assert_eq!(r.bytes, spec.total_bytes(), "batch={batch}");
+        let chunks = if batch { 15 } else { 35 };
+        assert_eq!(r.chunks, chunks, "batch={batch}");
+        assert_eq!(r.open_to_first_byte.count, 9);
+        assert_eq!(r.chunk.count, chunks);
+        assert!(r.chunk.p50_us <= r.chunk.p99_us && r.chunk.p99_us <= r.chunk.max_us);
+        assert!(r.blocks_per_sec() > 0.0 && r.mib_per_sec() > 0.0);
+    }
+
+    // A fetch of an unregistered executor fails the run instead of reporting a figure.
+    let unknown = LoadSpec {
+        exec_id: "nobody".into(),
+        max_requests: Some(1),
+        ..LoadSpec::new(1, 1, false)
+    };
+    let err = load::run(addr, Arc::clone(&layout), unknown).unwrap_err();
+    assert!(format!("{err:#}").contains("failed"), "{err:#}");
+
+    let reg = register::run(
+        addr,
+        RegisterSpec {
+            app_id: "app-many".into(),
+            count: 50,
+            local_dirs: layout.local_dirs(),
+            connections: 2,
+            inflight: 4,
+            io_timeout: Duration::from_secs(60),
+        },
+    )
+    .unwrap();
+    assert_eq!(reg.registered, 50);
+    assert_eq!(reg.latency.count, 50);
+
+    // Each connection sends at least its first data file (maps 0 and 1), verified.
+    let lo = loopback::run(Arc::clone(&layout), 2, Duration::ZERO, true).unwrap();
+    assert_eq!(
+        lo.bytes,
+        layout.range_len(0, 0, 7) + layout.range_len(1, 0, 7)
+    );
+
+    let me = procstat::usage(std::process::id()).unwrap();
+    assert!(me.peak_rss > 0);
+
+    token.cancel();
+    thread.join().unwrap();
+}
