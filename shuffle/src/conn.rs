@@ -90,12 +90,18 @@ pub async fn serve(
         if let Err(e) = socket.set_nodelay(true) {
             debug!(error = %e, "set_nodelay failed");
         }
+        Stats::inc(&service.stats.connections_open);
         let mut conn = Connection::new(socket, service, shutdown);
-        match conn.run().await {
+        let result = conn.run().await;
+        let stats = &conn.service.stats;
+        Stats::dec(&stats.connections_open);
+        Stats::adjust(&stats.streams_open, conn.streams.len(), 0);
+        match result {
             Ok(()) => debug!("connection closed"),
             Err(Error::Io(e)) if is_disconnect(&e) => debug!(error = %e, "peer went away"),
             Err(e) => {
                 Stats::inc(&conn.service.stats.connection_errors);
+                crate::metrics::error(e.kind());
                 warn!(kind = e.kind(), error = %e, "closing connection");
             }
         }
@@ -168,9 +174,23 @@ impl Connection {
 
     /// Handles one frame; `Ok(false)` asks to close the connection after flushing.
     async fn handle(&mut self, frame: Frame) -> Result<bool, Error> {
+        let open_before = self.streams.len();
+        let result = self.dispatch(frame).await;
+        Stats::adjust(
+            &self.service.stats.streams_open,
+            open_before,
+            self.streams.len(),
+        );
+        result
+    }
+
+    async fn dispatch(&mut self, frame: Frame) -> Result<bool, Error> {
+        let started = std::time::Instant::now();
         match frame {
             Frame::RpcRequest { request_id, body } => {
+                let kind = crate::wire::Message::type_name_of(&body);
                 let reply = self.service.rpc(&body, &mut self.streams).await;
+                crate::metrics::request_duration(kind, started);
                 let frame = match reply {
                     Ok(body) => Frame::RpcResponse { request_id, body },
                     Err(failure) => {
@@ -200,6 +220,7 @@ impl Connection {
                         if chunk.rdd {
                             Stats::inc(&stats.rdd_blocks_served);
                         }
+                        crate::metrics::request_duration("ChunkFetchRequest", started);
                     }
                     Err(failure) => self.chunk_failed(id, failure).await?,
                 }
@@ -223,6 +244,7 @@ impl Connection {
                         if chunk.rdd {
                             Stats::inc(&stats.rdd_blocks_served);
                         }
+                        crate::metrics::request_duration("StreamRequest", started);
                     }
                     Err(failure) => {
                         self.log_failure("stream", &failure);
@@ -269,6 +291,7 @@ impl Connection {
     }
 
     fn log_failure(&self, what: &'static str, failure: &Failure) {
+        crate::metrics::error(failure.kind);
         warn!(request = what, kind = failure.kind, error = %failure.message, "request failed");
     }
 

@@ -10,15 +10,18 @@
 //! - [`handler`]: what each request does; [`stream`]: the chunks a fetch promised;
 //! - [`wire`]: the pure codec of Spark's frames, messages and block ids (no I/O);
 //! - [`store`]: block id → file segment on disk, confined to the allowed roots;
-//! - [`registry`]: registered executors (in memory for now).
+//! - [`registry`]: registered executors, durable in a journal;
+//! - [`admin`]: the admin HTTP port (health, metrics, application lifecycle); [`metrics`].
 //!
 //! [`fixture`] writes Spark-format files for tests and benchmarks.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod fixture;
 pub mod handler;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod stats;

@@ -51,6 +51,49 @@ impl Server {
         })
     }
 
+    /// The state shared with every connection (for the admin port).
+    pub fn service(&self) -> Arc<Service> {
+        Arc::clone(&self.service)
+    }
+
+    /// Runs the orphan sweep every `interval` until `shutdown`.
+    pub async fn sweep_periodically(
+        &self,
+        options: crate::store::SweepOptions,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick fires at once: skip it, so a restart does not sweep before the
+        // executors that were running have had a chance to touch their files.
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let service = Arc::clone(&self.service);
+            let opts = options.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                service.store.sweep(&opts, std::time::SystemTime::now())
+            })
+            .await;
+            match swept {
+                Ok(r) if !r.orphan_dirs.is_empty() || !r.idle_apps.is_empty() => info!(
+                    orphan_dirs = r.orphan_dirs.len(),
+                    idle_apps = r.idle_apps.len(),
+                    deferred = r.deferred,
+                    bytes = r.reclaimed.bytes,
+                    dry_run = r.dry_run,
+                    "sweep done"
+                ),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "sweep task failed"),
+            }
+        }
+    }
+
     /// The live counters.
     pub fn stats(&self) -> &Stats {
         &self.service.stats
@@ -117,6 +160,9 @@ impl Server {
                 connections = tracker.len(),
                 "grace period over; dropping remaining connections"
             );
+        }
+        if let Err(e) = self.service.store.registry().flush() {
+            warn!(error = %e, "cannot flush the registry");
         }
         self.service.stats.snapshot()
     }

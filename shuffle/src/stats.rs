@@ -70,6 +70,10 @@ counters! {
     chunk_failures,
     /// Connections closed because of a protocol error, timeout or I/O error.
     connection_errors,
+    /// Connections open now (a gauge).
+    connections_open,
+    /// Streams open now, over all connections (a gauge).
+    streams_open,
 }
 
 impl Stats {
@@ -81,5 +85,19 @@ impl Stats {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one from a gauge.
+    pub fn dec(gauge: &AtomicU64) {
+        gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Moves a gauge from `old` to `new`.
+    pub fn adjust(gauge: &AtomicU64, old: usize, new: usize) {
+        if new > old {
+            gauge.fetch_add((new - old) as u64, Ordering::Relaxed);
+        } else if old > new {
+            gauge.fetch_sub((old - new) as u64, Ordering::Relaxed);
+        }
     }
 }

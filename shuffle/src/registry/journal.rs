@@ -96,7 +96,9 @@ pub struct JournalRegistry {
 
 impl std::fmt::Debug for JournalRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JournalRegistry").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("JournalRegistry")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,7 +147,9 @@ fn read_record(reader: &mut impl Read, pos: u64, file_len: u64) -> io::Result<Ne
         });
     }
     if len > MAX_RECORD_BYTES {
-        return Ok(Next::Corrupt(format!("record length {len} at offset {pos}")));
+        return Ok(Next::Corrupt(format!(
+            "record length {len} at offset {pos}"
+        )));
     }
     let mut payload = vec![0u8; len as usize];
     reader.read_exact(&mut payload)?;
@@ -158,7 +162,9 @@ fn read_record(reader: &mut impl Read, pos: u64, file_len: u64) -> io::Result<Ne
     }
     match serde_json::from_slice(&payload) {
         Ok(record) => Ok(Next::Record(record, end)),
-        Err(e) => Ok(Next::Corrupt(format!("undecodable record at offset {pos}: {e}"))),
+        Err(e) => Ok(Next::Corrupt(format!(
+            "undecodable record at offset {pos}: {e}"
+        ))),
     }
 }
 
@@ -204,7 +210,8 @@ impl JournalRegistry {
         let path = dir.join(FILE_NAME);
         let memory = MemoryRegistry::new();
         let mut recovery = Recovery::default();
-        let ctx = |e: io::Error| io::Error::new(e.kind(), format!("journal {}: {e}", path.display()));
+        let ctx =
+            |e: io::Error| io::Error::new(e.kind(), format!("journal {}: {e}", path.display()));
 
         let mut file = OpenOptions::new()
             .read(true)
@@ -248,7 +255,11 @@ impl JournalRegistry {
             }
         }
         recovery.executors = memory.len();
-        let mut journal = Journal { file, len: valid_end, records: recovery.records };
+        let mut journal = Journal {
+            file,
+            len: valid_end,
+            records: recovery.records,
+        };
         if let Some(why) = corrupt {
             let aside = dir.join(format!(
                 "{FILE_NAME}.corrupt-{}",
@@ -263,11 +274,18 @@ impl JournalRegistry {
             recovery.moved_aside = Some(aside);
             journal = Self::write_compacted(dir, &memory)?;
         } else if recovery.torn_tail {
-            warn!(offset = valid_end, "registry journal ends in a torn record (a crash mid-write); dropping it");
+            warn!(
+                offset = valid_end,
+                "registry journal ends in a torn record (a crash mid-write); dropping it"
+            );
             journal.file.set_len(valid_end).map_err(ctx)?;
             journal.file.sync_all().map_err(ctx)?;
         }
-        let registry = Self { memory, journal: Mutex::new(journal), dir: dir.to_path_buf() };
+        let registry = Self {
+            memory,
+            journal: Mutex::new(journal),
+            dir: dir.to_path_buf(),
+        };
         if recovery.moved_aside.is_none() {
             registry.maybe_compact()?;
         }
@@ -293,8 +311,15 @@ impl JournalRegistry {
         }
         std::fs::rename(&tmp, dir.join(FILE_NAME))?;
         sync_dir(dir)?;
-        let file = OpenOptions::new().read(true).append(true).open(dir.join(FILE_NAME))?;
-        Ok(Journal { file, len: out.len() as u64, records })
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(dir.join(FILE_NAME))?;
+        Ok(Journal {
+            file,
+            len: out.len() as u64,
+            records,
+        })
     }
 
     fn maybe_compact(&self) -> io::Result<()> {
@@ -311,11 +336,18 @@ impl JournalRegistry {
     fn append(&self, record: &Record) -> Result<(), Error> {
         let bytes = encode(record).map_err(Error::Store)?;
         let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        let result = journal.file.write_all(&bytes).and_then(|()| journal.file.sync_data());
+        let result = journal
+            .file
+            .write_all(&bytes)
+            .and_then(|()| journal.file.sync_data());
         if let Err(e) = result {
             // Take back whatever part of the record reached the file.
             let len = journal.len;
-            if let Err(t) = journal.file.set_len(len).and_then(|()| journal.file.sync_all()) {
+            if let Err(t) = journal
+                .file
+                .set_len(len)
+                .and_then(|()| journal.file.sync_all())
+            {
                 error!(error = %t, "cannot truncate the journal after a failed append");
             }
             let _ = journal.file.seek(SeekFrom::End(0));
@@ -345,7 +377,9 @@ impl Registry for JournalRegistry {
         if self.memory.executors_of(app).is_empty() {
             return Ok(Vec::new());
         }
-        self.append(&Record::RemoveApp { app_id: app.to_owned() })?;
+        self.append(&Record::RemoveApp {
+            app_id: app.to_owned(),
+        })?;
         let removed = self.memory.remove_app(app)?;
         self.maybe_compact().map_err(Error::Store)?;
         Ok(removed)

@@ -41,7 +41,11 @@ impl Registry for MemoryRegistry {
     }
 
     fn remove_app(&self, app: &str) -> Result<Vec<Arc<Executor>>, Error> {
-        Ok(self.apps.remove(app).map(|(_, execs)| execs.into_values().collect()).unwrap_or_default())
+        Ok(self
+            .apps
+            .remove(app)
+            .map(|(_, execs)| execs.into_values().collect())
+            .unwrap_or_default())
     }
 
     fn apps(&self) -> Vec<AppId> {
@@ -49,7 +53,10 @@ impl Registry for MemoryRegistry {
     }
 
     fn all(&self) -> Vec<Arc<Executor>> {
-        self.apps.iter().flat_map(|app| app.value().values().cloned().collect::<Vec<_>>()).collect()
+        self.apps
+            .iter()
+            .flat_map(|app| app.value().values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     fn len(&self) -> usize {

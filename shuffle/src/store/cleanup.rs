@@ -154,10 +154,11 @@ fn newest_at(dir: BorrowedFd<'_>, newest: &mut SystemTime, depth: usize) -> io::
             continue;
         };
         *newest = (*newest).max(to_time(stat.st_mtime, stat.st_mtime_nsec));
-        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && depth < MAX_DEPTH {
-            if let Ok(child) = open_dir_at(dir, name) {
-                newest_at(child.as_fd(), newest, depth + 1)?;
-            }
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+            && depth < MAX_DEPTH
+            && let Ok(child) = open_dir_at(dir, name)
+        {
+            newest_at(child.as_fd(), newest, depth + 1)?;
         }
     }
     Ok(())

@@ -236,6 +236,30 @@ pub enum Message {
 
 // === impl Message ===
 
+/// Spark's class names of the block-transfer messages, indexed by type byte (§2.1).
+const TYPE_NAMES: [&str; 20] = [
+    "OpenBlocks",
+    "UploadBlock",
+    "RegisterExecutor",
+    "StreamHandle",
+    "RegisterDriver",
+    "ShuffleServiceHeartbeat",
+    "UploadBlockStream",
+    "RemoveBlocks",
+    "BlocksRemoved",
+    "FetchShuffleBlocks",
+    "GetLocalDirsForExecutors",
+    "LocalDirsForExecutors",
+    "PushBlockStream",
+    "FinalizeShuffleMerge",
+    "MergeStatuses",
+    "FetchShuffleBlockChunks",
+    "DiagnoseCorruption",
+    "CorruptionCause",
+    "BlockPushReturnCode",
+    "RemoveShuffleMerge",
+];
+
 impl Message {
     /// The encoded message as one buffer, e.g. for an `RpcResponse` body.
     pub fn to_bytes(&self) -> Bytes {
@@ -272,28 +296,19 @@ impl Message {
 
     /// Spark's class name of the message, e.g. `"OpenBlocks"`.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Message::OpenBlocks { .. } => "OpenBlocks",
-            Message::UploadBlock { .. } => "UploadBlock",
-            Message::RegisterExecutor { .. } => "RegisterExecutor",
-            Message::StreamHandle { .. } => "StreamHandle",
-            Message::RegisterDriver { .. } => "RegisterDriver",
-            Message::ShuffleServiceHeartbeat { .. } => "ShuffleServiceHeartbeat",
-            Message::UploadBlockStream { .. } => "UploadBlockStream",
-            Message::RemoveBlocks { .. } => "RemoveBlocks",
-            Message::BlocksRemoved { .. } => "BlocksRemoved",
-            Message::FetchShuffleBlocks { .. } => "FetchShuffleBlocks",
-            Message::GetLocalDirsForExecutors { .. } => "GetLocalDirsForExecutors",
-            Message::LocalDirsForExecutors { .. } => "LocalDirsForExecutors",
-            Message::PushBlockStream { .. } => "PushBlockStream",
-            Message::FinalizeShuffleMerge { .. } => "FinalizeShuffleMerge",
-            Message::MergeStatuses { .. } => "MergeStatuses",
-            Message::FetchShuffleBlockChunks { .. } => "FetchShuffleBlockChunks",
-            Message::DiagnoseCorruption { .. } => "DiagnoseCorruption",
-            Message::CorruptionCause { .. } => "CorruptionCause",
-            Message::BlockPushReturnCode { .. } => "BlockPushReturnCode",
-            Message::RemoveShuffleMerge { .. } => "RemoveShuffleMerge",
-        }
+        TYPE_NAMES
+            .get(usize::from(self.type_id()))
+            .copied()
+            .unwrap_or("Unknown")
+    }
+
+    /// The class name of the message encoded in `body`, from its type byte alone (for
+    /// metrics labels before or without decoding); `"Unknown"` for anything else.
+    pub fn type_name_of(body: &[u8]) -> &'static str {
+        body.first()
+            .and_then(|&ty| TYPE_NAMES.get(usize::from(ty)))
+            .copied()
+            .unwrap_or("Unknown")
     }
 
     /// The appId the message claims, if it has one (checked against the authenticated

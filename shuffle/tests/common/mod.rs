@@ -202,6 +202,16 @@ impl Daemon {
         .map(OsString::from)
         .collect();
         args.push(allowed_root.as_os_str().to_owned());
+        // Its own state dir beside the root (never inside it), and an ephemeral admin port,
+        // so daemons of concurrent tests never share either.
+        let mut state = allowed_root.as_os_str().to_owned();
+        state.push(".state");
+        args.extend([
+            "--state-dir".into(),
+            state,
+            "--admin-port".into(),
+            "0".into(),
+        ]);
         args
     }
 
@@ -239,10 +249,10 @@ impl Daemon {
             thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(ev) = Event::parse(&line) {
-                        if ev.message == "listening" {
-                            let _ = listening_tx.send(ev.str_field("addr").unwrap_or_default());
-                        }
+                    if let Some(ev) = Event::parse(&line)
+                        && ev.message == "listening"
+                    {
+                        let _ = listening_tx.send(ev.str_field("addr").unwrap_or_default());
                     }
                     lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }

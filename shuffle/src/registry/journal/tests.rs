@@ -12,7 +12,11 @@ fn exec(app: &str, exec: &str) -> Arc<Executor> {
 }
 
 fn sorted_ids(reg: &impl Registry) -> Vec<(String, String)> {
-    let mut ids: Vec<_> = reg.all().iter().map(|e| (e.app_id.0.clone(), e.exec_id.0.clone())).collect();
+    let mut ids: Vec<_> = reg
+        .all()
+        .iter()
+        .map(|e| (e.app_id.0.clone(), e.exec_id.0.clone()))
+        .collect();
     ids.sort();
     ids
 }
@@ -36,7 +40,10 @@ fn survives_reopen_with_removals() {
         reg.insert(exec("b", "1")).unwrap();
     }
     let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
-    assert_eq!(sorted_ids(&reg), [("b".into(), "1".into()), ("c".into(), "7".into())]);
+    assert_eq!(
+        sorted_ids(&reg),
+        [("b".into(), "1".into()), ("c".into(), "7".into())]
+    );
     assert_eq!((rec.records, rec.executors, rec.torn_tail), (6, 2, false));
     assert_eq!(*reg.get("c", "7").unwrap(), *exec("c", "7"));
 }
@@ -95,7 +102,11 @@ fn corruption_before_the_tail_is_moved_aside() {
     let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
     assert_eq!(reg.len(), 2, "records before the corruption are kept");
     let aside = rec.moved_aside.expect("moved aside");
-    assert_eq!(std::fs::read(&aside).unwrap(), bytes, "the corrupt file is kept as it was");
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        bytes,
+        "the corrupt file is kept as it was"
+    );
     // The fresh journal holds exactly the recovered entries.
     drop(reg);
     let (reg, rec) = JournalRegistry::open(tmp.path()).unwrap();
@@ -119,7 +130,10 @@ fn compacts_when_dead_records_dominate() {
         reg.remove_app(&app).unwrap();
     }
     let records = reg.journal.lock().unwrap().records;
-    assert!(records < 1100, "journal was never compacted: {records} records");
+    assert!(
+        records < 1100,
+        "journal was never compacted: {records} records"
+    );
     drop(reg);
     let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
     assert_eq!(sorted_ids(&reg), [("keep".into(), "1".into())]);
@@ -150,6 +164,12 @@ fn failed_append_leaves_no_partial_record() {
     }
     let err = reg.insert(exec("a", "2")).unwrap_err();
     assert!(err.to_string().contains("No space left"), "{err}");
-    assert!(reg.get("a", "2").is_none(), "a refused registration must not be served");
-    assert_eq!(std::fs::metadata(journal_path(tmp.path())).unwrap().len(), good_len);
+    assert!(
+        reg.get("a", "2").is_none(),
+        "a refused registration must not be served"
+    );
+    assert_eq!(
+        std::fs::metadata(journal_path(tmp.path())).unwrap().len(),
+        good_len
+    );
 }

@@ -1,0 +1,248 @@
+//! `kshuffled`'s flags, validated into the library's configuration.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kshuffle::Config;
+use kshuffle::store::SweepOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kshuffled",
+    version,
+    about = "External shuffle service for Apache Spark"
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "KSHUFFLE_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Port to listen on (Spark's `spark.shuffle.service.port`; 0 picks a free port).
+    #[arg(long, env = "KSHUFFLE_PORT", default_value_t = 7337)]
+    pub port: u16,
+    /// Directory executors' local dirs must be inside (repeat or comma-separate for several).
+    /// Created if missing.
+    #[arg(
+        long = "allowed-root",
+        env = "KSHUFFLE_ALLOWED_ROOTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub allowed_roots: Vec<PathBuf>,
+    /// Where registrations are persisted (default: $XDG_STATE_HOME/kshuffle or
+    /// ~/.local/state/kshuffle). Must not be inside an allowed root.
+    #[arg(long, env = "KSHUFFLE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address of the admin HTTP port (health, metrics, lifecycle API).
+    #[arg(long, env = "KSHUFFLE_ADMIN_BIND", default_value = "0.0.0.0")]
+    pub admin_bind: IpAddr,
+    /// Admin HTTP port (0 picks a free port).
+    #[arg(long, env = "KSHUFFLE_ADMIN_PORT", default_value_t = 7338)]
+    pub admin_port: u16,
+    /// File holding the bearer token of the admin lifecycle API (`/v1/...`); without it
+    /// those endpoints answer 403.
+    #[arg(long, env = "KSHUFFLE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Log filter (`info`, `debug`, `kshuffle=debug,warn`, …); `RUST_LOG` overrides it.
+    #[arg(long, env = "KSHUFFLE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "KSHUFFLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Largest incoming frame in bytes.
+    #[arg(long, env = "KSHUFFLE_MAX_FRAME_BYTES", default_value_t = kshuffle::wire::DEFAULT_MAX_FRAME_LEN_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Most concurrent connections.
+    #[arg(long, env = "KSHUFFLE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most open streams per connection.
+    #[arg(
+        long,
+        env = "KSHUFFLE_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 4096
+    )]
+    pub max_streams_per_connection: usize,
+    /// Close connections idle this long (e.g. `120s`, `2m`, `500ms`).
+    #[arg(long, env = "KSHUFFLE_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Close connections whose replies make no progress this long.
+    #[arg(long, env = "KSHUFFLE_WRITE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// On shutdown, how long open streams may still be served.
+    #[arg(long, env = "KSHUFFLE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Bound of the index-file cache, in bytes.
+    #[arg(long, env = "KSHUFFLE_INDEX_CACHE_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub index_cache_bytes: usize,
+    /// How often the orphan sweep runs (0 disables it).
+    #[arg(long, env = "KSHUFFLE_SWEEP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    /// An unregistered `blockmgr-*` dir is reclaimed after this long without changes.
+    #[arg(long, env = "KSHUFFLE_ORPHAN_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+    /// A registered app whose files did not change for this long is removed (0: never).
+    #[arg(long, env = "KSHUFFLE_APP_IDLE_TIMEOUT", default_value = "24h", value_parser = parse_duration)]
+    pub app_idle_timeout: Duration,
+    /// Most dirs and apps one sweep removes.
+    #[arg(long, env = "KSHUFFLE_SWEEP_MAX_REMOVALS", default_value_t = 100)]
+    pub sweep_max_removals: usize,
+    /// Sweep only reports what it would remove.
+    #[arg(long, env = "KSHUFFLE_SWEEP_DRY_RUN")]
+    pub sweep_dry_run: bool,
+    /// Keep `rdd_*` files when an executor is gone (Spark's
+    /// `spark.shuffle.service.fetch.rdd.enabled`: they are served to other executors).
+    #[arg(long, env = "KSHUFFLE_RDD_FETCH_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rdd_fetch_enabled: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 30s, 2m, 500ms)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
+    }
+}
+
+/// Everything the daemon runs with, validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: Config,
+    pub state_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub sweep: SweepOptions,
+    pub sweep_interval: Duration,
+}
+
+impl Args {
+    /// Validates the flags (creating the allowed roots if missing).
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let Args {
+            bind: _,
+            port: _,
+            allowed_roots,
+            state_dir,
+            admin_bind: _,
+            admin_port: _,
+            admin_token_file,
+            log_level: _,
+            log_format: _,
+            max_frame_bytes,
+            max_connections,
+            max_streams_per_connection,
+            idle_timeout,
+            write_timeout,
+            shutdown_grace,
+            index_cache_bytes,
+            sweep_interval,
+            orphan_grace,
+            app_idle_timeout,
+            sweep_max_removals,
+            sweep_dry_run,
+            rdd_fetch_enabled: _,
+        } = self;
+        anyhow::ensure!(
+            *max_frame_bytes >= 1024,
+            "--max-frame-bytes must be at least 1024"
+        );
+        anyhow::ensure!(*max_connections > 0, "--max-connections must be positive");
+        anyhow::ensure!(
+            *max_streams_per_connection > 0,
+            "--max-streams-per-connection must be positive"
+        );
+        anyhow::ensure!(!idle_timeout.is_zero(), "--idle-timeout must be positive");
+        anyhow::ensure!(!write_timeout.is_zero(), "--write-timeout must be positive");
+        let mut roots = Vec::new();
+        for root in allowed_roots {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("--allowed-root: cannot create {}", root.display()))?;
+            roots.push(
+                std::fs::canonicalize(root).with_context(|| {
+                    format!("--allowed-root: cannot resolve {}", root.display())
+                })?,
+            );
+        }
+        let state_dir = match state_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                default_state_dir().context("--state-dir: no default (set HOME or the flag)")?
+            }
+        };
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("--state-dir: cannot create {}", state_dir.display()))?;
+        let canonical_state = std::fs::canonicalize(&state_dir)
+            .with_context(|| format!("--state-dir: cannot resolve {}", state_dir.display()))?;
+        if let Some(root) = roots
+            .iter()
+            .find(|r| canonical_state.starts_with(r) || r.starts_with(&canonical_state))
+        {
+            anyhow::bail!(
+                "--state-dir {} overlaps the allowed root {}: cleanup could delete it",
+                canonical_state.display(),
+                root.display()
+            );
+        }
+        let admin_token = match admin_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path).with_context(|| {
+                    format!("--admin-token-file: cannot read {}", path.display())
+                })?;
+                let token = token.trim().to_owned();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "--admin-token-file: {} is empty",
+                    path.display()
+                );
+                Some(token)
+            }
+            None => None,
+        };
+        Ok(Settings {
+            config: Config {
+                allowed_roots: roots,
+                max_frame_len_bytes: *max_frame_bytes,
+                max_connections: *max_connections,
+                max_streams_per_connection: *max_streams_per_connection,
+                idle_timeout: *idle_timeout,
+                write_timeout: *write_timeout,
+                shutdown_grace_period: *shutdown_grace,
+                index_cache_bytes: *index_cache_bytes,
+            },
+            state_dir: canonical_state,
+            admin_token,
+            sweep: SweepOptions {
+                orphan_grace: *orphan_grace,
+                app_idle: (!app_idle_timeout.is_zero()).then_some(*app_idle_timeout),
+                max_removals: *sweep_max_removals,
+                dry_run: *sweep_dry_run,
+                max_depth: 4,
+            },
+            sweep_interval: *sweep_interval,
+        })
+    }
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir).join("kshuffle")),
+        _ => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state/kshuffle")),
+    }
+}

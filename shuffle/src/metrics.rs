@@ -1,0 +1,73 @@
+//! Prometheus metrics, through the `metrics` facade (`kshuffle_` prefix).
+//!
+//! The request path bumps plain atomics ([`Stats`](crate::stats::Stats)); [`publish`] copies
+//! them into the recorder when `/metrics` is scraped, so serving a block costs no registry
+//! lookup. Latency histograms and error counters are recorded where they happen.
+//!
+//! How they map to the Java service's `shuffleService` metrics, for operators who know those:
+//!
+//! | Java (`shuffleService` source) | kshuffle |
+//! |---|---|
+//! | `registerExecutorRequestLatencyMillis` | `kshuffle_request_duration_seconds{type="RegisterExecutor"}` |
+//! | `openBlockRequestLatencyMillis` | `kshuffle_request_duration_seconds{type="FetchShuffleBlocks"\|"OpenBlocks"}` |
+//! | `blockTransferMessageRate` | `rate(kshuffle_chunks_served_total + kshuffle_streams_served_total)` |
+//! | `blockTransferRateBytes` | `rate(kshuffle_served_bytes_total)` |
+//! | `blockTransferRate` | `rate(kshuffle_chunks_served_total + kshuffle_streams_served_total)` (a batch range counts once, Java counts its partitions) |
+//! | `registeredExecutorsSize` | `kshuffle_registered_executors` |
+//! | `numActiveConnections` | `kshuffle_connections_open` |
+//! | `numRegisteredConnections` | `kshuffle_connections_total` |
+//! | `numCaughtExceptions` | `kshuffle_errors_total{kind}` |
+//! | – | `kshuffle_registered_apps`, `kshuffle_streams_open`, `kshuffle_apps_removed_total`, `kshuffle_cleanup_reclaimed_bytes_total`, `kshuffle_orphan_dirs_reclaimed_total`, `kshuffle_registry_recovered_with_loss` |
+
+use std::sync::atomic::Ordering;
+
+use crate::handler::Service;
+
+/// Copies the live counters into the recorder.
+pub fn publish(service: &Service) {
+    let s = service.stats.snapshot();
+    let registry = service.store.registry();
+    metrics::gauge!("kshuffle_registered_executors").set(registry.len() as f64);
+    metrics::gauge!("kshuffle_registered_apps").set(registry.apps().len() as f64);
+    metrics::gauge!("kshuffle_connections_open")
+        .set(service.stats.connections_open.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("kshuffle_streams_open")
+        .set(service.stats.streams_open.load(Ordering::Relaxed) as f64);
+    for (name, value) in [
+        ("kshuffle_connections_total", s.connections),
+        ("kshuffle_connections_refused_total", s.connections_refused),
+        ("kshuffle_registrations_total", s.registrations),
+        ("kshuffle_open_blocks_total", s.open_blocks),
+        (
+            "kshuffle_fetch_shuffle_blocks_total",
+            s.fetch_shuffle_blocks,
+        ),
+        ("kshuffle_batch_fetches_total", s.batch_fetches),
+        ("kshuffle_remove_blocks_total", s.remove_blocks),
+        ("kshuffle_blocks_removed_total", s.blocks_removed),
+        ("kshuffle_local_dirs_requests_total", s.local_dirs_requests),
+        ("kshuffle_chunks_served_total", s.chunks_served),
+        ("kshuffle_streams_served_total", s.streams_served),
+        (
+            "kshuffle_served_bytes_total",
+            s.chunk_bytes + s.stream_bytes,
+        ),
+        ("kshuffle_rdd_blocks_served_total", s.rdd_blocks_served),
+        ("kshuffle_rpc_failures_total", s.rpc_failures),
+        ("kshuffle_chunk_failures_total", s.chunk_failures),
+        ("kshuffle_connection_errors_total", s.connection_errors),
+    ] {
+        metrics::counter!(name).absolute(value);
+    }
+}
+
+/// Records how long handling one request of `kind` took.
+pub fn request_duration(kind: &'static str, started: std::time::Instant) {
+    metrics::histogram!("kshuffle_request_duration_seconds", "type" => kind)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Counts an error of `kind` (`unknown_executor`, `index_missing`, `idle_timeout`, …).
+pub fn error(kind: &'static str) {
+    metrics::counter!("kshuffle_errors_total", "kind" => kind).increment(1);
+}
