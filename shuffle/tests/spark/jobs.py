@@ -35,6 +35,7 @@ import hashlib
 import json
 import operator
 import os
+import signal
 import sys
 import threading
 import time
@@ -47,7 +48,7 @@ EXECUTOR_IDLE_TIMEOUT = "2s"
 # A job still running after this long is cancelled and reported as failed (the slowest job
 # takes ~40 s on a busy 2-core machine). A shuffle service that refuses RegisterExecutor
 # otherwise leaves Spark relaunching executors forever.
-JOB_TIMEOUT_S = 150
+JOB_TIMEOUT_S = 120
 # Static sessions wait this long for both executors before running anything.
 EXECUTORS_UP_TIMEOUT_S = 90
 # Blocks above this size are fetched with StreamRequest (to disk) instead of ChunkFetchRequest.
@@ -100,6 +101,26 @@ def prepare_spark_home(scratch):
     return home
 
 
+def exit_with_parent():
+    """Kill our process group (this script and Spark's JVMs) if our parent dies.
+
+    The test harness starts this script as the leader of a new process group and kills that
+    group when it is done, but a harness that is itself killed (a test timeout) cannot.
+    """
+    parent = os.getppid()
+    if os.getpgrp() != os.getpid():
+        raise SystemExit("--exit-with-parent needs this process to lead its process group")
+
+    def watch():
+        while True:
+            time.sleep(1)
+            if os.getppid() != parent:
+                log("parent process %d is gone: killing process group %d" % (parent, os.getpgrp()))
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def base_conf(args, app_name):
     from pyspark import SparkConf
 
@@ -121,6 +142,7 @@ def base_conf(args, app_name):
         .set("spark.executor.memory", "1g")
         # A service that stops answering fails the fetch after 60 s instead of 120 s.
         .set("spark.shuffle.io.connectionTimeout", "60s")
+        .setAll(kv.split("=", 1) for kv in args.conf)
     )
 
 
@@ -439,7 +461,7 @@ def session_static(args, out):
         if want("group_by_key"):
             run_job(jobs, "group_by_key", job_group_by_key, sc, 60_000, 8, 5)
         if want("sort_200"):
-            run_job(jobs, "sort_200", job_sort, sc, 200_000, 8, 200)
+            run_job(jobs, "sort_200", job_sort, sc, 100_000, 8, 200)
         if want("sql_join_agg"):
             run_job(jobs, "sql_join_agg", job_sql_join_agg, spark)
         if want("large_blocks"):
@@ -519,11 +541,11 @@ def session_dynamic(args, out):
         def phase_a_cache():
             return {"rows": cached.count(), "cache_records": cache_records.value}
 
-        a5 = run_job(jobs, "dyn_phase_a_shuffle", phase_a_shuffle)
-        a6 = run_job(jobs, "dyn_phase_a_cache", phase_a_cache)
-        out["phase_a_executors_live"] = live_executor_ids(sc)
-        if a5["error"] or a6["error"]:
+        if run_job(jobs, "dyn_phase_a_shuffle", phase_a_shuffle)["error"]:
             return
+        if run_job(jobs, "dyn_phase_a_cache", phase_a_cache)["error"]:
+            return
+        out["phase_a_executors_live"] = live_executor_ids(sc)
 
         # --- every executor goes away (idle timeout); nothing tells the service.
         waited = time.time()
@@ -571,8 +593,8 @@ def session_dynamic(args, out):
                 "cache_records_expected": n6,
             }
 
-        run_job(jobs, "dynamic_shuffle", phase_b_shuffle)
-        run_job(jobs, "dynamic_disk_only_rdd", phase_b_cache)
+        if not run_job(jobs, "dynamic_shuffle", phase_b_shuffle)["error"]:
+            run_job(jobs, "dynamic_disk_only_rdd", phase_b_cache)
         out["phase_a_executors"] = sorted(phase_a_execs.value)
         out["phase_b_executors"] = sorted(phase_b_execs.value)
         time.sleep(1)  # let the listener bus deliver the last executor events
@@ -603,7 +625,17 @@ def main():
     ap.add_argument("--local-dir", required=True, help="spark.local.dir (under the allowed root)")
     ap.add_argument("--scratch", required=True, help="directory for SPARK_HOME farm and logs")
     ap.add_argument("--jobs", help="static session: comma-separated subset of jobs to run")
+    ap.add_argument(
+        "--conf", action="append", default=[], metavar="KEY=VALUE",
+        help="extra Spark setting, e.g. spark.eventLog.enabled=true (for investigations)",
+    )
+    ap.add_argument(
+        "--exit-with-parent", action="store_true",
+        help="kill this process group (Spark included) when the parent process dies",
+    )
     args = ap.parse_args()
+    if args.exit_with_parent:
+        exit_with_parent()
 
     os.makedirs(args.local_dir, exist_ok=True)
     os.makedirs(args.scratch, exist_ok=True)
