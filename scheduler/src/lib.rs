@@ -1,12 +1,10 @@
 //! kshuffle-scheduler: the Kubernetes side of Spark's dynamic allocation.
 //!
-//! This crate will own (see `../shared/DESIGN.md`, "The scheduler", and the scheduler issue):
-//! - `policy`: Spark's dynamic-allocation semantics under Spark's flag names, pure, with an
-//!   injected clock;
-//! - `allocator`: executor pods created and deleted through the Kubernetes API in throttled
-//!   batches, with a cap on pending pods and creation timeouts;
-//! - `snapshots`: a watch of the application's executor pods feeding one in-memory view;
-//! - front ends: a Rust API (`request_total_executors`, `kill_executors`) and an HTTP/JSON
-//!   API with a binary configured by Spark-style `--conf` flags.
-//!
-//! Nothing is implemented yet: it is scheduled after the daemon, on which it is measured.
+//! Module map (see `../shared/DESIGN.md`, "The scheduler"):
+//! - [`config`]: Spark's flag names and defaults, parsed from `--conf key=value`, validated;
+//! - [`policy`]: Spark's dynamic-allocation rules, pure, with an injected clock;
+//! - [`ids`]: executor, stage, job, shuffle and RDD id newtypes.
+
+pub mod config;
+pub mod ids;
+pub mod policy;
