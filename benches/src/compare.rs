@@ -43,6 +43,9 @@ pub struct Options {
     pub registrations: u64,
     /// Skip the Java service (ours and loopback only).
     pub no_java: bool,
+    /// Compare against this other `kshuffled` binary instead of the Java service (A/B of a
+    /// change; the ratio column is then new / baseline).
+    pub baseline: Option<PathBuf>,
 }
 
 /// One workload: a layout and how to fetch it.
@@ -280,9 +283,20 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
             .context("layout missing")
     };
 
-    let ours = Service::start_kshuffled(&opts.kshuffled, &root, Duration::from_secs(20))?;
+    let ours = Service::start_kshuffled(
+        &opts.kshuffled,
+        &root,
+        &work.join("kshuffled-state"),
+        Duration::from_secs(20),
+    )?;
     eprintln!("kshuffled pid {} on {}", ours.pid(), ours.addr);
-    let java = if opts.no_java {
+    let java = if let Some(baseline) = &opts.baseline {
+        let state = work.join("baseline-state");
+        let mut b = Service::start_kshuffled(baseline, &root, &state, Duration::from_secs(20))?;
+        b.name = "baseline".into();
+        eprintln!("baseline kshuffled pid {} on {}", b.pid(), b.addr);
+        Some(b)
+    } else if opts.no_java {
         None
     } else {
         let home = match &opts.spark_home {

@@ -101,6 +101,9 @@ enum Cmd {
         /// Without the Java service.
         #[arg(long)]
         no_java: bool,
+        /// Another kshuffled binary to compare against instead of the Java service.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// Measure the loopback sendfile limit over a layout under a temp dir.
     Loopback {
@@ -186,6 +189,7 @@ fn main() -> anyhow::Result<()> {
             spark_home,
             spark_version,
             no_java,
+            baseline,
         } => {
             let kshuffled = kshuffled
                 .or_else(compare::default_kshuffled)
@@ -201,6 +205,7 @@ fn main() -> anyhow::Result<()> {
                 only,
                 registrations,
                 no_java,
+                baseline,
             };
             let results = compare::run(&opts)?;
             println!("{}", compare::table(&results));

@@ -30,17 +30,26 @@ impl Service {
         self.child.id()
     }
 
-    /// Starts `kshuffled` at `binary`, confined to `root`, on a port the OS picks, and waits
-    /// for its `listening` event.
+    /// Starts `kshuffled` at `binary`, confined to `root`, keeping its registrations in
+    /// `state_dir`, on ports the OS picks, and waits for its `listening` event.
     ///
     /// # Errors
     /// When it cannot start or does not listen within `wait`.
-    pub fn start_kshuffled(binary: &Path, root: &Path, wait: Duration) -> anyhow::Result<Self> {
+    pub fn start_kshuffled(
+        binary: &Path,
+        root: &Path,
+        state_dir: &Path,
+        wait: Duration,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(state_dir)?;
         let mut child = Command::new(binary)
             .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
+            .args(["--admin-bind", "127.0.0.1", "--admin-port", "0"])
             .args(["--log-level", "warn,kshuffle::server=info,kshuffled=info"])
             .arg("--allowed-root")
             .arg(root)
+            .arg("--state-dir")
+            .arg(state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
