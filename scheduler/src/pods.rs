@@ -1,0 +1,302 @@
+//! Executor pods: built from a pod template the way Spark's executor builder labels and names
+//! them, so the daemon's cleanup, users' tooling and Spark's own backend recognise them.
+//!
+//! From Spark (`deploy/k8s/Constants.scala`, `BasicExecutorFeatureStep`,
+//! `KubernetesUtils.addOwnerReference`, `ExecutorPodsAllocator.requestNewExecutors`):
+//! - labels `spark-app-selector=<appId>`, `spark-role=executor`, `spark-exec-id=<id>`,
+//!   `spark-exec-resourceprofile-id=0`;
+//! - name `<prefix>-exec-<id>`;
+//! - `restartPolicy: Never`;
+//! - an owner reference to the driver pod (`controller: true`), so Kubernetes
+//!   garbage-collects executors with their driver;
+//! - env `SPARK_EXECUTOR_ID`, `SPARK_APPLICATION_ID` on the executor container.
+//!
+//! Invariant: a template is checked when loaded; a template that is not a valid Pod is
+//! refused then, not at the first pod creation.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use crate::ids::ExecutorId;
+
+/// `SPARK_APP_ID_LABEL`.
+pub const APP_LABEL: &str = "spark-app-selector";
+/// `SPARK_ROLE_LABEL`.
+pub const ROLE_LABEL: &str = "spark-role";
+/// `SPARK_POD_EXECUTOR_ROLE`.
+pub const EXECUTOR_ROLE: &str = "executor";
+/// `SPARK_EXECUTOR_ID_LABEL`.
+pub const EXEC_ID_LABEL: &str = "spark-exec-id";
+/// `SPARK_RESOURCE_PROFILE_ID_LABEL`.
+pub const PROFILE_LABEL: &str = "spark-exec-resourceprofile-id";
+/// The executor container's name when the template names none
+/// (`DEFAULT_EXECUTOR_CONTAINER_NAME`).
+pub const DEFAULT_CONTAINER: &str = "spark-kubernetes-executor";
+
+/// A pod template that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The text is not a Pod in YAML or JSON.
+    #[error("the pod template is not a valid Pod: {0}")]
+    NotAPod(String),
+    /// It parses but cannot make executor pods.
+    #[error("the pod template cannot be used for executors: {0}")]
+    Unusable(String),
+}
+
+impl Error {
+    /// A label for metrics and logs. Caused by the user's template.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotAPod(_) => "template_not_a_pod",
+            Self::Unusable(_) => "template_unusable",
+        }
+    }
+}
+
+/// Parses and checks a pod template (YAML or JSON).
+///
+/// # Errors
+/// [`Error::NotAPod`] when it does not parse as a Pod or names another kind;
+/// [`Error::Unusable`] when the executor container has no image and none is configured.
+pub fn parse_template(
+    text: &str,
+    image: Option<&str>,
+    container: Option<&str>,
+) -> Result<Pod, Error> {
+    let value: serde_json::Value =
+        serde_saphyr::from_str(text).map_err(|e| Error::NotAPod(e.to_string()))?;
+    if !value.is_object() {
+        return Err(Error::NotAPod("expected a mapping at the top level".into()));
+    }
+    if let Some(kind) = value.get("kind").and_then(|k| k.as_str())
+        && kind != "Pod"
+    {
+        return Err(Error::NotAPod(format!("kind is {kind:?}, not \"Pod\"")));
+    }
+    if let Some(v) = value.get("apiVersion").and_then(|k| k.as_str())
+        && v != "v1"
+    {
+        return Err(Error::NotAPod(format!("apiVersion is {v:?}, not \"v1\"")));
+    }
+    let pod: Pod = serde_json::from_value(value).map_err(|e| Error::NotAPod(e.to_string()))?;
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[]);
+    let exec = match container {
+        Some(name) => containers.iter().find(|c| c.name == name),
+        None => containers.first(),
+    };
+    let has_image = exec
+        .and_then(|c| c.image.as_deref())
+        .is_some_and(|i| !i.is_empty());
+    if !has_image && image.is_none() {
+        return Err(Error::Unusable(
+            "the executor container has no image and spark.kubernetes.container.image is not set"
+                .into(),
+        ));
+    }
+    Ok(pod)
+}
+
+/// Builds executor pods for one application.
+#[derive(Debug, Clone)]
+pub struct Factory {
+    template: Pod,
+    app_id: String,
+    prefix: String,
+    image: Option<String>,
+    container: Option<String>,
+    owner: Option<OwnerReference>,
+}
+
+/// An owner reference to the driver pod, as `KubernetesUtils.addOwnerReference` makes it.
+pub fn owner_reference(driver: &Pod) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: driver.metadata.name.clone()?,
+        uid: driver.metadata.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: None,
+    })
+}
+
+impl Factory {
+    /// A factory over a checked template (or an empty pod when `None`).
+    pub fn new(
+        template: Option<Pod>,
+        app_id: &str,
+        prefix: Option<&str>,
+        image: Option<&str>,
+        container: Option<&str>,
+        owner: Option<OwnerReference>,
+    ) -> Self {
+        Self {
+            template: template.unwrap_or_default(),
+            app_id: app_id.to_owned(),
+            prefix: prefix.unwrap_or(app_id).to_owned(),
+            image: image.map(str::to_owned),
+            container: container.map(str::to_owned),
+            owner,
+        }
+    }
+
+    /// The label selector of this application's executor pods.
+    pub fn selector(&self) -> String {
+        format!("{APP_LABEL}={},{ROLE_LABEL}={EXECUTOR_ROLE}", self.app_id)
+    }
+
+    /// The pod name of an executor.
+    pub fn pod_name(&self, id: ExecutorId) -> String {
+        format!("{}-exec-{id}", self.prefix)
+    }
+
+    /// The pod for executor `id`.
+    pub fn build(&self, id: ExecutorId) -> Pod {
+        let mut pod = self.template.clone();
+        let meta = &mut pod.metadata;
+        meta.name = Some(self.pod_name(id));
+        meta.generate_name = None;
+        meta.namespace = None;
+        meta.resource_version = None;
+        meta.uid = None;
+        let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+        labels.insert(APP_LABEL.into(), self.app_id.clone());
+        labels.insert(ROLE_LABEL.into(), EXECUTOR_ROLE.into());
+        labels.insert(EXEC_ID_LABEL.into(), id.to_string());
+        labels.insert(PROFILE_LABEL.into(), "0".into());
+        if let Some(owner) = &self.owner {
+            meta.owner_references = Some(vec![owner.clone()]);
+        }
+        let spec = pod.spec.get_or_insert_with(PodSpec::default);
+        spec.restart_policy = Some("Never".into());
+        let idx = match &self.container {
+            Some(name) => spec.containers.iter().position(|c| &c.name == name),
+            None => (!spec.containers.is_empty()).then_some(0),
+        };
+        let idx = idx.unwrap_or_else(|| {
+            spec.containers.push(Container {
+                name: self
+                    .container
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CONTAINER.into()),
+                ..Container::default()
+            });
+            spec.containers.len() - 1
+        });
+        if let Some(c) = spec.containers.get_mut(idx) {
+            if let Some(image) = &self.image {
+                c.image = Some(image.clone());
+            }
+            let env = c.env.get_or_insert_with(Vec::new);
+            for (name, value) in [
+                ("SPARK_EXECUTOR_ID", id.to_string()),
+                ("SPARK_APPLICATION_ID", self.app_id.clone()),
+            ] {
+                env.retain(|e| e.name != name);
+                env.push(EnvVar {
+                    name: name.into(),
+                    value: Some(value),
+                    value_from: None,
+                });
+            }
+        }
+        pod.status = None;
+        pod
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = "
+apiVersion: v1
+kind: Pod
+metadata:
+  labels:
+    team: data
+spec:
+  containers:
+    - name: spark-kubernetes-executor
+      image: spark:4.0.0
+      resources:
+        requests: {cpu: '1', memory: 2Gi}
+";
+
+    #[test]
+    fn builds_pods_spark_recognises() {
+        let template = parse_template(TEMPLATE, None, None).unwrap();
+        let mut driver = Pod::default();
+        driver.metadata.name = Some("driver".into());
+        driver.metadata.uid = Some("u-1".into());
+        let f = Factory::new(
+            Some(template),
+            "spark-123",
+            None,
+            None,
+            None,
+            owner_reference(&driver),
+        );
+        let pod = f.build(ExecutorId(7));
+        assert_eq!(pod.metadata.name.as_deref(), Some("spark-123-exec-7"));
+        let labels = pod.metadata.labels.clone().unwrap();
+        assert_eq!(labels["spark-app-selector"], "spark-123");
+        assert_eq!(labels["spark-role"], "executor");
+        assert_eq!(labels["spark-exec-id"], "7");
+        assert_eq!(labels["team"], "data");
+        let owner = &pod.metadata.owner_references.clone().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Pod", "driver", "u-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let env = spec.containers[0].env.clone().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "SPARK_EXECUTOR_ID" && e.value.as_deref() == Some("7"))
+        );
+        assert_eq!(
+            f.selector(),
+            "spark-app-selector=spark-123,spark-role=executor"
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for (text, why) in [
+            ("- a\n- b\n", "not a mapping"),
+            ("kind: Deployment\napiVersion: apps/v1\n", "Deployment"),
+            ("spec: {containers: 3}\n", "containers is not a list"),
+            ("{{{", "not YAML"),
+        ] {
+            assert!(
+                matches!(
+                    parse_template(text, Some("img"), None),
+                    Err(Error::NotAPod(_))
+                ),
+                "{why}"
+            );
+        }
+        let no_image = "spec: {containers: [{name: c}]}\n";
+        assert!(matches!(
+            parse_template(no_image, None, None),
+            Err(Error::Unusable(_))
+        ));
+        assert!(parse_template(no_image, Some("spark:4"), None).is_ok());
+        // An empty template with an image from the conf is fine: one container is added.
+        let f = Factory::new(None, "app", Some("p"), Some("spark:4"), None, None);
+        let pod = f.build(ExecutorId(1));
+        assert_eq!(
+            pod.spec.unwrap().containers[0].image.as_deref(),
+            Some("spark:4")
+        );
+    }
+}
