@@ -16,6 +16,7 @@
 //! [`fixture`] writes Spark-format files for tests and benchmarks.
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;

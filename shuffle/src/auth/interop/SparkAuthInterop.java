@@ -1,0 +1,123 @@
+// Test helper: drives Spark's REAL client-side auth classes (AuthEngine, SparkSaslClient) and,
+// for comparison, Spark's SparkSaslServer, over a line protocol on stdin/stdout so that Rust
+// tests can check kshuffle's server side against them. Compiled by the tests with javac against
+// the jars of an installed pyspark (scripts/spark-venv.sh); never shipped.
+//
+// It lives in Spark's package because AuthEngine and AuthMessage are package-private.
+//
+// Output lines: "HEX <hex>", "OK <text>", "ERR <message>". Input lines: hex.
+package org.apache.spark.network.crypto;
+
+import java.io.BufferedReader;
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
+import java.io.InputStreamReader;
+import java.nio.ByteBuffer;
+import java.nio.channels.Channels;
+import java.nio.charset.StandardCharsets;
+import java.util.HashMap;
+import java.util.HexFormat;
+import java.util.Map;
+
+import io.netty.buffer.ByteBuf;
+import io.netty.buffer.Unpooled;
+import org.apache.commons.crypto.stream.CryptoInputStream;
+import org.apache.commons.crypto.stream.CryptoOutputStream;
+import org.apache.spark.network.sasl.SecretKeyHolder;
+import org.apache.spark.network.sasl.SparkSaslClient;
+import org.apache.spark.network.sasl.SparkSaslServer;
+import org.apache.spark.network.util.MapConfigProvider;
+import org.apache.spark.network.util.TransportConf;
+
+public class SparkAuthInterop {
+  static final HexFormat HEX = HexFormat.of();
+  static BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
+
+  static byte[] readHex() throws Exception {
+    String line = in.readLine();
+    if (line == null) throw new IllegalStateException("stdin closed");
+    return HEX.parseHex(line.trim());
+  }
+
+  static void out(String kind, String text) {
+    System.out.println(kind + " " + text);
+    System.out.flush();
+  }
+
+  static byte[] encode(AuthMessage m) {
+    ByteBuf buf = Unpooled.buffer(m.encodedLength());
+    m.encode(buf);
+    byte[] b = new byte[buf.readableBytes()];
+    buf.readBytes(b);
+    return b;
+  }
+
+  static SecretKeyHolder holder(String secret) {
+    return new SecretKeyHolder() {
+      public String getSaslUser(String appId) { return "sparkSaslUser"; }
+      public String getSecretKey(String appId) { return secret; }
+    };
+  }
+
+  public static void main(String[] args) throws Exception {
+    try {
+      switch (args[0]) {
+        case "auth-client" -> authClient(args[1], args[2], args[3]);
+        case "sasl-client" -> saslClient(args[1], args[2], Boolean.parseBoolean(args[3]));
+        case "sasl-server" -> saslServer(args[1], args[2], Boolean.parseBoolean(args[3]));
+        case "password" -> out("OK", new String(SparkSaslServer.encodePassword(args[1])));
+        default -> throw new IllegalArgumentException(args[0]);
+      }
+    } catch (Throwable e) {
+      out("ERR", String.valueOf(e).replace('\n', ' '));
+    }
+  }
+
+  // AuthEngine client: prints C; reads S; derives the session cipher; prints key, ivs, the
+  // client->server encryption of "hello world"; reads server->client ciphertext and prints
+  // its decryption.
+  static void authClient(String version, String appId, String secret) throws Exception {
+    Map<String, String> m = new HashMap<>();
+    m.put("spark.network.crypto.authEngineVersion", version);
+    TransportConf conf = new TransportConf("shuffle", new MapConfigProvider(m));
+    AuthEngine engine = new AuthEngine(appId, secret, conf);
+    AuthMessage challenge = engine.challenge();
+    out("HEX", HEX.formatHex(encode(challenge)));
+    AuthMessage response = AuthMessage.decodeMessage(ByteBuffer.wrap(readHex()));
+    engine.deriveSessionCipher(challenge, response);
+    CtrTransportCipher cipher = (CtrTransportCipher) engine.sessionCipher();
+    out("HEX", HEX.formatHex(cipher.getKey().getEncoded()));
+    ByteArrayOutputStream sink = new ByteArrayOutputStream();
+    CryptoOutputStream enc = cipher.createOutputStream(Channels.newChannel(sink));
+    enc.write("hello world".getBytes(StandardCharsets.UTF_8));
+    enc.flush();
+    out("HEX", HEX.formatHex(sink.toByteArray()));
+    byte[] fromServer = readHex();
+    CryptoInputStream dec = cipher.createInputStream(
+        Channels.newChannel(new ByteArrayInputStream(fromServer)));
+    byte[] plain = dec.readNBytes(fromServer.length);
+    out("OK", new String(plain, StandardCharsets.UTF_8));
+  }
+
+  // SparkSaslClient: prints the first token, then answers every server token read.
+  static void saslClient(String appId, String secret, boolean encrypt) throws Exception {
+    SparkSaslClient client = new SparkSaslClient(appId, holder(secret), encrypt);
+    out("HEX", HEX.formatHex(client.firstToken()));
+    while (!client.isComplete()) {
+      byte[] token = readHex();
+      byte[] reply = client.response(token);
+      out("HEX", HEX.formatHex(reply == null ? new byte[0] : reply));
+    }
+    out("OK", "complete qop=" + client.getNegotiatedProperty("javax.security.sasl.qop"));
+  }
+
+  // SparkSaslServer: answers every client token read.
+  static void saslServer(String appId, String secret, boolean alwaysEncrypt) throws Exception {
+    SparkSaslServer server = new SparkSaslServer(appId, holder(secret), alwaysEncrypt);
+    while (!server.isComplete()) {
+      byte[] token = readHex();
+      out("HEX", HEX.formatHex(server.response(token)));
+    }
+    out("OK", "complete qop=" + server.getNegotiatedProperty("javax.security.sasl.qop"));
+  }
+}
