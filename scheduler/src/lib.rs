@@ -7,15 +7,20 @@
 //! - [`snapshots`]: the watch and periodic list of the app's executor pods, one view;
 //! - [`allocator`]: which pods to create and delete each round (pure) and applying it;
 //! - [`pods`]: executor pods from a template, labelled and named as Spark does;
+//! - [`http`]: the HTTP/JSON API over the scheduler, `/metrics`, `/live`, `/ready`;
+//! - [`args`], [`run`]: the binary's flags and service loop;
 //! - [`metrics`]: metric names;
 //! - [`ids`]: executor, stage, job, shuffle and RDD id newtypes.
 
 pub mod allocator;
+pub mod args;
 pub mod config;
+pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod pods;
 pub mod policy;
+pub mod run;
 pub mod scheduler;
 pub mod snapshots;
 

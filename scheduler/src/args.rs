@@ -1,0 +1,211 @@
+//! Command-line flags of `kshuffle-scheduler`. Spark settings come as `--conf key=value`
+//! (repeatable, as with `spark-submit`) or from a properties file; everything is validated
+//! before anything starts, and a bad value exits 64 naming the key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::config::Config;
+use crate::pods;
+
+/// The flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kshuffle-scheduler",
+    version,
+    about = "Scales Spark executor pods on Kubernetes"
+)]
+pub struct Args {
+    /// A Spark setting, `key=value`; repeat for more (e.g. `--conf spark.app.id=app-1`).
+    #[arg(long = "conf", value_name = "KEY=VALUE")]
+    pub conf: Vec<String>,
+    /// A Spark properties file (`key=value` or `key value` lines, `#` comments), read before
+    /// the `--conf` flags, which win.
+    #[arg(long, env = "KSHUFFLE_SCHEDULER_PROPERTIES_FILE")]
+    pub properties_file: Option<PathBuf>,
+    /// Address of the HTTP API, `/metrics`, `/live` and `/ready`.
+    #[arg(
+        long,
+        env = "KSHUFFLE_SCHEDULER_LISTEN",
+        default_value = "127.0.0.1:7400"
+    )]
+    pub listen: SocketAddr,
+    /// API server URL, plain HTTP without auth (for tests and `kubectl proxy`); otherwise the
+    /// in-cluster or kubeconfig settings are used.
+    #[arg(long, env = "KSHUFFLE_SCHEDULER_KUBE_URL")]
+    pub kube_url: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "KSHUFFLE_SCHEDULER_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// What the flags resolve to.
+#[derive(Debug)]
+pub struct Settings {
+    /// The Spark configuration.
+    pub config: Config,
+    /// The executor pod template, when one is configured.
+    pub template: Option<Pod>,
+    /// See [`Args::listen`].
+    pub listen: SocketAddr,
+    /// See [`Args::kube_url`].
+    pub kube_url: Option<String>,
+    /// See [`Args::log_json`].
+    pub log_json: bool,
+}
+
+fn properties(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
+        .map(|l| match l.split_once(['=', ' ', '\t', ':']) {
+            Some((k, v)) => format!("{}={}", k.trim(), v.trim()),
+            None => l.to_owned(),
+        })
+        .collect()
+}
+
+impl Args {
+    /// Validates everything, reading the properties file and the pod template.
+    ///
+    /// # Errors
+    /// A message naming the bad flag, key or file.
+    pub fn settings(self) -> anyhow::Result<Settings> {
+        let Args {
+            conf,
+            properties_file,
+            listen,
+            kube_url,
+            log_json,
+        } = self;
+        let mut all = Vec::new();
+        if let Some(path) = &properties_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--properties-file {}", path.display()))?;
+            all.extend(properties(&text));
+        }
+        all.extend(conf);
+        let config = Config::from_args(all.iter().map(String::as_str))?;
+        let k = &config.kubernetes;
+        let template = match &k.pod_template_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("spark.kubernetes.executor.podTemplateFile {path}"))?;
+                let pod = pods::parse_template(
+                    &text,
+                    k.container_image.as_deref(),
+                    k.pod_template_container_name.as_deref(),
+                )
+                .with_context(|| format!("spark.kubernetes.executor.podTemplateFile {path}"))?;
+                Some(pod)
+            }
+        };
+        if template.is_none() && k.container_image.is_none() {
+            anyhow::bail!(
+                "set spark.kubernetes.container.image or spark.kubernetes.executor.podTemplateFile"
+            );
+        }
+        if let Some(url) = &kube_url {
+            url.parse::<axum::http::Uri>()
+                .with_context(|| format!("--kube-url {url}"))?;
+        }
+        Ok(Settings {
+            config,
+            template,
+            listen,
+            kube_url,
+            log_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let mut all = vec!["kshuffle-scheduler"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all)?.settings()
+    }
+
+    #[test]
+    fn spark_style_conf_flags() {
+        let s = settings(&[
+            "--conf",
+            "spark.app.id=a1",
+            "--conf=spark.kubernetes.container.image=spark:4",
+            "--conf",
+            "spark.dynamicAllocation.maxExecutors=7",
+        ])
+        .unwrap();
+        assert_eq!(s.config.app_id, "a1");
+        assert_eq!(s.config.dynamic_allocation.max_executors, 7);
+    }
+
+    #[test]
+    fn bad_flags_name_what_is_wrong() {
+        let img = "spark.kubernetes.container.image=i";
+        for (args, needle) in [
+            (
+                vec![
+                    "--conf",
+                    img,
+                    "--conf",
+                    "spark.dynamicAllocation.minExecutors=-2",
+                ],
+                "spark.dynamicAllocation.minExecutors",
+            ),
+            (
+                vec!["--conf", img, "--conf", "spark.dynamicAllocation.typo=1"],
+                "spark.dynamicAllocation.typo",
+            ),
+            (
+                vec!["--conf", "spark.app.id=x"],
+                "spark.kubernetes.container.image",
+            ),
+            (
+                vec![
+                    "--conf",
+                    img,
+                    "--conf",
+                    "spark.kubernetes.executor.podTemplateFile=/nonexistent.yaml",
+                ],
+                "podTemplateFile",
+            ),
+            (vec!["--conf", img, "--kube-url", "not a url"], "--kube-url"),
+            (vec!["--conf", img, "--conf", "novalue"], "novalue"),
+        ] {
+            let err = format!("{:#}", settings(&args).unwrap_err());
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_template_that_is_not_a_pod_is_refused() {
+        let dir = std::env::temp_dir().join(format!("kshuffle-sched-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.yaml");
+        std::fs::write(&path, "kind: Service\napiVersion: v1\n").unwrap();
+        let conf = format!(
+            "spark.kubernetes.executor.podTemplateFile={}",
+            path.display()
+        );
+        let err = format!("{:#}", settings(&["--conf", &conf]).unwrap_err());
+        assert!(err.contains("not a valid Pod"), "{err}");
+        std::fs::write(&path, "spec: {containers: [{name: c, image: 'spark:4'}]}\n").unwrap();
+        assert!(settings(&["--conf", &conf]).unwrap().template.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn properties_files() {
+        let p = properties("# comment\nspark.app.id a2\nspark.task.cpus=1\n\n");
+        assert_eq!(p, ["spark.app.id=a2", "spark.task.cpus=1"]);
+    }
+}

@@ -1,0 +1,145 @@
+//! The HTTP/JSON allocation API, for drivers in other languages, next to `/live`, `/ready`
+//! and `/metrics`.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `PUT /v1/executors/total` | `{"total": n}` | `{"total": n}` |
+//! | `POST /v1/executors/kill` | `{"ids": [1, 2]}` | `{"killed": [1, 2]}` (unknown ids left out) |
+//! | `GET /v1/executors` | | `{"counts": {...}, "executors": [{"id", "name", "state", ...}]}` |
+//! | `GET /v1/executors/{id}/deleted` | | `{"deleted": bool}` |
+//! | `DELETE /v1/application` | | deletes every executor pod of the application |
+//!
+//! Bad JSON, wrong types, negative or impossible numbers (a total above
+//! `spark.dynamicAllocation.maxExecutors`, more than [`MAX_KILL_IDS`] ids) get 400 with
+//! `{"error": "<reason>"}`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ids::ExecutorId;
+use crate::scheduler::Scheduler;
+
+/// The most ids one kill request may name.
+pub const MAX_KILL_IDS: usize = 100_000;
+
+#[derive(Clone)]
+struct AppState {
+    scheduler: Scheduler,
+    metrics: Option<PrometheusHandle>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Total {
+    total: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Kill {
+    ids: Vec<ExecutorId>,
+}
+
+fn bad(reason: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": reason.to_string() })),
+    )
+        .into_response()
+}
+
+/// The router.
+pub fn router(scheduler: Scheduler, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/live", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .route("/v1/executors", get(list))
+        .route("/v1/executors/total", put(total))
+        .route("/v1/executors/kill", post(kill))
+        .route("/v1/executors/{id}/deleted", get(deleted))
+        .route("/v1/application", delete(stop))
+        .with_state(AppState { scheduler, metrics })
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    if s.scheduler.synced() {
+        "ready".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "executor pods not listed yet",
+        )
+            .into_response()
+    }
+}
+
+async fn render_metrics(State(s): State<AppState>) -> Response {
+    match s.metrics {
+        Some(h) => h.render().into_response(),
+        None => (StatusCode::NOT_FOUND, "no metrics recorder").into_response(),
+    }
+}
+
+async fn list(State(s): State<AppState>) -> Response {
+    Json(json!({
+        "counts": s.scheduler.counts(),
+        "executors": s.scheduler.executors(),
+    }))
+    .into_response()
+}
+
+async fn total(State(s): State<AppState>, body: Result<Json<Total>, JsonRejection>) -> Response {
+    let Json(Total { total }) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(e.body_text()),
+    };
+    match s.scheduler.request_total_executors(total) {
+        Ok(()) => Json(json!({ "total": total })).into_response(),
+        Err(e) => bad(e),
+    }
+}
+
+async fn kill(State(s): State<AppState>, body: Result<Json<Kill>, JsonRejection>) -> Response {
+    let Json(Kill { ids }) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(e.body_text()),
+    };
+    if ids.len() > MAX_KILL_IDS {
+        return bad(format!(
+            "{} ids; at most {MAX_KILL_IDS} per request",
+            ids.len()
+        ));
+    }
+    let killed = s.scheduler.kill_executors(&ids).await;
+    Json(json!({ "killed": killed })).into_response()
+}
+
+async fn deleted(
+    State(s): State<AppState>,
+    id: Result<Path<ExecutorId>, PathRejection>,
+) -> Response {
+    match id {
+        Ok(Path(id)) => Json(json!({ "deleted": s.scheduler.is_deleted(id) })).into_response(),
+        Err(e) => bad(e.body_text()),
+    }
+}
+
+async fn stop(State(s): State<AppState>) -> Response {
+    match s.scheduler.stop_application().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,68 @@
+//! The service: the scheduler plus its HTTP API, until shutdown. The binary's `main` parses
+//! flags, initialises logging, binds the port and calls [`run`].
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::scheduler::{self, Scheduler};
+
+/// How long in-flight work may take after shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The scheduler could not start.
+    #[error(transparent)]
+    Start(#[from] scheduler::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl Error {
+    /// A label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Start(e) => e.kind(),
+            Self::Serve(_) => "serve",
+        }
+    }
+}
+
+/// Runs the scheduler and serves its API on `listener` until `shutdown`.
+///
+/// # Errors
+/// When the scheduler cannot start (e.g. no driver pod) or the server fails.
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    template: Option<Pod>,
+    listener: TcpListener,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let tasks = TaskTracker::new();
+    let sched = Scheduler::start(client, &config, template, &tasks, shutdown.child_token()).await?;
+    tracing::info!(app = %config.app_id, addr = ?listener.local_addr().ok(), "scheduler started");
+    let app = crate::http::router(sched, metrics);
+    let token = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks still running after the shutdown grace period");
+    }
+    served.map_err(Error::Serve)
+}

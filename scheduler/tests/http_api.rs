@@ -1,0 +1,214 @@
+//! The HTTP/JSON API over real sockets, the scheduler behind it talking to the testkit's fake
+//! API server; and the binary's usage errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use kshuffle_scheduler::Scheduler;
+use kshuffle_scheduler::config::Config;
+use kshuffle_testkit::{FakeApiServer, Latencies, kube_client};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const NS: &str = "spark";
+
+async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    (
+        code,
+        serde_json::from_str(body.trim()).unwrap_or(Value::String(body.to_owned())),
+    )
+}
+
+async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_http_api_drives_the_scheduler_and_rejects_bad_input() {
+    // Killed pods terminate slowly, so the scheduler still sees them as deleted ones.
+    let server = FakeApiServer::builder()
+        .latencies(Latencies {
+            terminate: Duration::from_secs(3600),
+            ..Latencies::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut driver = Pod::default();
+    driver.metadata.name = Some("driver".into());
+    driver.spec = Some(PodSpec {
+        containers: vec![Container {
+            name: "d".into(),
+            image: Some("spark:4".into()),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    });
+    server.insert_pod(NS, driver).unwrap();
+    let conf = Config::from_args([
+        "spark.app.id=http-app",
+        "spark.kubernetes.namespace=spark",
+        "spark.kubernetes.driver.pod.name=driver",
+        "spark.kubernetes.container.image=spark:4",
+        "spark.kubernetes.allocation.batch.delay=20ms",
+        "spark.dynamicAllocation.enabled=true",
+        "spark.dynamicAllocation.maxExecutors=5",
+        "spark.kubernetes.dynamicAllocation.deleteGracePeriod=30s",
+    ])
+    .unwrap();
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let sched = Scheduler::start(
+        kube_client(&server, NS).unwrap(),
+        &conf,
+        None,
+        &tasks,
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, kshuffle_scheduler::http::router(sched, None))
+            .await
+            .unwrap();
+    });
+
+    eventually("ready", async || {
+        call(addr, "GET", "/ready", "").await.0 == 200
+    })
+    .await;
+    assert_eq!(call(addr, "GET", "/live", "").await.0, 200);
+    let (code, body) = call(addr, "PUT", "/v1/executors/total", r#"{"total": 3}"#).await;
+    assert_eq!((code, body), (200, json!({ "total": 3 })));
+    eventually("3 running", async || {
+        call(addr, "GET", "/v1/executors", "").await.1["counts"]["running"] == 3
+    })
+    .await;
+    let (_, body) = call(addr, "GET", "/v1/executors", "").await;
+    let states: Vec<&str> = body["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"]["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["running", "running", "running"]);
+    assert_eq!(body["executors"][0]["name"], "http-app-exec-1");
+
+    let (code, body) = call(addr, "POST", "/v1/executors/kill", r#"{"ids": [1, 77]}"#).await;
+    assert_eq!((code, body), (200, json!({ "killed": [1] })));
+    let (code, body) = call(addr, "GET", "/v1/executors/1/deleted", "").await;
+    assert_eq!((code, body), (200, json!({ "deleted": true })));
+
+    for (method, path, body, needle) in [
+        ("PUT", "/v1/executors/total", "{not json", "parse"),
+        (
+            "PUT",
+            "/v1/executors/total",
+            r#"{"total": -1}"#,
+            "invalid value",
+        ),
+        (
+            "PUT",
+            "/v1/executors/total",
+            r#"{"total": 1.5}"#,
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/v1/executors/total",
+            r#"{"total": 6}"#,
+            "spark.dynamicAllocation.maxExecutors (5)",
+        ),
+        (
+            "PUT",
+            "/v1/executors/total",
+            r#"{"total": 1, "extra": 2}"#,
+            "unknown field",
+        ),
+        ("PUT", "/v1/executors/total", r#"{}"#, "missing field"),
+        (
+            "POST",
+            "/v1/executors/kill",
+            r#"{"ids": ["a"]}"#,
+            "invalid type",
+        ),
+        (
+            "POST",
+            "/v1/executors/kill",
+            r#"{"ids": [-3]}"#,
+            "invalid value",
+        ),
+        ("GET", "/v1/executors/x/deleted", "", "Cannot parse"),
+    ] {
+        let (code, body) = call(addr, method, path, body).await;
+        assert_eq!(code, 400, "{method} {path} {body}");
+        let err = body["error"].as_str().unwrap_or_default();
+        assert!(err.contains(needle), "{method} {path}: {err}");
+    }
+    // Nothing above changed the target.
+    assert_eq!(
+        call(addr, "GET", "/v1/executors", "").await.1["counts"]["target"],
+        3
+    );
+    cancel.cancel();
+}
+
+#[test]
+fn the_binary_rejects_bad_flags_with_exit_64_naming_them() {
+    let bin = env!("CARGO_BIN_EXE_kshuffle-scheduler");
+    for (args, needle) in [
+        (
+            vec!["--conf", "spark.dynamicAllocation.maxExecutors=-1"],
+            "spark.dynamicAllocation.maxExecutors",
+        ),
+        (
+            vec![
+                "--conf",
+                "spark.dynamicAllocation.minExecutors=3",
+                "--conf",
+                "spark.dynamicAllocation.maxExecutors=2",
+            ],
+            "spark.dynamicAllocation.minExecutors",
+        ),
+        (
+            vec!["--conf", "spark.kubernetes.allocation.batch.sise=3"],
+            "spark.kubernetes.allocation.batch.sise",
+        ),
+        (vec!["--listen", "nowhere"], "--listen"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
