@@ -543,6 +543,11 @@ pub fn table(r: &Results) -> String {
             "| loopback | sendfile → read, discard, 2 connections (MiB/s) | {:.0} | | | |",
             raw.mib_per_sec()
         );
+        let _ = writeln!(
+            s,
+            "| loopback | sendfile sender CPU s/GB (floor for large blocks) | {:.2} | | | |",
+            v.sender_cpu_per_gb()
+        );
     }
     if let Some(((o, orss), j)) = &r.registration {
         let j = j.as_ref();

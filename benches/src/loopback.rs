@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 
 use crate::layout::Layout;
+use crate::procstat;
 
 /// Outcome of a loopback run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,9 +21,17 @@ pub struct LoopbackReport {
     pub bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// CPU seconds of the sending threads (the floor of what a server spends to send these
+    /// bytes with `sendfile`; on loopback it includes the receive path's softirq work).
+    pub sender_cpu_secs: f64,
 }
 
 impl LoopbackReport {
+    /// Sender CPU seconds per GB (10^9 bytes).
+    pub fn sender_cpu_per_gb(&self) -> f64 {
+        self.sender_cpu_secs / (self.bytes as f64 / 1e9).max(1e-12)
+    }
+
     /// MiB per second.
     pub fn mib_per_sec(&self) -> f64 {
         self.bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64().max(1e-9)
@@ -60,18 +69,21 @@ pub fn run(
             receive(reader, &layout, c, connections, verify)
         }));
     }
-    let mut bytes = 0;
+    let (mut bytes, mut sender_cpu_secs) = (0, 0.0);
     for (i, t) in threads.into_iter().enumerate() {
-        let n = t
+        let (n, cpu) = t
             .join()
             .map_err(|_| anyhow::anyhow!("loopback thread panicked"))??;
         if i % 2 == 1 {
             bytes += n;
+        } else {
+            sender_cpu_secs += cpu;
         }
     }
     Ok(LoopbackReport {
         bytes,
         elapsed: start.elapsed(),
+        sender_cpu_secs,
     })
 }
 
@@ -86,11 +98,12 @@ fn send(
     c: usize,
     n: usize,
     deadline: Instant,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, f64)> {
     let mut sent = 0;
     if c >= files.len() {
-        return Ok(0);
+        return Ok((0, 0.0));
     }
+    let cpu_before = procstat::thread_cpu_secs()?;
     for (i, m) in maps(c, n, files.len()).enumerate() {
         if i > 0 && Instant::now() >= deadline {
             break;
@@ -106,8 +119,9 @@ fn send(
             sent += k as u64;
         }
     }
+    let cpu = procstat::thread_cpu_secs()? - cpu_before;
     sock.shutdown(std::net::Shutdown::Write)?;
-    Ok(sent)
+    Ok((sent, cpu))
 }
 
 fn receive(
@@ -116,13 +130,13 @@ fn receive(
     c: usize,
     n: usize,
     verify: bool,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, f64)> {
     let reducers = layout.spec.reducers;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     let n_maps = layout.spec.maps as usize;
     if c >= n_maps {
-        return Ok(0);
+        return Ok((0, 0.0));
     }
     let mut order = maps(c, n, n_maps);
     let mut current = None;
@@ -130,7 +144,7 @@ fn receive(
         let k = sock.read(&mut buf)?;
         if k == 0 {
             ensure!(current.is_none(), "loopback stream ended inside a file");
-            return Ok(total);
+            return Ok((total, 0.0));
         }
         total += k as u64;
         if !verify {

@@ -105,6 +105,33 @@ enum Cmd {
         #[arg(long)]
         baseline: Option<PathBuf>,
     },
+    /// Scaling curves: connections 1 → 1,000 and registered executors 10 → 100,000.
+    Scale {
+        /// Seconds per point.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Connection levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        connections: Vec<usize>,
+        /// Executors added per level (totals accumulate).
+        #[arg(long, value_delimiter = ',', default_value = "10,990,9000,90000")]
+        executors: Vec<u64>,
+        /// Work directory (default: a temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// The kshuffled binary (default: next to this one).
+        #[arg(long)]
+        kshuffled: Option<PathBuf>,
+        /// SPARK_HOME of the Java service (default: the pinned pyspark venv).
+        #[arg(long)]
+        spark_home: Option<PathBuf>,
+        /// Pinned pyspark version for the Java service.
+        #[arg(long, default_value = "4.3.0")]
+        spark_version: String,
+        /// Without the Java service.
+        #[arg(long)]
+        no_java: bool,
+    },
     /// Measure the loopback sendfile limit over a layout under a temp dir.
     Loopback {
         #[command(flatten)]
@@ -210,6 +237,35 @@ fn main() -> anyhow::Result<()> {
             let results = compare::run(&opts)?;
             println!("{}", compare::table(&results));
         }
+        Cmd::Scale {
+            secs,
+            connections,
+            executors,
+            work_dir,
+            kshuffled,
+            spark_home,
+            spark_version,
+            no_java,
+        } => {
+            let kshuffled = kshuffled
+                .or_else(compare::default_kshuffled)
+                .context("no kshuffled next to this binary; pass --kshuffled")?;
+            let opts = Options {
+                work_dir,
+                kshuffled,
+                spark_home,
+                spark_version,
+                workspace: compare::workspace_root(),
+                duration: Duration::from_secs_f64(secs),
+                reps: 1,
+                only: Vec::new(),
+                registrations: 0,
+                no_java,
+                baseline: None,
+            };
+            let curves = kshuffle_benches::scale::run(&opts, &connections, &executors)?;
+            println!("{}", kshuffle_benches::scale::tables(&curves));
+        }
         Cmd::Loopback {
             shape,
             connections,
@@ -220,10 +276,11 @@ fn main() -> anyhow::Result<()> {
             let layout = Arc::new(Layout::create(tmp.path(), "loop", 2, layout_spec(&shape))?);
             let r = loopback::run(layout, connections, Duration::from_secs_f64(secs), !raw)?;
             println!(
-                "{} bytes in {:.2} s: {:.1} MiB/s",
+                "{} bytes in {:.2} s: {:.1} MiB/s, sender {:.2} CPU s/GB",
                 r.bytes,
                 r.elapsed.as_secs_f64(),
-                r.mib_per_sec()
+                r.mib_per_sec(),
+                r.sender_cpu_per_gb()
             );
         }
     }

@@ -15,6 +15,29 @@ pub struct Usage {
     pub rss: u64,
 }
 
+/// CPU seconds (user + system) of the calling thread so far.
+///
+/// # Errors
+/// When `/proc/thread-self/stat` cannot be read or parsed.
+pub fn thread_cpu_secs() -> anyhow::Result<f64> {
+    cpu_of(&std::fs::read_to_string("/proc/thread-self/stat")?)
+}
+
+fn cpu_of(stat: &str) -> anyhow::Result<f64> {
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i).context("short /proc stat")?.parse()?)
+    };
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    Ok((ticks(11)? + ticks(12)?) as f64 / hz)
+}
+
 /// Reads the usage of `pid`.
 ///
 /// # Errors
@@ -22,18 +45,7 @@ pub struct Usage {
 pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/pid/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state.
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields.get(i).context("short /proc/pid/stat")?.parse()?)
-    };
-    let hz = rustix::param::clock_ticks_per_second() as f64;
-    let cpu_secs = (ticks(11)? + ticks(12)?) as f64 / hz;
+    let cpu_secs = cpu_of(&stat)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kib = |key: &str| -> u64 {
