@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use super::cipher::IV_BYTES;
 use super::message::AuthMessage;
 use super::server::AuthEngineVersion;
-use super::{Error, Secret, TransportCipher};
+use super::{CipherMode, Error, Secret, TransportCipher};
 
 /// Bytes of the AES-GCM key-encrypting keys, of the salts, and of the version-2 session key
 /// (`AES_GCM_KEY_SIZE_BYTES`).
@@ -58,6 +58,7 @@ pub(crate) fn respond(
     payload: &[u8],
     challenge: &AuthMessage<'_>,
     version: AuthEngineVersion,
+    mode: CipherMode,
     random: &mut dyn FnMut(&mut [u8]),
 ) -> Result<Response, Error> {
     let client_public = open_public_key(secret, challenge, &[])?;
@@ -71,7 +72,7 @@ pub(crate) fn respond(
     transcript.extend_from_slice(payload);
     transcript.extend_from_slice(&reply);
     let keys = SessionKeys::derive(&shared, &transcript, version)?;
-    let cipher = TransportCipher::ctr(&keys.key, &keys.iv_a, &keys.iv_b)?;
+    let cipher = TransportCipher::new(mode, &keys.key, &keys.iv_a, &keys.iv_b)?;
     Ok(Response { reply, cipher })
 }
 
@@ -80,6 +81,7 @@ pub struct ClientAuth {
     app_id: String,
     secret: Secret,
     version: AuthEngineVersion,
+    mode: CipherMode,
     private: StaticSecret,
     challenge: Vec<u8>,
 }
@@ -105,14 +107,21 @@ impl ClientAuth {
             app_id: app_id.to_owned(),
             secret,
             version,
+            mode: CipherMode::Ctr,
             private,
             challenge: challenge.clone(),
         };
         Ok((state, challenge))
     }
 
-    /// Checks the server's response payload `S` and returns the client's cipher pair:
-    /// [`TransportCipher::encrypt`] for client → server bytes, `decrypt` for the others.
+    /// The transport cipher both sides are configured with (default [`CipherMode::Ctr`]).
+    pub fn with_cipher(mut self, mode: CipherMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Checks the server's response payload `S` and returns the client's transport cipher:
+    /// it seals client → server bytes and opens the others.
     ///
     /// # Errors
     /// [`Error::BadMessage`] if `S` does not parse, [`Error::Failed`] if it is for another
@@ -129,7 +138,7 @@ impl ClientAuth {
         let mut transcript = self.challenge;
         transcript.extend_from_slice(response);
         let keys = SessionKeys::derive(&shared, &transcript, self.version)?;
-        TransportCipher::ctr(&keys.key, &keys.iv_b, &keys.iv_a)
+        TransportCipher::new(self.mode, &keys.key, &keys.iv_b, &keys.iv_a)
     }
 }
 
@@ -138,6 +147,7 @@ impl std::fmt::Debug for ClientAuth {
         f.debug_struct("ClientAuth")
             .field("app_id", &self.app_id)
             .field("version", &self.version)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }

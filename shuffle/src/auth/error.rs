@@ -82,6 +82,13 @@ pub enum Error {
         state: &'static str,
     },
 
+    /// Bytes received under the AES-GCM transport are malformed or do not authenticate.
+    #[error("Transport decryption failed: {reason}")]
+    Transport {
+        /// Why.
+        reason: &'static str,
+    },
+
     /// A local cryptographic operation failed (not caused by the peer).
     #[error("Authentication failed. Internal error: {what}")]
     Internal {
@@ -104,6 +111,7 @@ impl Error {
             Error::Sasl { .. } => "sasl_failed",
             Error::UnsupportedQop { .. } => "unsupported_qop",
             Error::Finished { .. } => "finished",
+            Error::Transport { .. } => "transport",
             Error::Internal { .. } => "internal",
         }
     }

@@ -1,6 +1,7 @@
 //! Server side of `spark.authenticate` as a pure state machine: Spark's AuthEngine handshake
-//! (X25519 + HKDF + AES-GCM, protocol §6.2), the AES-CTR transport cipher that follows it
-//! (§6.3), and the SASL DIGEST-MD5 exchange Spark falls back to (§6.5).
+//! (X25519 + HKDF + AES-GCM, protocol §6.2), the transport cipher that follows it (AES-CTR,
+//! §6.3, or AES-GCM messages, §6.4), and the SASL DIGEST-MD5 exchange Spark falls back to
+//! (§6.5).
 //!
 //! No I/O. The connection layer feeds every auth `RpcRequest` payload of a connection to one
 //! [`ServerAuth`] and sends back what [`ServerAuth::step`] returns, until it says
@@ -18,6 +19,7 @@ mod cipher;
 mod digest;
 mod engine;
 mod error;
+mod gcm;
 mod message;
 mod secret;
 mod server;
@@ -26,9 +28,10 @@ mod server;
 #[allow(clippy::unwrap_used)]
 mod tests;
 
-pub use cipher::TransportCipher;
+pub use cipher::{CipherMode, CtrCipher, TransportCipher};
 pub use engine::ClientAuth;
 pub use error::Error;
+pub use gcm::GcmCipher;
 pub use secret::{Secret, SecretSource, StaticSecrets};
 pub use server::{AuthEngineVersion, AuthStep, ServerAuth};
 

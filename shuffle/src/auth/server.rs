@@ -16,7 +16,7 @@ use super::digest::DigestServer;
 use super::engine;
 use super::error::truncate_peer_text;
 use super::message::{AuthMessage, SaslMessage};
-use super::{AUTH_MESSAGE_TAG, Error, SASL_MESSAGE_TAG, SecretSource, TransportCipher};
+use super::{AUTH_MESSAGE_TAG, CipherMode, Error, SASL_MESSAGE_TAG, SecretSource, TransportCipher};
 
 /// `spark.network.crypto.authEngineVersion`. The server cannot tell from the handshake which
 /// one the client uses: both sides must be configured alike.
@@ -48,7 +48,8 @@ pub enum AuthStep {
     Continue(Bytes),
     /// Reply with this `RpcResponse` payload **in clear**; the connection is then
     /// authenticated as `app_id`. Install `transport` (if any) for every byte after this
-    /// reply, in both directions. `None`: no transport protection (SASL QOP `auth`).
+    /// reply, in both directions: sealing every write, opening every read. `None`: no
+    /// transport protection (SASL QOP `auth`).
     Done {
         /// The `RpcResponse` payload.
         reply: Bytes,
@@ -65,6 +66,7 @@ pub enum AuthStep {
 pub struct ServerAuth {
     secrets: Arc<dyn SecretSource>,
     version: AuthEngineVersion,
+    cipher: CipherMode,
     sasl_fallback: bool,
     state: State,
 }
@@ -96,9 +98,18 @@ impl ServerAuth {
         ServerAuth {
             secrets,
             version,
+            cipher: CipherMode::Ctr,
             sasl_fallback,
             state: State::Start,
         }
+    }
+
+    /// The transport cipher AuthEngine clients are configured with
+    /// (`spark.network.crypto.cipher`; default [`CipherMode::Ctr`]). The handshake cannot tell,
+    /// so a mismatch shows up as garbage after authentication.
+    pub fn with_cipher(mut self, mode: CipherMode) -> Self {
+        self.cipher = mode;
+        self
     }
 
     /// Whether authentication has completed successfully.
@@ -149,7 +160,14 @@ impl ServerAuth {
                 .secrets
                 .secret(challenge.app_id)
                 .ok_or_else(|| unknown_app(challenge.app_id))?;
-            let response = engine::respond(&secret, payload, &challenge, self.version, random)?;
+            let response = engine::respond(
+                &secret,
+                payload,
+                &challenge,
+                self.version,
+                self.cipher,
+                random,
+            )?;
             Ok(AuthStep::Done {
                 reply: Bytes::from(response.reply),
                 app_id: challenge.app_id.to_owned(),
@@ -201,6 +219,7 @@ impl std::fmt::Debug for ServerAuth {
         };
         f.debug_struct("ServerAuth")
             .field("version", &self.version)
+            .field("cipher", &self.cipher)
             .field("sasl_fallback", &self.sasl_fallback)
             .field("state", &state)
             .finish_non_exhaustive()

@@ -9,7 +9,6 @@
 package org.apache.spark.network.crypto;
 
 import java.io.BufferedReader;
-import java.io.ByteArrayInputStream;
 import java.io.ByteArrayOutputStream;
 import java.io.InputStreamReader;
 import java.nio.ByteBuffer;
@@ -21,8 +20,8 @@ import java.util.Map;
 
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.Unpooled;
-import org.apache.commons.crypto.stream.CryptoInputStream;
-import org.apache.commons.crypto.stream.CryptoOutputStream;
+import io.netty.channel.FileRegion;
+import io.netty.channel.embedded.EmbeddedChannel;
 import org.apache.spark.network.sasl.SecretKeyHolder;
 import org.apache.spark.network.sasl.SparkSaslClient;
 import org.apache.spark.network.sasl.SparkSaslServer;
@@ -62,7 +61,7 @@ public class SparkAuthInterop {
   public static void main(String[] args) throws Exception {
     try {
       switch (args[0]) {
-        case "auth-client" -> authClient(args[1], args[2], args[3]);
+        case "auth-client" -> authClient(args[1], args[2], args[3], args[4]);
         case "sasl-client" -> saslClient(args[1], args[2], Boolean.parseBoolean(args[3]));
         case "sasl-server" -> saslServer(args[1], args[2], Boolean.parseBoolean(args[3]));
         case "password" -> out("OK", new String(SparkSaslServer.encodePassword(args[1])));
@@ -73,30 +72,57 @@ public class SparkAuthInterop {
     }
   }
 
-  // AuthEngine client: prints C; reads S; derives the session cipher; prints key, ivs, the
-  // client->server encryption of "hello world"; reads server->client ciphertext and prints
-  // its decryption.
-  static void authClient(String version, String appId, String secret) throws Exception {
+  // AuthEngine client with spark.network.crypto.cipher = `cipher`: prints C; reads S;
+  // derives the session cipher and installs it, with Spark's own Netty handlers, on an
+  // EmbeddedChannel; prints the cipher's class, then the wire bytes of two writes ("hello ",
+  // "world"); reads server->client wire bytes and prints the plaintext Spark decodes.
+  static void authClient(String version, String appId, String secret, String cipher)
+      throws Exception {
     Map<String, String> m = new HashMap<>();
     m.put("spark.network.crypto.authEngineVersion", version);
+    m.put("spark.network.crypto.cipher", cipher);
     TransportConf conf = new TransportConf("shuffle", new MapConfigProvider(m));
     AuthEngine engine = new AuthEngine(appId, secret, conf);
     AuthMessage challenge = engine.challenge();
     out("HEX", HEX.formatHex(encode(challenge)));
     AuthMessage response = AuthMessage.decodeMessage(ByteBuffer.wrap(readHex()));
     engine.deriveSessionCipher(challenge, response);
-    CtrTransportCipher cipher = (CtrTransportCipher) engine.sessionCipher();
-    out("HEX", HEX.formatHex(cipher.getKey().getEncoded()));
+    TransportCipher session = engine.sessionCipher();
+    out("OK", session.getClass().getSimpleName());
+    EmbeddedChannel ch = new EmbeddedChannel();
+    session.addToChannel(ch);
     ByteArrayOutputStream sink = new ByteArrayOutputStream();
-    CryptoOutputStream enc = cipher.createOutputStream(Channels.newChannel(sink));
-    enc.write("hello world".getBytes(StandardCharsets.UTF_8));
-    enc.flush();
+    for (String part : new String[] {"hello ", "world"}) {
+      ch.writeOutbound(Unpooled.wrappedBuffer(part.getBytes(StandardCharsets.UTF_8)));
+      Object o;
+      while ((o = ch.readOutbound()) != null) {
+        if (o instanceof FileRegion region) {
+          var target = Channels.newChannel(sink);
+          while (region.transferred() < region.count()) {
+            region.transferTo(target, region.transferred());
+          }
+          region.release();
+        } else {
+          ByteBuf buf = (ByteBuf) o;
+          byte[] b = new byte[buf.readableBytes()];
+          buf.readBytes(b);
+          sink.write(b);
+          buf.release();
+        }
+      }
+    }
     out("HEX", HEX.formatHex(sink.toByteArray()));
-    byte[] fromServer = readHex();
-    CryptoInputStream dec = cipher.createInputStream(
-        Channels.newChannel(new ByteArrayInputStream(fromServer)));
-    byte[] plain = dec.readNBytes(fromServer.length);
-    out("OK", new String(plain, StandardCharsets.UTF_8));
+    ch.writeInbound(Unpooled.wrappedBuffer(readHex()));
+    ByteArrayOutputStream plain = new ByteArrayOutputStream();
+    Object o;
+    while ((o = ch.readInbound()) != null) {
+      ByteBuf buf = (ByteBuf) o;
+      byte[] b = new byte[buf.readableBytes()];
+      buf.readBytes(b);
+      plain.write(b);
+      buf.release();
+    }
+    out("OK", plain.toString(StandardCharsets.UTF_8));
   }
 
   // SparkSaslClient: prints the first token, then answers every server token read.

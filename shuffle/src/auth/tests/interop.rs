@@ -149,44 +149,57 @@ fn shared(secret: &str) -> Arc<dyn SecretSource> {
 }
 
 fn auth_engine_client_against_our_server(spark: &Spark) {
-    for (version, n, key_len) in [
-        (AuthEngineVersion::V1, "1", 32),
-        (AuthEngineVersion::V2, "2", 16),
-    ] {
-        let ctx = format!("{} v{n}", spark.label);
-        let mut java = Helper::start(spark, &["auth-client", n, "spark-app-42", "s3cret"]);
-        let challenge = java.bytes();
-        let mut auth = ServerAuth::new(shared("s3cret"), version, true);
-        let AuthStep::Done {
-            reply,
-            app_id,
-            transport: Some(mut cipher),
-        } = auth.step(&challenge, &mut fill_random).unwrap()
-        else {
-            panic!("{ctx}: expected Done with a cipher")
-        };
-        assert_eq!(app_id, "spark-app-42");
-        java.send(&reply);
-        // Spark accepted our response and derived its session key.
-        assert_eq!(java.bytes().len(), key_len, "{ctx}: key length");
-        // Client → server bytes decrypt with our cipher.
-        let mut hello = java.bytes();
-        cipher.decrypt(&mut hello);
-        assert_eq!(hello, b"hello world", "{ctx}");
-        // Server → client bytes decrypt with Spark's.
-        let mut down = b"greetings from kshuffle".to_vec();
-        cipher.encrypt(&mut down);
-        java.send(&down);
-        assert_eq!(
-            java.line(),
-            ("OK".into(), "greetings from kshuffle".into()),
-            "{ctx}"
-        );
+    for (version, n) in [(AuthEngineVersion::V1, "1"), (AuthEngineVersion::V2, "2")] {
+        for (mode, name, class) in [
+            (CipherMode::Ctr, "AES/CTR/NoPadding", "CtrTransportCipher"),
+            (CipherMode::Gcm, "AES/GCM/NoPadding", "GcmTransportCipher"),
+        ] {
+            let ctx = format!("{} v{n} {name}", spark.label);
+            let mut java =
+                Helper::start(spark, &["auth-client", n, "spark-app-42", "s3cret", name]);
+            let challenge = java.bytes();
+            let mut auth = ServerAuth::new(shared("s3cret"), version, true).with_cipher(mode);
+            let AuthStep::Done {
+                reply,
+                app_id,
+                transport: Some(mut cipher),
+            } = auth.step(&challenge, &mut fill_random).unwrap()
+            else {
+                panic!("{ctx}: expected Done with a cipher")
+            };
+            assert_eq!(app_id, "spark-app-42");
+            java.send(&reply);
+            // Spark accepted our response and installed its own cipher handlers.
+            assert_eq!(java.line(), ("OK".into(), class.into()), "{ctx}");
+            // Client → server: two writes ("hello ", "world") open with our cipher.
+            let mut wire = bytes::BytesMut::from(&java.bytes()[..]);
+            let mut plain = bytes::BytesMut::new();
+            cipher.open(&mut wire, &mut plain).unwrap();
+            assert_eq!(&plain[..], b"hello world", "{ctx}");
+            assert!(wire.is_empty());
+            // Server → client: two writes, delivered together, decode with Spark's handlers.
+            let mut down = bytes::BytesMut::new();
+            cipher
+                .seal(b"greetings ", &mut fill_random, &mut down)
+                .unwrap();
+            cipher
+                .seal(b"from kshuffle", &mut fill_random, &mut down)
+                .unwrap();
+            java.send(&down);
+            assert_eq!(
+                java.line(),
+                ("OK".into(), "greetings from kshuffle".into()),
+                "{ctx}"
+            );
+        }
     }
 }
 
 fn auth_engine_client_with_wrong_secret_is_refused(spark: &Spark) {
-    let mut java = Helper::start(spark, &["auth-client", "1", "app-1", "wrong"]);
+    let mut java = Helper::start(
+        spark,
+        &["auth-client", "1", "app-1", "wrong", "AES/CTR/NoPadding"],
+    );
     let challenge = java.bytes();
     let mut auth = ServerAuth::new(shared("right"), AuthEngineVersion::V1, true);
     let err = auth.step(&challenge, &mut fill_random).unwrap_err();
