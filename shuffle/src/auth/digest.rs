@@ -131,7 +131,14 @@ impl DigestServer {
         let digest_uri = required(&r.digest_uri, "digest-uri")?;
         let response = required(&r.response, "response")?;
 
-        let ha1 = hex(&self.a1_hash(username, realm, cnonce, r.authzid.as_deref()));
+        let ha1 = hex(&a1_hash(
+            username,
+            realm,
+            &self.password,
+            nonce,
+            cnonce,
+            r.authzid.as_deref(),
+        ));
         let expected = response_value(&ha1, nonce, nc, cnonce, qop, "AUTHENTICATE:", digest_uri);
         if !constant_time_eq(expected.as_bytes(), response.as_bytes()) {
             return Err(Error::sasl(
@@ -143,40 +150,41 @@ impl DigestServer {
         let rspauth = response_value(&ha1, nonce, nc, cnonce, qop, ":", digest_uri);
         Ok(format!("rspauth={rspauth}").into_bytes())
     }
+}
 
-    /// `H(A1)` for md5-sess: `H( H(user:realm:password) : nonce : cnonce [: authzid] )`.
-    fn a1_hash(
-        &self,
-        username: &str,
-        realm: &str,
-        cnonce: &str,
-        authzid: Option<&str>,
-    ) -> [u8; 16] {
-        let mut inner = Md5::new();
-        for (i, part) in [username, realm, self.password.as_str()].iter().enumerate() {
-            if i > 0 {
-                inner.update(b":");
-            }
-            inner.update(part.as_bytes());
+/// `H(A1)` for md5-sess: `H( H(user:realm:password) : nonce : cnonce [: authzid] )`.
+pub(crate) fn a1_hash(
+    username: &str,
+    realm: &str,
+    password: &str,
+    nonce: &str,
+    cnonce: &str,
+    authzid: Option<&str>,
+) -> [u8; 16] {
+    let mut inner = Md5::new();
+    for (i, part) in [username, realm, password].iter().enumerate() {
+        if i > 0 {
+            inner.update(b":");
         }
-        let inner = Zeroizing::new(<[u8; 16]>::from(inner.finalize()));
-        let mut a1 = Md5::new();
-        a1.update(inner.as_ref());
-        a1.update(b":");
-        a1.update(self.nonce.as_bytes());
-        a1.update(b":");
-        a1.update(cnonce.as_bytes());
-        if let Some(authzid) = authzid {
-            a1.update(b":");
-            a1.update(authzid.as_bytes());
-        }
-        a1.finalize().into()
+        inner.update(part.as_bytes());
     }
+    let inner = Zeroizing::new(<[u8; 16]>::from(inner.finalize()));
+    let mut a1 = Md5::new();
+    a1.update(inner.as_ref());
+    a1.update(b":");
+    a1.update(nonce.as_bytes());
+    a1.update(b":");
+    a1.update(cnonce.as_bytes());
+    if let Some(authzid) = authzid {
+        a1.update(b":");
+        a1.update(authzid.as_bytes());
+    }
+    a1.finalize().into()
 }
 
 /// `HEX(KD(HEX(H(A1)), nonce:nc:cnonce:qop:HEX(H(A2))))` with `A2 = a2_prefix ‖ digest-uri`
 /// (`"AUTHENTICATE:"` for the client's response, `":"` for the server's rspauth).
-fn response_value(
+pub(crate) fn response_value(
     ha1: &str,
     nonce: &str,
     nc: &str,
@@ -252,7 +260,7 @@ fn required<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str
 
 /// An iterator of `(key, value)` over a directive list; yields errors for syntax faults and
 /// then stops.
-struct Directives<'a> {
+pub(crate) struct Directives<'a> {
     rest: &'a str,
     failed: bool,
 }
@@ -260,7 +268,7 @@ struct Directives<'a> {
 type Directive<'a> = (Result<&'a str, Error>, Result<String, Error>);
 
 impl<'a> Directives<'a> {
-    fn new(text: &'a str) -> Self {
+    pub(crate) fn new(text: &'a str) -> Self {
         Directives {
             rest: text,
             failed: false,
@@ -367,7 +375,7 @@ pub(crate) fn base64(bytes: &[u8], break_lines: bool) -> String {
 }
 
 /// Lower-case hex, as DIGEST-MD5 writes digests.
-fn hex(bytes: &[u8; 16]) -> String {
+pub(crate) fn hex(bytes: &[u8; 16]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(32);
     for b in bytes {
@@ -377,7 +385,7 @@ fn hex(bytes: &[u8; 16]) -> String {
 }
 
 /// Equality whose time does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -396,11 +404,7 @@ pub(crate) mod testing {
         cnonce: &str,
         digest_uri: &str,
     ) -> (String, String) {
-        let server = DigestServer {
-            nonce: nonce.to_owned(),
-            password: Zeroizing::new(password.to_owned()),
-        };
-        let ha1 = hex(&server.a1_hash(username, realm, cnonce, None));
+        let ha1 = hex(&a1_hash(username, realm, password, nonce, cnonce, None));
         let value =
             |prefix| response_value(&ha1, nonce, "00000001", cnonce, "auth", prefix, digest_uri);
         (value("AUTHENTICATE:"), value(":"))

@@ -92,8 +92,7 @@ impl<'a> SaslMessage<'a> {
         Ok(SaslMessage { app_id, token: r.0 })
     }
 
-    /// The encoding (as Spark's client sends it); used by tests.
-    #[cfg(test)]
+    /// The encoding, as Spark's client sends it.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = vec![SASL_MESSAGE_TAG];
         out.extend_from_slice(&len_i32(self.app_id.as_bytes()).to_be_bytes());

@@ -21,6 +21,7 @@ mod engine;
 mod error;
 mod gcm;
 mod message;
+mod sasl_client;
 mod secret;
 mod server;
 
@@ -32,6 +33,7 @@ pub use cipher::{CipherMode, CtrCipher, TransportCipher};
 pub use engine::ClientAuth;
 pub use error::Error;
 pub use gcm::GcmCipher;
+pub use sasl_client::SaslClient;
 pub use secret::{Secret, SecretSource, StaticSecrets};
 pub use server::{AuthEngineVersion, AuthStep, ServerAuth};
 

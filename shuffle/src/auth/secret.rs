@@ -28,6 +28,13 @@ impl Secret {
         Secret(Zeroizing::new(bytes.into()))
     }
 
+    /// The secret Spark derives from a secret file
+    /// (`spark.authenticate.secret.{driver,executor}.file`, Kubernetes only): the standard
+    /// base64 of the file's raw bytes, without line breaks (`SecurityManager.secretKeyFromFile`).
+    pub fn from_secret_file(contents: &[u8]) -> Self {
+        Secret::new(super::digest::base64(contents, false))
+    }
+
     /// The secret's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

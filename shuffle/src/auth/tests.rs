@@ -1035,3 +1035,88 @@ fn ctr_transport_seal_and_open_match_in_place() {
     );
     assert_eq!(CipherMode::from_spark_name("AES/CBC"), None);
 }
+
+// === The SASL client ===
+
+const JDK_CHALLENGE: &str = "realm=\"default\",nonce=\"FEHUry1T0lW/jSJ6SYZKA3zsFRq7F1CXkaR2JSay\",qop=\"auth-conf,auth\",charset=utf-8,cipher=\"3des,rc4,des,rc4-56,rc4-40\",algorithm=md5-sess";
+
+#[test]
+fn sasl_client_reproduces_the_jdk_client() {
+    // With the JDK client's cnonce, our client answers the JDK server's challenge with the
+    // exact bytes the JDK client sent, and accepts the JDK server's rspauth.
+    let (mut client, first) = SaslClient::start("app-1", &Secret::from("secret"));
+    assert_eq!(first, sasl(b""));
+    let cnonce = base64_decode("R4esg6JDzpKSBG+MtS8r5/gMeKmKgp5KDXk+2s/O");
+    let next = client
+        .respond(JDK_CHALLENGE.as_bytes(), &mut scripted(vec![cnonce]))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(SaslMessage::decode(&next).unwrap().token.to_vec()).unwrap(),
+        JDK_RESPONSE
+    );
+    client.finish(JDK_RSPAUTH.as_bytes()).unwrap();
+}
+
+#[test]
+fn sasl_client_against_our_server() {
+    for secret in ["secret", JDK_LONG_SECRET] {
+        let secret = Secret::from(secret);
+        let mut auth = server(
+            StaticSecrets::shared(secret.clone()),
+            AuthEngineVersion::V1,
+            true,
+        );
+        let (mut client, first) = SaslClient::start("app-5", &secret);
+        let AuthStep::Continue(challenge) = auth.step(&first, &mut seeded(1)).unwrap() else {
+            panic!()
+        };
+        let response = client.respond(&challenge, &mut seeded(2)).unwrap();
+        let AuthStep::Done { reply, app_id, .. } = auth.step(&response, &mut seeded(3)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(app_id, "app-5");
+        client.finish(&reply).unwrap();
+    }
+    // A server with another secret: refused; a forged rspauth: refused by the client.
+    let mut auth = server(
+        StaticSecrets::shared(Secret::from("a")),
+        AuthEngineVersion::V1,
+        true,
+    );
+    let (mut client, first) = SaslClient::start("app-5", &Secret::from("b"));
+    let AuthStep::Continue(challenge) = auth.step(&first, &mut seeded(1)).unwrap() else {
+        panic!()
+    };
+    let response = client.respond(&challenge, &mut seeded(2)).unwrap();
+    assert!(auth.step(&response, &mut seeded(3)).is_err());
+    assert!(
+        client
+            .finish(b"rspauth=00000000000000000000000000000000")
+            .is_err()
+    );
+    // Challenges the client cannot answer.
+    for bad in [
+        "realm=\"default\",qop=\"auth\",algorithm=md5-sess",
+        "nonce=\"x\",qop=\"auth-conf\",algorithm=md5-sess",
+        "nonce=\"x\",qop=\"auth\"",
+        "nonce=\"x",
+    ] {
+        let (mut client, _) = SaslClient::start("app-5", &Secret::from("b"));
+        assert!(
+            client.respond(bad.as_bytes(), &mut seeded(2)).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn secret_from_a_secret_file_is_plain_base64() {
+    assert_eq!(Secret::from_secret_file(&[0xFF, 0, 1]).as_bytes(), b"/wAB");
+    // No line breaks, unlike the SASL password.
+    assert!(
+        !Secret::from_secret_file(&[7u8; 100])
+            .as_bytes()
+            .contains(&b'\n')
+    );
+}

@@ -274,6 +274,25 @@ fn sasl_client_requiring_encryption_gives_up(spark: &Spark) {
     assert!(last.1.contains("No common protection layer"), "{last:?}");
 }
 
+/// Our SASL client against Spark's SparkSaslServer (the JDK's DIGEST-MD5 server).
+fn our_sasl_client_against_spark_server(spark: &Spark) {
+    for always_encrypt in ["false", "true"] {
+        let mut java = Helper::start(spark, &["sasl-server", "app-7", "secret", always_encrypt]);
+        let (mut client, first) = SaslClient::start("app-7", &Secret::from("secret"));
+        java.send(SaslMessage::decode(&first).unwrap().token);
+        let challenge = java.bytes();
+        let response = client.respond(&challenge, &mut fill_random);
+        if always_encrypt == "true" {
+            // spark.network.sasl.serverAlwaysEncrypt: the server offers auth-conf only.
+            assert!(response.is_err(), "{}", spark.label);
+            continue;
+        }
+        java.send(SaslMessage::decode(&response.unwrap()).unwrap().token);
+        client.finish(&java.bytes()).unwrap();
+        assert_eq!(java.line(), ("OK".into(), "complete qop=auth".into()));
+    }
+}
+
 /// One test for all scenarios, so the helper is compiled once per Spark install.
 #[test]
 fn java_spark_auth_clients_against_our_server() {
@@ -283,5 +302,6 @@ fn java_spark_auth_clients_against_our_server() {
         sasl_client_against_our_server(&spark);
         sasl_client_with_wrong_secret_is_refused(&spark);
         sasl_client_requiring_encryption_gives_up(&spark);
+        our_sasl_client_against_spark_server(&spark);
     }
 }
