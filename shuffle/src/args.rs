@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use std::sync::Arc;
+
 use kshuffle::Config;
+use kshuffle::auth::{AuthEngineVersion, CipherMode};
+use kshuffle::config::AuthSettings;
+use kshuffle::secrets::FileSecrets;
 use kshuffle::store::SweepOptions;
 
 #[derive(Debug, Parser)]
@@ -91,6 +96,32 @@ pub struct Args {
     /// Sweep only reports what it would remove.
     #[arg(long, env = "KSHUFFLE_SWEEP_DRY_RUN")]
     pub sweep_dry_run: bool,
+    /// Chunk bodies up to this many bytes are copied into the reply batch instead of sent
+    /// with `sendfile` (fewer syscalls for tiny blocks; 0 = always zero-copy).
+    #[arg(long, env = "KSHUFFLE_INLINE_BODY_MAX_BYTES", default_value_t = 0)]
+    pub inline_body_max_bytes: u64,
+    /// Require `spark.authenticate`: the secret shared by every application (the file holds
+    /// the `spark.authenticate.secret` string).
+    #[arg(long, env = "KSHUFFLE_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// Require `spark.authenticate`: a directory of per-application secret files named by app
+    /// id (a mounted Kubernetes Secret); checked before --auth-secret-file.
+    #[arg(long, env = "KSHUFFLE_AUTH_SECRETS_DIR")]
+    pub auth_secrets_dir: Option<PathBuf>,
+    /// The clients' `spark.network.crypto.authEngineVersion` (1 or 2).
+    #[arg(long, env = "KSHUFFLE_AUTH_ENGINE_VERSION", default_value_t = 1)]
+    pub auth_engine_version: u32,
+    /// The clients' `spark.network.crypto.cipher`.
+    #[arg(
+        long,
+        env = "KSHUFFLE_AUTH_CIPHER",
+        default_value = "AES/CTR/NoPadding"
+    )]
+    pub auth_cipher: String,
+    /// Accept SASL DIGEST-MD5 clients too (Spark's `spark.network.crypto.saslFallback`; what
+    /// Spark uses unless `spark.network.crypto.enabled=true`).
+    #[arg(long, env = "KSHUFFLE_AUTH_SASL_FALLBACK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auth_sasl_fallback: bool,
     /// Keep `rdd_*` files when an executor is gone (Spark's
     /// `spark.shuffle.service.fetch.rdd.enabled`: they are served to other executors).
     #[arg(long, env = "KSHUFFLE_RDD_FETCH_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
@@ -158,6 +189,12 @@ impl Args {
             sweep_max_removals,
             sweep_dry_run,
             rdd_fetch_enabled: _,
+            inline_body_max_bytes,
+            auth_secret_file,
+            auth_secrets_dir,
+            auth_engine_version,
+            auth_cipher,
+            auth_sasl_fallback,
         } = self;
         anyhow::ensure!(
             *max_frame_bytes >= 1024,
@@ -215,6 +252,21 @@ impl Args {
             }
             None => None,
         };
+        let auth = if auth_secret_file.is_some() || auth_secrets_dir.is_some() {
+            let secrets =
+                FileSecrets::new(auth_secret_file.as_deref(), auth_secrets_dir.as_deref())
+                    .context("--auth-secret-file / --auth-secrets-dir")?;
+            Some(AuthSettings {
+                secrets: Arc::new(secrets),
+                version: AuthEngineVersion::from_number(*auth_engine_version)
+                    .context("--auth-engine-version must be 1 or 2")?,
+                cipher: CipherMode::from_spark_name(auth_cipher)
+                    .context("--auth-cipher must be AES/CTR/NoPadding or AES/GCM/NoPadding")?,
+                sasl_fallback: *auth_sasl_fallback,
+            })
+        } else {
+            None
+        };
         Ok(Settings {
             config: Config {
                 allowed_roots: roots,
@@ -225,6 +277,8 @@ impl Args {
                 write_timeout: *write_timeout,
                 shutdown_grace_period: *shutdown_grace,
                 index_cache_bytes: *index_cache_bytes,
+                inline_body_max_bytes: *inline_body_max_bytes,
+                auth,
             },
             state_dir: canonical_state,
             admin_token,

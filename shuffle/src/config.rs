@@ -1,7 +1,10 @@
 //! The daemon's validated configuration (the binary builds it from flags).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth::{AuthEngineVersion, CipherMode, SecretSource};
 
 use crate::wire::DEFAULT_MAX_FRAME_LEN_BYTES;
 
@@ -26,6 +29,35 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     /// Bound of the cache of parsed index files.
     pub index_cache_bytes: usize,
+    /// Chunk bodies up to this size are copied into the write batch instead of being sent
+    /// with `sendfile` (0: always `sendfile`, zero-copy).
+    pub inline_body_max_bytes: u64,
+    /// `spark.authenticate`: when set, every connection must authenticate first.
+    pub auth: Option<AuthSettings>,
+}
+
+/// How clients authenticate (Spark's `spark.authenticate` and `spark.network.crypto.*`).
+#[derive(Clone)]
+pub struct AuthSettings {
+    /// Where each application's secret comes from.
+    pub secrets: Arc<dyn SecretSource>,
+    /// `spark.network.crypto.authEngineVersion` of the clients (1 by default).
+    pub version: AuthEngineVersion,
+    /// `spark.network.crypto.cipher` of the clients (AES/CTR by default).
+    pub cipher: CipherMode,
+    /// `spark.network.crypto.saslFallback`: also accept SASL DIGEST-MD5 clients (what Spark
+    /// uses when `spark.network.crypto.enabled` is false, its default).
+    pub sasl_fallback: bool,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("version", &self.version)
+            .field("cipher", &self.cipher)
+            .field("sasl_fallback", &self.sasl_fallback)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -40,6 +72,8 @@ impl Config {
             write_timeout: Duration::from_secs(120),
             shutdown_grace_period: Duration::from_secs(30),
             index_cache_bytes: 100 * 1024 * 1024,
+            inline_body_max_bytes: 0,
+            auth: None,
         }
     }
 }

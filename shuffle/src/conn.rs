@@ -12,6 +12,12 @@
 //! A connection reads no further requests while it writes, so a slow reader cannot make the
 //! daemon buffer replies.
 //!
+//! With `spark.authenticate` on, the first requests must be the auth handshake
+//! ([`crate::auth::ServerAuth`]); anything else before it closes the connection. After it,
+//! the connection acts only for the app it authenticated as, and, when AuthEngine set up a
+//! transport cipher, every byte in both directions goes through it: chunk bodies are then
+//! read and encrypted in user memory (no `sendfile` on encrypted connections).
+//!
 //! Errors: a failed request gets an `RpcFailure`/`ChunkFetchFailure`/`StreamFailure` and the
 //! connection goes on; a framing error, a timeout or an I/O error closes this connection only
 //! and is logged once, with the peer address, by [`serve`].
@@ -31,6 +37,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::auth::{AuthStep, ServerAuth, TransportCipher};
 use crate::handler::{Failure, Service};
 use crate::stats::Stats;
 use crate::stream::Streams;
@@ -42,9 +49,8 @@ const SENDFILE_MAX_BYTES: u64 = 1 << 30;
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Flush batched small replies once this many bytes are waiting.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
-/// Chunk and stream bodies up to this size are copied into the write batch instead of being
-/// sent with `sendfile`: below it, the syscalls and TCP pushes cost more than the copy.
-pub const COPY_BODY_MAX_BYTES: u64 = 32 * 1024;
+/// Piece of a body read at a time when it is copied (encrypted connections, inlined bodies).
+const COPY_PIECE_BYTES: usize = 64 * 1024;
 
 /// Why a connection was closed by the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +73,12 @@ pub enum Error {
     /// A data file shrank while it was being sent (the header had promised its length).
     #[error("file shrank while being sent")]
     FileShrank,
+    /// A request other than the auth handshake before authentication.
+    #[error("{0} before authentication")]
+    Unauthenticated(&'static str),
+    /// The transport cipher refused the peer's bytes (forged or garbled).
+    #[error("transport decryption failed: {0}")]
+    Transport(#[from] crate::auth::Error),
     /// Socket I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
@@ -82,6 +94,8 @@ impl Error {
             Error::WriteStalled(_) => "write_timeout",
             Error::TruncatedFrame(_) => "truncated_frame",
             Error::FileShrank => "file_shrank",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::Transport(_) => "transport_decrypt",
             Error::Io(_) => "io",
         }
     }
@@ -131,13 +145,29 @@ struct Connection {
     service: Arc<Service>,
     shutdown: CancellationToken,
     streams: Streams,
+    /// Plaintext received, not yet decoded.
     rbuf: BytesMut,
+    /// Plaintext to send.
     wbuf: BytesMut,
+    /// The handshake in progress; `None` once authenticated or when auth is off.
+    auth: Option<ServerAuth>,
+    /// The app this connection authenticated as.
+    client_id: Option<String>,
+    /// The transport cipher installed by the handshake, if any.
+    cipher: Option<TransportCipher>,
+    /// Bytes as received, before decryption (with a cipher only).
+    raw: BytesMut,
+    /// Scratch for encrypted output (with a cipher only).
+    sealed: BytesMut,
 }
 
 impl Connection {
     fn new(socket: TcpStream, service: Arc<Service>, shutdown: CancellationToken) -> Self {
         let streams = Streams::new(service.config.max_streams_per_connection);
+        let auth = service.config.auth.as_ref().map(|a| {
+            ServerAuth::new(Arc::clone(&a.secrets), a.version, a.sasl_fallback)
+                .with_cipher(a.cipher)
+        });
         Self {
             socket,
             service,
@@ -145,6 +175,11 @@ impl Connection {
             streams,
             rbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
             wbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            auth,
+            client_id: None,
+            cipher: None,
+            raw: BytesMut::new(),
+            sealed: BytesMut::new(),
         }
     }
 
@@ -163,20 +198,28 @@ impl Connection {
             if self.shutdown.is_cancelled() && self.streams.is_empty() {
                 return Ok(());
             }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_BUFFER_BYTES / 4 {
-                self.rbuf.reserve(READ_BUFFER_BYTES);
+            let into = if self.cipher.is_some() {
+                &mut self.raw
+            } else {
+                &mut self.rbuf
+            };
+            if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
+                into.reserve(READ_BUFFER_BYTES);
             }
             let read = tokio::select! {
                 biased;
-                r = timeout(idle, self.socket.read_buf(&mut self.rbuf)) => r,
+                r = timeout(idle, self.socket.read_buf(into)) => r,
                 () = self.shutdown.cancelled(), if self.streams.is_empty() => return Ok(()),
             };
             match read {
                 Err(_) => return Err(Error::Idle(idle)),
-                Ok(Ok(0)) if self.rbuf.is_empty() => return Ok(()),
-                Ok(Ok(0)) => return Err(Error::TruncatedFrame(self.rbuf.len())),
+                Ok(Ok(0)) if self.rbuf.is_empty() && self.raw.is_empty() => return Ok(()),
+                Ok(Ok(0)) => return Err(Error::TruncatedFrame(self.rbuf.len() + self.raw.len())),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
+            }
+            if let Some(cipher) = &mut self.cipher {
+                cipher.open(&mut self.raw, &mut self.rbuf)?;
             }
         }
     }
@@ -193,12 +236,71 @@ impl Connection {
         result
     }
 
+    /// One frame before authentication: only the handshake's RPCs are accepted.
+    async fn authenticate(&mut self, frame: Frame) -> Result<bool, Error> {
+        let Frame::RpcRequest { request_id, body } = frame else {
+            return Err(Error::Unauthenticated(frame.type_name()));
+        };
+        let Some(auth) = &mut self.auth else {
+            return Ok(true);
+        };
+        match auth.step(&body, &mut crate::auth::fill_random) {
+            Ok(AuthStep::Continue(reply)) => {
+                self.queue(&Frame::RpcResponse {
+                    request_id,
+                    body: reply,
+                })
+                .await?;
+            }
+            Ok(AuthStep::Done {
+                reply,
+                app_id,
+                transport,
+            }) => {
+                // The last reply goes out in clear; everything after it through the cipher.
+                self.queue(&Frame::RpcResponse {
+                    request_id,
+                    body: reply,
+                })
+                .await?;
+                self.flush().await?;
+                debug!(app = %app_id, encrypted = transport.is_some(), "authenticated");
+                self.auth = None;
+                self.client_id = Some(app_id);
+                if let Some(mut cipher) = transport {
+                    // Bytes the client sent after its last auth message are already
+                    // encrypted: move them back before decoding.
+                    let early = self.rbuf.split();
+                    self.raw.unsplit(early);
+                    cipher.open(&mut self.raw, &mut self.rbuf)?;
+                    self.cipher = Some(cipher);
+                }
+            }
+            Err(e) => {
+                crate::metrics::error(e.kind());
+                Stats::inc(&self.service.stats.rpc_failures);
+                warn!(kind = e.kind(), error = %e, "authentication failed");
+                self.queue(&Frame::RpcFailure {
+                    request_id,
+                    error: e.to_string(),
+                })
+                .await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     async fn dispatch(&mut self, frame: Frame) -> Result<bool, Error> {
+        if self.auth.is_some() {
+            return self.authenticate(frame).await;
+        }
         let started = std::time::Instant::now();
         match frame {
             Frame::RpcRequest { request_id, body } => {
                 let kind = crate::wire::Message::type_name_of(&body);
-                let reply = self.service.rpc(&body, &mut self.streams).await;
+                let client = self.client_id.as_deref();
+                let reply = self.service.rpc(&body, &mut self.streams, client).await;
                 crate::metrics::request_duration(kind, started);
                 let frame = match reply {
                     Ok(body) => Frame::RpcResponse { request_id, body },
@@ -327,28 +429,34 @@ impl Connection {
         self.send_wbuf(false).await
     }
 
-    /// Sends the body of the frame whose header was just queued: copied into the batch when
-    /// small, else with [`Self::send_segment`].
+    /// Sends the body of the frame whose header was just queued: with `sendfile` (zero-copy)
+    /// unless the connection is encrypted or the body is at most the configured inline size,
+    /// in which case it is read into the write batch.
     async fn send_body(&mut self, file: &File, offset: u64, len: u64) -> Result<(), Error> {
-        if len > COPY_BODY_MAX_BYTES {
+        if self.cipher.is_none() && len > self.service.config.inline_body_max_bytes {
             return self.send_segment(file, offset, len).await;
         }
-        // `len` is at most COPY_BODY_MAX_BYTES, so it fits in usize.
-        let start = self.wbuf.len();
-        self.wbuf.resize(start + len as usize, 0);
-        let mut filled = 0usize;
-        while let Some(dst) = self.wbuf.get_mut(start + filled..)
-            && !dst.is_empty()
-        {
-            match file.read_at(dst, offset + filled as u64) {
-                Ok(0) => return Err(Error::FileShrank),
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+        let (mut offset, mut remaining) = (offset, len);
+        while remaining > 0 {
+            let piece = remaining.min(COPY_PIECE_BYTES as u64) as usize;
+            let start = self.wbuf.len();
+            self.wbuf.resize(start + piece, 0);
+            let mut filled = 0usize;
+            while let Some(dst) = self.wbuf.get_mut(start + filled..)
+                && !dst.is_empty()
+            {
+                match file.read_at(dst, offset + filled as u64) {
+                    Ok(0) => return Err(Error::FileShrank),
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
-        }
-        if self.wbuf.len() >= WRITE_BATCH_BYTES {
-            self.flush().await?;
+            offset += piece as u64;
+            remaining -= piece as u64;
+            if self.wbuf.len() >= WRITE_BATCH_BYTES {
+                self.flush().await?;
+            }
         }
         Ok(())
     }
@@ -376,6 +484,13 @@ impl Connection {
     }
 
     async fn send_wbuf(&mut self, more: bool) -> Result<(), Error> {
+        if let Some(cipher) = &mut self.cipher
+            && !self.wbuf.is_empty()
+        {
+            self.sealed.clear();
+            cipher.seal(&self.wbuf, &mut crate::auth::fill_random, &mut self.sealed)?;
+            std::mem::swap(&mut self.wbuf, &mut self.sealed);
+        }
         let flags = if more {
             SendFlags::MORE | SendFlags::NOSIGNAL
         } else {

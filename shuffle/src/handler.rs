@@ -89,8 +89,22 @@ impl Service {
         self: &Arc<Self>,
         body: &[u8],
         streams: &mut Streams,
+        client: Option<&str>,
     ) -> Result<Bytes, Failure> {
         let message = Message::decode(body)?;
+        // With authentication, a connection may only act for the app it authenticated as.
+        if let (Some(client), Some(app)) = (client, message.app_id())
+            && client != app
+        {
+            return Err(Failure::new(
+                "unauthorized_app",
+                format!(
+                    "Client for {} not authorized for application {}.",
+                    store::truncate(client),
+                    store::truncate(app)
+                ),
+            ));
+        }
         match message {
             Message::RegisterExecutor {
                 app_id,

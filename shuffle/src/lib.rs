@@ -24,6 +24,7 @@ pub mod fixture;
 pub mod handler;
 pub mod metrics;
 pub mod registry;
+pub mod secrets;
 pub mod server;
 pub mod stats;
 pub mod store;
