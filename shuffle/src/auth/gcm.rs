@@ -155,8 +155,12 @@ impl GcmCipher {
                     }
                     let key_len = self.key.len();
                     let salt = header.get(1..1 + key_len).unwrap_or_default();
-                    let mut prefix = [0u8; NONCE_PREFIX_BYTES];
-                    prefix.copy_from_slice(header.get(1 + key_len..).unwrap_or(&[0; 7]));
+                    let prefix: [u8; NONCE_PREFIX_BYTES] = header
+                        .get(1 + key_len..)
+                        .and_then(|p| p.try_into().ok())
+                        .ok_or(Error::Internal {
+                            what: "GCM header layout",
+                        })?;
                     let gcm = Box::new(self.segment_cipher(salt, total)?);
                     wire.advance(header_len);
                     self.recv = Recv::Segments {

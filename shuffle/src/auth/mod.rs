@@ -8,6 +8,18 @@
 //! [`AuthStep::Done`]; every other request before that is refused. Randomness comes from the
 //! caller (`random` closures; [`fill_random`] in production) so tests are deterministic.
 //!
+//! How the connection layer uses it:
+//! 1. per connection, `ServerAuth::new(secrets, version, sasl_fallback).with_cipher(mode)`;
+//! 2. every `RpcRequest` payload before authentication → [`ServerAuth::step`]:
+//!    `Continue(reply)` → `RpcResponse(reply)`; `Err(e)` → `RpcFailure(e.to_string())`, then
+//!    close; `Done { reply, app_id, transport }` → `RpcResponse(reply)` **in clear**, then the
+//!    connection belongs to `app_id` and, if `transport` is `Some`, every later byte goes
+//!    through [`TransportCipher::seal`] (out) / [`TransportCipher::open`] (in);
+//! 3. anything else before `Done` (chunk/stream fetches, one-way messages) is refused.
+//!
+//! [`ClientAuth`] and [`SaslClient`] are the client sides, for tests and kshuffle's clients;
+//! `tests/interop.rs` drives Spark's own client classes against [`ServerAuth`].
+//!
 //! Invariants:
 //! - nothing here panics or allocates from a length sent by the peer before checking that the
 //!   bytes are present (messages are parsed as borrowed slices);
