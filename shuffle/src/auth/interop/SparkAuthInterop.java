@@ -1,5 +1,5 @@
-// Test helper: drives Spark's REAL client-side auth classes (AuthEngine, SparkSaslClient) and,
-// for comparison, Spark's SparkSaslServer, over a line protocol on stdin/stdout so that Rust
+// Test helper: drives Spark's REAL auth classes (AuthEngine as client and server,
+// SparkSaslClient, SparkSaslServer) over a line protocol on stdin/stdout so that Rust
 // tests can check kshuffle's server side against them. Compiled by the tests with javac against
 // the jars of an installed pyspark (scripts/spark-venv.sh); never shipped.
 //
@@ -62,6 +62,7 @@ public class SparkAuthInterop {
     try {
       switch (args[0]) {
         case "auth-client" -> authClient(args[1], args[2], args[3], args[4]);
+        case "auth-server" -> authServer(args[1], args[2], args[3], args[4]);
         case "sasl-client" -> saslClient(args[1], args[2], Boolean.parseBoolean(args[3]));
         case "sasl-server" -> saslServer(args[1], args[2], Boolean.parseBoolean(args[3]));
         case "password" -> out("OK", new String(SparkSaslServer.encodePassword(args[1])));
@@ -93,26 +94,57 @@ public class SparkAuthInterop {
     session.addToChannel(ch);
     ByteArrayOutputStream sink = new ByteArrayOutputStream();
     for (String part : new String[] {"hello ", "world"}) {
-      ch.writeOutbound(Unpooled.wrappedBuffer(part.getBytes(StandardCharsets.UTF_8)));
-      Object o;
-      while ((o = ch.readOutbound()) != null) {
-        if (o instanceof FileRegion region) {
-          var target = Channels.newChannel(sink);
-          while (region.transferred() < region.count()) {
-            region.transferTo(target, region.transferred());
-          }
-          region.release();
-        } else {
-          ByteBuf buf = (ByteBuf) o;
-          byte[] b = new byte[buf.readableBytes()];
-          buf.readBytes(b);
-          sink.write(b);
-          buf.release();
-        }
-      }
+      sink.write(writeThrough(ch, part));
     }
     out("HEX", HEX.formatHex(sink.toByteArray()));
-    ch.writeInbound(Unpooled.wrappedBuffer(readHex()));
+    out("OK", readThrough(ch, readHex()));
+  }
+
+  // AuthEngine server (Spark's AuthRpcHandler path): reads C, prints S, installs the session
+  // cipher on an EmbeddedChannel; reads client wire bytes and prints their plaintext; prints
+  // the wire bytes of "pong".
+  static void authServer(String version, String appId, String secret, String cipher)
+      throws Exception {
+    Map<String, String> m = new HashMap<>();
+    m.put("spark.network.crypto.authEngineVersion", version);
+    m.put("spark.network.crypto.cipher", cipher);
+    TransportConf conf = new TransportConf("shuffle", new MapConfigProvider(m));
+    AuthMessage challenge = AuthMessage.decodeMessage(ByteBuffer.wrap(readHex()));
+    AuthEngine engine = new AuthEngine(appId, secret, conf);
+    AuthMessage response = engine.response(challenge);
+    out("HEX", HEX.formatHex(encode(response)));
+    EmbeddedChannel ch = new EmbeddedChannel();
+    engine.sessionCipher().addToChannel(ch);
+    out("OK", readThrough(ch, readHex()));
+    out("HEX", HEX.formatHex(writeThrough(ch, "pong")));
+  }
+
+  // The wire bytes Spark's outbound handlers produce for one write of `text`.
+  static byte[] writeThrough(EmbeddedChannel ch, String text) throws Exception {
+    ByteArrayOutputStream sink = new ByteArrayOutputStream();
+    ch.writeOutbound(Unpooled.wrappedBuffer(text.getBytes(StandardCharsets.UTF_8)));
+    Object o;
+    while ((o = ch.readOutbound()) != null) {
+      if (o instanceof FileRegion region) {
+        var target = Channels.newChannel(sink);
+        while (region.transferred() < region.count()) {
+          region.transferTo(target, region.transferred());
+        }
+        region.release();
+      } else {
+        ByteBuf buf = (ByteBuf) o;
+        byte[] b = new byte[buf.readableBytes()];
+        buf.readBytes(b);
+        sink.write(b);
+        buf.release();
+      }
+    }
+    return sink.toByteArray();
+  }
+
+  // The plaintext Spark's inbound handlers make of `wire`.
+  static String readThrough(EmbeddedChannel ch, byte[] wire) throws Exception {
+    ch.writeInbound(Unpooled.wrappedBuffer(wire));
     ByteArrayOutputStream plain = new ByteArrayOutputStream();
     Object o;
     while ((o = ch.readInbound()) != null) {
@@ -122,7 +154,7 @@ public class SparkAuthInterop {
       plain.write(b);
       buf.release();
     }
-    out("OK", plain.toString(StandardCharsets.UTF_8));
+    return plain.toString(StandardCharsets.UTF_8);
   }
 
   // SparkSaslClient: prints the first token, then answers every server token read.
