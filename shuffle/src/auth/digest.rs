@@ -86,9 +86,10 @@ impl DigestServer {
                 });
             }
             other => {
-                return Err(Error::UnsupportedQop {
-                    qop: truncate_peer_text(other),
-                });
+                return Err(Error::sasl(format!(
+                    "digest response format violation: unknown qop '{}'",
+                    truncate_peer_text(other)
+                )));
             }
         }
         let username = required(&r.username, "username")?;

@@ -169,3 +169,17 @@ fn arbitrary_payloads_never_panic_or_authenticate() {
         }
     }
 }
+
+#[test]
+fn state_moves_between_threads() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<ServerAuth>();
+    send::<TransportCipher>();
+    send::<AuthStep>();
+    send::<ClientAuth>();
+    send::<SaslClient>();
+    send::<Error>();
+    sync::<Error>();
+    sync::<StaticSecrets>();
+}
