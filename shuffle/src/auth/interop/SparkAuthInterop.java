@@ -75,8 +75,9 @@ public class SparkAuthInterop {
 
   // AuthEngine client with spark.network.crypto.cipher = `cipher`: prints C; reads S;
   // derives the session cipher and installs it, with Spark's own Netty handlers, on an
-  // EmbeddedChannel; prints the cipher's class, then the wire bytes of two writes ("hello ",
-  // "world"); reads server->client wire bytes and prints the plaintext Spark decodes.
+  // EmbeddedChannel; prints the cipher's class, then the wire bytes of three writes ("hello ",
+  // "world", 100 000 'x': several GCM segments); reads server->client wire bytes and prints
+  // the plaintext Spark decodes.
   static void authClient(String version, String appId, String secret, String cipher)
       throws Exception {
     Map<String, String> m = new HashMap<>();
@@ -93,7 +94,7 @@ public class SparkAuthInterop {
     EmbeddedChannel ch = new EmbeddedChannel();
     session.addToChannel(ch);
     ByteArrayOutputStream sink = new ByteArrayOutputStream();
-    for (String part : new String[] {"hello ", "world"}) {
+    for (String part : new String[] {"hello ", "world", "x".repeat(100_000)}) {
       sink.write(writeThrough(ch, part));
     }
     out("HEX", HEX.formatHex(sink.toByteArray()));

@@ -174,26 +174,26 @@ fn auth_engine_client_against_our_server(spark: &Spark) {
             java.send(&reply);
             // Spark accepted our response and installed its own cipher handlers.
             assert_eq!(java.line(), ("OK".into(), class.into()), "{ctx}");
-            // Client → server: two writes ("hello ", "world") open with our cipher.
-            let mut wire = bytes::BytesMut::from(&java.bytes()[..]);
+            // Client → server: three writes ("hello ", "world", 100 000 'x', which GCM splits
+            // into segments) open with our cipher, fed in odd-sized pieces.
+            let wire = java.bytes();
+            let mut pending = bytes::BytesMut::new();
             let mut plain = bytes::BytesMut::new();
-            cipher.open(&mut wire, &mut plain).unwrap();
-            assert_eq!(&plain[..], b"hello world", "{ctx}");
-            assert!(wire.is_empty());
-            // Server → client: two writes, delivered together, decode with Spark's handlers.
+            for piece in wire.chunks(9_999) {
+                pending.extend_from_slice(piece);
+                cipher.open(&mut pending, &mut plain).unwrap();
+            }
+            let expected = [&b"hello world"[..], &[b'x'; 100_000]].concat();
+            assert!(plain[..] == expected[..], "{ctx}");
+            assert!(pending.is_empty());
+            // Server → client: three writes, delivered together, decode with Spark's handlers.
             let mut down = bytes::BytesMut::new();
-            cipher
-                .seal(b"greetings ", &mut fill_random, &mut down)
-                .unwrap();
-            cipher
-                .seal(b"from kshuffle", &mut fill_random, &mut down)
-                .unwrap();
+            for part in [&b"greetings "[..], b"from kshuffle", &[b'y'; 70_000]] {
+                cipher.seal(part, &mut fill_random, &mut down).unwrap();
+            }
             java.send(&down);
-            assert_eq!(
-                java.line(),
-                ("OK".into(), "greetings from kshuffle".into()),
-                "{ctx}"
-            );
+            let expected = format!("greetings from kshuffle{}", "y".repeat(70_000));
+            assert!(java.line() == ("OK".into(), expected), "{ctx}");
         }
     }
 }
