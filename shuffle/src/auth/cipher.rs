@@ -150,7 +150,7 @@ impl CtrCipher {
     }
 
     /// Decrypts bytes this side receives (client → server), in place, continuing one
-    /// keystream across calls like [`TransportCipher::encrypt`].
+    /// keystream across calls like [`CtrCipher::encrypt`].
     pub fn decrypt(&mut self, buf: &mut [u8]) {
         self.pair.1.apply(buf);
     }

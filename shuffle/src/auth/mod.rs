@@ -43,7 +43,7 @@ mod tests;
 
 pub use cipher::{CipherMode, CtrCipher, TransportCipher};
 pub use engine::ClientAuth;
-pub use error::Error;
+pub use error::{Error, MAX_PEER_TEXT_BYTES};
 pub use gcm::GcmCipher;
 pub use sasl_client::SaslClient;
 pub use secret::{Secret, SecretSource, StaticSecrets};
