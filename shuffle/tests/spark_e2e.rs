@@ -31,7 +31,7 @@ use common::{Daemon, Finished, Stats, run_with_timeout, spark_venv, tail};
 use serde_json::Value;
 
 /// Deadline for one Spark session (they take 20–100 s on 2 cores; jobs.py cancels a job that
-/// runs longer than 120 s).
+/// runs longer than 180 s).
 const SESSION_TIMEOUT: Duration = Duration::from_secs(480);
 /// `large_blocks` shuffles ~295 MB; about half of it is read remotely, through the daemon.
 const MIN_BYTES_SERVED_STATIC: u64 = 100_000_000;

@@ -46,10 +46,10 @@ import zlib
 EXECUTORS_GONE_TIMEOUT_S = 120
 EXECUTOR_IDLE_TIMEOUT = "2s"
 # A job still running after this long is cancelled and reported as failed (the slowest job
-# takes ~40 s on a busy 2-core machine). A shuffle service that refuses RegisterExecutor
-# otherwise leaves Spark relaunching executors forever.
-JOB_TIMEOUT_S = 120
-# Static sessions wait this long for both executors before running anything.
+# took ~50 s on a heavily loaded 2-core machine). A shuffle service that refuses
+# RegisterExecutor otherwise leaves Spark relaunching executors forever.
+JOB_TIMEOUT_S = 180
+# Static sessions wait this long for both executors to run a task before any job.
 EXECUTORS_UP_TIMEOUT_S = 90
 # Blocks above this size are fetched with StreamRequest (to disk) instead of ChunkFetchRequest.
 MAX_REMOTE_BLOCK_SIZE_FETCH_TO_MEM = "8m"
@@ -225,14 +225,29 @@ def wait_until_no_executors(sc, timeout_s):
         time.sleep(0.25)
 
 
-def wait_for_executors(sc, n, timeout_s):
+def warm_up(sc, n, timeout_s):
+    """Wait until `n` executors can run tasks, or raise after `timeout_s`.
+
+    An executor whose RegisterExecutor the shuffle service refuses registers with the driver
+    first and exits right after, and Spark then relaunches executors forever; counting live
+    executors is not enough, a task must run.
+    """
     start = time.time()
+
+    def one_task_each():
+        ran_on = sc.parallelize(range(n), n).map(lambda _: executor_id()).collect()
+        return {"ran_on": sorted(set(ran_on))}
+
+    out = run_job({}, "warm-up", one_task_each, timeout_s=timeout_s)
+    if out["error"]:
+        raise RuntimeError(
+            "no task could run within %ds (executors failing at start? is RegisterExecutor "
+            "refused by the shuffle service?): %s" % (timeout_s, out["error"][:500])
+        )
     while len(live_executor_ids(sc)) < n:
         if time.time() - start > timeout_s:
             raise TimeoutError(
-                "only %s of %d executors registered after %ds: executors failing to start "
-                "(is RegisterExecutor refused by the shuffle service?)"
-                % (live_executor_ids(sc), n, timeout_s)
+                "only %s of %d executors up after %ds" % (live_executor_ids(sc), n, timeout_s)
             )
         time.sleep(0.25)
     log("%d executors up after %.1fs" % (n, time.time() - start))
@@ -246,19 +261,19 @@ def now_ms():
 CONTEXT = None
 
 
-def run_job(results, name, fn, *args):
+def run_job(results, name, fn, *args, timeout_s=JOB_TIMEOUT_S):
     """Runs one job, recording its result or error and its duration; cancels it (and reports
-    it as failed) after JOB_TIMEOUT_S."""
+    it as failed, with `timed_out`) after `timeout_s`."""
     log("job %s: start" % name)
     start = time.time()
     timed_out = threading.Event()
 
     def cancel():
         timed_out.set()
-        log("job %s: still running after %ds, cancelling" % (name, JOB_TIMEOUT_S))
+        log("job %s: still running after %ds, cancelling" % (name, timeout_s))
         CONTEXT.cancelAllJobs()
 
-    watchdog = threading.Timer(JOB_TIMEOUT_S, cancel)
+    watchdog = threading.Timer(timeout_s, cancel)
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -269,12 +284,24 @@ def run_job(results, name, fn, *args):
         out = {"error": "%s: %s" % (type(e).__name__, str(e)[:4000])}
     finally:
         watchdog.cancel()
+    out["timed_out"] = timed_out.is_set()
     if timed_out.is_set():
-        out["error"] = "timed out after %ds (cancelled): %s" % (JOB_TIMEOUT_S, out["error"])
+        out["error"] = "timed out after %ds (cancelled): %s" % (timeout_s, out["error"])
     out["seconds"] = round(time.time() - start, 2)
     log("job %s: %s in %.1fs" % (name, "FAILED" if out["error"] else "ok", out["seconds"]))
     results[name] = out
     return out
+
+
+def run_jobs(results, jobs, only=None):
+    """Runs (name, fn, *args) jobs in order, all of them or the comma-separated `only`.
+    A failed job does not stop the others; a timed-out one does (the cluster is stuck)."""
+    wanted = set(only.split(",")) if only else None
+    for name, fn, *args in jobs:
+        if wanted is None or name in wanted:
+            if run_job(results, name, fn, *args)["timed_out"]:
+                log("job %s timed out: skipping the remaining jobs" % name)
+                return
 
 
 # === RDD jobs ====================================================================================
@@ -449,23 +476,19 @@ def session_static(args, out):
     sc = spark.sparkContext
     describe(sc, out)
     jobs = out["jobs"]
-    wanted = set(args.jobs.split(",")) if args.jobs else None
-
-    def want(name):
-        return wanted is None or name in wanted
-
     try:
-        wait_for_executors(sc, 2, EXECUTORS_UP_TIMEOUT_S)
-        if want("reduce_by_key"):
-            run_job(jobs, "reduce_by_key", job_reduce_by_key, sc, 200_000, 8, 6)
-        if want("group_by_key"):
-            run_job(jobs, "group_by_key", job_group_by_key, sc, 60_000, 8, 5)
-        if want("sort_200"):
-            run_job(jobs, "sort_200", job_sort, sc, 100_000, 8, 200)
-        if want("sql_join_agg"):
-            run_job(jobs, "sql_join_agg", job_sql_join_agg, spark)
-        if want("large_blocks"):
-            run_job(jobs, "large_blocks", job_large_blocks, spark)
+        warm_up(sc, 2, EXECUTORS_UP_TIMEOUT_S)
+        run_jobs(
+            jobs,
+            [
+                ("reduce_by_key", job_reduce_by_key, sc, 200_000, 8, 6),
+                ("group_by_key", job_group_by_key, sc, 60_000, 8, 5),
+                ("sort_200", job_sort, sc, 100_000, 8, 200),
+                ("sql_join_agg", job_sql_join_agg, spark),
+                ("large_blocks", job_large_blocks, spark),
+            ],
+            args.jobs,
+        )
         out["executors"] = executor_timeline(sc)
     finally:
         spark.stop()
@@ -480,9 +503,15 @@ def session_old_protocol(args, out):
     sc = SparkContext(conf=conf)
     describe(sc, out)
     try:
-        wait_for_executors(sc, 2, EXECUTORS_UP_TIMEOUT_S)
-        run_job(out["jobs"], "old_protocol_reduce_by_key", job_reduce_by_key, sc, 50_000, 4, 4)
-        run_job(out["jobs"], "old_protocol_sort", job_sort, sc, 50_000, 4, 20)
+        warm_up(sc, 2, EXECUTORS_UP_TIMEOUT_S)
+        run_jobs(
+            out["jobs"],
+            [
+                ("old_protocol_reduce_by_key", job_reduce_by_key, sc, 50_000, 4, 4),
+                ("old_protocol_sort", job_sort, sc, 50_000, 4, 20),
+            ],
+            args.jobs,
+        )
         out["executors"] = executor_timeline(sc)
     finally:
         sc.stop()
@@ -624,13 +653,20 @@ def main():
     ap.add_argument("--port", type=int, required=True, help="shuffle service port")
     ap.add_argument("--local-dir", required=True, help="spark.local.dir (under the allowed root)")
     ap.add_argument("--scratch", required=True, help="directory for SPARK_HOME farm and logs")
-    ap.add_argument("--jobs", help="static session: comma-separated subset of jobs to run")
     ap.add_argument(
-        "--conf", action="append", default=[], metavar="KEY=VALUE",
+        "--jobs",
+        help="comma-separated subset of the jobs of a static or old-protocol session",
+    )
+    ap.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="extra Spark setting, e.g. spark.eventLog.enabled=true (for investigations)",
     )
     ap.add_argument(
-        "--exit-with-parent", action="store_true",
+        "--exit-with-parent",
+        action="store_true",
         help="kill this process group (Spark included) when the parent process dies",
     )
     args = ap.parse_args()
