@@ -194,6 +194,25 @@ impl Scheduler {
         killed
     }
 
+    /// Carries out a [`policy::Decision`](crate::policy::Decision) the way Spark's
+    /// `ExecutorAllocationManager` does: a new total when the target changed, then the idle
+    /// executors killed without adjusting it. Returns the executors killed.
+    ///
+    /// # Errors
+    /// [`Error::TooMany`] when the target exceeds `spark.dynamicAllocation.maxExecutors`.
+    pub async fn apply_decision(
+        &self,
+        decision: &crate::policy::Decision,
+    ) -> Result<Vec<ExecutorId>, Error> {
+        if decision.target_changed {
+            self.request_total_executors(decision.target)?;
+        }
+        if decision.remove.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.kill_executors(&decision.remove).await)
+    }
+
     /// Whether the scheduler deleted this executor's pod (Spark's `isDeleted`), so a late
     /// registration from it can be refused.
     pub fn is_deleted(&self, id: ExecutorId) -> bool {

@@ -306,3 +306,48 @@ async fn a_pod_template_shapes_the_executors() {
     );
     cancel.cancel();
 }
+
+/// A Rust driver embedding both halves: Spark's policy (clock injected, one tick per second)
+/// decides, the scheduler creates and deletes pods.
+#[tokio::test]
+async fn the_policy_drives_the_scheduler() {
+    use kshuffle_scheduler::ids::StageId;
+    use kshuffle_scheduler::policy::{Policy, TaskEnd};
+
+    let server = FakeApiServer::start().await.unwrap();
+    server.insert_pod(NS, driver()).unwrap();
+    let conf = config(&[
+        "spark.dynamicAllocation.enabled=true",
+        "spark.shuffle.service.enabled=true",
+        "spark.dynamicAllocation.maxExecutors=20",
+        "spark.dynamicAllocation.executorIdleTimeout=30s",
+    ]);
+    let (sched, _tasks, cancel) = start(&server, &conf).await;
+    let mut policy = Policy::new(conf.dynamic_allocation.clone());
+    let sec = Duration::from_secs;
+    policy.stage_submitted(sec(0), StageId(0), 100, None);
+    // Ramp-up ticks at 1s, 2s, 3s, 4s, 5s: 1, 3, 7, 15, 20 (max).
+    for t in 1..=5 {
+        let d = policy.schedule(sec(t));
+        sched.apply_decision(&d).await.unwrap();
+    }
+    assert_eq!(policy.target(), 20);
+    eventually("20 running", || running(&server) == 20).await;
+    // The driver registers the executors; they each run one task and go idle at 10s.
+    for e in sched.executors() {
+        policy.executor_added(sec(5), e.id);
+        policy.task_started(sec(5), StageId(0), e.id);
+        policy.task_ended(sec(10), StageId(0), e.id, TaskEnd::Success);
+    }
+    policy.stage_completed(StageId(0));
+    // Nothing pending: the target drops at once; the idle executors go 30s after 10s.
+    let d = policy.schedule(sec(11));
+    assert!(d.target_changed && d.target == 0 && d.remove.is_empty());
+    sched.apply_decision(&d).await.unwrap();
+    let d = policy.schedule(sec(40));
+    assert_eq!(d.remove.len(), 20);
+    assert_eq!(sched.apply_decision(&d).await.unwrap().len(), 20);
+    eventually("all gone", || executors(&server).is_empty()).await;
+    assert_eq!(server.calls().create, 20);
+    cancel.cancel();
+}
