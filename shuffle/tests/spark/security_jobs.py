@@ -1,0 +1,151 @@
+"""Real Spark against kshuffled with spark.authenticate, and across a daemon restart.
+
+Sessions (one per invocation; prints one JSON line with the results):
+  auth      one job with the right secret (SASL, Spark's default) and, with --crypto, with
+            spark.network.crypto.enabled (AuthEngine + AES-CTR); with --wrong-secret first a
+            session whose secret the daemon does not know, which must fail.
+  restart   job 1 writes shuffle output; then this script tells the harness (a file in
+            --signal-dir) and waits until the daemon was SIGKILLed; job 2 then starts while the
+            daemon is down and must complete once the harness restarts it, reading the same
+            map output (an accumulator proves nothing was recomputed).
+
+Reuses the environment helpers of jobs.py.
+"""
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jobs  # noqa: E402
+
+
+def expected_counts(n, keys):
+    counts = {}
+    for x in range(n):
+        counts[x % keys] = counts.get(x % keys, 0) + x
+    return sorted(counts.items())
+
+
+def word_job(sc, n=200_000, keys=1000, parts=40):
+    got = sorted(sc.parallelize(range(n), 8).map(lambda x: (x % keys, x)).reduceByKey(lambda a, b: a + b, parts).collect())
+    return got == expected_counts(n, keys), len(got)
+
+
+def run_with_deadline(fn, seconds, sc):
+    """Runs fn(); cancels Spark's jobs if it takes longer. Returns (result, error)."""
+    out = {}
+
+    def target():
+        try:
+            out["result"] = fn()
+        except Exception as e:  # noqa: BLE001 - reported to the harness
+            out["error"] = "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        sc.cancelAllJobs()
+        t.join(30)
+        out.setdefault("error", "timed out after %ss" % seconds)
+    return out.get("result"), out.get("error")
+
+
+def session_auth(args):
+    from pyspark import SparkContext
+
+    results = {}
+    variants = []
+    if args.wrong_secret:
+        variants.append(("wrong_secret", args.secret + "-wrong", False))
+    variants.append(("sasl", args.secret, False))
+    if args.crypto:
+        variants.append(("auth_engine", args.secret, True))
+    for name, secret, crypto in variants:
+        conf = (
+            jobs.base_conf(args, "kshuffle-auth-" + name)
+            .set("spark.authenticate", "true")
+            .set("spark.authenticate.secret", secret)
+            .set("spark.network.crypto.enabled", "true" if crypto else "false")
+            # Executors that cannot register make the master give up on the app soon.
+            .set("spark.deploy.maxExecutorRetries", "2")
+        )
+        sc = SparkContext(conf=conf)
+        sc.setLogLevel("WARN")
+        ok, error = run_with_deadline(lambda: word_job(sc), 60 if name == "wrong_secret" else 240, sc)
+        results[name] = {"ok": bool(ok and ok[0]), "error": error}
+        jobs.log("%s: %s" % (name, results[name]))
+        try:
+            sc.stop()
+        except Exception as e:  # noqa: BLE001
+            jobs.log("stop failed: %s" % e)
+    return results
+
+
+def session_restart(args):
+    from pyspark import SparkContext
+
+    conf = (
+        jobs.base_conf(args, "kshuffle-restart")
+        # Fetches that meet a dead daemon are retried (IOExceptions), as in production.
+        .set("spark.shuffle.io.maxRetries", "5")
+        .set("spark.shuffle.io.retryWait", "2s")
+    )
+    sc = SparkContext(conf=conf)
+    sc.setLogLevel("WARN")
+    n, keys = 300_000, 1000
+    records = sc.accumulator(0)
+
+    def tag(x):
+        records.add(1)
+        return (x % keys, x)
+
+    shuffled = sc.parallelize(range(n), 8).map(tag).reduceByKey(lambda a, b: a + b, 40)
+    first = shuffled.count()
+    executors_before = jobs.live_executor_ids(sc)
+    open(os.path.join(args.signal_dir, "phase1.done"), "w").close()
+    deadline = time.time() + 60
+    while not os.path.exists(os.path.join(args.signal_dir, "killed")):
+        if time.time() > deadline:
+            raise SystemExit("the harness never killed the daemon")
+        time.sleep(0.1)
+    # The daemon is down now: this job's fetches fail and are retried until it is back.
+    got = sorted(shuffled.collect())
+    executors_after = jobs.live_executor_ids(sc)
+    sc.stop()
+    return {
+        "first_count": first,
+        "exact": got == expected_counts(n, keys),
+        "records_mapped": records.value,
+        "records": n,
+        "executors_before": executors_before,
+        "executors_after": executors_after,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("session", choices=["auth", "restart"])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--local-dir", required=True)
+    p.add_argument("--scratch", required=True)
+    p.add_argument("--secret", default="")
+    p.add_argument("--wrong-secret", action="store_true")
+    p.add_argument("--crypto", action="store_true")
+    p.add_argument("--signal-dir", default="")
+    p.add_argument("--conf", action="append", default=[])
+    p.add_argument("--exit-with-parent", action="store_true")
+    args = p.parse_args()
+    if args.exit_with_parent:
+        jobs.exit_with_parent()
+    jobs.prepare_spark_home(args.scratch)
+    result = session_auth(args) if args.session == "auth" else session_restart(args)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

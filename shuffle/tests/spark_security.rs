@@ -1,0 +1,240 @@
+//! Real Spark (pyspark 4.3.0 and 3.5.9, `local-cluster`) against `kshuffled` with
+//! `spark.authenticate` (SASL DIGEST-MD5, Spark's default, and AuthEngine + AES-CTR), and
+//! across a daemon killed with SIGKILL in the middle of an application and restarted within
+//! Spark's fetch-retry window. The jobs are in `tests/spark/security_jobs.py`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Finished, run_with_timeout, spark_venv, tail};
+use serde_json::Value;
+
+const SESSION_TIMEOUT: Duration = Duration::from_secs(480);
+
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    base: PathBuf,
+    allowed: PathBuf,
+    local_dir: PathBuf,
+    scratch: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = tempfile::Builder::new()
+        .prefix("kshuffle-spark-sec-")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path().canonicalize().unwrap();
+    let allowed = base.join("allowed");
+    let local_dir = allowed.join("spark-local");
+    let scratch = base.join("scratch");
+    std::fs::create_dir_all(&local_dir).unwrap();
+    std::fs::create_dir_all(&scratch).unwrap();
+    Dirs {
+        _tmp: tmp,
+        base,
+        allowed,
+        local_dir,
+        scratch,
+    }
+}
+
+fn python_cmd(version: &str, d: &Dirs, port: u16, session: &str) -> Command {
+    let venv = spark_venv(version);
+    let python = venv.join("bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/security_jobs.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(script)
+        .arg(session)
+        .args(["--port", &port.to_string()])
+        .arg("--local-dir")
+        .arg(&d.local_dir)
+        .arg("--scratch")
+        .arg(&d.scratch)
+        .arg("--exit-with-parent")
+        .current_dir(&d.base)
+        .env("PYSPARK_PYTHON", &python)
+        .env("PYSPARK_DRIVER_PYTHON", &python)
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("SPARK_HOME")
+        .env_remove("SPARK_CONF_DIR")
+        .env_remove("PYSPARK_SUBMIT_ARGS");
+    cmd
+}
+
+fn result_of(run: &Finished, daemon_log: &str) -> Value {
+    run.stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "Spark session produced no result ({}).\nSpark stderr:\n{}\ndaemon log:\n{}",
+                run.describe(),
+                tail(&run.stderr, 80),
+                tail(daemon_log, 40)
+            )
+        })
+}
+
+fn authenticate(version: &str) {
+    let d = dirs();
+    let secret_file = d.base.join("secret");
+    std::fs::write(&secret_file, "kshuffle-e2e-secret\n").unwrap();
+    let mut args = Daemon::standard_args(&d.allowed);
+    args.extend([
+        OsString::from("--auth-secret-file"),
+        secret_file.into_os_string(),
+    ]);
+    let daemon = Daemon::start(args);
+    let mut cmd = python_cmd(version, &d, daemon.port(), "auth");
+    cmd.args([
+        "--secret",
+        "kshuffle-e2e-secret",
+        "--wrong-secret",
+        "--crypto",
+    ]);
+    let started = Instant::now();
+    let run = run_with_timeout(&mut cmd, SESSION_TIMEOUT, None);
+    let mut daemon = daemon;
+    let log = daemon.log_text();
+    let stats = daemon.try_stop().unwrap_or_else(|e| panic!("{e}"));
+    let result = result_of(&run, &log);
+    eprintln!(
+        "pyspark {version} auth: {:.1}s, {result}, daemon: {stats}",
+        started.elapsed().as_secs_f64()
+    );
+
+    assert_eq!(
+        result["sasl"]["ok"],
+        true,
+        "SASL session failed: {result}\n{}",
+        tail(&run.stderr, 60)
+    );
+    assert_eq!(
+        result["auth_engine"]["ok"],
+        true,
+        "AuthEngine session failed: {result}\n{}",
+        tail(&run.stderr, 60)
+    );
+    assert_eq!(
+        result["wrong_secret"]["ok"], false,
+        "a wrong secret was accepted: {result}"
+    );
+    assert!(
+        log.contains("authentication failed"),
+        "the daemon did not log the refused secret:\n{}",
+        tail(&log, 40)
+    );
+    // Only the two sessions with the right secret registered executors and were served.
+    assert!(stats.registrations >= 4, "{stats}");
+    assert!(stats.chunks_served > 0, "{stats}");
+}
+
+#[test]
+fn spark_4_3_authenticate() {
+    authenticate("4.3.0");
+}
+
+#[test]
+fn spark_3_5_authenticate() {
+    authenticate("3.5.9");
+}
+
+/// Waits for `path` to appear while `python` runs; the session's output if it ended first.
+fn wait_for(path: &Path, limit: Duration, python: &std::thread::JoinHandle<Finished>) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !python.is_finished() {
+        if path.exists() {
+            return true;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    false
+}
+
+fn restart(version: &str) {
+    let d = dirs();
+    let signal_dir = d.base.join("signals");
+    std::fs::create_dir_all(&signal_dir).unwrap();
+    let args = Daemon::standard_args(&d.allowed);
+    let first = Daemon::start(args.clone());
+    let port = first.port();
+    let mut cmd = python_cmd(version, &d, port, "restart");
+    cmd.arg("--signal-dir").arg(&signal_dir);
+    let python = std::thread::spawn(move || run_with_timeout(&mut cmd, SESSION_TIMEOUT, None));
+
+    if !wait_for(
+        &signal_dir.join("phase1.done"),
+        Duration::from_secs(300),
+        &python,
+    ) {
+        let log = first.log_text();
+        drop(first);
+        let run = python.join().unwrap();
+        panic!(
+            "job 1 never finished ({}):\n{}\ndaemon log:\n{}",
+            run.describe(),
+            tail(&run.stderr, 60),
+            tail(&log, 20)
+        );
+    }
+    let first_log = first.log_text();
+    common::signal(&first.pid().to_string(), "KILL");
+    drop(first);
+    std::fs::write(signal_dir.join("killed"), b"").unwrap();
+    // Job 2 starts against a dead daemon; bring it back (same port, same state dir) within
+    // the retry window (5 retries, 2 s apart).
+    std::thread::park_timeout(Duration::from_secs(3));
+    let mut again = args;
+    let at = again.iter().position(|a| a == "--port").unwrap() + 1;
+    again[at] = port.to_string().into();
+    let second = Daemon::start(again);
+    let run = python.join().unwrap();
+    let mut second = second;
+    let log = second.log_text();
+    let stats = second.try_stop().unwrap_or_else(|e| panic!("{e}"));
+    let result = result_of(&run, &log);
+    eprintln!("pyspark {version} restart: {result}; restarted daemon: {stats}");
+
+    assert_eq!(
+        result["exact"],
+        true,
+        "wrong result after the restart: {result}\n{}",
+        tail(&run.stderr, 60)
+    );
+    assert_eq!(
+        result["records_mapped"], result["records"],
+        "map output was recomputed: {result}"
+    );
+    assert_eq!(
+        result["executors_before"], result["executors_after"],
+        "executors were replaced: {result}"
+    );
+    assert_eq!(
+        stats.registrations, 0,
+        "Spark registered again (it never does): {stats}"
+    );
+    assert!(
+        stats.chunks_served > 0,
+        "the restarted daemon served nothing: {stats}\nfirst daemon:\n{}",
+        tail(&first_log, 20)
+    );
+}
+
+#[test]
+fn spark_4_3_daemon_sigkill_and_restart() {
+    restart("4.3.0");
+}
+
+#[test]
+fn spark_3_5_daemon_sigkill_and_restart() {
+    restart("3.5.9");
+}
