@@ -30,7 +30,9 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if settings.log_json {
         fmt.json().init();
     } else {
@@ -59,6 +61,16 @@ async fn serve(s: kshuffle_scheduler::args::Settings) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
+    if let Some(handle) = metrics.clone() {
+        // Without the exporter's own runtime, histograms are drained by hand.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let kube_config = match &s.kube_url {
         Some(url) => kube::Config::new(url.parse()?),
         None => kube::Config::infer().await?,

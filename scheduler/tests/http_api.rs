@@ -212,3 +212,89 @@ fn the_binary_rejects_bad_flags_with_exit_64_naming_them() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_the_api_against_the_fake_server_and_stops_on_sigterm() {
+    use std::io::BufRead;
+
+    let server = FakeApiServer::start().await.unwrap();
+    let bin = env!("CARGO_BIN_EXE_kshuffle-scheduler");
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--kube-url",
+            &server.url(),
+            "--conf",
+            "spark.app.id=bin-app",
+            "--conf",
+            "spark.kubernetes.namespace=spark",
+            "--conf",
+            "spark.kubernetes.container.image=spark:4",
+            "--conf",
+            "spark.kubernetes.allocation.batch.delay=20ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = tokio::task::spawn_blocking(move || {
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+            if line.contains("scheduler started") {
+                let rest = line.split("Some(").nth(1).unwrap();
+                return rest
+                    .split(')')
+                    .next()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap();
+            }
+        }
+        panic!("the binary did not start");
+    })
+    .await
+    .unwrap();
+
+    eventually("ready", async || {
+        call(addr, "GET", "/ready", "").await.0 == 200
+    })
+    .await;
+    let (code, _) = call(addr, "PUT", "/v1/executors/total", r#"{"total": 2}"#).await;
+    assert_eq!(code, 200);
+    eventually("2 pods", async || server.pods(NS).len() == 2).await;
+    let names: Vec<_> = server
+        .pods(NS)
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(names, ["bin-app-exec-1", "bin-app-exec-2"]);
+    let (code, body) = call(addr, "GET", "/metrics", "").await;
+    assert_eq!(code, 200);
+    let text = body.as_str().unwrap();
+    assert!(
+        text.contains("kshuffle_scheduler_api_calls_total{verb=\"create\"} 2"),
+        "{text}"
+    );
+
+    let status = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    // Our own shutdown leaves the executors alone.
+    assert_eq!(server.pods(NS).len(), 2);
+}

@@ -210,3 +210,39 @@ fn killed_executors_are_deleted_and_not_counted() {
     let plan = a.round(t0, &pods);
     assert!(plan.create.is_empty() && plan.delete.is_empty());
 }
+
+#[test]
+fn terminated_pods_stay_when_delete_on_termination_is_off_but_are_replaced() {
+    let t0 = Instant::now();
+    let mut a = Allocator::new(Settings {
+        delete_on_termination: false,
+        ..settings()
+    });
+    a.set_target(2);
+    a.round(t0, &snap(&[]));
+    let pods = [(1, PodState::Running), (2, PodState::Succeeded)];
+    let plan = a.round(t0, &snap(&pods));
+    assert!(plan.delete.is_empty(), "kept for inspection");
+    assert_eq!(plan.create, ids(&[3]));
+    // A success is not a failure.
+    assert_eq!(a.counts().recent_failures, 0);
+}
+
+#[test]
+fn failures_expire_after_the_validity_interval() {
+    let t0 = Instant::now();
+    let mut a = Allocator::new(Settings {
+        max_failures: 1,
+        failures_window: Some(Duration::from_secs(30)),
+        ..settings()
+    });
+    a.set_target(1);
+    a.round(t0, &snap(&[]));
+    let failed = PodState::Failed { reason: None };
+    a.round(t0, &snap(&[(1, failed.clone())]));
+    assert_eq!(a.counts().recent_failures, 1);
+    // A second failure 40 s later: the first has expired, so 1 is not more than 1.
+    let plan = a.round(t0 + Duration::from_secs(40), &snap(&[(2, failed)]));
+    assert!(!a.counts().stopped);
+    assert_eq!(plan.create.len(), 1);
+}
