@@ -38,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{AuthStep, ServerAuth, TransportCipher};
-use crate::handler::{Failure, Service};
+use crate::handler::{Chunk, Failure, Service};
 use crate::stats::Stats;
+use crate::store::Segment;
 use crate::stream::Streams;
 use crate::wire::{self, Frame, StreamChunkId};
 
@@ -49,6 +50,8 @@ const SENDFILE_MAX_BYTES: u64 = 1 << 30;
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Flush batched small replies once this many bytes are waiting.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// A write buffer larger than this is dropped when its connection waits for requests.
+const IDLE_WRITE_BUFFER_BYTES: usize = 2 * READ_BUFFER_BYTES;
 /// Piece of a body read at a time when it is copied (encrypted connections, inlined bodies).
 const COPY_PIECE_BYTES: usize = 64 * 1024;
 
@@ -140,6 +143,15 @@ fn is_disconnect(e: &io::Error) -> bool {
     )
 }
 
+/// Which reply carried a chunk.
+#[derive(Debug, Clone, Copy)]
+enum Served {
+    /// `ChunkFetchSuccess`.
+    Chunk,
+    /// `StreamResponse`.
+    Stream,
+}
+
 struct Connection {
     socket: TcpStream,
     service: Arc<Service>,
@@ -206,10 +218,23 @@ impl Connection {
             if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
                 into.reserve(READ_BUFFER_BYTES);
             }
-            let read = tokio::select! {
-                biased;
-                r = timeout(idle, self.socket.read_buf(into)) => r,
-                () = self.shutdown.cancelled(), if self.streams.is_empty() => return Ok(()),
+            let read = match self.socket.try_read_buf(into) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing to read: the connection is about to wait, so it gives back the
+                    // write buffers a burst of small bodies made large. Idle connections (a
+                    // Spark executor keeps its own open between stages) stay small.
+                    for buf in [&mut self.wbuf, &mut self.sealed] {
+                        if buf.is_empty() && buf.capacity() > IDLE_WRITE_BUFFER_BYTES {
+                            *buf = BytesMut::new();
+                        }
+                    }
+                    tokio::select! {
+                        biased;
+                        r = timeout(idle, self.socket.read_buf(into)) => r,
+                        () = self.shutdown.cancelled(), if self.streams.is_empty() => return Ok(()),
+                    }
+                }
+                r => Ok(r),
             };
             match read {
                 Err(_) => return Err(Error::Idle(idle)),
@@ -321,17 +346,8 @@ impl Connection {
                     .chunk(&mut self.streams, id.stream_id, i64::from(id.chunk_index))
                 {
                     Ok(chunk) => {
-                        let len = chunk.segment.len;
-                        wire::encode_chunk_success_header(id, len, &mut self.wbuf)?;
-                        self.send_body(&chunk.segment.file, chunk.segment.offset, len)
-                            .await?;
-                        let stats = &self.service.stats;
-                        Stats::inc(&stats.chunks_served);
-                        Stats::add(&stats.chunk_bytes, len);
-                        if chunk.rdd {
-                            Stats::inc(&stats.rdd_blocks_served);
-                        }
-                        crate::metrics::request_duration("ChunkFetchRequest", started);
+                        wire::encode_chunk_success_header(id, chunk.segment.len, &mut self.wbuf)?;
+                        self.send_chunk(chunk, Served::Chunk, started).await?;
                     }
                     Err(failure) => self.chunk_failed(id, failure).await?,
                 }
@@ -347,15 +363,7 @@ impl Connection {
                     Ok(chunk) => {
                         let len = chunk.segment.len;
                         wire::encode_stream_response_header(&stream_id, len, &mut self.wbuf);
-                        self.send_body(&chunk.segment.file, chunk.segment.offset, len)
-                            .await?;
-                        let stats = &self.service.stats;
-                        Stats::inc(&stats.streams_served);
-                        Stats::add(&stats.stream_bytes, len);
-                        if chunk.rdd {
-                            Stats::inc(&stats.rdd_blocks_served);
-                        }
-                        crate::metrics::request_duration("StreamRequest", started);
+                        self.send_chunk(chunk, Served::Stream, started).await?;
                     }
                     Err(failure) => {
                         self.log_failure("stream", &failure);
@@ -399,6 +407,33 @@ impl Connection {
             other => return Err(Error::UnexpectedFrame(other.type_name())),
         }
         Ok(true)
+    }
+
+    /// Sends the body of a chunk whose header was just queued, and counts it.
+    async fn send_chunk(
+        &mut self,
+        chunk: Chunk,
+        served: Served,
+        started: std::time::Instant,
+    ) -> Result<(), Error> {
+        let Segment { file, offset, len } = &chunk.segment;
+        self.send_body(file, *offset, *len).await?;
+        let stats = &self.service.stats;
+        let (count, bytes, request) = match served {
+            Served::Chunk => (
+                &stats.chunks_served,
+                &stats.chunk_bytes,
+                "ChunkFetchRequest",
+            ),
+            Served::Stream => (&stats.streams_served, &stats.stream_bytes, "StreamRequest"),
+        };
+        Stats::inc(count);
+        Stats::add(bytes, *len);
+        if chunk.rdd {
+            Stats::inc(&stats.rdd_blocks_served);
+        }
+        crate::metrics::request_duration(request, started);
+        Ok(())
     }
 
     fn log_failure(&self, what: &'static str, failure: &Failure) {

@@ -44,6 +44,14 @@ pub struct SweepOptions {
     pub max_depth: usize,
 }
 
+/// Something one sweep may reclaim.
+enum Candidate {
+    /// A `blockmgr-*` dir no registered executor owns, unchanged for the grace period.
+    Orphan(PathBuf),
+    /// A registered app whose files did not change for the idle period.
+    IdleApp(String),
+}
+
 /// What one sweep found and did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SweepReport {
@@ -187,37 +195,20 @@ impl Store {
             Some(now.duration_since(newest).unwrap_or_default())
         };
 
+        // First what is reclaimable, then one budgeted pass over it.
+        let mut candidates = Vec::new();
         for root in &self.roots {
-            let found = match cleanup::find_block_manager_dirs(root, options.max_depth) {
-                Ok(found) => found,
-                Err(e) => {
-                    warn!(root = %root.display(), error = %e, "sweep cannot scan root");
-                    continue;
-                }
-            };
-            for dir in found.into_iter().filter(|d| !registered.contains(d)) {
-                if age(&dir).is_none_or(|a| a < options.orphan_grace) {
-                    continue;
-                }
-                if budget == 0 {
-                    report.deferred += 1;
-                    continue;
-                }
-                budget -= 1;
-                if !options.dry_run {
-                    match self.delete_tree(&dir) {
-                        Ok(r) => report.reclaimed.add(&r),
-                        Err(e) => {
-                            warn!(dir = %dir.display(), error = %e, "cannot delete orphan dir");
-                            continue;
-                        }
-                    }
-                }
-                info!(dir = %dir.display(), dry_run = options.dry_run, "orphan block manager dir reclaimed");
-                report.orphan_dirs.push(dir);
+            match cleanup::find_block_manager_dirs(root, options.max_depth) {
+                Ok(found) => candidates.extend(
+                    found
+                        .into_iter()
+                        .filter(|d| !registered.contains(d))
+                        .filter(|d| age(d).is_some_and(|a| a >= options.orphan_grace))
+                        .map(Candidate::Orphan),
+                ),
+                Err(e) => warn!(root = %root.display(), error = %e, "sweep cannot scan root"),
             }
         }
-
         if let Some(idle) = options.app_idle {
             for app in self.registry.apps() {
                 let dirs: Vec<PathBuf> = self
@@ -228,37 +219,58 @@ impl Store {
                     .collect();
                 let youngest = dirs.iter().filter_map(|d| age(d)).min();
                 // No dir left to judge by counts as idle only when every dir is gone.
-                let idle_for = youngest.or(if dirs.iter().all(|d| !d.exists()) {
-                    Some(idle)
-                } else {
-                    None
-                });
-                if idle_for.is_none_or(|a| a < idle) {
-                    continue;
+                let all_gone = dirs.iter().all(|d| !d.exists());
+                let idle_for = youngest.or(all_gone.then_some(idle));
+                if idle_for.is_some_and(|a| a >= idle) {
+                    candidates.push(Candidate::IdleApp(app.0));
                 }
-                if budget == 0 {
-                    report.deferred += 1;
-                    continue;
-                }
-                budget -= 1;
-                if !options.dry_run {
-                    match self.remove_app(&app.0) {
-                        Ok(Some(removal)) => report.reclaimed.add(&removal.reclaimed),
-                        Ok(None) => continue,
-                        Err(e) => {
-                            warn!(app = %app, error = %e, "cannot remove idle app");
-                            continue;
+            }
+        }
+
+        let mut orphan_bytes = 0;
+        for candidate in candidates {
+            if budget == 0 {
+                report.deferred += 1;
+                continue;
+            }
+            budget -= 1;
+            match candidate {
+                Candidate::Orphan(dir) => {
+                    if !options.dry_run {
+                        match self.delete_tree(&dir) {
+                            Ok(r) => {
+                                orphan_bytes += r.bytes;
+                                report.reclaimed.add(&r);
+                            }
+                            Err(e) => {
+                                warn!(dir = %dir.display(), error = %e, "cannot delete orphan dir");
+                                continue;
+                            }
                         }
                     }
+                    info!(dir = %dir.display(), dry_run = options.dry_run, "orphan block manager dir reclaimed");
+                    report.orphan_dirs.push(dir);
                 }
-                info!(app = %app, dry_run = options.dry_run, "idle application reclaimed");
-                report.idle_apps.push(app.0);
+                Candidate::IdleApp(app) => {
+                    if !options.dry_run {
+                        // `remove_app` counts its own reclaimed bytes in the metrics.
+                        match self.remove_app(&app) {
+                            Ok(Some(removal)) => report.reclaimed.add(&removal.reclaimed),
+                            Ok(None) => continue,
+                            Err(e) => {
+                                warn!(app = %app, error = %e, "cannot remove idle app");
+                                continue;
+                            }
+                        }
+                    }
+                    info!(app = %app, dry_run = options.dry_run, "idle application reclaimed");
+                    report.idle_apps.push(app);
+                }
             }
         }
         metrics::counter!("kshuffle_sweep_runs_total").increment(1);
         if !options.dry_run {
-            metrics::counter!("kshuffle_cleanup_reclaimed_bytes_total")
-                .increment(report.reclaimed.bytes);
+            metrics::counter!("kshuffle_cleanup_reclaimed_bytes_total").increment(orphan_bytes);
             metrics::counter!("kshuffle_orphan_dirs_reclaimed_total")
                 .increment(report.orphan_dirs.len() as u64);
         }
