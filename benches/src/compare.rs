@@ -19,6 +19,7 @@ use crate::loopback::{self, LoopbackReport};
 use crate::procstat;
 use crate::register::{self, RegisterReport, RegisterSpec};
 use crate::services::{self, Service};
+use crate::sparkjobs::{self, SparkRun};
 
 /// Options of a comparison.
 #[derive(Debug, Clone)]
@@ -46,6 +47,10 @@ pub struct Options {
     /// Compare against this other `kshuffled` binary instead of the Java service (A/B of a
     /// change; the ratio column is then new / baseline).
     pub baseline: Option<PathBuf>,
+    /// Also run the real-Spark test session (`jobs.py static`) once against each service.
+    pub spark_jobs: bool,
+    /// Extra flags for `kshuffled` (not for a baseline binary).
+    pub kshuffled_args: Vec<String>,
 }
 
 /// One workload: a layout and how to fetch it.
@@ -227,6 +232,8 @@ pub struct Results {
     pub idle_rss: (u64, Option<u64>),
     /// The Java service's name.
     pub java_name: String,
+    /// Real-Spark session per service, in start order.
+    pub spark: Vec<SparkRun>,
 }
 
 /// Runs the comparison, printing progress to stderr.
@@ -287,12 +294,14 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         &opts.kshuffled,
         &root,
         &work.join("kshuffled-state"),
+        &opts.kshuffled_args,
         Duration::from_secs(20),
     )?;
     eprintln!("kshuffled pid {} on {}", ours.pid(), ours.addr);
     let java = if let Some(baseline) = &opts.baseline {
         let state = work.join("baseline-state");
-        let mut b = Service::start_kshuffled(baseline, &root, &state, Duration::from_secs(20))?;
+        let mut b =
+            Service::start_kshuffled(baseline, &root, &state, &[], Duration::from_secs(20))?;
         b.name = "baseline".into();
         eprintln!("baseline kshuffled pid {} on {}", b.pid(), b.addr);
         Some(b)
@@ -423,6 +432,28 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         let mut it = out.into_iter();
         if let Some(o) = it.next() {
             results.registration = Some((o, it.next()));
+        }
+    }
+    if opts.spark_jobs {
+        let python = services::spark_venv(&opts.workspace, &opts.spark_version)?.join("bin/python");
+        let jobs_py = opts.workspace.join("shuffle/tests/spark/jobs.py");
+        for (i, s) in services.iter().enumerate() {
+            eprintln!("real-Spark session against {} ...", s.name);
+            let run = sparkjobs::run_static(
+                &python,
+                &jobs_py,
+                s.addr.port(),
+                &root.join(format!("spark-local-{i}")),
+                &work.join(format!("spark-scratch-{i}")),
+            )
+            .with_context(|| format!("real-Spark session against {}", s.name))?;
+            eprintln!(
+                "real-Spark session against {}: {:.1} s wall, {:.1} s session",
+                s.name,
+                run.wall.as_secs_f64(),
+                run.session_secs
+            );
+            results.spark.push(run);
         }
     }
     Ok(results)
@@ -578,6 +609,29 @@ pub fn table(r: &Results) -> String {
             opt(j.map(|(_, r)| *r as f64), mib),
             ratio(*orss as f64, j.map(|(_, r)| *r as f64))
         );
+    }
+    if let Some(o) = r.spark.first() {
+        let j = r.spark.get(1);
+        let wall = |x: &SparkRun| x.wall.as_secs_f64();
+        let _ = writeln!(
+            s,
+            "| real Spark (jobs.py static) | session wall time (s) | {:.1} | {} | {} | |",
+            wall(o),
+            opt(j.map(wall), |v| format!("{v:.1}")),
+            ratio(wall(o), j.map(wall))
+        );
+        for (name, secs, err) in &o.jobs {
+            let js = j.and_then(|j| j.jobs.iter().find(|(n, _, _)| n == name));
+            let mark = |e: &Option<String>| if e.is_some() { " (failed)" } else { "" };
+            let _ = writeln!(
+                s,
+                "| real Spark (jobs.py static) | job {name} (s) | {secs:.1}{} | {} | {} | |",
+                mark(err),
+                js.map(|(_, v, e)| format!("{v:.1}{}", mark(e)))
+                    .unwrap_or_else(|| "-".into()),
+                ratio(*secs, js.map(|(_, v, _)| *v))
+            );
+        }
     }
     let (oi, ji) = r.idle_rss;
     let _ = writeln!(

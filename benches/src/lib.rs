@@ -12,6 +12,7 @@
 //! - [`procstat`]: server CPU seconds and peak RSS from `/proc`;
 //! - [`services`]: `kshuffled` and the Java service as child processes;
 //! - [`compare`]: the side-by-side runner and its table;
+//! - [`sparkjobs`]: wall time of the real-Spark test workloads with each service;
 //! - [`scale`]: throughput and memory as connections and registered executors grow.
 //!
 //! The binary is `kshuffle-bench` (`load`, `compare`, `loopback`, `scale`); `scripts/bench.sh`
@@ -25,3 +26,4 @@ pub mod procstat;
 pub mod register;
 pub mod scale;
 pub mod services;
+pub mod sparkjobs;

@@ -104,6 +104,12 @@ enum Cmd {
         /// Another kshuffled binary to compare against instead of the Java service.
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// Also run the real-Spark test session (jobs.py static) once against each service.
+        #[arg(long)]
+        spark_jobs: bool,
+        /// Extra flag for kshuffled (repeat; e.g. --kshuffled-arg=--inline-body-max-bytes=32768).
+        #[arg(long = "kshuffled-arg", allow_hyphen_values = true)]
+        kshuffled_args: Vec<String>,
     },
     /// Scaling curves: connections 1 → 1,000 and registered executors 10 → 100,000.
     Scale {
@@ -131,6 +137,9 @@ enum Cmd {
         /// Without the Java service.
         #[arg(long)]
         no_java: bool,
+        /// Extra flag for kshuffled (repeat).
+        #[arg(long = "kshuffled-arg", allow_hyphen_values = true)]
+        kshuffled_args: Vec<String>,
     },
     /// Measure the loopback sendfile limit over a layout under a temp dir.
     Loopback {
@@ -217,6 +226,8 @@ fn main() -> anyhow::Result<()> {
             spark_version,
             no_java,
             baseline,
+            spark_jobs,
+            kshuffled_args,
         } => {
             let kshuffled = kshuffled
                 .or_else(compare::default_kshuffled)
@@ -233,6 +244,8 @@ fn main() -> anyhow::Result<()> {
                 registrations,
                 no_java,
                 baseline,
+                spark_jobs,
+                kshuffled_args,
             };
             let results = compare::run(&opts)?;
             println!("{}", compare::table(&results));
@@ -246,6 +259,7 @@ fn main() -> anyhow::Result<()> {
             spark_home,
             spark_version,
             no_java,
+            kshuffled_args,
         } => {
             let kshuffled = kshuffled
                 .or_else(compare::default_kshuffled)
@@ -262,6 +276,8 @@ fn main() -> anyhow::Result<()> {
                 registrations: 0,
                 no_java,
                 baseline: None,
+                spark_jobs: false,
+                kshuffled_args,
             };
             let curves = kshuffle_benches::scale::run(&opts, &connections, &executors)?;
             println!("{}", kshuffle_benches::scale::tables(&curves));

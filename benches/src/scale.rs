@@ -81,6 +81,7 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
         &opts.kshuffled,
         &root,
         &work.join("kshuffled-state"),
+        &opts.kshuffled_args,
         Duration::from_secs(20),
     )?];
     if !opts.no_java {

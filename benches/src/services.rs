@@ -31,7 +31,8 @@ impl Service {
     }
 
     /// Starts `kshuffled` at `binary`, confined to `root`, keeping its registrations in
-    /// `state_dir`, on ports the OS picks, and waits for its `listening` event.
+    /// `state_dir`, on ports the OS picks, with `extra_args` after those, and waits for its
+    /// `listening` event.
     ///
     /// # Errors
     /// When it cannot start or does not listen within `wait`.
@@ -39,6 +40,7 @@ impl Service {
         binary: &Path,
         root: &Path,
         state_dir: &Path,
+        extra_args: &[String],
         wait: Duration,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(state_dir)?;
@@ -50,6 +52,7 @@ impl Service {
             .arg(root)
             .arg("--state-dir")
             .arg(state_dir)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -154,12 +157,12 @@ fn parse_addr(line: &str) -> Option<SocketAddr> {
     rest.get(..rest.find('"')?)?.parse().ok()
 }
 
-/// `SPARK_HOME` of the pinned pyspark venv of `version`, installing it if needed with
+/// The pinned pyspark venv of `version`, installing it if needed with
 /// `scripts/spark-venv.sh` from `workspace`.
 ///
 /// # Errors
-/// When the script fails or the venv has no pyspark.
-pub fn spark_home(workspace: &Path, version: &str) -> anyhow::Result<PathBuf> {
+/// When the script fails.
+pub fn spark_venv(workspace: &Path, version: &str) -> anyhow::Result<PathBuf> {
     let out = Command::new("bash")
         .arg(workspace.join("scripts/spark-venv.sh"))
         .arg(version)
@@ -169,12 +172,21 @@ pub fn spark_home(workspace: &Path, version: &str) -> anyhow::Result<PathBuf> {
     if !out.status.success() {
         bail!("scripts/spark-venv.sh {version} failed");
     }
-    let venv = String::from_utf8(out.stdout)?
-        .lines()
-        .last()
-        .context("spark-venv.sh printed nothing")?
-        .to_owned();
-    let home = Command::new(Path::new(&venv).join("bin/python"))
+    Ok(PathBuf::from(
+        String::from_utf8(out.stdout)?
+            .lines()
+            .last()
+            .context("spark-venv.sh printed nothing")?,
+    ))
+}
+
+/// `SPARK_HOME` of the pinned pyspark venv of `version` (see [`spark_venv`]).
+///
+/// # Errors
+/// When the venv cannot be installed or has no pyspark.
+pub fn spark_home(workspace: &Path, version: &str) -> anyhow::Result<PathBuf> {
+    let venv = spark_venv(workspace, version)?;
+    let home = Command::new(venv.join("bin/python"))
         .args([
             "-c",
             "import pyspark,os;print(os.path.dirname(pyspark.__file__))",
@@ -183,7 +195,7 @@ pub fn spark_home(workspace: &Path, version: &str) -> anyhow::Result<PathBuf> {
         .context("locating pyspark")?;
     let home = String::from_utf8(home.stdout)?.trim().to_owned();
     if home.is_empty() {
-        bail!("no pyspark in {venv}");
+        bail!("no pyspark in {}", venv.display());
     }
     Ok(PathBuf::from(home))
 }
