@@ -699,3 +699,22 @@ async fn kube_default_retry_rides_out_a_short_503() {
         server.calls()
     );
 }
+
+#[tokio::test]
+async fn an_outage_window_ends_by_itself() {
+    let server = FakeApiServer::start().await.unwrap();
+    let mut config = kube_config(&server, NS);
+    config.default_retry = false;
+    let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(config).unwrap(), NS);
+    server.outage_for(Outage::InternalError, Duration::from_millis(100));
+    let kube::Error::Api(s) = pods.list(&ListParams::default()).await.unwrap_err() else {
+        panic!()
+    };
+    assert_eq!(s.code, 500);
+    within("the window to end", async {
+        while pods.list(&ListParams::default()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -86,9 +86,14 @@ impl Applier {
                 Err(_) => None,
             };
             lock(allocator).verified(id, exists);
+            if exists.is_none() {
+                // The API is not answering: the other lookups wait for the next round.
+                break;
+            }
         }
         let pp = PostParams::default();
-        for id in plan.create {
+        let mut creates = plan.create.into_iter();
+        while let Some(id) = creates.next() {
             let pod = self.factory.build(id);
             let outcome = match timed("create", self.api.create(&pp, &pod)).await {
                 Ok(_) => {
@@ -103,6 +108,15 @@ impl Applier {
                 Err(_) => Created::Unknown,
             };
             lock(allocator).created(id, outcome, Instant::now());
+            if outcome != Created::Yes {
+                // As in Spark, a failed create ends the batch; the rest were never sent, so
+                // one outage costs one call timeout per round, not one per pod.
+                let mut a = lock(allocator);
+                for rest in creates.by_ref() {
+                    a.not_sent(rest);
+                }
+                break;
+            }
         }
     }
 

@@ -390,6 +390,11 @@ impl Allocator {
         }
     }
 
+    /// Forgets a planned create that was never sent.
+    pub fn not_sent(&mut self, id: ExecutorId) {
+        self.newly_created.remove(&id);
+    }
+
     /// Records a lookup of a create of unknown outcome: `Some(true)` the pod exists,
     /// `Some(false)` it does not, `None` we still do not know.
     pub fn verified(&mut self, id: ExecutorId, exists: Option<bool>) {

@@ -189,7 +189,7 @@ impl Policy {
     }
 
     /// A task of `stage` started on `executor`.
-    pub fn task_started(&mut self, now: Duration, stage: StageId, executor: ExecutorId) {
+    pub fn task_started(&mut self, _now: Duration, stage: StageId, executor: ExecutorId) {
         *self.running_per_stage.entry(stage).or_default() += 1;
         if let Some(s) = self.stages.get_mut(&stage) {
             s.started = s.started.saturating_add(1).min(s.num_tasks);
@@ -200,7 +200,6 @@ impl Policy {
         let t = self.executors.entry(executor).or_default();
         t.running += 1;
         t.idle_start = None;
-        let _ = now;
     }
 
     /// A task of `stage` ended on `executor`.

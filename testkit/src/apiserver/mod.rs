@@ -410,6 +410,25 @@ impl FakeApiServer {
         self.shared.outage.send_replace(None);
     }
 
+    /// An outage for a window of time: starts now, ends after `duration` (on the tokio
+    /// clock, so a paused test clock controls it).
+    pub fn outage_for(&self, outage: Outage, duration: Duration) {
+        self.start_outage(outage);
+        let shared = Arc::clone(&self.shared);
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = shared.cancel.cancelled() => {}
+                () = tokio::time::sleep(duration) => {
+                    shared.outage.send_if_modified(|o| {
+                        let was = o.is_some();
+                        *o = None;
+                        was
+                    });
+                }
+            }
+        });
+    }
+
     /// Terminates a pod's containers: phase `Failed` (non-zero `exit_code`) or `Succeeded`
     /// (zero), as a kubelet reports an exited container. Returns false if there is no such pod.
     pub fn exit_pod(&self, ns: &str, name: &str, exit_code: i32) -> bool {
