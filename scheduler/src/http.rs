@@ -7,6 +7,7 @@
 //! | `POST /v1/executors/kill` | `{"ids": [1, 2]}` | `{"killed": [1, 2]}` (unknown ids left out) |
 //! | `GET /v1/executors` | | `{"counts": {...}, "executors": [{"id", "name", "state", ...}]}` |
 //! | `GET /v1/executors/{id}/deleted` | | `{"deleted": bool}` |
+//! | `GET /v1/events?after=N` | | `{"events": [{"seq", "event": "added"\|"removed", "id", "reason"}], "next": M, "missed": bool}` |
 //! | `DELETE /v1/application` | | deletes every executor pod of the application |
 //!
 //! Bad JSON, wrong types, negative or impossible numbers (a total above
@@ -15,8 +16,9 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -24,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::events::EventLog;
 use crate::ids::ExecutorId;
 use crate::scheduler::Scheduler;
 
@@ -34,6 +37,14 @@ pub const MAX_KILL_IDS: usize = 100_000;
 struct AppState {
     scheduler: Scheduler,
     metrics: Option<PrometheusHandle>,
+    events: EventLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct After {
+    #[serde(default)]
+    after: u64,
 }
 
 #[derive(Deserialize)]
@@ -56,8 +67,9 @@ fn bad(reason: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-/// The router.
-pub fn router(scheduler: Scheduler, metrics: Option<PrometheusHandle>) -> Router {
+/// The router. `events` is the log that `GET /v1/events` reads (fill it with
+/// [`EventLog::fill`] from [`Scheduler::events`]).
+pub fn router(scheduler: Scheduler, metrics: Option<PrometheusHandle>, events: EventLog) -> Router {
     Router::new()
         .route("/live", get(|| async { "ok" }))
         .route("/ready", get(ready))
@@ -66,8 +78,13 @@ pub fn router(scheduler: Scheduler, metrics: Option<PrometheusHandle>) -> Router
         .route("/v1/executors/total", put(total))
         .route("/v1/executors/kill", post(kill))
         .route("/v1/executors/{id}/deleted", get(deleted))
+        .route("/v1/events", get(events_after))
         .route("/v1/application", delete(stop))
-        .with_state(AppState { scheduler, metrics })
+        .with_state(AppState {
+            scheduler,
+            metrics,
+            events,
+        })
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
@@ -129,6 +146,16 @@ async fn deleted(
 ) -> Response {
     match id {
         Ok(Path(id)) => Json(json!({ "deleted": s.scheduler.is_deleted(id) })).into_response(),
+        Err(e) => bad(e.body_text()),
+    }
+}
+
+async fn events_after(
+    State(s): State<AppState>,
+    q: Result<Query<After>, QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(After { after })) => Json(s.events.after(after)).into_response(),
         Err(e) => bad(e.body_text()),
     }
 }

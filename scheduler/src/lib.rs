@@ -7,6 +7,7 @@
 //! - [`snapshots`]: the watch and periodic list of the app's executor pods, one view;
 //! - [`allocator`]: which pods to create and delete each round (pure) and applying it;
 //! - [`pods`]: executor pods from a template, labelled and named as Spark does;
+//! - [`events`]: a bounded, numbered log of executor events for the HTTP API;
 //! - [`http`]: the HTTP/JSON API over the scheduler, `/metrics`, `/live`, `/ready`;
 //! - [`args`], [`run`]: the binary's flags and service loop;
 //! - [`metrics`]: metric names;
@@ -15,6 +16,7 @@
 pub mod allocator;
 pub mod args;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod metrics;

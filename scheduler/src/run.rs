@@ -51,7 +51,9 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let sched = Scheduler::start(client, &config, template, &tasks, shutdown.child_token()).await?;
     tracing::info!(app = %config.app_id, addr = ?listener.local_addr().ok(), "scheduler started");
-    let app = crate::http::router(sched, metrics);
+    let events = crate::events::EventLog::default();
+    tasks.spawn(events.clone().fill(sched.events(), shutdown.child_token()));
+    let app = crate::http::router(sched, metrics, events);
     let token = shutdown.clone();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })

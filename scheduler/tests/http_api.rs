@@ -94,10 +94,15 @@ async fn the_http_api_drives_the_scheduler_and_rejects_bad_input() {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let events = kshuffle_scheduler::events::EventLog::default();
+    tokio::spawn(events.clone().fill(sched.events(), cancel.child_token()));
     tokio::spawn(async move {
-        axum::serve(listener, kshuffle_scheduler::http::router(sched, None))
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            kshuffle_scheduler::http::router(sched, None, events),
+        )
+        .await
+        .unwrap();
     });
 
     eventually("ready", async || {
@@ -120,6 +125,21 @@ async fn the_http_api_drives_the_scheduler_and_rejects_bad_input() {
         .collect();
     assert_eq!(states, ["running", "running", "running"]);
     assert_eq!(body["executors"][0]["name"], "http-app-exec-1");
+
+    eventually("3 added events", async || {
+        call(addr, "GET", "/v1/events?after=0", "").await.1["events"]
+            .as_array()
+            .is_some_and(|e| e.len() == 3)
+    })
+    .await;
+    let (_, page) = call(addr, "GET", "/v1/events?after=0", "").await;
+    assert_eq!(page["events"][0]["event"], "added");
+    assert_eq!(
+        (page["next"].clone(), page["missed"].clone()),
+        (json!(3), json!(false))
+    );
+    let (_, page) = call(addr, "GET", "/v1/events?after=3", "").await;
+    assert_eq!(page["events"], json!([]));
 
     let (code, body) = call(addr, "POST", "/v1/executors/kill", r#"{"ids": [1, 77]}"#).await;
     assert_eq!((code, body), (200, json!({ "killed": [1] })));
@@ -166,6 +186,8 @@ async fn the_http_api_drives_the_scheduler_and_rejects_bad_input() {
             "invalid value",
         ),
         ("GET", "/v1/executors/x/deleted", "", "Cannot parse"),
+        ("GET", "/v1/events?after=-1", "", "invalid digit"),
+        ("GET", "/v1/events?since=1", "", "unknown field"),
     ] {
         let (code, body) = call(addr, method, path, body).await;
         assert_eq!(code, 400, "{method} {path} {body}");
