@@ -291,3 +291,94 @@ fn without_the_service_shuffle_tracking_keeps_executors_holding_output() {
     p.job_started(JobId(2), &[ShuffleId(7)]);
     assert!(p.timed_out(s(1e6)).is_empty());
 }
+
+/// Random event sequences (a fixed-seed xorshift, so failures reproduce): the target stays in
+/// [min, max] and idle removal never takes the executors left below max(min, target).
+#[test]
+fn invariants_hold_over_random_event_sequences() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    let (mut removals, mut raised) = (0, 0);
+    for case in 0..200 {
+        let (min, max) = (rnd(4) as u32, 4 + rnd(30) as u32);
+        let min_s = format!("spark.dynamicAllocation.minExecutors={min}");
+        let max_s = format!("spark.dynamicAllocation.maxExecutors={max}");
+        let mut p = Policy::new(conf(&[
+            &min_s,
+            &max_s,
+            "spark.dynamicAllocation.executorIdleTimeout=5s",
+        ]));
+        let mut now = 0.0;
+        let mut alive: Vec<u64> = Vec::new();
+        let mut next_exec = 1;
+        let mut stages: Vec<u32> = Vec::new();
+        let mut running: Vec<(u32, u64)> = Vec::new();
+        for _ in 0..300 {
+            now += rnd(3000) as f64 / 1000.0;
+            match rnd(8) {
+                0 => {
+                    p.executor_added(s(now), E(next_exec));
+                    alive.push(next_exec);
+                    next_exec += 1;
+                }
+                1 => {
+                    let st = rnd(1000) as u32;
+                    p.stage_submitted(s(now), StageId(st), rnd(60) as u32, None);
+                    stages.push(st);
+                }
+                2 | 3 if !stages.is_empty() && !alive.is_empty() => {
+                    let st = stages[rnd(stages.len() as u64) as usize];
+                    let ex = alive[rnd(alive.len() as u64) as usize];
+                    p.task_started(s(now), StageId(st), E(ex));
+                    running.push((st, ex));
+                }
+                4 if !running.is_empty() => {
+                    let (st, ex) = running.swap_remove(rnd(running.len() as u64) as usize);
+                    let end = [TaskEnd::Success, TaskEnd::Failed, TaskEnd::Killed][rnd(3) as usize];
+                    p.task_ended(s(now), StageId(st), E(ex), end);
+                }
+                5 if !stages.is_empty() => {
+                    let st = stages.swap_remove(rnd(stages.len() as u64) as usize);
+                    p.stage_completed(StageId(st));
+                }
+                _ => {
+                    let before = alive.len();
+                    let d = p.schedule(s(now));
+                    assert!(d.target >= min && d.target <= max, "case {case}: {d:?}");
+                    for id in &d.remove {
+                        assert!(
+                            alive.contains(&id.0),
+                            "case {case}: removes an unknown executor"
+                        );
+                        assert!(
+                            !running.iter().any(|(_, e)| *e == id.0),
+                            "case {case}: removes a busy executor"
+                        );
+                    }
+                    removals += d.remove.len();
+                    raised += usize::from(d.target_changed && d.target > min);
+                    alive.retain(|e| !d.remove.contains(&E(*e)));
+                    for id in &d.remove {
+                        p.executor_removed(*id);
+                    }
+                    let floor = (min.max(d.target) as usize).min(before);
+                    assert!(
+                        alive.len() >= floor,
+                        "case {case}: {} left, floor {floor}",
+                        alive.len()
+                    );
+                }
+            }
+        }
+    }
+    // The sequences do exercise both directions.
+    assert!(
+        removals > 100 && raised > 100,
+        "removals {removals}, raises {raised}"
+    );
+}
