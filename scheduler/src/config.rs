@@ -131,6 +131,25 @@ impl Kubernetes {
     }
 }
 
+/// What each executor gets, as `BasicExecutorFeatureStep` computes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executor {
+    /// `spark.executor.cores` (1).
+    pub cores: u32,
+    /// `spark.executor.memory` in MiB (1g).
+    pub memory_mib: u64,
+    /// `spark.executor.memoryOverhead` in MiB, else
+    /// `max(spark.executor.memoryOverheadFactor (0.1) * memory, 384)`.
+    pub overhead_mib: u64,
+    /// `spark.kubernetes.executor.request.cores` (defaults to the cores).
+    pub request_cores: Option<String>,
+    /// `spark.kubernetes.executor.limit.cores` (none).
+    pub limit_cores: Option<String>,
+    /// `spark://CoarseGrainedScheduler@<spark.driver.host>:<spark.driver.port>`, when the
+    /// driver host is set.
+    pub driver_url: Option<String>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -140,6 +159,8 @@ pub struct Config {
     pub dynamic_allocation: DynamicAllocation,
     /// Kubernetes allocation.
     pub kubernetes: Kubernetes,
+    /// Executor resources and driver address.
+    pub executor: Executor,
 }
 
 const OWNED_PREFIXES: [&str; 4] = [
@@ -149,7 +170,7 @@ const OWNED_PREFIXES: [&str; 4] = [
     "spark.kubernetes.dynamicAllocation.",
 ];
 
-const KNOWN: [&str; 33] = [
+const KNOWN: &[&str] = &[
     "spark.app.id",
     "spark.dynamicAllocation.enabled",
     "spark.dynamicAllocation.minExecutors",
@@ -183,7 +204,31 @@ const KNOWN: [&str; 33] = [
     "spark.kubernetes.dynamicAllocation.deleteGracePeriod",
     "spark.executor.maxNumFailures",
     "spark.executor.failuresValidityInterval",
+    "spark.executor.memory",
+    "spark.executor.memoryOverhead",
+    "spark.executor.memoryOverheadFactor",
+    "spark.kubernetes.executor.request.cores",
+    "spark.kubernetes.executor.limit.cores",
+    "spark.driver.host",
+    "spark.driver.port",
 ];
+
+/// Parses Spark's size strings (`JavaUtils.byteStringAs`) into MiB, rounding up: a number
+/// with an optional unit `b`, `k`/`kb`, `m`/`mb`, `g`/`gb`, `t`/`tb`; a bare number is MiB.
+pub fn parse_mib(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "" | "m" | "mb" => Some(n),
+        "b" => Some(n.div_ceil(1 << 20)),
+        "k" | "kb" => Some(n.div_ceil(1024)),
+        "g" | "gb" => n.checked_mul(1 << 10),
+        "t" | "tb" => n.checked_mul(1 << 20),
+        _ => None,
+    }
+}
 
 /// Parses Spark's time strings (`JavaUtils.timeStringAs`): a number with an optional unit
 /// `us`, `ms`, `s`, `m`/`min`, `h`, `d`; a bare number takes `default_unit`.
@@ -497,6 +542,75 @@ impl Config {
                 )?),
             },
         };
+        let memory_mib = match c.raw("spark.executor.memory") {
+            None => 1024,
+            Some(v) => parse_mib(v).filter(|m| *m > 0).ok_or_else(|| {
+                Conf::invalid(
+                    "spark.executor.memory",
+                    v,
+                    "expected a size such as 4g or 512m",
+                )
+            })?,
+        };
+        let factor_raw = c.raw("spark.executor.memoryOverheadFactor");
+        let factor: f64 = match factor_raw {
+            None => 0.1,
+            Some(v) => v.trim().parse().map_err(|_| {
+                Conf::invalid(
+                    "spark.executor.memoryOverheadFactor",
+                    v,
+                    "expected a number",
+                )
+            })?,
+        };
+        if !(0.0..1.0).contains(&factor) {
+            return Err(Conf::invalid(
+                "spark.executor.memoryOverheadFactor",
+                factor_raw.unwrap_or(""),
+                "must be >= 0 and < 1",
+            ));
+        }
+        let overhead_mib = match c.raw("spark.executor.memoryOverhead") {
+            None => ((memory_mib as f64 * factor) as u64).max(384),
+            Some(v) => parse_mib(v).ok_or_else(|| {
+                Conf::invalid(
+                    "spark.executor.memoryOverhead",
+                    v,
+                    "expected a size such as 512m",
+                )
+            })?,
+        };
+        let quantity = |key: &'static str| -> Result<Option<String>, Error> {
+            match c.string(key) {
+                None => Ok(None),
+                Some(v)
+                    if v.trim_end_matches('m')
+                        .parse::<f64>()
+                        .is_ok_and(|x| x > 0.0) =>
+                {
+                    Ok(Some(v))
+                }
+                Some(v) => Err(Conf::invalid(
+                    key,
+                    &v,
+                    "expected a CPU quantity such as 0.5 or 500m",
+                )),
+            }
+        };
+        let driver_port = c.count("spark.driver.port", 7078)?;
+        let driver_port = u16::try_from(driver_port).map_err(|_| {
+            Conf::invalid("spark.driver.port", &driver_port.to_string(), "not a port")
+        })?;
+        let executor = Executor {
+            cores,
+            memory_mib,
+            overhead_mib,
+            request_cores: quantity("spark.kubernetes.executor.request.cores")?,
+            limit_cores: quantity("spark.kubernetes.executor.limit.cores")?,
+            driver_url: c
+                .string("spark.driver.host")
+                .map(|h| format!("spark://CoarseGrainedScheduler@{h}:{driver_port}")),
+        };
         let app_id = c
             .string("spark.app.id")
             .unwrap_or_else(|| "spark-application".into());
@@ -515,6 +629,7 @@ impl Config {
             app_id,
             dynamic_allocation,
             kubernetes,
+            executor,
         })
     }
 }

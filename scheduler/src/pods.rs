@@ -9,15 +9,25 @@
 //! - `restartPolicy: Never`;
 //! - an owner reference to the driver pod (`controller: true`), so Kubernetes
 //!   garbage-collects executors with their driver;
-//! - env `SPARK_EXECUTOR_ID`, `SPARK_APPLICATION_ID` on the executor container.
+//! - on the executor container (`BasicExecutorFeatureStep`): env `SPARK_EXECUTOR_ID`,
+//!   `SPARK_APPLICATION_ID`, `SPARK_EXECUTOR_CORES`, `SPARK_EXECUTOR_MEMORY`,
+//!   `SPARK_EXECUTOR_POD_IP` (from `status.podIP`), `SPARK_DRIVER_URL` when the driver host
+//!   is known; requests of `cpu` (the request cores, else `spark.executor.cores`) and
+//!   `memory` (executor memory plus overhead, also the memory limit), and a `cpu` limit when
+//!   `spark.kubernetes.executor.limit.cores` is set. These override the template, as in Spark.
 //!
 //! Invariant: a template is checked when loaded; a template that is not a valid Pod is
 //! refused then, not at the first pod creation.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use crate::config::Executor;
 
 use crate::ids::ExecutorId;
 
@@ -112,6 +122,7 @@ pub struct Factory {
     image: Option<String>,
     container: Option<String>,
     owner: Option<OwnerReference>,
+    executor: Option<Executor>,
 }
 
 /// An owner reference to the driver pod, as `KubernetesUtils.addOwnerReference` makes it.
@@ -143,7 +154,14 @@ impl Factory {
             image: image.map(str::to_owned),
             container: container.map(str::to_owned),
             owner,
+            executor: None,
         }
+    }
+
+    /// Sets the executor resources and driver address put on each pod.
+    pub fn with_executor(mut self, executor: Executor) -> Self {
+        self.executor = Some(executor);
+        self
     }
 
     /// The label selector of this application's executor pods.
@@ -193,17 +211,56 @@ impl Factory {
             if let Some(image) = &self.image {
                 c.image = Some(image.clone());
             }
-            let env = c.env.get_or_insert_with(Vec::new);
-            for (name, value) in [
+            let mut vars = vec![
                 ("SPARK_EXECUTOR_ID", id.to_string()),
                 ("SPARK_APPLICATION_ID", self.app_id.clone()),
-            ] {
+            ];
+            if let Some(e) = &self.executor {
+                vars.push(("SPARK_EXECUTOR_CORES", e.cores.to_string()));
+                vars.push(("SPARK_EXECUTOR_MEMORY", format!("{}m", e.memory_mib)));
+                if let Some(url) = &e.driver_url {
+                    vars.push(("SPARK_DRIVER_URL", url.clone()));
+                }
+            }
+            let env = c.env.get_or_insert_with(Vec::new);
+            for (name, value) in vars {
                 env.retain(|e| e.name != name);
                 env.push(EnvVar {
                     name: name.into(),
                     value: Some(value),
                     value_from: None,
                 });
+            }
+            if let Some(e) = &self.executor {
+                env.retain(|v| v.name != "SPARK_EXECUTOR_POD_IP");
+                env.push(EnvVar {
+                    name: "SPARK_EXECUTOR_POD_IP".into(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            api_version: Some("v1".into()),
+                            field_path: "status.podIP".into(),
+                        }),
+                        ..EnvVarSource::default()
+                    }),
+                });
+                let res = c
+                    .resources
+                    .get_or_insert_with(ResourceRequirements::default);
+                let memory = Quantity(format!("{}Mi", e.memory_mib.saturating_add(e.overhead_mib)));
+                let cpu = Quantity(
+                    e.request_cores
+                        .clone()
+                        .unwrap_or_else(|| e.cores.to_string()),
+                );
+                let requests = res.requests.get_or_insert_with(BTreeMap::new);
+                requests.insert("cpu".into(), cpu);
+                requests.insert("memory".into(), memory.clone());
+                let limits = res.limits.get_or_insert_with(BTreeMap::new);
+                limits.insert("memory".into(), memory);
+                if let Some(l) = &e.limit_cores {
+                    limits.insert("cpu".into(), Quantity(l.clone()));
+                }
             }
         }
         pod.status = None;
@@ -235,6 +292,12 @@ spec:
         let mut driver = Pod::default();
         driver.metadata.name = Some("driver".into());
         driver.metadata.uid = Some("u-1".into());
+        let conf = crate::config::Config::from_args([
+            "spark.executor.memory=2g",
+            "spark.executor.cores=2",
+            "spark.driver.host=drv",
+        ])
+        .unwrap();
         let f = Factory::new(
             Some(template),
             "spark-123",
@@ -242,7 +305,8 @@ spec:
             None,
             None,
             owner_reference(&driver),
-        );
+        )
+        .with_executor(conf.executor);
         let pod = f.build(ExecutorId(7));
         assert_eq!(pod.metadata.name.as_deref(), Some("spark-123-exec-7"));
         let labels = pod.metadata.labels.clone().unwrap();
@@ -259,10 +323,28 @@ spec:
         let spec = pod.spec.unwrap();
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         let env = spec.containers[0].env.clone().unwrap();
+        let get = |n: &str| {
+            env.iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(get("SPARK_EXECUTOR_ID").as_deref(), Some("7"));
+        assert_eq!(get("SPARK_EXECUTOR_CORES").as_deref(), Some("2"));
+        assert_eq!(get("SPARK_EXECUTOR_MEMORY").as_deref(), Some("2048m"));
+        assert_eq!(
+            get("SPARK_DRIVER_URL").as_deref(),
+            Some("spark://CoarseGrainedScheduler@drv:7078")
+        );
         assert!(
             env.iter()
-                .any(|e| e.name == "SPARK_EXECUTOR_ID" && e.value.as_deref() == Some("7"))
+                .any(|e| e.name == "SPARK_EXECUTOR_POD_IP" && e.value_from.is_some())
         );
+        // Spark's values override the template's requests: 2 cores, 2048 + 384 MiB.
+        let res = spec.containers[0].resources.clone().unwrap();
+        let requests = res.requests.unwrap();
+        assert_eq!(requests["cpu"].0, "2");
+        assert_eq!(requests["memory"].0, "2432Mi");
+        assert_eq!(res.limits.unwrap()["memory"].0, "2432Mi");
         assert_eq!(
             f.selector(),
             "spark-app-selector=spark-123,spark-role=executor"

@@ -122,7 +122,8 @@ impl Scheduler {
             k.container_image.as_deref(),
             k.pod_template_container_name.as_deref(),
             owner,
-        );
+        )
+        .with_executor(config.executor.clone());
         let selector = factory.selector();
         let applier = Applier::new(api.clone(), factory, k.delete_grace_period);
         let mut allocator = Allocator::new(Settings::from_config(config));

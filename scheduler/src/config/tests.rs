@@ -155,3 +155,43 @@ fn spark_time_strings() {
     assert_eq!(parse_time("1.5s", s), None);
     assert_eq!(parse_time("x", s), None);
 }
+
+#[test]
+fn executor_resources_as_spark_computes_them() {
+    let e = conf(&[]).unwrap().executor;
+    assert_eq!((e.cores, e.memory_mib, e.overhead_mib), (1, 1024, 384));
+    assert_eq!(e.driver_url, None);
+    let e = conf(&[
+        "spark.executor.memory=8g",
+        "spark.executor.cores=4",
+        "spark.driver.host=driver-svc.spark.svc",
+        "spark.kubernetes.executor.request.cores=3500m",
+    ])
+    .unwrap()
+    .executor;
+    // max(0.1 * 8192, 384) = 819.
+    assert_eq!((e.cores, e.memory_mib, e.overhead_mib), (4, 8192, 819));
+    assert_eq!(
+        e.driver_url.as_deref(),
+        Some("spark://CoarseGrainedScheduler@driver-svc.spark.svc:7078")
+    );
+    assert_eq!(e.request_cores.as_deref(), Some("3500m"));
+    assert_eq!(
+        conf(&["spark.executor.memoryOverhead=1g"])
+            .unwrap()
+            .executor
+            .overhead_mib,
+        1024
+    );
+    for bad in [
+        "spark.executor.memory=lots",
+        "spark.executor.memory=0",
+        "spark.kubernetes.executor.request.cores=-1",
+        "spark.driver.port=70000",
+    ] {
+        let key = bad.split('=').next().unwrap();
+        assert!(conf(&[bad]).unwrap_err().to_string().contains(key), "{bad}");
+    }
+    assert_eq!(parse_mib("2048k"), Some(2));
+    assert_eq!(parse_mib("1t"), Some(1 << 20));
+}
