@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 const NS: &str = "spark";
 
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !cond() {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -30,7 +30,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), fut)
+    tokio::time::timeout(Duration::from_secs(120), fut)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }

@@ -38,7 +38,7 @@ async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) 
 }
 
 async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !cond().await {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -20,7 +20,8 @@ fn latencies() -> Latencies {
     }
 }
 
-const LIMIT: Duration = Duration::from_secs(60);
+// A guard against hangs, not a timing assertion: generous for a loaded CI machine.
+const LIMIT: Duration = Duration::from_secs(240);
 
 fn exec_ids(c: &Cluster) -> Vec<u64> {
     c.executor_pods()
