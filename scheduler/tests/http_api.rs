@@ -24,7 +24,7 @@ async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) 
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out))
         .await
         .unwrap()
         .unwrap();
@@ -271,7 +271,7 @@ async fn the_binary_serves_the_api_against_the_fake_server_and_stops_on_sigterm(
         }
     });
     let addr = tokio::task::spawn_blocking(move || {
-        while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
             if line.contains("scheduler started") {
                 let rest = line.split("Some(").nth(1).unwrap();
                 return rest

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const NS: &str = "spark";
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(10), fut).await {
+    match tokio::time::timeout(Duration::from_secs(60), fut).await {
         Ok(v) => v,
         Err(_) => panic!("timed out waiting for {what}"),
     }
