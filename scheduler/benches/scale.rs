@@ -65,7 +65,7 @@ async fn run(s: &Scenario) {
     let before = c.server.calls().total();
     let t0 = Instant::now();
     c.scheduler.request_total_executors(0).unwrap();
-    c.kill_all().await;
+    c.kill_all(Duration::from_secs(600)).await;
     c.wait("no executors", Duration::from_secs(600), |c| {
         c.executor_pods().is_empty()
     })

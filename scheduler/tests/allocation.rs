@@ -333,6 +333,15 @@ async fn the_policy_drives_the_scheduler() {
     }
     assert_eq!(policy.target(), 20);
     eventually("20 running", || running(&server) == 20).await;
+    eventually("the scheduler to see them", || {
+        sched
+            .executors()
+            .iter()
+            .filter(|e| e.state == kshuffle_scheduler::snapshots::PodState::Running)
+            .count()
+            == 20
+    })
+    .await;
     // The driver registers the executors; they each run one task and go idle at 10s.
     for e in sched.executors() {
         policy.executor_added(sec(5), e.id);

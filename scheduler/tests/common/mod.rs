@@ -111,15 +111,25 @@ impl Cluster {
         }
     }
 
-    /// Kills every executor the scheduler knows, as a driver's idle timeouts would.
-    pub async fn kill_all(&self) {
-        let ids: Vec<_> = self
-            .scheduler
-            .executors()
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
-        self.scheduler.kill_executors(&ids).await;
+    /// Kills every executor, as a driver's idle timeouts would, until no executor pod is left
+    /// (the scheduler's view may trail the server by a few events: kill what it has seen,
+    /// again, until the server is empty). Panics after `limit`.
+    pub async fn kill_all(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.executor_pods().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out killing executors"
+            );
+            let ids: Vec<_> = self
+                .scheduler
+                .executors()
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            self.scheduler.kill_executors(&ids).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn stop(self) {
