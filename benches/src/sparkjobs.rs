@@ -3,6 +3,7 @@
 //! a ~300 MB shuffle fetched with StreamRequest) with each shuffle service, Spark in
 //! `local-cluster[2,1,1024]`, executors fetching every remote block through the service.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,6 +48,9 @@ pub fn run_static(
         .arg("--scratch")
         .arg(scratch)
         .arg("--exit-with-parent")
+        // jobs.py leads its own process group, which it kills (Spark's JVMs included) when
+        // this process dies.
+        .process_group(0)
         .current_dir(scratch)
         .env("PYSPARK_PYTHON", python)
         .env("PYSPARK_DRIVER_PYTHON", python)
