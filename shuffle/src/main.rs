@@ -72,7 +72,12 @@ fn main() {
 }
 
 async fn run(args: &Args, settings: Settings) -> anyhow::Result<()> {
+    // Fixed buckets make every histogram a handful of counters. Without them the exporter
+    // keeps each sample until the next scrape: memory grows with traffic on an unscraped
+    // daemon.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&kshuffle::metrics::LATENCY_BUCKETS_SECONDS)
+        .context("invalid histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let state_dir = settings.state_dir.clone();

@@ -21,6 +21,12 @@
 
 use std::sync::atomic::Ordering;
 
+/// Bucket bounds of every latency histogram, 50 µs to 10 s.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
 use crate::handler::Service;
 
 /// Copies the live counters into the recorder.

@@ -137,6 +137,8 @@ async fn health_readiness_and_metrics() {
     // this binary may also bump (under `cargo test`, which shares a process) are checked for
     // presence only; the gauges and the daemon's own counters are exact.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&kshuffle::metrics::LATENCY_BUCKETS_SECONDS)
+        .unwrap()
         .install_recorder()
         .unwrap();
     let env = start_with(Some(TOKEN), Some(prometheus)).await;
@@ -161,6 +163,8 @@ async fn health_readiness_and_metrics() {
         "kshuffle_connections_open 1",
         "kshuffle_request_duration_seconds_count{type=\"FetchShuffleBlocks\"}",
         "kshuffle_request_duration_seconds_count{type=\"RegisterExecutor\"}",
+        // A histogram of fixed buckets (bounded memory), not a summary of raw samples.
+        "kshuffle_request_duration_seconds_bucket{type=\"RegisterExecutor\",le=\"0.01\"}",
         "kshuffle_errors_total{kind=\"unknown_executor\"}",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
