@@ -72,14 +72,22 @@ fn main() {
 }
 
 async fn run(args: &Args, settings: Settings) -> anyhow::Result<()> {
-    // Fixed buckets make every histogram a handful of counters. Without them the exporter
-    // keeps each sample until the next scrape: memory grows with traffic on an unscraped
-    // daemon.
+    // Fixed buckets: every histogram is a handful of counters once drained.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&kshuffle::metrics::LATENCY_BUCKETS_SECONDS)
         .context("invalid histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    // The exporter queues every histogram sample until it is drained, by a scrape or by
+    // upkeep: drain it regularly so an unscraped daemon's memory stays flat.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let state_dir = settings.state_dir.clone();
     let (registry, recovery) =
         tokio::task::spawn_blocking(move || JournalRegistry::open(&state_dir))
