@@ -333,12 +333,21 @@ impl Store {
     /// # Errors
     /// `UnknownExecutor`.
     pub fn executor(&self, app: &str, exec: &str) -> Result<Arc<Executor>, Error> {
-        self.registry
-            .get(app, exec)
-            .ok_or_else(|| Error::UnknownExecutor {
-                app: truncate(app),
-                exec: truncate(exec),
-            })
+        let unknown = || Error::UnknownExecutor {
+            app: truncate(app),
+            exec: truncate(exec),
+        };
+        let executor = self.registry.get(app, exec).ok_or_else(unknown)?;
+        // A registration recorded under other roots (the daemon restarted with a different
+        // --allowed-root) is not served: confinement holds for the roots of this run.
+        if !executor.resolved_dirs.iter().all(|d| self.inside_roots(d)) {
+            warn!(
+                app,
+                exec, "registration outside the current allowed roots ignored"
+            );
+            return Err(unknown());
+        }
+        Ok(executor)
     }
 
     fn path_of(executor: &Executor, file: &BlockFile) -> PathBuf {

@@ -69,7 +69,7 @@ pub struct SweepReport {
 
 impl Store {
     /// Whether canonical `dir` is strictly inside an allowed root.
-    fn inside_roots(&self, dir: &Path) -> bool {
+    pub(super) fn inside_roots(&self, dir: &Path) -> bool {
         self.roots
             .iter()
             .any(|root| dir.starts_with(root) && dir != root)

@@ -434,3 +434,22 @@ fn sweep_is_rate_limited() {
     let second = env.store.sweep(&options, later(3600));
     assert_eq!((second.orphan_dirs.len(), second.deferred), (2, 1));
 }
+
+#[test]
+fn registrations_outside_the_current_roots_are_not_served() {
+    let env = env();
+    let dirs = ExecutorDirs::create(&env.root, "a", 1, 64).unwrap();
+    dirs.write_map_output(0, 1, &[b"x"]).unwrap();
+    env.store
+        .register("app", "1", &dirs.as_strings(), 64, "m")
+        .unwrap();
+    // The same registry, opened by a daemon whose only root is elsewhere.
+    let other_root = env.root.parent().unwrap().join("other-root");
+    std::fs::create_dir(&other_root).unwrap();
+    let other = Store::new(Arc::clone(env.store.registry()), &[other_root], 1 << 20).unwrap();
+    assert!(matches!(
+        other.executor("app", "1"),
+        Err(Error::UnknownExecutor { .. })
+    ));
+    assert!(env.store.executor("app", "1").is_ok());
+}
