@@ -27,7 +27,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Finished, Stats, run_with_timeout, spark_venv, tail};
+use common::{Daemon, Finished, SparkDirs, Stats, run_with_timeout, spark_venv, tail};
 use serde_json::Value;
 
 /// Deadline for one Spark session (they take 20–100 s on 2 cores; jobs.py cancels a job that
@@ -293,20 +293,16 @@ impl SparkRun {
         let python = venv.join("bin/python");
 
         let keep = std::env::var_os("KSHUFFLE_E2E_KEEP").is_some();
-        let dir = tempfile::Builder::new()
-            .prefix("kshuffle-spark-e2e-")
-            .disable_cleanup(keep)
-            .tempdir()
-            .unwrap();
+        let SparkDirs {
+            tmp: dir,
+            base,
+            allowed,
+            local_dir,
+            scratch,
+        } = SparkDirs::create("kshuffle-spark-e2e-", keep);
         if keep {
-            eprintln!("{name}: keeping {}", dir.path().display());
+            eprintln!("{name}: keeping {}", base.display());
         }
-        let base = dir.path().canonicalize().unwrap();
-        let allowed = base.join("allowed");
-        let local_dir = allowed.join("spark-local");
-        let scratch = base.join("scratch");
-        std::fs::create_dir_all(&local_dir).unwrap();
-        std::fs::create_dir_all(&scratch).unwrap();
 
         let daemon = Daemon::start(Daemon::standard_args(&allowed));
         let jobs_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/jobs.py");

@@ -8,44 +8,20 @@
 mod common;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Finished, run_with_timeout, spark_venv, tail};
+use common::{Daemon, Finished, SparkDirs, run_with_timeout, spark_venv, tail};
 use serde_json::Value;
 
 const SESSION_TIMEOUT: Duration = Duration::from_secs(480);
 
-struct Dirs {
-    _tmp: tempfile::TempDir,
-    base: PathBuf,
-    allowed: PathBuf,
-    local_dir: PathBuf,
-    scratch: PathBuf,
+fn dirs() -> SparkDirs {
+    SparkDirs::create("kshuffle-spark-sec-", false)
 }
 
-fn dirs() -> Dirs {
-    let tmp = tempfile::Builder::new()
-        .prefix("kshuffle-spark-sec-")
-        .tempdir()
-        .unwrap();
-    let base = tmp.path().canonicalize().unwrap();
-    let allowed = base.join("allowed");
-    let local_dir = allowed.join("spark-local");
-    let scratch = base.join("scratch");
-    std::fs::create_dir_all(&local_dir).unwrap();
-    std::fs::create_dir_all(&scratch).unwrap();
-    Dirs {
-        _tmp: tmp,
-        base,
-        allowed,
-        local_dir,
-        scratch,
-    }
-}
-
-fn python_cmd(version: &str, d: &Dirs, port: u16, session: &str) -> Command {
+fn python_cmd(version: &str, d: &SparkDirs, port: u16, session: &str) -> Command {
     let venv = spark_venv(version);
     let python = venv.join("bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/security_jobs.py");

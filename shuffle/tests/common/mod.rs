@@ -551,6 +551,46 @@ pub fn tail(text: &str, max_lines: usize) -> String {
 
 // === python and Spark ===
 
+/// The directories of one Spark session under a fresh temporary directory: `allowed/` (the
+/// daemon's allowed root), `allowed/spark-local/` (Spark's `spark.local.dir`) and `scratch/`
+/// (Spark's home and executor logs).
+pub struct SparkDirs {
+    /// The temporary directory; deleted on drop unless kept.
+    pub tmp: tempfile::TempDir,
+    /// Its canonical path.
+    pub base: PathBuf,
+    /// The daemon's allowed root.
+    pub allowed: PathBuf,
+    /// Spark's local dir, inside the allowed root.
+    pub local_dir: PathBuf,
+    /// Scratch space outside the root.
+    pub scratch: PathBuf,
+}
+
+impl SparkDirs {
+    /// Creates them under a temp dir named `prefix…`, left in place if `keep`.
+    pub fn create(prefix: &str, keep: bool) -> SparkDirs {
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .disable_cleanup(keep)
+            .tempdir()
+            .unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let allowed = base.join("allowed");
+        let local_dir = allowed.join("spark-local");
+        let scratch = base.join("scratch");
+        std::fs::create_dir_all(&local_dir).unwrap();
+        std::fs::create_dir_all(&scratch).unwrap();
+        SparkDirs {
+            tmp,
+            base,
+            allowed,
+            local_dir,
+            scratch,
+        }
+    }
+}
+
 /// The venv of pinned pyspark `version`, installed on first use by `scripts/spark-venv.sh`
 /// (idempotent; cached in `~/.cache/kshuffle`).
 ///
