@@ -670,3 +670,69 @@ async fn pipelined_requests_are_answered_in_order() {
     }
     daemon.stop().await;
 }
+
+/// A registry whose disk is full: every write fails with ENOSPC, as the journal's does.
+struct FullDisk(MemoryRegistry);
+
+impl kshuffle::registry::Registry for FullDisk {
+    fn insert(
+        &self,
+        _: Arc<kshuffle::registry::Executor>,
+    ) -> Result<(), kshuffle::registry::Error> {
+        Err(kshuffle::registry::Error::Store(
+            std::io::Error::from_raw_os_error(28),
+        ))
+    }
+    fn get(&self, app: &str, exec: &str) -> Option<Arc<kshuffle::registry::Executor>> {
+        self.0.get(app, exec)
+    }
+    fn executors_of(&self, app: &str) -> Vec<Arc<kshuffle::registry::Executor>> {
+        self.0.executors_of(app)
+    }
+    fn remove_app(
+        &self,
+        app: &str,
+    ) -> Result<Vec<Arc<kshuffle::registry::Executor>>, kshuffle::registry::Error> {
+        self.0.remove_app(app)
+    }
+    fn apps(&self) -> Vec<kshuffle::registry::AppId> {
+        self.0.apps()
+    }
+    fn all(&self) -> Vec<Arc<kshuffle::registry::Executor>> {
+        self.0.all()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+#[tokio::test]
+async fn a_registration_that_cannot_be_persisted_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    let server = Server::new(
+        Config::new(vec![root.clone()]),
+        Arc::new(FullDisk(MemoryRegistry::new())),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { server.run(listener, token).await });
+
+    let dirs = ExecutorDirs::create(&root, "e", 1, 64).unwrap();
+    let mut c = Client::connect(addr).await.unwrap();
+    let err = failure(c.register(APP, "1", dirs.as_strings(), 64).await);
+    assert!(
+        err.contains("registry store failed") && err.contains("No space left on device"),
+        "{err}"
+    );
+    // Not served either: the client was told it is not registered.
+    let err = failure(c.open(&fetch("1", vec![1], vec![vec![0]], false)).await);
+    assert!(err.contains("not registered"), "{err}");
+    drop(c);
+    shutdown.cancel();
+    let stats = within(task).await.unwrap();
+    assert_eq!(stats.registrations, 0);
+}
