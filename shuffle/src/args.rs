@@ -11,7 +11,7 @@ use std::sync::Arc;
 use kshuffle::Config;
 use kshuffle::auth::{AuthEngineVersion, CipherMode};
 use kshuffle::config::AuthSettings;
-use kshuffle::secrets::FileSecrets;
+use kshuffle::secrets::{FileSecrets, SecretFormat};
 use kshuffle::store::SweepOptions;
 
 #[derive(Debug, Parser)]
@@ -108,6 +108,11 @@ pub struct Args {
     /// id (a mounted Kubernetes Secret); checked before --auth-secret-file.
     #[arg(long, env = "KSHUFFLE_AUTH_SECRETS_DIR")]
     pub auth_secrets_dir: Option<PathBuf>,
+    /// How secret files become secrets: `text` (the file is the secret string) or
+    /// `spark-secret-file` (base64 of the file's bytes, as Spark reads
+    /// `spark.authenticate.secret.{driver,executor}.file` on Kubernetes).
+    #[arg(long, env = "KSHUFFLE_AUTH_SECRET_FORMAT", value_enum, default_value_t = SecretFormatArg::Text)]
+    pub auth_secret_format: SecretFormatArg,
     /// The clients' `spark.network.crypto.authEngineVersion` (1 or 2).
     #[arg(long, env = "KSHUFFLE_AUTH_ENGINE_VERSION", default_value_t = 1)]
     pub auth_engine_version: u32,
@@ -126,6 +131,15 @@ pub struct Args {
     /// `spark.shuffle.service.fetch.rdd.enabled`: they are served to other executors).
     #[arg(long, env = "KSHUFFLE_RDD_FETCH_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub rdd_fetch_enabled: bool,
+}
+
+/// `--auth-secret-format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SecretFormatArg {
+    /// The file is the secret string.
+    Text,
+    /// Base64 of the file's bytes.
+    SparkSecretFile,
 }
 
 /// Log output format.
@@ -192,6 +206,7 @@ impl Args {
             inline_body_max_bytes,
             auth_secret_file,
             auth_secrets_dir,
+            auth_secret_format,
             auth_engine_version,
             auth_cipher,
             auth_sasl_fallback,
@@ -253,9 +268,15 @@ impl Args {
             None => None,
         };
         let auth = if auth_secret_file.is_some() || auth_secrets_dir.is_some() {
-            let secrets =
-                FileSecrets::new(auth_secret_file.as_deref(), auth_secrets_dir.as_deref())
-                    .context("--auth-secret-file / --auth-secrets-dir")?;
+            let secrets = FileSecrets::new(
+                auth_secret_file.as_deref(),
+                auth_secrets_dir.as_deref(),
+                match auth_secret_format {
+                    SecretFormatArg::Text => SecretFormat::Text,
+                    SecretFormatArg::SparkSecretFile => SecretFormat::SparkSecretFile,
+                },
+            )
+            .context("--auth-secret-file / --auth-secrets-dir")?;
             Some(AuthSettings {
                 secrets: Arc::new(secrets),
                 version: AuthEngineVersion::from_number(*auth_engine_version)
