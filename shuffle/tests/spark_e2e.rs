@@ -23,7 +23,6 @@ mod common;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -293,36 +292,16 @@ impl SparkRun {
         let python = venv.join("bin/python");
 
         let keep = std::env::var_os("KSHUFFLE_E2E_KEEP").is_some();
-        let SparkDirs {
-            tmp: dir,
-            base,
-            allowed,
-            local_dir,
-            scratch,
-        } = SparkDirs::create("kshuffle-spark-e2e-", keep);
+        let dirs = SparkDirs::create("kshuffle-spark-e2e-", keep);
         if keep {
-            eprintln!("{name}: keeping {}", base.display());
+            eprintln!("{name}: keeping {}", dirs.base.display());
         }
 
-        let daemon = Daemon::start(Daemon::standard_args(&allowed));
-        let jobs_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/jobs.py");
-        let mut cmd = Command::new(&python);
-        cmd.arg(&jobs_py)
-            .arg(session)
-            .arg("--port")
-            .arg(daemon.port().to_string())
-            .arg("--local-dir")
-            .arg(&local_dir)
-            .arg("--scratch")
-            .arg(&scratch)
-            .arg("--exit-with-parent")
-            .current_dir(&base)
-            .env("PYSPARK_PYTHON", &python)
-            .env("PYSPARK_DRIVER_PYTHON", &python)
-            .env("PYTHONUNBUFFERED", "1")
-            .env_remove("SPARK_HOME")
-            .env_remove("SPARK_CONF_DIR")
-            .env_remove("PYSPARK_SUBMIT_ARGS");
+        let daemon = Daemon::start(Daemon::standard_args(&dirs.allowed));
+        let mut cmd = dirs.python_command(&python, "jobs.py", session, daemon.port());
+        let SparkDirs {
+            tmp: dir, scratch, ..
+        } = dirs;
         let echo = std::env::var_os("KSHUFFLE_E2E_VERBOSE").map(|_| "[spark] ");
         let python_run = run_with_timeout(&mut cmd, SESSION_TIMEOUT, echo);
 

@@ -22,26 +22,8 @@ fn dirs() -> SparkDirs {
 }
 
 fn python_cmd(version: &str, d: &SparkDirs, port: u16, session: &str) -> Command {
-    let venv = spark_venv(version);
-    let python = venv.join("bin/python");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/security_jobs.py");
-    let mut cmd = Command::new(&python);
-    cmd.arg(script)
-        .arg(session)
-        .args(["--port", &port.to_string()])
-        .arg("--local-dir")
-        .arg(&d.local_dir)
-        .arg("--scratch")
-        .arg(&d.scratch)
-        .arg("--exit-with-parent")
-        .current_dir(&d.base)
-        .env("PYSPARK_PYTHON", &python)
-        .env("PYSPARK_DRIVER_PYTHON", &python)
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("SPARK_HOME")
-        .env_remove("SPARK_CONF_DIR")
-        .env_remove("PYSPARK_SUBMIT_ARGS");
-    cmd
+    let python = spark_venv(version).join("bin/python");
+    d.python_command(&python, "security_jobs.py", session, port)
 }
 
 fn result_of(run: &Finished, daemon_log: &str) -> Value {

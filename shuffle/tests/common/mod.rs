@@ -589,6 +589,31 @@ impl SparkDirs {
             scratch,
         }
     }
+    /// The command that runs `session` of the job script `script` (under `tests/spark/`)
+    /// with the venv's `python`, against a daemon on `port`, in these directories, with an
+    /// environment of its own (no inherited Spark settings).
+    pub fn python_command(&self, python: &Path, script: &str, session: &str, port: u16) -> Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/spark")
+            .join(script);
+        let mut cmd = Command::new(python);
+        cmd.arg(script)
+            .arg(session)
+            .args(["--port", &port.to_string()])
+            .arg("--local-dir")
+            .arg(&self.local_dir)
+            .arg("--scratch")
+            .arg(&self.scratch)
+            .arg("--exit-with-parent")
+            .current_dir(&self.base)
+            .env("PYSPARK_PYTHON", python)
+            .env("PYSPARK_DRIVER_PYTHON", python)
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("SPARK_HOME")
+            .env_remove("SPARK_CONF_DIR")
+            .env_remove("PYSPARK_SUBMIT_ARGS");
+        cmd
+    }
 }
 
 /// The venv of pinned pyspark `version`, installed on first use by `scripts/spark-venv.sh`
