@@ -241,20 +241,7 @@ pub struct Results {
 /// # Errors
 /// When a service cannot start or any run fails.
 pub fn run(opts: &Options) -> anyhow::Result<Results> {
-    let tmp;
-    let work = match &opts.work_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("kshuffle-bench-")
-                .tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let work = std::fs::canonicalize(&work)?;
+    let (_tmp, work) = crate::work_dir(opts.work_dir.as_deref(), "kshuffle-bench-")?;
     let root = work.join("root");
     let state = work.join("java-state");
     std::fs::create_dir_all(&root)?;

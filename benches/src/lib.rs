@@ -27,3 +27,26 @@ pub mod register;
 pub mod scale;
 pub mod services;
 pub mod sparkjobs;
+
+/// The directory a run works in: `dir` (created if missing) or, without one, a fresh temporary
+/// directory named `prefix…` that lives as long as the returned guard. The path is canonical.
+///
+/// # Errors
+/// When the directory cannot be created or resolved.
+pub fn work_dir(
+    dir: Option<&std::path::Path>,
+    prefix: &str,
+) -> anyhow::Result<(Option<tempfile::TempDir>, std::path::PathBuf)> {
+    let (guard, path) = match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            (None, dir.to_path_buf())
+        }
+        None => {
+            let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+            let path = tmp.path().to_path_buf();
+            (Some(tmp), path)
+        }
+    };
+    Ok((guard, std::fs::canonicalize(path)?))
+}

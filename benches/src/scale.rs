@@ -52,20 +52,7 @@ pub struct Curves {
 /// # Errors
 /// When a service cannot start or a run fails.
 pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::Result<Curves> {
-    let tmp;
-    let work = match &opts.work_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("kshuffle-scale-")
-                .tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let work = std::fs::canonicalize(&work)?;
+    let (_tmp, work) = crate::work_dir(opts.work_dir.as_deref(), "kshuffle-scale-")?;
     let root = work.join("root");
     std::fs::create_dir_all(&root)?;
     let spec = LayoutSpec {
