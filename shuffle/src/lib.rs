@@ -11,7 +11,8 @@
 //! - [`wire`]: the pure codec of Spark's frames, messages and block ids (no I/O);
 //! - [`store`]: block id → file segment on disk, confined to the allowed roots;
 //! - [`registry`]: registered executors, durable in a journal;
-//! - [`admin`]: the admin HTTP port (health, metrics, application lifecycle); [`metrics`].
+//! - [`admin`]: the admin HTTP port (health, metrics, application lifecycle); [`metrics`];
+//! - [`daemon`]: the whole daemon (flags, ports, signals) for the binaries that run it.
 //!
 //! [`fixture`] writes Spark-format files for tests and benchmarks.
 
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod daemon;
 pub mod fixture;
 pub mod handler;
 pub mod metrics;

@@ -1,26 +1,23 @@
-//! `kshuffled`'s flags, validated into the library's configuration.
+//! The daemon's flags (`kshuffled`'s, and those of every binary embedding the daemon),
+//! validated into the library's configuration.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::ValueEnum;
 use std::sync::Arc;
 
-use kshuffle::Config;
-use kshuffle::auth::{AuthEngineVersion, CipherMode};
-use kshuffle::config::AuthSettings;
-use kshuffle::secrets::{FileSecrets, SecretFormat};
-use kshuffle::store::SweepOptions;
+use crate::Config;
+use crate::auth::{AuthEngineVersion, CipherMode};
+use crate::config::AuthSettings;
+use crate::secrets::{FileSecrets, SecretFormat};
+use crate::store::SweepOptions;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "kshuffled",
-    version,
-    about = "External shuffle service for Apache Spark"
-)]
-pub struct Args {
+/// The daemon's flags, for `#[command(flatten)]` into a binary's parser.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
     /// Address to listen on.
     #[arg(long, env = "KSHUFFLE_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
@@ -57,7 +54,7 @@ pub struct Args {
     #[arg(long, env = "KSHUFFLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Largest incoming frame in bytes.
-    #[arg(long, env = "KSHUFFLE_MAX_FRAME_BYTES", default_value_t = kshuffle::wire::DEFAULT_MAX_FRAME_LEN_BYTES)]
+    #[arg(long, env = "KSHUFFLE_MAX_FRAME_BYTES", default_value_t = crate::wire::DEFAULT_MAX_FRAME_LEN_BYTES)]
     pub max_frame_bytes: usize,
     /// Most concurrent connections.
     #[arg(long, env = "KSHUFFLE_MAX_CONNECTIONS", default_value_t = 4096)]
@@ -151,7 +148,11 @@ pub enum LogFormat {
     Json,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses a duration flag: `500ms`, `30s` (or a bare number of seconds), `2m`, `1h`.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -170,17 +171,22 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Everything the daemon runs with, validated.
 #[derive(Debug)]
 pub struct Settings {
+    /// The server's configuration.
     pub config: Config,
+    /// Where the registry journal lives (canonical, outside every allowed root).
     pub state_dir: PathBuf,
+    /// The admin API's bearer token, if one was configured.
     pub admin_token: Option<String>,
+    /// What the orphan sweep removes.
     pub sweep: SweepOptions,
+    /// How often the sweep runs (zero: never).
     pub sweep_interval: Duration,
 }
 
-impl Args {
+impl DaemonArgs {
     /// Validates the flags (creating the allowed roots if missing).
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let Args {
+        let DaemonArgs {
             bind: _,
             port: _,
             allowed_roots,

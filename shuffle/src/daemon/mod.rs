@@ -1,0 +1,254 @@
+//! The daemon as a whole, for the binaries that run it: `kshuffled`, and the Kubernetes
+//! deployments that embed it (`kshuffle-node` adds a driver-pod watch, `kshuffle-sidecar`
+//! keeps serving until the driver ends).
+//!
+//! [`run`] loads the registry, binds the shuffle and admin ports, and serves until shutdown;
+//! an embedding binary flattens [`DaemonArgs`] into its own parser and gets a [`Running`]
+//! handle to add its tasks. Process concerns (parsing, exit codes) stay in the binaries.
+
+mod args;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use self::args::{DaemonArgs, LogFormat, SecretFormatArg, Settings, parse_duration};
+use crate::Server;
+use crate::admin::{self, AdminState};
+use crate::handler::Service;
+use crate::registry::JournalRegistry;
+
+/// Exit status for a bad configuration (BSD `EX_USAGE`).
+pub const EX_USAGE: i32 = 64;
+
+/// How often the metrics exporter's queued histogram samples are drained when nobody scrapes.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The flags are invalid (a usage error: the binary exits with [`EX_USAGE`]).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0:#}")]
+pub struct InvalidConfig(anyhow::Error);
+
+/// The exit status for an error from [`run`]: [`EX_USAGE`] for invalid flags, 1 otherwise.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if error.is::<InvalidConfig>() {
+        EX_USAGE
+    } else {
+        1
+    }
+}
+
+/// What an embedding binary gets once the daemon is serving.
+#[derive(Clone)]
+pub struct Running {
+    /// The request handler and store; `service.store.remove_app(app)` is the one cleanup
+    /// path (blocking: call it from `spawn_blocking`).
+    pub service: Arc<Service>,
+    /// Cancel to stop the daemon gracefully; [`run`] returns once it has stopped.
+    pub shutdown: CancellationToken,
+    /// Cancelled at the first SIGTERM or SIGINT.
+    pub signalled: CancellationToken,
+}
+
+/// How [`run`] behaves beyond its flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The first SIGTERM/SIGINT only cancels [`Running::signalled`]; the embedder decides
+    /// when to cancel [`Running::shutdown`]. A second signal always stops at once.
+    pub keep_serving_on_signal: bool,
+}
+
+/// Sets up logging to stderr: `level` is a filter (`info`, `kshuffle=debug,warn`), which
+/// `RUST_LOG` overrides.
+///
+/// # Errors
+/// An invalid filter, or a subscriber already installed.
+pub fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => tracing_subscriber::EnvFilter::try_new(env),
+        _ => tracing_subscriber::EnvFilter::try_new(level),
+    }
+    .with_context(|| format!("--log-level: invalid filter {level:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// Runs the daemon until it is shut down (a signal, or [`Running::shutdown`]). `embed` is
+/// called once, inside the runtime, when both ports are bound and the registry is loaded:
+/// spawn the embedder's tasks there.
+///
+/// # Errors
+/// Invalid flags ([`InvalidConfig`]; see [`exit_code`]), a registry that cannot be opened, ports that cannot be bound, or a second
+/// signal (the daemon stopped without draining).
+pub async fn run(
+    args: &DaemonArgs,
+    options: Options,
+    embed: impl FnOnce(Running) + Send,
+) -> anyhow::Result<()> {
+    let settings = args
+        .settings()
+        .map_err(|e| anyhow::Error::new(InvalidConfig(e)))?;
+    // Fixed buckets: every histogram is a handful of counters once drained.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&crate::metrics::LATENCY_BUCKETS_SECONDS)
+        .context("invalid histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    // The exporter queues every histogram sample until it is drained, by a scrape or by
+    // upkeep: drain it regularly so an unscraped daemon's memory stays flat.
+    let upkeep = prometheus.clone();
+    let shutdown = CancellationToken::new();
+    let upkeep_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => upkeep.run_upkeep(),
+                () = upkeep_stop.cancelled() => return,
+            }
+        }
+    });
+    let state_dir = settings.state_dir.clone();
+    let (registry, recovery) =
+        tokio::task::spawn_blocking(move || JournalRegistry::open(&state_dir))
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open the registry in --state-dir {}",
+                    settings.state_dir.display()
+                )
+            })?;
+    metrics::gauge!("kshuffle_registry_recovered_with_loss").set(
+        if recovery.moved_aside.is_some() {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    let server = Server::new(settings.config, Arc::new(registry))?;
+
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let admin_addr = SocketAddr::new(args.admin_bind, args.admin_port);
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on admin address {admin_addr}"))?;
+    let admin = AdminState::new(
+        server.service(),
+        settings.admin_token,
+        Some(prometheus),
+        settings.sweep.clone(),
+        args.rdd_fetch_enabled,
+    );
+    let ready = Arc::clone(admin.ready());
+    let roots: Vec<String> = server
+        .roots()
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect();
+    info!(addr = %listener.local_addr()?, admin_addr = %admin_listener.local_addr()?, roots = ?roots,
+        state_dir = %settings.state_dir.display(), executors = recovery.executors, "listening");
+
+    let signalled = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    tokio::spawn(signals(
+        signalled.clone(),
+        (!options.keep_serving_on_signal).then(|| shutdown.clone()),
+        hard_stop.clone(),
+    ));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, shutdown.child_token()));
+    let server = Arc::new(server);
+    if !settings.sweep_interval.is_zero() {
+        let (server, token) = (Arc::clone(&server), shutdown.child_token());
+        tokio::spawn(async move {
+            server
+                .sweep_periodically(settings.sweep, settings.sweep_interval, token)
+                .await
+        });
+    }
+    ready.store(true, Ordering::Relaxed);
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        ready.store(false, Ordering::Relaxed);
+    });
+    embed(Running {
+        service: server.service(),
+        shutdown: shutdown.clone(),
+        signalled,
+    });
+    let stats = tokio::select! {
+        stats = server.run(listener, shutdown.clone()) => stats,
+        () = hard_stop.cancelled() => anyhow::bail!("second signal: stopped without draining"),
+    };
+    if let Ok(Err(e)) = admin_task.await {
+        warn!(error = %e, "admin server failed");
+    }
+    info!(
+        registrations = stats.registrations,
+        open_blocks = stats.open_blocks,
+        fetch_shuffle_blocks = stats.fetch_shuffle_blocks,
+        batch_fetches = stats.batch_fetches,
+        remove_blocks = stats.remove_blocks,
+        blocks_removed = stats.blocks_removed,
+        local_dirs_requests = stats.local_dirs_requests,
+        chunks_served = stats.chunks_served,
+        chunk_bytes = stats.chunk_bytes,
+        streams_served = stats.streams_served,
+        stream_bytes = stats.stream_bytes,
+        rdd_blocks_served = stats.rdd_blocks_served,
+        rpc_failures = stats.rpc_failures,
+        chunk_failures = stats.chunk_failures,
+        connections = stats.connections,
+        connections_refused = stats.connections_refused,
+        connection_errors = stats.connection_errors,
+        diagnoses = stats.diagnoses,
+        "stopped"
+    );
+    Ok(())
+}
+
+/// First SIGTERM/SIGINT: cancels `signalled` and, unless the embedder keeps serving,
+/// `shutdown`. Second: cancels `hard_stop`.
+async fn signals(
+    signalled: CancellationToken,
+    shutdown: Option<CancellationToken>,
+    hard_stop: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    signalled.cancel();
+    match shutdown {
+        Some(shutdown) => {
+            info!("shutting down (signal again to exit at once)");
+            shutdown.cancel();
+        }
+        None => info!(
+            "signal received; serving on until the embedder stops (signal again to exit at once)"
+        ),
+    }
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    warn!("second signal: exiting now");
+    hard_stop.cancel();
+}
