@@ -1,8 +1,15 @@
 //! kshuffle-daemonset: the node deployment of the kshuffle daemon.
 //!
-//! This crate will own (see `../shared/DESIGN.md`, "Deployments"): the node-mode composition
-//! of the daemon with a watch of driver pods (cleanup when an application's driver ends), the
-//! kustomize manifests of the DaemonSet on a hostPath, the executor pod template and the
-//! `spark-submit --conf` flags that make an unmodified Spark use it, and their documentation.
+//! One daemon per Kubernetes node (a DaemonSet on a hostPath, see `../shared/DESIGN.md`,
+//! "Deployments") serves every executor of the node. This crate adds what node mode needs on
+//! top of the `kshuffle` daemon:
 //!
-//! Nothing is implemented yet: it comes with the Kubernetes deployments issue.
+//! - [`driver`]: a watch of Spark driver pods that removes an application's files once its
+//!   driver ended (phase `Succeeded`/`Failed`, or the pod deleted), with a delay, through the
+//!   daemon's one removal path;
+//! - the `kshuffle-node` binary (`src/main.rs`): every `kshuffled` flag plus
+//!   `--watch-namespace`, `--driver-cleanup-delay` and `--driver-watch`.
+//!
+//! The kustomize manifests and their documentation live in `deploy/` and `README.md`.
+
+pub mod driver;
