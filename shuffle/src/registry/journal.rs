@@ -16,8 +16,11 @@
 //!   kept and written to a fresh journal, and the loss is logged as an error and counted
 //!   (`kshuffle_registry_recovered_with_loss`).
 //!
-//! A failed append (disk full) truncates the file back to where it was, so a half-written
-//! record never stays behind, and the registration is refused. The file is compacted
+//! Concurrent registrations share their `fdatasync` (group commit: see
+//! `JournalRegistry::append`), so a burst of executors starting costs a few syncs, not one
+//! each. A failed append (disk full) truncates the file back to where it was, so a
+//! half-written record never stays behind, and the registration is refused; a failed sync
+//! truncates back to the last synced length and refuses every registration it covered. The file is compacted
 //! (rewritten with only live entries, then renamed over the old one) when dead records
 //! outnumber live ones.
 
@@ -83,8 +86,47 @@ pub struct Recovery {
 
 struct Journal {
     file: File,
+    /// Bytes in the file, synced or not.
     len: u64,
     records: usize,
+    /// Sequence number of the last record written (not necessarily synced).
+    written: u64,
+    /// Every record up to this sequence number is durable (or was lost, see `lost`).
+    synced: u64,
+    /// The file length when `synced` was reached: where a failed sync truncates back to.
+    synced_len: u64,
+    /// Sequence ranges whose sync failed: those records were truncated away. Bounded: a
+    /// writer checks right after its own write, so only recent failures matter.
+    lost: std::collections::VecDeque<std::ops::RangeInclusive<u64>>,
+    #[cfg(test)]
+    fail_next_sync: bool,
+}
+
+/// Failed-sync ranges remembered for writers still waiting on them.
+const LOST_RANGES_KEPT: usize = 64;
+
+impl Journal {
+    fn new(file: File, len: u64, records: usize) -> Self {
+        Journal {
+            file,
+            len,
+            records,
+            written: 0,
+            synced: 0,
+            synced_len: len,
+            lost: std::collections::VecDeque::new(),
+            #[cfg(test)]
+            fail_next_sync: false,
+        }
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_sync) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        self.file.sync_data()
+    }
 }
 
 /// Registrations in memory, made durable by the journal.
@@ -255,11 +297,7 @@ impl JournalRegistry {
             }
         }
         recovery.executors = memory.len();
-        let mut journal = Journal {
-            file,
-            len: valid_end,
-            records: recovery.records,
-        };
+        let mut journal = Journal::new(file, valid_end, recovery.records);
         if let Some(why) = corrupt {
             let aside = dir.join(format!(
                 "{FILE_NAME}.corrupt-{}",
@@ -315,47 +353,93 @@ impl JournalRegistry {
             .read(true)
             .append(true)
             .open(dir.join(FILE_NAME))?;
-        Ok(Journal {
-            file,
-            len: out.len() as u64,
-            records,
-        })
+        Ok(Journal::new(file, out.len() as u64, records))
     }
 
     fn maybe_compact(&self) -> io::Result<()> {
         let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         let live = self.memory.len();
         if journal.records > 2 * live + 1024 {
-            *journal = Self::write_compacted(&self.dir, &self.memory)?;
+            let mut compacted = Self::write_compacted(&self.dir, &self.memory)?;
+            // Everything live is in the new file, synced: so is every record written so far.
+            compacted.written = journal.written;
+            compacted.synced = journal.written;
+            compacted.lost = std::mem::take(&mut journal.lost);
+            *journal = compacted;
             info!(live, "registry journal compacted");
         }
         Ok(())
     }
 
     /// Appends one record durably, or leaves the file as it was.
+    ///
+    /// Group commit: the record is written under the lock, which is then released so other
+    /// writers can append theirs; the first writer to take the lock back syncs everything
+    /// written so far in one `fdatasync`, and the writers it covered return without one. A
+    /// failed sync truncates the file back to the last synced length and fails every record
+    /// it covered, so no acknowledged record can be lost and no refused one stays behind.
     fn append(&self, record: &Record) -> Result<(), Error> {
         let bytes = encode(record).map_err(Error::Store)?;
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        let result = journal
-            .file
-            .write_all(&bytes)
-            .and_then(|()| journal.file.sync_data());
-        if let Err(e) = result {
-            // Take back whatever part of the record reached the file.
-            let len = journal.len;
-            if let Err(t) = journal
-                .file
-                .set_len(len)
-                .and_then(|()| journal.file.sync_all())
-            {
-                error!(error = %t, "cannot truncate the journal after a failed append");
+        let seq = {
+            let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = journal.file.write_all(&bytes) {
+                // Take back whatever part of the record reached the file.
+                let len = journal.len;
+                Self::truncate(&mut journal, len);
+                return Err(Error::Store(e));
             }
-            let _ = journal.file.seek(SeekFrom::End(0));
-            return Err(Error::Store(e));
+            journal.len += bytes.len() as u64;
+            journal.records += 1;
+            journal.written += 1;
+            journal.written
+        };
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        if journal.lost.iter().any(|range| range.contains(&seq)) {
+            return Err(Error::Store(io::Error::other(
+                "the journal could not be synced; the record was dropped",
+            )));
         }
-        journal.len += bytes.len() as u64;
-        journal.records += 1;
-        Ok(())
+        if journal.synced >= seq {
+            metrics::counter!("kshuffle_registry_group_commit_followers_total").increment(1);
+            return Ok(());
+        }
+        let (from, through) = (journal.synced + 1, journal.written);
+        match journal.sync_data() {
+            Ok(()) => {
+                journal.synced = through;
+                journal.synced_len = journal.len;
+                metrics::counter!("kshuffle_registry_syncs_total").increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, records = through + 1 - from,
+                    "cannot sync the registry journal; dropping the unsynced records");
+                let synced_len = journal.synced_len;
+                journal.records = journal
+                    .records
+                    .saturating_sub((through + 1 - from) as usize);
+                Self::truncate(&mut journal, synced_len);
+                journal.synced = through;
+                if journal.lost.len() == LOST_RANGES_KEPT {
+                    journal.lost.pop_front();
+                }
+                journal.lost.push_back(from..=through);
+                Err(Error::Store(e))
+            }
+        }
+    }
+
+    /// Cuts the file back to `len` (what is known good) and moves the write position there.
+    fn truncate(journal: &mut Journal, len: u64) {
+        if let Err(t) = journal
+            .file
+            .set_len(len)
+            .and_then(|()| journal.file.sync_all())
+        {
+            error!(error = %t, "cannot truncate the journal after a failed append");
+        }
+        journal.len = len;
+        let _ = journal.file.seek(SeekFrom::End(0));
     }
 }
 
