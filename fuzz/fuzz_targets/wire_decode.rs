@@ -1,31 +1,13 @@
-//! Frame decoder: never panics, never consumes more than it was given, refuses frames over
-//! the limit, and whatever decodes re-encodes to bytes that decode to the same frame.
+//! Frame decoder: consumes one whole frame or nothing, never past the limit; re-encoding round-trips; allocation follows the bytes present.
+//!
+//! The invariants live in `kshuffle::fuzzing::check_frames`, which `shuffle/tests/fuzz_regressions.rs`
+//! also runs on the corpus and on `fuzz/regressions/wire_decode/` under stable Rust.
 #![no_main]
 
-use bytes::BytesMut;
-use kshuffle::wire;
+use kshuffle::fuzzing::{self, CountingAlloc};
 use libfuzzer_sys::fuzz_target;
 
-const MAX: usize = 64 * 1024;
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
-fuzz_target!(|data: &[u8]| {
-    let mut buf = BytesMut::from(data);
-    loop {
-        let before = buf.len();
-        match wire::decode(&mut buf, MAX) {
-            Ok(Some(frame)) => {
-                let used = before - buf.len();
-                assert!(used <= before && used <= MAX, "consumed {used} of {before}");
-                let mut again = BytesMut::new();
-                wire::encode(&frame, &mut again);
-                let decoded = wire::decode(&mut again, usize::MAX >> 1).expect("re-decode");
-                assert_eq!(decoded.as_ref(), Some(&frame));
-            }
-            Ok(None) => {
-                assert_eq!(buf.len(), before, "incomplete input must not be consumed");
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-});
+fuzz_target!(|data: &[u8]| fuzzing::check_frames(data));

@@ -23,6 +23,8 @@ pub mod config;
 pub mod conn;
 pub mod daemon;
 pub mod fixture;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod metrics;
 pub mod registry;

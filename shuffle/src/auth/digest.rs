@@ -61,6 +61,11 @@ impl DigestServer {
         (DigestServer { nonce, password }, challenge.into_bytes())
     }
 
+    /// Heap bytes this exchange keeps until the response arrives.
+    pub(crate) fn retained_bytes(&self) -> usize {
+        self.nonce.capacity() + self.password.capacity()
+    }
+
     /// Checks the client's digest-response and returns the server's final token
     /// (`rspauth=<hex>`).
     ///

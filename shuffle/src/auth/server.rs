@@ -117,6 +117,17 @@ impl ServerAuth {
         matches!(self.state, State::Done)
     }
 
+    /// Bytes this exchange keeps between messages (the claimed app id and the DIGEST-MD5
+    /// nonce and password while SASL is half done; nothing otherwise). For the fuzz checks'
+    /// bounded-state invariant.
+    #[doc(hidden)]
+    pub fn retained_bytes(&self) -> usize {
+        match &self.state {
+            State::Sasl { app_id, digest } => app_id.capacity() + digest.retained_bytes(),
+            State::Start | State::Done | State::Failed => 0,
+        }
+    }
+
     /// Processes one auth `RpcRequest` payload. `random` fills buffers with secure random
     /// bytes ([`super::fill_random`] in production).
     ///
