@@ -1,8 +1,9 @@
 //! kshuffle-sidecar: the executor-sidecar deployment of the kshuffle daemon.
 //!
-//! This crate will own (see `../shared/DESIGN.md`, "Deployments"): the mutating admission
-//! webhook that injects the daemon as a sidecar into executor pods with an emptyDir as the
-//! Spark local dir, the sidecar-mode composition that keeps serving after the executor exits
-//! for as long as the application's driver lives, and the manifests.
+//! - [`inject`]: pure injection logic, a Spark executor `Pod` in, a JSONPatch out;
+//! - [`admission`]: `AdmissionReview` v1 bodies in, `AdmissionReview` responses out (pure);
 //!
-//! Nothing is implemented yet: it comes with the Kubernetes deployments issue.
+//! See `README.md` in this crate for how the pieces fit on a cluster.
+
+pub mod admission;
+pub mod inject;

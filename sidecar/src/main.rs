@@ -1,0 +1,3 @@
+//! `kshuffle-sidecar`: the admission webhook and the sidecar's serve mode (work in progress).
+
+fn main() {}
