@@ -8,6 +8,9 @@ use crate::auth::{AuthEngineVersion, CipherMode, SecretSource};
 
 use crate::wire::DEFAULT_MAX_FRAME_LEN_BYTES;
 
+/// Default of [`Config::read_buffer_budget_bytes`]: 32 frames of the default 16 MiB limit.
+pub const DEFAULT_READ_BUFFER_BUDGET_BYTES: usize = 512 * 1024 * 1024;
+
 /// Everything the server needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -25,6 +28,14 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// A reply that makes no progress for this long closes the connection.
     pub write_timeout: Duration,
+    /// A frame (or auth message) whose first byte arrived must be complete within this long;
+    /// otherwise the connection is closed. Stops slow senders that trickle bytes to stay
+    /// under the idle timeout.
+    pub frame_timeout: Duration,
+    /// Bytes all connections together may hold in read buffers beyond
+    /// [`crate::conn::READ_ALLOWANCE_BYTES`] each (large frames being received); a connection
+    /// that needs more while it is spent is closed.
+    pub read_buffer_budget_bytes: usize,
     /// On shutdown, how long connections may keep serving open streams.
     pub shutdown_grace_period: Duration,
     /// Bound of the cache of parsed index files.
@@ -70,6 +81,8 @@ impl Config {
             max_streams_per_connection: 4096,
             idle_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(120),
+            frame_timeout: Duration::from_secs(60),
+            read_buffer_budget_bytes: DEFAULT_READ_BUFFER_BUDGET_BYTES,
             shutdown_grace_period: Duration::from_secs(30),
             index_cache_bytes: 100 * 1024 * 1024,
             inline_body_max_bytes: 0,

@@ -18,6 +18,12 @@
 //! transport cipher, every byte in both directions goes through it: chunk bodies are then
 //! read and encrypted in user memory (no `sendfile` on encrypted connections).
 //!
+//! Limits on what a peer can make a connection hold: a frame must arrive whole within the
+//! frame timeout of its first byte (slow senders that trickle bytes to dodge the idle
+//! timeout are closed), and read-buffer bytes above [`READ_ALLOWANCE_BYTES`] are drawn from
+//! the daemon-wide [`crate::budget::ByteBudget`] (a connection that needs more while it is
+//! spent is closed), so thousands of connections holding large partial frames stay bounded.
+//!
 //! Errors: a failed request gets an `RpcFailure`/`ChunkFetchFailure`/`StreamFailure` and the
 //! connection goes on; a framing error, a timeout or an I/O error closes this connection only
 //! and is logged once, with the peer address, by [`serve`].
@@ -48,6 +54,9 @@ use crate::wire::{self, Frame, StreamChunkId};
 const SENDFILE_MAX_BYTES: u64 = 1 << 30;
 /// Initial read buffer; it grows up to the frame limit for large requests.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Read-buffer bytes a connection holds without drawing on the daemon's global read budget
+/// ([`crate::budget::ByteBudget`]): Spark's requests fit many times over.
+pub const READ_ALLOWANCE_BYTES: usize = 64 * 1024;
 /// Flush batched small replies once this many bytes are waiting.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// A write buffer larger than this is dropped when its connection waits for requests.
@@ -67,6 +76,23 @@ pub enum Error {
     /// No bytes from the peer for the idle timeout.
     #[error("idle for {0:?}, closing")]
     Idle(Duration),
+    /// A frame started arriving and was not complete within the frame timeout.
+    #[error("frame not complete within {0:?} of its first byte ({1} bytes received)")]
+    FrameTimeout(Duration, usize),
+    /// The frame being received needs more buffer than the daemon's global read budget has
+    /// left (many connections are sending large frames at once).
+    #[error(
+        "read-buffer budget exhausted: this connection needs {need} more bytes, \
+         {used} of {limit} are held by all connections"
+    )]
+    ReadBudget {
+        /// Bytes this connection asked for.
+        need: usize,
+        /// Bytes held in the budget by all connections.
+        used: usize,
+        /// The budget.
+        limit: usize,
+    },
     /// The peer did not read our reply for the write timeout.
     #[error("write made no progress for {0:?}")]
     WriteStalled(Duration),
@@ -94,6 +120,8 @@ impl Error {
             Error::Wire(e) => e.kind(),
             Error::UnexpectedFrame(_) => "unexpected_frame",
             Error::Idle(_) => "idle_timeout",
+            Error::FrameTimeout(..) => "frame_timeout",
+            Error::ReadBudget { .. } => "read_budget",
             Error::WriteStalled(_) => "write_timeout",
             Error::TruncatedFrame(_) => "truncated_frame",
             Error::FileShrank => "file_shrank",
@@ -171,6 +199,14 @@ struct Connection {
     raw: BytesMut,
     /// Scratch for encrypted output (with a cipher only).
     sealed: BytesMut,
+    /// Bytes taken from the service's read budget for `rbuf` and `raw`.
+    budget_held: usize,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.service.read_budget.give_back(self.budget_held);
+    }
 }
 
 impl Connection {
@@ -192,18 +228,65 @@ impl Connection {
             cipher: None,
             raw: BytesMut::new(),
             sealed: BytesMut::new(),
+            budget_held: 0,
         }
+    }
+
+    /// Brings the bytes held from the read budget in line with the read buffers' capacity
+    /// above [`READ_ALLOWANCE_BYTES`]; a large buffer left empty is dropped first.
+    ///
+    /// # Errors
+    /// [`Error::ReadBudget`] when more is needed and the budget has no room.
+    fn settle_read_budget(&mut self) -> Result<(), Error> {
+        for buf in [&mut self.rbuf, &mut self.raw] {
+            if buf.is_empty() && buf.capacity() > READ_ALLOWANCE_BYTES {
+                *buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+            }
+        }
+        let held = self.rbuf.capacity() + self.raw.capacity();
+        let want = held.saturating_sub(READ_ALLOWANCE_BYTES);
+        let budget = &self.service.read_budget;
+        if want > self.budget_held {
+            let need = want - self.budget_held;
+            if !budget.try_take(need) {
+                return Err(Error::ReadBudget {
+                    need,
+                    used: budget.used(),
+                    limit: budget.limit(),
+                });
+            }
+        } else {
+            budget.give_back(self.budget_held - want);
+        }
+        self.budget_held = want;
+        Ok(())
     }
 
     async fn run(&mut self) -> Result<(), Error> {
         let max_frame = self.service.config.max_frame_len_bytes;
         let idle = self.service.config.idle_timeout;
+        let frame_timeout = self.service.config.frame_timeout;
+        // When the first byte of the frame being received arrived.
+        let mut partial_since: Option<tokio::time::Instant> = None;
         loop {
+            let mut decoded = false;
             while let Some(frame) = wire::decode(&mut self.rbuf, max_frame)? {
+                decoded = true;
                 if !self.handle(frame).await? {
                     self.flush().await?;
                     return Ok(());
                 }
+            }
+            let pending = self.rbuf.len() + self.raw.len();
+            if pending == 0 {
+                partial_since = None;
+            } else if decoded || partial_since.is_none() {
+                partial_since = Some(tokio::time::Instant::now());
+            }
+            if let Some(since) = partial_since
+                && since.elapsed() >= frame_timeout
+            {
+                return Err(Error::FrameTimeout(frame_timeout, pending));
             }
             self.flush().await?;
             // On shutdown, stay only while a client is still reading streams it opened.
@@ -218,6 +301,17 @@ impl Connection {
             if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
                 into.reserve(READ_BUFFER_BYTES);
             }
+            self.settle_read_budget()?;
+            let into = if self.cipher.is_some() {
+                &mut self.raw
+            } else {
+                &mut self.rbuf
+            };
+            // Wait no longer than the frame in progress has left.
+            let wait = match partial_since {
+                Some(since) => idle.min(frame_timeout.saturating_sub(since.elapsed())),
+                None => idle,
+            };
             let read = match self.socket.try_read_buf(into) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing to read: the connection is about to wait, so it gives back the
@@ -230,13 +324,16 @@ impl Connection {
                     }
                     tokio::select! {
                         biased;
-                        r = timeout(idle, self.socket.read_buf(into)) => r,
+                        r = timeout(wait, self.socket.read_buf(into)) => r,
                         () = self.shutdown.cancelled(), if self.streams.is_empty() => return Ok(()),
                     }
                 }
                 r => Ok(r),
             };
             match read {
+                Err(_) if partial_since.is_some_and(|s| s.elapsed() >= frame_timeout) => {
+                    return Err(Error::FrameTimeout(frame_timeout, pending));
+                }
                 Err(_) => return Err(Error::Idle(idle)),
                 Ok(Ok(0)) if self.rbuf.is_empty() && self.raw.is_empty() => return Ok(()),
                 Ok(Ok(0)) => return Err(Error::TruncatedFrame(self.rbuf.len() + self.raw.len())),

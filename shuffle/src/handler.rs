@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::debug;
 
+use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::registry::Executor;
 use crate::stats::Stats;
@@ -78,6 +79,8 @@ pub struct Service {
     pub stream_ids: StreamIds,
     /// Limits and timeouts.
     pub config: Config,
+    /// The global bound on bytes held in read buffers beyond each connection's allowance.
+    pub read_budget: ByteBudget,
 }
 
 impl Service {

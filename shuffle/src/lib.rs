@@ -7,6 +7,7 @@
 //! Layers, dependencies pointing one way:
 //! - [`server`]: accept loop, connection limit, shutdown;
 //! - [`conn`]: one connection's I/O: frames in, replies out (zero-copy `sendfile`);
+//!   [`budget`]: the global bound on what peers make it buffer;
 //! - [`handler`]: what each request does; [`stream`]: the chunks a fetch promised;
 //! - [`wire`]: the pure codec of Spark's frames, messages and block ids (no I/O);
 //! - [`store`]: block id → file segment on disk, confined to the allowed roots;
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod conn;

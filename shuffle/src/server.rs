@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::conn;
 use crate::handler::Service;
@@ -44,6 +45,7 @@ impl Server {
             store,
             stats: Stats::default(),
             stream_ids: StreamIds::new(),
+            read_budget: ByteBudget::new(config.read_buffer_budget_bytes),
             config,
         };
         Ok(Self {

@@ -69,6 +69,14 @@ pub struct DaemonArgs {
     /// Close connections idle this long (e.g. `120s`, `2m`, `500ms`).
     #[arg(long, env = "KSHUFFLE_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Close connections that started sending a frame (or auth message) and did not finish
+    /// it within this long, however slowly bytes keep arriving.
+    #[arg(long, env = "KSHUFFLE_FRAME_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub frame_timeout: Duration,
+    /// Bytes all connections together may hold in read buffers for large incoming frames
+    /// (above 64 KiB each); a connection that needs more while it is spent is closed.
+    #[arg(long, env = "KSHUFFLE_READ_BUFFER_BUDGET_BYTES", default_value_t = crate::config::DEFAULT_READ_BUFFER_BUDGET_BYTES)]
+    pub read_buffer_budget_bytes: usize,
     /// Close connections whose replies make no progress this long.
     #[arg(long, env = "KSHUFFLE_WRITE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub write_timeout: Duration,
@@ -201,6 +209,8 @@ impl DaemonArgs {
             max_streams_per_connection,
             idle_timeout,
             write_timeout,
+            frame_timeout,
+            read_buffer_budget_bytes,
             shutdown_grace,
             index_cache_bytes,
             sweep_interval,
@@ -228,6 +238,12 @@ impl DaemonArgs {
         );
         anyhow::ensure!(!idle_timeout.is_zero(), "--idle-timeout must be positive");
         anyhow::ensure!(!write_timeout.is_zero(), "--write-timeout must be positive");
+        anyhow::ensure!(!frame_timeout.is_zero(), "--frame-timeout must be positive");
+        anyhow::ensure!(
+            *read_buffer_budget_bytes >= *max_frame_bytes,
+            "--read-buffer-budget-bytes must be at least --max-frame-bytes, so that one \
+             largest frame can always be received"
+        );
         let mut roots = Vec::new();
         for root in allowed_roots {
             std::fs::create_dir_all(root)
@@ -302,6 +318,8 @@ impl DaemonArgs {
                 max_streams_per_connection: *max_streams_per_connection,
                 idle_timeout: *idle_timeout,
                 write_timeout: *write_timeout,
+                frame_timeout: *frame_timeout,
+                read_buffer_budget_bytes: *read_buffer_budget_bytes,
                 shutdown_grace_period: *shutdown_grace,
                 index_cache_bytes: *index_cache_bytes,
                 inline_body_max_bytes: *inline_body_max_bytes,
