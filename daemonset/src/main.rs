@@ -1,0 +1,97 @@
+//! `kshuffle-node`: the kshuffle daemon in node mode (one per Kubernetes node, a DaemonSet),
+//! which adds a watch of Spark driver pods to `kshuffled`: an application's files are removed
+//! once its driver pod ended (see [`kshuffle_daemonset::driver`]).
+//!
+//! Every `kshuffled` flag applies unchanged. The Kubernetes connection is kube's standard
+//! inference: `KUBECONFIG` (or `~/.kube/config`), else the pod's service account. Readiness
+//! does not wait for the API server: shuffle data is served whether or not the watch is up.
+
+use std::time::Duration;
+
+use clap::Parser;
+use kshuffle::daemon::{self, DaemonArgs, EX_USAGE, Options};
+use kshuffle_daemonset::driver;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kshuffle-node",
+    version,
+    about = "External shuffle service for Apache Spark, node mode: cleans up when drivers end"
+)]
+struct Cli {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// Watch driver pods of this namespace only (empty: all namespaces).
+    #[arg(long, env = "KSHUFFLE_WATCH_NAMESPACE", default_value = "")]
+    watch_namespace: String,
+    /// How long after a driver ended its application's files are removed (reducers may be
+    /// finishing a last fetch); 0 removes at once.
+    #[arg(long, env = "KSHUFFLE_DRIVER_CLEANUP_DELAY", default_value = "30s", value_parser = daemon::parse_duration)]
+    driver_cleanup_delay: Duration,
+    /// Watch driver pods; false runs as plain `kshuffled` (no Kubernetes connection).
+    #[arg(long, env = "KSHUFFLE_DRIVER_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    driver_watch: bool,
+}
+
+fn main() {
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let usage = e.use_stderr();
+        let _ = e.print();
+        // Help and version go to stdout and succeed; every real usage error is EX_USAGE.
+        std::process::exit(if usage { EX_USAGE } else { 0 });
+    });
+    if let Err(e) = daemon::init_tracing(&cli.daemon.log_level, cli.daemon.log_format) {
+        eprintln!("kshuffle-node: {e:#}");
+        std::process::exit(EX_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            std::process::exit(1);
+        }
+    };
+    // The client is built before serving (no request is made yet), so a missing
+    // configuration is a usage error at start, never a surprise later.
+    let client = if cli.driver_watch {
+        match runtime.block_on(kube_client()) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::error!(
+                    "--driver-watch: {e:#}; set KUBECONFIG, run in a pod with a service account, or pass --driver-watch=false"
+                );
+                std::process::exit(EX_USAGE);
+            }
+        }
+    } else {
+        tracing::info!("--driver-watch=false: driver pods are not watched");
+        None
+    };
+    let config = driver::Config {
+        namespace: Some(cli.watch_namespace.trim().to_owned()).filter(|ns| !ns.is_empty()),
+        cleanup_delay: cli.driver_cleanup_delay,
+        ..driver::Config::default()
+    };
+    let embed = move |running: daemon::Running| {
+        if let Some(client) = client {
+            let service = running.service;
+            tokio::spawn(driver::run(client, config, service, running.shutdown));
+        }
+    };
+    if let Err(e) = runtime.block_on(daemon::run(&cli.daemon, Options::default(), embed)) {
+        tracing::error!("{e:#}");
+        std::process::exit(daemon::exit_code(&e));
+    }
+}
+
+/// A client from kube's standard inference (kubeconfig, else in-cluster).
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?;
+    kube::Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))
+}

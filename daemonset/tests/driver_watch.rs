@@ -1,0 +1,673 @@
+//! The `kshuffle-node` binary end to end: its driver-pod watch against the fake API server
+//! (`kshuffle_testkit::FakeApiServer`, real HTTP to the real `kube` client; no Kubernetes
+//! cluster runs here), executors registered over Spark's wire protocol, files laid out by
+//! `kshuffle::fixture`. Every wait polls for the expected state with a generous deadline;
+//! nothing is asserted from elapsed time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kshuffle::client::Client;
+use kshuffle::fixture::ExecutorDirs;
+use kshuffle::wire::Message;
+use kshuffle_testkit::apiserver::{FakeApiServer, Latencies, Outage};
+use kube::api::{Api, DeleteParams};
+use serde_json::Value;
+
+const NS: &str = "spark";
+/// How long any expected state may take to appear (a loaded CI machine is slow).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+// === the node process ===
+
+/// A running `kshuffle-node`, killed on drop; its JSON log collected on a thread.
+struct NodeProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn log_event(line: &str) -> Option<Value> {
+    serde_json::from_str::<Value>(line).ok()
+}
+
+fn message(ev: &Value) -> &str {
+    ev.pointer("/fields/message")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn field<'a>(ev: &'a Value, name: &str) -> Option<&'a str> {
+    ev.get("fields")?.get(name)?.as_str()
+}
+
+impl NodeProcess {
+    fn command(kubeconfig: Option<&Path>, home: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
+        for (key, _) in std::env::vars_os() {
+            let key_s = key.to_string_lossy();
+            if key_s.starts_with("KSHUFFLE_") || key_s.starts_with("KUBERNETES_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("KUBECONFIG").env_remove("RUST_LOG");
+        // No ~/.kube/config of the machine may leak in.
+        cmd.env("HOME", home);
+        if let Some(path) = kubeconfig {
+            cmd.env("KUBECONFIG", path);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        cmd
+    }
+
+    /// Starts the node confined to `root`, with the driver watch on `kubeconfig`, and waits
+    /// for "listening".
+    async fn start(kubeconfig: &Path, root: &Path, extra: &[&str]) -> Self {
+        let state = root.with_extension("state");
+        let mut cmd = Self::command(Some(kubeconfig), root.parent().unwrap());
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--admin-bind",
+            "127.0.0.1",
+        ])
+        .args(["--admin-port", "0", "--log-format", "json"])
+        .args(["--log-level", "info,kshuffle_daemonset=debug"])
+        .arg("--allowed-root")
+        .arg(root)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(extra)
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start kshuffle-node");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut node = Self {
+            child,
+            lines,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let ev = node
+            .wait_for("\"listening\"", |ev| message(ev) == "listening")
+            .await;
+        node.addr = field(&ev, "addr").unwrap().parse().unwrap();
+        node.admin = field(&ev, "admin_addr").unwrap().parse().unwrap();
+        node
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| log_event(l))
+            .collect()
+    }
+
+    fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.events().iter().filter(|e| pred(e)).count()
+    }
+
+    /// Waits (polling, bounded by [`DEADLINE`]) for a log event matching `pred`.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(ev) = self.events().into_iter().find(|e| pred(e)) {
+                return ev;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "kshuffle-node exited ({status}) waiting for {what}; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no {what} within {DEADLINE:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until at least `n` events match `pred`.
+    async fn wait_count(&mut self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) {
+        let start = Instant::now();
+        while self.count(&pred) < n {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "fewer than {n} {what} within {DEADLINE:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_watch_up(&mut self) {
+        self.wait_for("\"driver watch up\"", |e| message(e) == "driver watch up")
+            .await;
+    }
+
+    /// The `reason` logged when the app's driver was judged ended.
+    fn end_reason(&self, app: &str) -> Option<String> {
+        self.events()
+            .iter()
+            .find(|e| {
+                message(e) == "driver ended; removing the app after the delay"
+                    && field(e, "app") == Some(app)
+            })
+            .and_then(|e| field(e, "reason").map(str::to_owned))
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until true, or fails with `what` and the node's log.
+async fn eventually(node: &NodeProcess, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "not {what} within {DEADLINE:?}; log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// === the cluster side ===
+
+struct Cluster {
+    server: FakeApiServer,
+    _tmp: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    root: PathBuf,
+}
+
+impl Cluster {
+    async fn start(builder: kshuffle_testkit::apiserver::Builder) -> Self {
+        let server = builder.start().await.unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let kubeconfig = tmp.path().join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &server.url());
+        let root = tmp.path().join("local");
+        Self {
+            server,
+            _tmp: tmp,
+            kubeconfig,
+            root,
+        }
+    }
+
+    async fn node(&self, extra: &[&str]) -> NodeProcess {
+        NodeProcess::start(&self.kubeconfig, &self.root, extra).await
+    }
+
+    fn api(&self) -> Api<Pod> {
+        Api::namespaced(kshuffle_testkit::kube_client(&self.server, NS).unwrap(), NS)
+    }
+
+    /// Creates a driver pod of `app`; `schedulable: false` keeps it Pending for ever.
+    fn driver(&self, name: &str, app: &str, schedulable: bool) {
+        let labels: BTreeMap<String, String> =
+            [("spark-role", "driver"), ("spark-app-selector", app)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        let cpu = if schedulable { "1" } else { "100000" };
+        self.insert(name, labels, cpu);
+    }
+
+    fn insert(&self, name: &str, labels: BTreeMap<String, String>, cpu: &str) {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.into());
+        pod.metadata.labels = Some(labels);
+        pod.spec = Some(PodSpec {
+            containers: vec![Container {
+                name: "spark-kubernetes-driver".into(),
+                image: Some("apache/spark:4.0.0".into()),
+                resources: Some(ResourceRequirements {
+                    requests: Some(
+                        [
+                            ("cpu".to_owned(), Quantity(cpu.into())),
+                            ("memory".to_owned(), Quantity("1Gi".into())),
+                        ]
+                        .into(),
+                    ),
+                    ..ResourceRequirements::default()
+                }),
+                ..Container::default()
+            }],
+            termination_grace_period_seconds: Some(30),
+            ..PodSpec::default()
+        });
+        self.server.insert_pod(NS, pod).unwrap();
+    }
+
+    fn phase(&self, name: &str) -> String {
+        self.server
+            .pod(NS, name)
+            .and_then(|p| p.status?.phase)
+            .unwrap_or_default()
+    }
+
+    async fn wait_phase(&self, node: &NodeProcess, name: &str, phase: &str) {
+        eventually(node, &format!("pod {name} {phase}"), || {
+            self.phase(name) == phase
+        })
+        .await;
+    }
+}
+
+fn write_kubeconfig(path: &Path, url: &str) {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\n    namespace: {NS}\n\
+         current-context: fake\nusers:\n- name: test\n  user: {{}}\n"
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+// === the daemon side ===
+
+/// An application with one registered executor and one map output.
+struct App {
+    id: String,
+    dirs: ExecutorDirs,
+    payload: Vec<u8>,
+}
+
+impl App {
+    async fn register(node: &NodeProcess, root: &Path, id: &str) -> Self {
+        let dirs = ExecutorDirs::create(root, id, 2, 8).unwrap();
+        let payload = format!("reduce-1 of {id}").into_bytes();
+        dirs.write_map_output(0, 3, &[b"reduce-0", &payload])
+            .unwrap();
+        let mut client = Client::connect(node.addr).await.unwrap();
+        client
+            .register(id, "1", dirs.as_strings(), 8)
+            .await
+            .unwrap();
+        Self {
+            id: id.to_owned(),
+            dirs,
+            payload,
+        }
+    }
+
+    fn files_exist(&self) -> bool {
+        self.dirs.dirs.iter().all(|d| d.is_dir())
+    }
+
+    fn files_gone(&self) -> bool {
+        self.dirs.dirs.iter().all(|d| !d.exists())
+    }
+
+    /// Fetches partition 1 over the wire.
+    async fn fetch(&self, node: &NodeProcess) -> Result<Vec<u8>, String> {
+        let mut client = Client::connect(node.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let handle = client
+            .open(&Message::FetchShuffleBlocks {
+                app_id: self.id.clone(),
+                exec_id: "1".into(),
+                shuffle_id: 0,
+                map_ids: vec![3],
+                reduce_ids: vec![vec![1]],
+                batch_fetch_enabled: false,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let chunk = client
+            .chunk(handle.stream_id, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(chunk.to_vec())
+    }
+
+    /// Its files are there and it is served, byte for byte.
+    async fn assert_served(&self, node: &NodeProcess) {
+        assert!(
+            self.files_exist(),
+            "{} lost its files; log:\n{}",
+            self.id,
+            node.log()
+        );
+        assert_eq!(
+            self.fetch(node).await.as_deref(),
+            Ok(&self.payload[..]),
+            "{} not served; log:\n{}",
+            self.id,
+            node.log()
+        );
+    }
+
+    /// Waits until its files are gone, then checks it is no longer registered.
+    async fn assert_removed(&self, node: &NodeProcess) {
+        eventually(node, &format!("{} removed", self.id), || self.files_gone()).await;
+        let err = self
+            .fetch(node)
+            .await
+            .expect_err("a removed app is not served");
+        assert!(
+            err.contains(&self.id),
+            "unexpected failure for {}: {err}",
+            self.id
+        );
+    }
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn succeeded_driver_removes_exactly_its_app() {
+    let cluster = Cluster::start(FakeApiServer::builder()).await;
+    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
+    let a = App::register(&node, &cluster.root, "spark-a").await;
+    let b = App::register(&node, &cluster.root, "spark-b").await;
+    let p = App::register(&node, &cluster.root, "spark-p").await;
+    cluster.driver("a-driver", "spark-a", true);
+    cluster.driver("b-driver", "spark-b", true);
+    cluster.driver("p-driver", "spark-p", false);
+    cluster.driver("x-driver", "spark-unknown", true);
+    node.wait_watch_up().await;
+    cluster.wait_phase(&node, "a-driver", "Running").await;
+    cluster.wait_phase(&node, "x-driver", "Running").await;
+
+    // A driver of an app this node never registered ends: ignored.
+    assert!(cluster.server.exit_pod(NS, "x-driver", 0));
+    node.wait_for("the unknown app ignored", |e| {
+        message(e) == "driver ended for an app not registered here; ignored"
+            && field(e, "app") == Some("spark-unknown")
+    })
+    .await;
+
+    assert!(cluster.server.exit_pod(NS, "a-driver", 0));
+    a.assert_removed(&node).await;
+    assert_eq!(node.end_reason("spark-a").as_deref(), Some("succeeded"));
+    // Running and Pending drivers keep their apps.
+    assert_eq!(cluster.phase("b-driver"), "Running");
+    assert_eq!(cluster.phase("p-driver"), "Pending");
+    b.assert_served(&node).await;
+    p.assert_served(&node).await;
+    assert_eq!(node.end_reason("spark-b"), None);
+    assert_eq!(node.end_reason("spark-p"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_driver_removes_its_app_after_the_delay() {
+    let cluster = Cluster::start(FakeApiServer::builder()).await;
+    let mut node = cluster.node(&["--driver-cleanup-delay", "1s"]).await;
+    let a = App::register(&node, &cluster.root, "spark-a").await;
+    let b = App::register(&node, &cluster.root, "spark-b").await;
+    cluster.driver("a-driver", "spark-a", true);
+    cluster.driver("b-driver", "spark-b", true);
+    node.wait_watch_up().await;
+    cluster.wait_phase(&node, "a-driver", "Running").await;
+
+    assert!(cluster.server.exit_pod(NS, "a-driver", 1));
+    // The decision is logged first; the removal follows it (after the delay).
+    node.wait_for("the decision", |e| {
+        message(e) == "driver ended; removing the app after the delay"
+            && field(e, "app") == Some("spark-a")
+    })
+    .await;
+    a.assert_removed(&node).await;
+    assert_eq!(node.end_reason("spark-a").as_deref(), Some("failed"));
+    let removed = node
+        .wait_for("the removal", |e| {
+            message(e) == "app removed: its driver ended" && field(e, "app") == Some("spark-a")
+        })
+        .await;
+    assert_eq!(removed["fields"]["executors"], 1, "{removed}");
+    b.assert_served(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_driver_removes_its_app() {
+    let cluster = Cluster::start(FakeApiServer::builder()).await;
+    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
+    let a = App::register(&node, &cluster.root, "spark-a").await;
+    let b = App::register(&node, &cluster.root, "spark-b").await;
+    cluster.driver("a-driver", "spark-a", true);
+    cluster.driver("b-driver", "spark-b", true);
+    node.wait_watch_up().await;
+    cluster.wait_phase(&node, "a-driver", "Running").await;
+
+    // A graceful delete: the pod is terminating (still live) until the kubelet removes it.
+    cluster
+        .api()
+        .delete("a-driver", &DeleteParams::default())
+        .await
+        .unwrap();
+    a.assert_removed(&node).await;
+    assert_eq!(node.end_reason("spark-a").as_deref(), Some("deleted"));
+    assert!(cluster.server.pod(NS, "a-driver").is_none());
+    b.assert_served(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_watch_relists_and_catches_what_happened_in_the_gap() {
+    // A short history, so a watch resumed after the gap gets 410; a slow kubelet, so a
+    // graceful deletion asked for before the gap completes inside it.
+    let cluster = Cluster::start(
+        FakeApiServer::builder()
+            .history_limit(8)
+            .latencies(Latencies {
+                terminate: Duration::from_secs(2),
+                ..Latencies::default()
+            }),
+    )
+    .await;
+    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
+    let deleted = App::register(&node, &cluster.root, "spark-del").await;
+    let finished = App::register(&node, &cluster.root, "spark-fin").await;
+    let running = App::register(&node, &cluster.root, "spark-run").await;
+    // Registered, but its driver is never seen (client mode): never removed by the watch.
+    let no_pod = App::register(&node, &cluster.root, "spark-client-mode").await;
+    cluster.driver("del-driver", "spark-del", true);
+    cluster.driver("fin-driver", "spark-fin", true);
+    cluster.driver("run-driver", "spark-run", true);
+    node.wait_watch_up().await;
+    for name in ["del-driver", "fin-driver", "run-driver"] {
+        cluster.wait_phase(&node, name, "Running").await;
+    }
+
+    cluster
+        .api()
+        .delete("del-driver", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.server.start_outage(Outage::Refuse);
+    node.wait_for("\"driver watch down\"", |e| {
+        message(e).starts_with("driver watch down")
+    })
+    .await;
+    // In the gap: the deletion completes, the other driver succeeds, and enough else
+    // happens that the watch's resourceVersion is compacted away.
+    eventually(&node, "del-driver gone", || {
+        cluster.server.pod(NS, "del-driver").is_none()
+    })
+    .await;
+    assert!(cluster.server.exit_pod(NS, "fin-driver", 0));
+    for i in 0..10 {
+        let labels = [("app".to_owned(), "other".to_owned())].into();
+        cluster.insert(&format!("filler-{i}"), labels, "1");
+    }
+    // Nothing was decided while the watch was down.
+    assert_eq!(node.end_reason("spark-del"), None);
+    assert_eq!(node.end_reason("spark-fin"), None);
+    deleted.assert_served(&node).await;
+    finished.assert_served(&node).await;
+
+    cluster.server.end_outage();
+    node.wait_for("the 410", |e| {
+        message(e) == "driver watch expired (410); relisting"
+    })
+    .await;
+    deleted.assert_removed(&node).await;
+    finished.assert_removed(&node).await;
+    assert_eq!(
+        node.end_reason("spark-del").as_deref(),
+        Some("gone_from_relist")
+    );
+    assert_eq!(node.end_reason("spark-fin").as_deref(), Some("succeeded"));
+    running.assert_served(&node).await;
+    no_pod.assert_served(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_outages_remove_nothing_and_the_watch_recovers() {
+    let cluster = Cluster::start(FakeApiServer::builder()).await;
+    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
+    let a = App::register(&node, &cluster.root, "spark-a").await;
+    let b = App::register(&node, &cluster.root, "spark-b").await;
+    let c = App::register(&node, &cluster.root, "spark-client-mode").await;
+    cluster.driver("a-driver", "spark-a", true);
+    cluster.driver("b-driver", "spark-b", true);
+    node.wait_watch_up().await;
+    cluster.wait_phase(&node, "a-driver", "Running").await;
+    cluster.wait_phase(&node, "b-driver", "Running").await;
+
+    // Refused connections: the watch fails again and again, and removes nothing.
+    cluster.server.start_outage(Outage::Refuse);
+    node.wait_count("watch retries", 2, |e| {
+        message(e) == "driver watch still down"
+    })
+    .await;
+    for app in [&a, &b, &c] {
+        app.assert_served(&node).await;
+    }
+    cluster.server.end_outage();
+    // A termination after the outage is acted on.
+    assert!(cluster.server.exit_pod(NS, "a-driver", 0));
+    a.assert_removed(&node).await;
+    node.wait_for("\"driver watch recovered\"", |e| {
+        message(e) == "driver watch recovered"
+    })
+    .await;
+
+    // 503 on every request: the node keeps asking (kube retries, then the watch backs off),
+    // and removes nothing.
+    let calls = cluster.server.calls();
+    cluster.server.start_outage(Outage::Unavailable);
+    eventually(&node, "503s answered to the watch", || {
+        let now = cluster.server.calls();
+        now.watch + now.list >= calls.watch + calls.list + 3
+    })
+    .await;
+    b.assert_served(&node).await;
+    c.assert_served(&node).await;
+    cluster.server.end_outage();
+    cluster
+        .api()
+        .delete("b-driver", &DeleteParams::default())
+        .await
+        .unwrap();
+    b.assert_removed(&node).await;
+    c.assert_served(&node).await;
+    assert_eq!(node.end_reason("spark-client-mode"), None);
+}
+
+/// GET over plain HTTP/1.1; returns the status code.
+fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_while_the_api_server_is_unreachable() {
+    let cluster = Cluster::start(FakeApiServer::builder()).await;
+    cluster.server.start_outage(Outage::Refuse);
+    let mut node = cluster.node(&[]).await;
+    node.wait_for("\"driver watch down\"", |e| {
+        message(e).starts_with("driver watch down")
+    })
+    .await;
+    assert_eq!(http_status(node.admin, "/readyz"), 200, "{}", node.log());
+    let a = App::register(&node, &cluster.root, "spark-a").await;
+    a.assert_served(&node).await;
+    // The watch comes up once the API server is back.
+    cluster.server.end_outage();
+    node.wait_for("the watch up", |e| message(e) == "driver watch recovered")
+        .await;
+}
+
+#[test]
+fn without_a_kubernetes_configuration_it_exits_with_usage_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("local");
+    let out = NodeProcess::command(None, tmp.path())
+        .arg("--allowed-root")
+        .arg(&root)
+        .args(["--port", "0", "--admin-port", "0"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--driver-watch"), "{stderr}");
+
+    // --driver-watch=false serves as plain kshuffled, with no configuration at all.
+    let mut child = NodeProcess::command(None, tmp.path())
+        .arg("--allowed-root")
+        .arg(&root)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(["--bind", "127.0.0.1", "--port", "0", "--admin-port", "0"])
+        .args(["--log-format", "json", "--driver-watch=false"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let listening = lines.any(|l| {
+        l.ok()
+            .and_then(|l| log_event(&l))
+            .is_some_and(|e| message(&e) == "listening")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "--driver-watch=false did not start serving");
+}
