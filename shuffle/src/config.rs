@@ -11,6 +11,9 @@ use crate::wire::DEFAULT_MAX_FRAME_LEN_BYTES;
 /// Default of [`Config::read_buffer_budget_bytes`]: 32 frames of the default 16 MiB limit.
 pub const DEFAULT_READ_BUFFER_BUDGET_BYTES: usize = 512 * 1024 * 1024;
 
+/// Default of [`Config::stream_budget_bytes`].
+pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 512 * 1024 * 1024;
+
 /// Everything the server needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -36,6 +39,9 @@ pub struct Config {
     /// [`crate::conn::READ_ALLOWANCE_BYTES`] each (large frames being received); a connection
     /// that needs more while it is spent is closed.
     pub read_buffer_budget_bytes: usize,
+    /// Bytes all open streams of all connections may keep (their requests' block lists); a
+    /// request that would open a stream beyond it gets an `RpcFailure`.
+    pub stream_budget_bytes: usize,
     /// On shutdown, how long connections may keep serving open streams.
     pub shutdown_grace_period: Duration,
     /// Bound of the cache of parsed index files.
@@ -83,6 +89,7 @@ impl Config {
             write_timeout: Duration::from_secs(120),
             frame_timeout: Duration::from_secs(60),
             read_buffer_budget_bytes: DEFAULT_READ_BUFFER_BUDGET_BYTES,
+            stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
             shutdown_grace_period: Duration::from_secs(30),
             index_cache_bytes: 100 * 1024 * 1024,
             inline_body_max_bytes: 0,

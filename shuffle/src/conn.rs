@@ -211,7 +211,10 @@ impl Drop for Connection {
 
 impl Connection {
     fn new(socket: TcpStream, service: Arc<Service>, shutdown: CancellationToken) -> Self {
-        let streams = Streams::new(service.config.max_streams_per_connection);
+        let streams = Streams::with_budget(
+            service.config.max_streams_per_connection,
+            Arc::clone(&service.stream_budget),
+        );
         let auth = service.config.auth.as_ref().map(|a| {
             ServerAuth::new(Arc::clone(&a.secrets), a.version, a.sasl_fallback)
                 .with_cipher(a.cipher)

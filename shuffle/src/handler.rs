@@ -81,6 +81,8 @@ pub struct Service {
     pub config: Config,
     /// The global bound on bytes held in read buffers beyond each connection's allowance.
     pub read_budget: ByteBudget,
+    /// The global bound on bytes kept by open streams (shared by every connection's table).
+    pub stream_budget: Arc<ByteBudget>,
 }
 
 impl Service {

@@ -46,6 +46,7 @@ impl Server {
             stats: Stats::default(),
             stream_ids: StreamIds::new(),
             read_budget: ByteBudget::new(config.read_buffer_budget_bytes),
+            stream_budget: Arc::new(ByteBudget::new(config.stream_budget_bytes)),
             config,
         };
         Ok(Self {

@@ -6,11 +6,19 @@
 //! requested strictly in order 0, 1, 2, …; a stream is dropped after its last chunk is
 //! handed out or when its connection closes (protocol reference §3.2). Streams live in a
 //! per-connection table, so another connection can never read them.
+//!
+//! Bounds: at most `limit` open streams per connection, and the bytes open streams keep
+//! ([`Chunks::heap_bytes`]) above [`STREAM_ALLOWANCE_BYTES`] per connection come from one
+//! daemon-wide [`ByteBudget`], so clients that open streams with large requests and never
+//! fetch them cannot grow the daemon without limit (connections × streams × frame size
+//! otherwise), while ordinary fetches (a few KiB) never depend on the budget and are served
+//! even when attackers have spent it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use crate::budget::ByteBudget;
 use crate::registry::Executor;
 
 /// What one chunk is.
@@ -60,6 +68,25 @@ pub enum Chunks {
 }
 
 impl Chunks {
+    /// Heap bytes the chunk list keeps (what a stream costs the daemon while it is open).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Chunks::Shuffle {
+                map_ids,
+                reduce_ids,
+                ..
+            } => {
+                map_ids.capacity() * std::mem::size_of::<i64>()
+                    + reduce_ids.capacity() * std::mem::size_of::<Vec<i32>>()
+                    + reduce_ids
+                        .iter()
+                        .map(|r| r.capacity() * std::mem::size_of::<i32>())
+                        .sum::<usize>()
+            }
+            Chunks::Blocks(blocks) => blocks.capacity() * std::mem::size_of::<ChunkPlan>(),
+        }
+    }
+
     /// How many chunks the stream has.
     pub fn count(&self) -> usize {
         match self {
@@ -131,6 +158,8 @@ pub struct Stream {
     chunks: Chunks,
     next: usize,
     total: usize,
+    /// Bytes taken from the stream budget.
+    bytes: usize,
 }
 
 /// Why a chunk cannot be handed out. The text goes to the client.
@@ -156,6 +185,19 @@ pub enum Error {
         /// Chunks in the stream.
         total: usize,
     },
+    /// The daemon-wide budget of bytes held by open streams is spent.
+    #[error(
+        "The shuffle service holds too many open streams ({used} of {limit} bytes of stream \
+         state in use; this request needs {need}); fetch or close some first, or retry later"
+    )]
+    StreamBudget {
+        /// Bytes the new stream needs.
+        need: usize,
+        /// Bytes in use by all connections.
+        used: usize,
+        /// The budget.
+        limit: usize,
+    },
     /// The per-connection stream limit is reached.
     #[error("Too many open streams on this connection (limit {limit}); fetch or close some first")]
     TooManyStreams {
@@ -172,6 +214,7 @@ impl Error {
             Error::OutOfOrder { .. } => "out_of_order_chunk",
             Error::BeyondEnd { .. } => "chunk_beyond_end",
             Error::TooManyStreams { .. } => "too_many_streams",
+            Error::StreamBudget { .. } => "stream_budget",
         }
     }
 }
@@ -204,27 +247,54 @@ impl Default for StreamIds {
     }
 }
 
+/// Bytes of stream state each connection keeps without drawing on the shared budget.
+pub const STREAM_ALLOWANCE_BYTES: usize = 64 * 1024;
+
+/// Bytes of `held` that are charged to the budget.
+fn charged(held: usize) -> usize {
+    held.saturating_sub(STREAM_ALLOWANCE_BYTES)
+}
+
 /// The open streams of one connection.
 #[derive(Debug)]
 pub struct Streams {
     open: HashMap<i64, Stream>,
     limit: usize,
+    budget: Arc<ByteBudget>,
+    /// Bytes kept by the open streams.
+    held: usize,
 }
 
 impl Streams {
-    /// An empty table allowing `limit` open streams.
+    /// An empty table allowing `limit` open streams, with an unbounded byte budget.
     pub fn new(limit: usize) -> Self {
+        Self::with_budget(limit, Arc::new(ByteBudget::new(usize::MAX)))
+    }
+
+    /// An empty table allowing `limit` open streams, whose bytes come from `budget` (shared
+    /// by every connection).
+    pub fn with_budget(limit: usize, budget: Arc<ByteBudget>) -> Self {
         Self {
             open: HashMap::new(),
             limit,
+            budget,
+            held: 0,
         }
+    }
+
+    fn close(&mut self, stream_id: i64) -> Option<Stream> {
+        let stream = self.open.remove(&stream_id)?;
+        let after = self.held.saturating_sub(stream.bytes);
+        self.budget.give_back(charged(self.held) - charged(after));
+        self.held = after;
+        Some(stream)
     }
 
     /// Opens a stream; returns its id and chunk count. A stream of zero chunks is answered
     /// but not kept (nothing can be fetched from it).
     ///
     /// # Errors
-    /// `TooManyStreams` at the limit.
+    /// `TooManyStreams` at the limit, `StreamBudget` when the daemon-wide budget is spent.
     pub fn open(
         &mut self,
         ids: &StreamIds,
@@ -235,6 +305,19 @@ impl Streams {
         if total > 0 && self.open.len() >= self.limit {
             return Err(Error::TooManyStreams { limit: self.limit });
         }
+        let bytes = chunks.heap_bytes();
+        if total > 0 {
+            let after = self.held.saturating_add(bytes);
+            let need = charged(after) - charged(self.held);
+            if !self.budget.try_take(need) {
+                return Err(Error::StreamBudget {
+                    need,
+                    used: self.budget.used(),
+                    limit: self.budget.limit(),
+                });
+            }
+            self.held = after;
+        }
         let id = ids.next();
         if total > 0 {
             self.open.insert(
@@ -244,6 +327,7 @@ impl Streams {
                     chunks,
                     next: 0,
                     total,
+                    bytes,
                 },
             );
         }
@@ -272,12 +356,12 @@ impl Streams {
         }
         let Some(plan) = stream.chunks.take(stream.next) else {
             let total = stream.total;
-            self.open.remove(&stream_id);
+            self.close(stream_id);
             return Err(Error::BeyondEnd { total });
         };
         stream.next += 1;
         let executor = if stream.next >= stream.total {
-            self.open.remove(&stream_id).map(|s| s.executor)
+            self.close(stream_id).map(|s| s.executor)
         } else {
             Some(Arc::clone(&stream.executor))
         };
@@ -295,6 +379,13 @@ impl Streams {
     /// Whether no stream is open.
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
+    }
+}
+
+/// The connection closed: its streams give their bytes back.
+impl Drop for Streams {
+    fn drop(&mut self) {
+        self.budget.give_back(charged(self.held));
     }
 }
 
@@ -412,5 +503,62 @@ mod tests {
         // Zero-chunk streams are answered but not kept.
         let (_, total) = streams.open(&ids, exec(), Chunks::Blocks(vec![])).unwrap();
         assert_eq!((total, streams.len()), (0, 2));
+    }
+
+    #[test]
+    fn stream_bytes_come_from_the_shared_budget_and_go_back() {
+        let ids = StreamIds::new();
+        // Each stream is exactly the allowance: the first one per connection is free.
+        let reduce: Vec<Vec<i32>> = vec![(0..(STREAM_ALLOWANCE_BYTES as i32 - 32) / 4).collect()];
+        let one = shuffle(vec![1], reduce.clone(), false).heap_bytes();
+        assert_eq!(one, STREAM_ALLOWANCE_BYTES);
+        let budget = Arc::new(ByteBudget::new(one));
+        let mut a = Streams::with_budget(100, Arc::clone(&budget));
+        let mut b = Streams::with_budget(100, Arc::clone(&budget));
+        let (sa, _) = a
+            .open(&ids, exec(), shuffle(vec![1], reduce.clone(), false))
+            .unwrap();
+        b.open(&ids, exec(), shuffle(vec![1], reduce.clone(), false))
+            .unwrap();
+        assert_eq!(budget.used(), 0, "within each connection's allowance");
+        b.open(&ids, exec(), shuffle(vec![1], reduce.clone(), false))
+            .unwrap();
+        assert_eq!(budget.used(), one);
+        let refused = a.open(&ids, exec(), shuffle(vec![1], reduce.clone(), false));
+        assert!(
+            matches!(refused, Err(Error::StreamBudget { .. })),
+            "{refused:?}"
+        );
+        // Reading a stream to its end gives its bytes back.
+        let chunks = reduce[0].len() as i64;
+        for i in 0..chunks {
+            a.next_chunk(sa, i).unwrap();
+        }
+        assert_eq!(a.len(), 0);
+        // A closed connection gives back everything it held.
+        drop(b);
+        assert_eq!(budget.used(), 0);
+        a.open(&ids, exec(), shuffle(vec![1], reduce.clone(), false))
+            .unwrap();
+        a.open(&ids, exec(), shuffle(vec![1], reduce.clone(), false))
+            .unwrap();
+        assert_eq!(budget.used(), one);
+        drop(a);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn without_a_budget_only_the_count_limits() {
+        let ids = StreamIds::new();
+        let reduce: Vec<Vec<i32>> = vec![(0..100_000).collect()];
+        let mut s = Streams::new(5);
+        for _ in 0..5 {
+            s.open(&ids, exec(), shuffle(vec![1], reduce.clone(), false))
+                .unwrap();
+        }
+        assert!(matches!(
+            s.open(&ids, exec(), shuffle(vec![1], reduce.clone(), false)),
+            Err(Error::TooManyStreams { limit: 5 })
+        ));
     }
 }

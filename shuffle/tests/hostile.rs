@@ -648,3 +648,72 @@ async fn read_buffers_are_bounded_by_the_global_budget() {
     drop(held);
     target.good_round().await;
 }
+
+/// Streams opened with large requests and never fetched: the bytes they keep come from the
+/// daemon-wide stream budget, requests beyond it get a clear failure, and the good client
+/// (whose fetches fit each connection's free allowance) is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_state_is_bounded_by_the_global_budget() {
+    const BUDGET: u64 = 32 * MIB;
+    let target = Target::start(&[
+        "--max-frame-bytes",
+        "2097152",
+        "--stream-budget-bytes",
+        "33554432",
+    ])
+    .await;
+    let meter = Meter::start(&target);
+    // 6 connections × 24 streams of 250,000 reduce ids (1 MB each): 144 MB if unbounded.
+    let big = fetch(vec![0], vec![vec![0; 250_000]], false);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let addr = target.addr();
+        let big = big.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(addr).await;
+            let (mut opened, mut refused) = (0, Vec::new());
+            for _ in 0..24 {
+                match guard(client.open(&big)).await {
+                    Ok(_) => opened += 1,
+                    Err(ClientError::Failure(msg)) => refused.push(msg),
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            (opened, refused, client)
+        }));
+    }
+    let mut held = Vec::new();
+    let mut opened_total = 0;
+    let mut refusals = Vec::new();
+    for t in tasks {
+        let (opened, refused, client) = guard(t).await.unwrap();
+        opened_total += opened;
+        refusals.extend(refused);
+        held.push(client);
+    }
+    // The good client is served while the budget is spent.
+    target.good_round().await;
+    assert!(
+        opened_total < 6 * 24 && !refusals.is_empty(),
+        "no stream was refused ({opened_total} opened)"
+    );
+    assert!(
+        refusals.iter().all(|m| m.contains("too many open streams")),
+        "{refusals:?}"
+    );
+    meter.check(&target, "144 streams of 1 MB requests", BUDGET + 48 * MIB);
+    // Connections that go away give their budget back: new large fetches work again.
+    drop(held);
+    let mut c = connect(target.addr()).await;
+    let mut reopened = 0;
+    for _ in 0..40 {
+        // The daemon may still be closing the old connections: a refusal is retried.
+        if guard(c.open(&big)).await.is_ok() {
+            reopened += 1;
+            if reopened == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(reopened, 2, "the budget was not given back");
+}

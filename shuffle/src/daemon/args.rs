@@ -77,6 +77,10 @@ pub struct DaemonArgs {
     /// (above 64 KiB each); a connection that needs more while it is spent is closed.
     #[arg(long, env = "KSHUFFLE_READ_BUFFER_BUDGET_BYTES", default_value_t = crate::config::DEFAULT_READ_BUFFER_BUDGET_BYTES)]
     pub read_buffer_budget_bytes: usize,
+    /// Bytes all open streams together may keep (the block lists of fetches not yet read);
+    /// a fetch that would go beyond gets a failure reply.
+    #[arg(long, env = "KSHUFFLE_STREAM_BUDGET_BYTES", default_value_t = crate::config::DEFAULT_STREAM_BUDGET_BYTES)]
+    pub stream_budget_bytes: usize,
     /// Close connections whose replies make no progress this long.
     #[arg(long, env = "KSHUFFLE_WRITE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub write_timeout: Duration,
@@ -211,6 +215,7 @@ impl DaemonArgs {
             write_timeout,
             frame_timeout,
             read_buffer_budget_bytes,
+            stream_budget_bytes,
             shutdown_grace,
             index_cache_bytes,
             sweep_interval,
@@ -320,6 +325,7 @@ impl DaemonArgs {
                 write_timeout: *write_timeout,
                 frame_timeout: *frame_timeout,
                 read_buffer_budget_bytes: *read_buffer_budget_bytes,
+                stream_budget_bytes: *stream_budget_bytes,
                 shutdown_grace_period: *shutdown_grace,
                 index_cache_bytes: *index_cache_bytes,
                 inline_body_max_bytes: *inline_body_max_bytes,
