@@ -8,8 +8,10 @@
 //! | `/version` | GET |
 //!
 //! Every answer that is not the object is a `Status` (see `status.rs`). A watch answers 200
-//! and streams one JSON event per line; a too-old `resourceVersion` is an ERROR event with a
-//! 410 `Status`, exactly as the real server sends it, so clients relist.
+//! and streams one JSON event per line, or, when the request asks for a WebSocket upgrade
+//! (fabric8 does), answers 101 and sends one event per text message (`websocket.rs`); a
+//! too-old `resourceVersion` is an ERROR event with a 410 `Status`, exactly as the real
+//! server sends it, so clients relist.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,6 +24,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -30,7 +34,8 @@ use tokio::time::Instant;
 use super::selector::{FieldSelector, LabelSelector, Selectors};
 use super::status::Error;
 use super::store::{Event, EventType, ListPage};
-use super::{Outage, Shared, Verb, merge};
+use super::websocket::MaybeUpgrade;
+use super::{Outage, Shared, Verb, merge, websocket};
 
 type Shr = State<Arc<Shared>>;
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -140,23 +145,43 @@ fn list_body(page: ListPage) -> Response {
     .into_response()
 }
 
-async fn list_or_watch_ns(s: Shr, Path(ns): Path<String>, q: Params) -> Response {
-    list_or_watch(s, Some(ns), q)
+async fn list_or_watch_ns(s: Shr, Path(ns): Path<String>, ws: MaybeUpgrade, q: Params) -> Response {
+    list_or_watch(s, Some(ns), ws, q)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn list_or_watch_all(s: Shr, q: Params) -> Response {
-    list_or_watch(s, None, q)
+async fn list_or_watch_all(s: Shr, ws: MaybeUpgrade, q: Params) -> Response {
+    list_or_watch(s, None, ws, q)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn list_or_watch(State(s): Shr, ns: Option<String>, q: Params) -> Result<Response, Error> {
+async fn list_or_watch(
+    State(s): Shr,
+    ns: Option<String>,
+    MaybeUpgrade(ws): MaybeUpgrade,
+    q: Params,
+) -> Result<Response, Error> {
     let p = params(q)?;
     if flag(&p, "watch") {
         s.admit(Verb::Watch).await?;
-        return watch(s, ns, &p);
+        let events = watch_events(Arc::clone(&s), ns, &p)?;
+        return Ok(match ws {
+            // One event per text message, as the real server's watch over WebSocket.
+            Some(ws) => websocket::serve(ws, events, s.cancel.clone()),
+            None => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from_stream(events.map(Ok::<_, std::io::Error>)),
+            )
+                .into_response(),
+        });
+    }
+    if ws.is_some() {
+        return Err(Error::BadRequest(
+            "a WebSocket upgrade is only served for watch=true".into(),
+        ));
     }
     s.admit(Verb::List).await?;
     let sel = selectors(&p)?;
@@ -443,11 +468,13 @@ impl Watch {
     }
 }
 
-fn watch(
+/// The events of a watch, one JSON line each: an ERROR event with a 410 `Status` when the
+/// starting version is too old (the real server answers 200 and sends it as an event).
+fn watch_events(
     s: Arc<Shared>,
     ns: Option<String>,
     p: &HashMap<String, String>,
-) -> Result<Response, Error> {
+) -> Result<BoxStream<'static, Bytes>, Error> {
     let sel = selectors(p)?;
     let from = num::<u64>(p, "resourceVersion")?;
     let timeout = num::<u64>(p, "timeoutSeconds")?
@@ -457,11 +484,10 @@ fn watch(
     let bookmarks = flag(p, "allowWatchBookmarks");
     let now = Instant::now();
     let start = s.store.watch(ns.as_deref(), from);
-    let body = match start {
+    Ok(match start {
         Err(err) => {
-            // The real server answers 200 and sends the 410 as an ERROR event.
             let ev = line(&json!({ "type": "ERROR", "object": err.to_status() }));
-            Body::from(ev)
+            futures::stream::once(async move { ev }).boxed()
         }
         Ok(start) => {
             let w = Watch {
@@ -477,17 +503,11 @@ fn watch(
                 outage,
                 done: false,
             };
-            let stream = futures::stream::unfold(w, |mut w| async move {
+            futures::stream::unfold(w, |mut w| async move {
                 let item = w.next().await?;
-                Some((Ok::<_, std::io::Error>(item), w))
-            });
-            Body::from_stream(stream)
+                Some((item, w))
+            })
+            .boxed()
         }
-    };
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response())
+    })
 }

@@ -1,6 +1,11 @@
 //! A fake Kubernetes API server for core/v1 pods, speaking real HTTP/JSON on 127.0.0.1, with a
 //! simulated scheduler and kubelet behind it. Tests point the real `kube` client at
 //! [`FakeApiServer::url`]; no cluster, container runtime or kube-apiserver is involved.
+//! Spark's own Kubernetes client (fabric8) works against it too: watches are also served
+//! over WebSocket (`websocket.rs`), and the ConfigMaps, Secrets, Services and
+//! PersistentVolumeClaims Spark creates and deletes by label are kept (`objects.rs`). What is
+//! left out is listed in `testkit/README.md`; [`FakeApiServer::requests`] logs what a client
+//! sent.
 //!
 //! What it implements (see `http.rs` for the routes): create, get, list (label and field
 //! selectors, `limit`/`continue`), watch (`resourceVersion`, `allowWatchBookmarks`,
@@ -14,14 +19,19 @@
 //! a test wants, unschedulable pods (capacity), per-request latency. Counters of API calls by
 //! verb ([`Calls`]) let tests bound how many requests a client makes.
 
+mod audit;
+mod base64;
 mod http;
 mod merge;
+mod objects;
 mod quantity;
 mod selector;
 mod serve;
+mod sha1;
 mod sim;
 mod status;
 mod store;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +44,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::audit::Record;
+pub use self::objects::Resource;
 pub use self::selector::{FieldSelector, LabelSelector, Selectors};
 pub use self::sim::{Latencies, Node, pod_requests};
 pub use self::status::Error;
@@ -104,7 +116,7 @@ impl Verb {
 /// A snapshot of API calls received, by verb (including those answered with an error).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Calls {
-    /// GET of one pod.
+    /// GET of one object.
     pub get: u64,
     /// Lists.
     pub list: u64,
@@ -116,7 +128,7 @@ pub struct Calls {
     pub update: u64,
     /// Patches.
     pub patch: u64,
-    /// Deletes of one pod.
+    /// Deletes of one object.
     pub delete: u64,
     /// Deletes of a collection.
     pub delete_collection: u64,
@@ -147,6 +159,7 @@ struct Shared {
     max_watch: Duration,
     nodes: Mutex<Vec<Node>>,
     cancel: CancellationToken,
+    requests: audit::Log,
 }
 
 impl Shared {
@@ -256,9 +269,15 @@ impl Builder {
             max_watch: self.max_watch,
             nodes: Mutex::new(self.nodes),
             cancel: cancel.clone(),
+            requests: audit::Log::default(),
         });
         let tasks = TaskTracker::new();
-        let app = http::router(Arc::clone(&shared));
+        let app = http::router(Arc::clone(&shared))
+            .merge(objects::router(Arc::clone(&shared)))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                audit::record,
+            ));
         tasks.spawn(serve::serve(
             listener,
             app,
@@ -366,6 +385,24 @@ impl FakeApiServer {
             .iter()
             .filter(|(k, _)| k.0 == ns)
             .map(|(_, t)| t.pod.clone())
+            .collect()
+    }
+
+    /// The requests received so far (the last [`audit::MAX_RECORDS`]), oldest first.
+    pub fn requests(&self) -> Vec<Record> {
+        self.shared.requests.records()
+    }
+
+    /// The stored objects of a resource other than pods in a namespace, sorted by name,
+    /// as the API serves them (not counted as API calls).
+    pub fn objects(&self, resource: Resource, ns: &str) -> Vec<serde_json::Value> {
+        self.shared
+            .store
+            .lock()
+            .objects
+            .iter()
+            .filter(|((r, n, _), _)| *r == resource && n == ns)
+            .map(|(_, o)| o.clone())
             .collect()
     }
 

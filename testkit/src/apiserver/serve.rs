@@ -64,8 +64,10 @@ pub async fn serve(listener: TcpListener, app: Router, shared: Arc<Shared>, task
 
 async fn connection(stream: TcpStream, app: Router, shared: Arc<Shared>) {
     let svc = TowerToHyperService::new(app);
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    // With upgrades, so watches can switch to WebSocket (see `websocket.rs`).
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
     let mut outage = shared.outage.subscribe();
     let cut = async {
         loop {

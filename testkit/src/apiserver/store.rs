@@ -100,6 +100,8 @@ pub struct WatchStart {
 pub struct State {
     /// Pods by (namespace, name).
     pub pods: BTreeMap<Key, Tracked>,
+    /// Objects of the other resources (see `objects.rs`).
+    pub objects: super::objects::Objects,
     rv: u64,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
@@ -195,6 +197,13 @@ fn validate(pod: &Pod, name: &str) -> Result<(), Error> {
 impl State {
     /// The current `resourceVersion`.
     pub fn rv(&self) -> u64 {
+        self.rv
+    }
+
+    /// Takes the next `resourceVersion` for a change that is not to a pod (one counter for
+    /// every kind, as etcd's revision is); no pod watch event is emitted.
+    pub fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
         self.rv
     }
 
@@ -309,6 +318,7 @@ impl Store {
         Self {
             state: Mutex::new(State {
                 pods: BTreeMap::new(),
+                objects: BTreeMap::new(),
                 rv: 0,
                 history: VecDeque::new(),
                 history_limit: history_limit.max(1),
