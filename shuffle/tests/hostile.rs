@@ -445,6 +445,15 @@ async fn thousands_of_connections_are_capped() {
     const CAP: usize = 1000;
     const TOTAL: usize = 2000;
     let target = Target::start(&["--max-connections", "1000"]).await;
+    // The daemon raised its open-files limit (soft to hard) at start, and said so.
+    assert!(
+        target
+            .daemon
+            .events()
+            .iter()
+            .any(|e| e.message == "open-files limit raised to the hard limit"),
+        "no open-files limit event"
+    );
     let mut good = connect(target.addr()).await;
     target.good_client(&mut good).await;
     let meter = Meter::start(&target);

@@ -7,6 +7,7 @@
 //! handle to add its tasks. Process concerns (parsing, exit codes) stay in the binaries.
 
 mod args;
+mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,6 +101,20 @@ pub async fn run(
     let settings = args
         .settings()
         .map_err(|e| anyhow::Error::new(InvalidConfig(e)))?;
+    match limits::raise_open_files_limit() {
+        Ok(files) => {
+            info!(before = ?files.before, now = ?files.now, "open-files limit raised to the hard limit");
+            let needed = u64::try_from(settings.config.max_connections).unwrap_or(u64::MAX);
+            if files
+                .now
+                .is_some_and(|soft| soft < needed.saturating_add(64))
+            {
+                warn!(limit = ?files.now, max_connections = needed,
+                    "the open-files limit is below --max-connections: accepts will fail before the cap");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
+    }
     // Fixed buckets: every histogram is a handful of counters once drained.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&crate::metrics::LATENCY_BUCKETS_SECONDS)
