@@ -1,0 +1,433 @@
+//! ConfigMaps, Secrets, Services and PersistentVolumeClaims in the fake API server, through
+//! the real `kube` client (and raw HTTP where the wire answer itself is the point): what
+//! Spark's client creates and deletes by label, answered as the real server answers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kshuffle_testkit::apiserver::{FakeApiServer, Resource};
+use kshuffle_testkit::kube_client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NS: &str = "spark";
+
+fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
+fn config_map(name: &str, app: &str) -> ConfigMap {
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(name.into());
+    cm.metadata.labels = labels(&[("spark-app-selector", app), ("spark-role", "executor")]);
+    cm.data = Some([("spark.properties".to_owned(), "spark.a=b\n".to_owned())].into());
+    cm
+}
+
+/// Sends raw HTTP/1.1 and returns (status code, body as JSON).
+async fn raw(server: &FakeApiServer, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn api_error(e: kube::Error) -> kube::core::Status {
+    match e {
+        kube::Error::Api(s) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn config_maps_as_spark_creates_and_deletes_them() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kube_client(&server, NS).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let pp = PostParams::default();
+
+    let a = cms
+        .create(&pp, &config_map("exec-conf-a", "app-1"))
+        .await
+        .unwrap();
+    assert_eq!(a.metadata.namespace.as_deref(), Some(NS));
+    assert!(a.metadata.uid.is_some());
+    assert!(a.metadata.creation_timestamp.is_some());
+    let rv_a: u64 = a.metadata.resource_version.unwrap().parse().unwrap();
+    cms.create(&pp, &config_map("exec-conf-b", "app-1"))
+        .await
+        .unwrap();
+    let c = cms
+        .create(&pp, &config_map("exec-conf-c", "app-2"))
+        .await
+        .unwrap();
+    assert!(c.metadata.resource_version.unwrap().parse::<u64>().unwrap() > rv_a);
+
+    // 409 on a second create of the same name, worded as the real server.
+    let err = api_error(
+        cms.create(&pp, &config_map("exec-conf-a", "app-1"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 409);
+    assert_eq!(err.reason, "AlreadyExists");
+    assert_eq!(err.message, "configmaps \"exec-conf-a\" already exists");
+
+    let got = cms.get("exec-conf-a").await.unwrap();
+    assert_eq!(
+        got.data.unwrap()["spark.properties"],
+        "spark.a=b\n",
+        "data is kept as sent"
+    );
+
+    let app1 = cms
+        .list(&ListParams::default().labels("spark-app-selector=app-1,spark-role=executor"))
+        .await
+        .unwrap();
+    let names: Vec<_> = app1
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["exec-conf-a", "exec-conf-b"]);
+    let by_name = cms
+        .list(&ListParams::default().fields("metadata.name=exec-conf-c"))
+        .await
+        .unwrap();
+    assert_eq!(by_name.items.len(), 1);
+
+    // Delete by label, as Spark does on stop, with its DeleteOptions body.
+    let (code, body) = raw(
+        &server,
+        "DELETE",
+        "/api/v1/namespaces/spark/configmaps?labelSelector=spark-app-selector%3Dapp-1%2Cspark-role%3Dexecutor",
+        r#"{"apiVersion":"v1","kind":"DeleteOptions","propagationPolicy":"Background"}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["kind"], "ConfigMapList");
+    assert_eq!(body["items"].as_array().unwrap().len(), 2);
+    let left: Vec<_> = server
+        .objects(Resource::ConfigMaps, NS)
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        left,
+        ["exec-conf-c"],
+        "the other app's ConfigMap is untouched"
+    );
+
+    let err = api_error(cms.get("exec-conf-a").await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
+    assert_eq!(err.message, "configmaps \"exec-conf-a\" not found");
+
+    // A delete of one object answers a Success status; a second one 404.
+    let deleted = cms
+        .delete("exec-conf-c", &DeleteParams::default())
+        .await
+        .unwrap();
+    let status = deleted.right().expect("a Status, not the object");
+    assert_eq!(
+        status.status,
+        Some(kube::core::response::StatusSummary::Success)
+    );
+    let err = api_error(
+        cms.delete("exec-conf-c", &DeleteParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 404);
+    assert!(server.objects(Resource::ConfigMaps, NS).is_empty());
+}
+
+#[tokio::test]
+async fn invalid_config_maps_are_422_with_the_field() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(kube_client(&server, NS).unwrap(), NS);
+    let pp = PostParams::default();
+
+    let mut bad_key = config_map("ok-name", "app");
+    bad_key.data = Some([("a/b".to_owned(), "x".to_owned())].into());
+    let err = api_error(cms.create(&pp, &bad_key).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert!(
+        err.message
+            .starts_with("ConfigMap \"ok-name\" is invalid: data[a/b]"),
+        "{}",
+        err.message
+    );
+
+    let err = api_error(
+        cms.create(&pp, &config_map("Not_A_Name", "app"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("metadata.name: Invalid value"),
+        "{}",
+        err.message
+    );
+
+    let mut big = config_map("big", "app");
+    big.data = Some([("k".to_owned(), "x".repeat((1 << 20) + 1))].into());
+    let err = api_error(cms.create(&pp, &big).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("Too long"), "{}", err.message);
+
+    // generateName is honoured.
+    let mut gen_cm = config_map("", "app");
+    gen_cm.metadata.name = None;
+    gen_cm.metadata.generate_name = Some("spark-conf-".into());
+    let created = cms.create(&pp, &gen_cm).await.unwrap();
+    assert!(created.metadata.name.unwrap().starts_with("spark-conf-"));
+
+    // A body of another kind, or in another namespace, is a 400.
+    let (code, body) = raw(
+        &server,
+        "POST",
+        "/api/v1/namespaces/spark/configmaps",
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#,
+    )
+    .await;
+    assert_eq!((code, body["reason"].as_str()), (400, Some("BadRequest")));
+    let (code, _) = raw(
+        &server,
+        "POST",
+        "/api/v1/namespaces/spark/configmaps",
+        r#"{"metadata":{"name":"x","namespace":"other"}}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_eq!(server.objects(Resource::ConfigMaps, NS).len(), 1);
+}
+
+#[tokio::test]
+async fn secrets_merge_string_data_and_check_base64() {
+    let server = FakeApiServer::start().await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(kube_client(&server, NS).unwrap(), NS);
+    let mut s = Secret::default();
+    s.metadata.name = Some("spark-auth".into());
+    s.string_data = Some([("token".to_owned(), "hello".to_owned())].into());
+    let created = secrets.create(&PostParams::default(), &s).await.unwrap();
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    assert!(created.string_data.is_none(), "stringData is write-only");
+    assert_eq!(created.data.unwrap()["token"].0, b"hello");
+    let stored = &server.objects(Resource::Secrets, NS)[0];
+    assert_eq!(stored["data"]["token"], "aGVsbG8=");
+
+    let (code, body) = raw(
+        &server,
+        "POST",
+        "/api/v1/namespaces/spark/secrets",
+        r#"{"metadata":{"name":"bad"},"data":{"k":"not base64!"}}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("base64"));
+}
+
+#[tokio::test]
+async fn services_get_the_defaults_of_the_real_server() {
+    let server = FakeApiServer::start().await.unwrap();
+    let svcs: Api<Service> = Api::namespaced(kube_client(&server, NS).unwrap(), NS);
+    let pp = PostParams::default();
+    let port = |name: &str, p: i32| ServicePort {
+        name: Some(name.into()),
+        port: p,
+        ..ServicePort::default()
+    };
+    let mut svc = Service::default();
+    svc.metadata.name = Some("spark-driver-svc".into());
+    svc.metadata.labels = labels(&[("spark-app-selector", "app-1")]);
+    svc.spec = Some(ServiceSpec {
+        ports: Some(vec![
+            port("driver-rpc-port", 7078),
+            port("blockmanager", 7079),
+        ]),
+        ..ServiceSpec::default()
+    });
+    let created = svcs.create(&pp, &svc).await.unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert!(spec.cluster_ip.unwrap().starts_with("10.96."));
+    let ports = spec.ports.unwrap();
+    assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+    assert_eq!(ports[0].target_port, Some(IntOrString::Int(7078)));
+
+    // A headless service may have no ports; other services must.
+    let mut headless = Service::default();
+    headless.metadata.name = Some("headless".into());
+    headless.spec = Some(ServiceSpec {
+        cluster_ip: Some("None".into()),
+        ..ServiceSpec::default()
+    });
+    svcs.create(&pp, &headless).await.unwrap();
+    let mut portless = headless.clone();
+    portless.metadata.name = Some("portless".into());
+    portless.spec = Some(ServiceSpec::default());
+    let err = api_error(svcs.create(&pp, &portless).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("spec.ports: Required value"),
+        "{}",
+        err.message
+    );
+
+    // Two ports need names; a name must be a DNS-1035 label.
+    let mut unnamed = svc.clone();
+    unnamed.metadata.name = Some("1-starts-with-a-digit".into());
+    unnamed.spec = Some(ServiceSpec {
+        ports: Some(vec![port("", 1), port("", 2)]),
+        ..ServiceSpec::default()
+    });
+    let err = api_error(svcs.create(&pp, &unnamed).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    let details = err.details.unwrap();
+    let fields: Vec<_> = details.causes.iter().map(|c| c.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["metadata.name", "spec.ports[0].name", "spec.ports[1].name"]
+    );
+
+    // Deleted by label as Spark does on stop.
+    svcs.delete_collection(
+        &DeleteParams::background(),
+        &ListParams::default().labels("spark-app-selector=app-1"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<_> = server
+        .objects(Resource::Services, NS)
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["headless"]);
+}
+
+#[tokio::test]
+async fn persistent_volume_claims_are_validated_and_pending() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kube_client(&server, NS).unwrap();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": { "name": "spark-local-dir", "labels": { "spark-app-selector": "app-1" } },
+        "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "10Gi" } } },
+    }))
+    .unwrap();
+    let created = pvcs.create(&PostParams::default(), &pvc).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
+    let all: Api<PersistentVolumeClaim> = Api::all(client);
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+
+    let mut bad = pvc.clone();
+    bad.metadata.name = Some("no-modes".into());
+    bad.spec.as_mut().unwrap().access_modes = None;
+    let err = api_error(pvcs.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("spec.accessModes"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn what_the_fake_does_not_serve_is_answered_as_the_real_server_would() {
+    let server = FakeApiServer::start().await.unwrap();
+    // Unknown resources and API groups: 404 with a Status.
+    for path in [
+        "/api/v1/namespaces/spark/widgets",
+        "/api/v1/namespaces/spark/widgets/x",
+        "/apis/apps/v1/namespaces/spark/deployments",
+    ] {
+        let (code, body) = raw(&server, "GET", path, "").await;
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (404, Some("NotFound")),
+            "{path}"
+        );
+    }
+    // Verbs not implemented here: 405 MethodNotAllowed.
+    let (code, body) = raw(
+        &server,
+        "PUT",
+        "/api/v1/namespaces/spark/configmaps/x",
+        r#"{"metadata":{"name":"x"}}"#,
+    )
+    .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (405, Some("MethodNotAllowed"))
+    );
+    // Watches of these resources and dry runs: a 400 that says so.
+    let (code, body) = raw(
+        &server,
+        "GET",
+        "/api/v1/namespaces/spark/configmaps?watch=true",
+        "",
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("not supported"));
+    let (code, _) = raw(
+        &server,
+        "POST",
+        "/api/v1/namespaces/spark/secrets?dryRun=All",
+        r#"{"metadata":{"name":"x"}}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(server.objects(Resource::Secrets, NS).is_empty());
+    // Bad selectors: 400, as for pods.
+    let (code, _) = raw(
+        &server,
+        "GET",
+        "/api/v1/namespaces/spark/services?fieldSelector=spec.type%3DClusterIP",
+        "",
+    )
+    .await;
+    assert_eq!(code, 400);
+}
+
+#[tokio::test]
+async fn one_resource_version_counter_for_every_kind() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kube_client(&server, NS).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client, NS);
+    let before: u64 = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cm = cms
+        .create(&PostParams::default(), &config_map("c", "app"))
+        .await
+        .unwrap();
+    let cm_rv: u64 = cm.metadata.resource_version.unwrap().parse().unwrap();
+    assert!(cm_rv > before);
+    assert_eq!(server.resource_version(), cm_rv);
+}
