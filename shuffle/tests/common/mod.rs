@@ -182,8 +182,15 @@ pub struct Daemon {
 
 impl Daemon {
     /// Path of the `kshuffled` binary.
+    ///
+    /// # Panics
+    /// In a crate without that binary (e.g. `daemonset`, which uses
+    /// [`Daemon::start_command`] with its own).
     pub fn bin() -> PathBuf {
-        PathBuf::from(env!("CARGO_BIN_EXE_kshuffled"))
+        match option_env!("CARGO_BIN_EXE_kshuffled") {
+            Some(path) => PathBuf::from(path),
+            None => panic!("kshuffled is not a binary of this test's crate"),
+        }
     }
 
     /// Arguments for a daemon on an ephemeral loopback port with JSON logs, confined to
@@ -228,8 +235,17 @@ impl Daemon {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new(Self::bin());
-        cmd.args(args)
-            .stdin(Stdio::null())
+        cmd.args(args);
+        Self::start_command(cmd)
+    }
+
+    /// Like [`Daemon::start`], for a command already holding the program (any binary that
+    /// embeds the daemon, e.g. `kshuffle-node`), its args and any environment it needs.
+    ///
+    /// # Panics
+    /// As [`Daemon::start`].
+    pub fn start_command(mut cmd: Command) -> Daemon {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, _) in std::env::vars_os() {
@@ -239,7 +255,7 @@ impl Daemon {
         }
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", Self::bin().display()));
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
         let pid = child.id();
         let stderr = child.stderr.take().expect("stderr is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -249,12 +265,14 @@ impl Daemon {
             thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(ev) = Event::parse(&line)
-                        && ev.message == "listening"
-                    {
-                        let _ = listening_tx.send(ev.str_field("addr").unwrap_or_default());
-                    }
+                    let listening = Event::parse(&line)
+                        .filter(|ev| ev.message == "listening")
+                        .map(|ev| ev.str_field("addr").unwrap_or_default());
+                    // Logged before it is announced: once `start` returns, `events()` has it.
                     lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                    if let Some(addr) = listening {
+                        let _ = listening_tx.send(addr);
+                    }
                 }
             })
         };
@@ -593,9 +611,7 @@ impl SparkDirs {
     /// with the venv's `python`, against a daemon on `port`, in these directories, with an
     /// environment of its own (no inherited Spark settings).
     pub fn python_command(&self, python: &Path, script: &str, session: &str, port: u16) -> Command {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/spark")
-            .join(script);
+        let script = workspace_root().join("shuffle/tests/spark").join(script);
         let mut cmd = Command::new(python);
         cmd.arg(script)
             .arg(session)

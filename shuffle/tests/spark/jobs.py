@@ -28,6 +28,10 @@ Sessions:
   dynamic       dynamic allocation: shuffle map output and DISK_ONLY cached blocks are read
                 after every executor that wrote them is gone; accumulators prove that nothing
                 was recomputed.
+  node          the DaemonSet layout (daemonset/tests/spark_node.rs): Spark's local dir is the
+                node's shared root itself and the flags of daemonset/deploy/spark/ come in as
+                --conf; map output written by two executors is read back by new executors
+                after both left (dynamic allocation), without recomputation.
 """
 
 import argparse
@@ -632,6 +636,75 @@ def session_dynamic(args, out):
         sc.stop()
 
 
+def session_node(args, out):
+    """Two executors write map output into one shared root; both are released (idle
+    timeout); new executors read it back. The DaemonSet's flags (dynamic allocation, shuffle
+    tracking off, host-local reads, ...) come from the caller as --conf."""
+    from pyspark import SparkContext
+
+    conf = (
+        base_conf(args, "kshuffle-node")
+        .set("spark.dynamicAllocation.minExecutors", "0")
+        .set("spark.dynamicAllocation.initialExecutors", "2")
+        .set("spark.dynamicAllocation.maxExecutors", "2")
+        .set("spark.dynamicAllocation.executorIdleTimeout", EXECUTOR_IDLE_TIMEOUT)
+        .set("spark.dynamicAllocation.schedulerBacklogTimeout", "1s")
+    )
+    sc = SparkContext(conf=conf)
+    describe(sc, out)
+    jobs = out["jobs"]
+    try:
+        n = 120_000
+        map_records = sc.accumulator(0)
+        writers = set_accumulator(sc)
+        readers = set_accumulator(sc)
+
+        def count_map(i):
+            map_records.add(1)
+            writers.add({executor_id()})
+            return (i % 211, i)
+
+        def tag_reader(it):
+            readers.add({executor_id()})
+            return it
+
+        shuffled = sc.parallelize(range(n), 6).map(count_map).reduceByKey(operator.add, 4)
+        expected = {}
+        for i in range(n):
+            expected[i % 211] = expected.get(i % 211, 0) + i
+
+        def write_and_read():
+            got = dict(shuffled.collect())
+            return {"got": str_keys(got), "expected": str_keys(expected)}
+
+        warm_up(sc, 2, EXECUTORS_UP_TIMEOUT_S)
+        if run_job(jobs, "node_write", write_and_read)["error"]:
+            return
+        out["writers"] = sorted(writers.value)
+        try:
+            wait_until_no_executors(sc, EXECUTORS_GONE_TIMEOUT_S)
+            out["executors_gone_error"] = None
+        except TimeoutError as e:
+            out["executors_gone_error"] = str(e)
+            return
+
+        def read_after_writers_left():
+            got = dict(shuffled.mapPartitions(tag_reader).collect())
+            return {
+                "got": str_keys(got),
+                "expected": str_keys(expected),
+                "map_records": map_records.value,
+                "map_records_expected": n,
+            }
+
+        run_job(jobs, "node_read_after_release", read_after_writers_left)
+        out["readers"] = sorted(readers.value)
+        time.sleep(1)  # let the listener bus deliver the last executor events
+        out["executors"] = executor_timeline(sc)
+    finally:
+        sc.stop()
+
+
 def describe(sc, out):
     global CONTEXT
     CONTEXT = sc
@@ -644,6 +717,7 @@ SESSIONS = {
     "static": session_static,
     "old-protocol": session_old_protocol,
     "dynamic": session_dynamic,
+    "node": session_node,
 }
 
 
