@@ -1,3 +1,108 @@
-//! `kshuffle-sidecar`: the admission webhook and the sidecar's serve mode (work in progress).
+//! `kshuffle-sidecar`: `webhook` serves the mutating admission webhook that injects the
+//! sidecar into Spark executor pods; `serve` is the injected sidecar (the kshuffle daemon that
+//! keeps serving after SIGTERM while the application's driver lives).
 
-fn main() {}
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kshuffle::daemon::{self, EX_USAGE};
+use kshuffle_sidecar::serve::{self, ServeArgs};
+use kshuffle_sidecar::webhook::{self, WebhookArgs, tls::CertStore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "kshuffle-sidecar", version, about = "kshuffle in sidecar mode")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the mutating admission webhook over HTTPS.
+    Webhook(Box<WebhookArgs>),
+    /// Run the sidecar: the kshuffle daemon for this pod, serving on after SIGTERM while the driver lives.
+    Serve(Box<ServeArgs>),
+}
+
+fn main() {
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let usage = e.use_stderr();
+        let _ = e.print();
+        std::process::exit(if usage { EX_USAGE } else { 0 });
+    });
+    let (level, format) = match &cli.command {
+        Command::Webhook(a) => (a.log_level.clone(), a.log_format),
+        Command::Serve(a) => (a.daemon.log_level.clone(), a.daemon.log_format),
+    };
+    if let Err(e) = daemon::init_tracing(&level, format) {
+        eprintln!("kshuffle-sidecar: {e:#}");
+        std::process::exit(EX_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            std::process::exit(1);
+        }
+    };
+    let code = match cli.command {
+        Command::Webhook(args) => runtime.block_on(run_webhook(*args)),
+        Command::Serve(mut args) => match args.prepare(serve::auth_secret_from_env()) {
+            Err(e) => Err((EX_USAGE, e)),
+            Ok(()) => runtime
+                .block_on(serve::run(&args))
+                .map_err(|e| (daemon::exit_code(&e), e)),
+        },
+    };
+    if let Err((code, e)) = code {
+        tracing::error!("{e:#}");
+        std::process::exit(code);
+    }
+}
+
+async fn run_webhook(args: WebhookArgs) -> Result<(), (i32, anyhow::Error)> {
+    let usage = |e: anyhow::Error| (EX_USAGE, e);
+    let (config, settings) = args.validate().map_err(usage)?;
+    let certs = Arc::new(
+        CertStore::load(&args.tls_cert_file, &args.tls_key_file).map_err(|e| usage(e.into()))?,
+    );
+    let tls = Arc::new(certs.server_config().map_err(|e| usage(e.into()))?);
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+        .map_err(|e| (1, e))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(
+        Arc::clone(&certs).reload_periodically(args.cert_reload_interval, shutdown.clone()),
+    );
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    webhook::serve(listener, tls, config, settings, shutdown)
+        .await
+        .context("webhook server failed")
+        .map_err(|e| (1, e))
+}
+
+/// Cancels `shutdown` at the first SIGTERM/SIGINT; exits the process at the second.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("shutting down (signal again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(1);
+}

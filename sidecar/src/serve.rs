@@ -1,0 +1,280 @@
+//! `kshuffle-sidecar serve`: the daemon in sidecar mode.
+//!
+//! It is the whole `kshuffled` daemon ([`kshuffle::daemon`]) serving only its own pod, plus
+//! one lifecycle rule: at the first SIGTERM (the executor pod is being deleted, e.g. by a
+//! dynamic-allocation scale-down) it does **not** stop while it may still be needed:
+//! - nothing registered: nothing to serve, it stops at once;
+//! - otherwise it keeps serving, and checks the application's driver pod through the
+//!   Kubernetes API (`spark-role=driver,spark-app-selector=<app>` in its namespace) every
+//!   `--driver-check-interval`; once no such pod exists, or each one is Succeeded, Failed or
+//!   being deleted, it stops (draining open streams as the daemon does);
+//! - an API error (outage, missing RBAC, no credentials) is never read as "driver gone": it
+//!   keeps serving and retries with exponential backoff up to `--driver-check-max-backoff`.
+//!
+//! The kubelet bounds all of this: it kills the container when the pod's
+//! `terminationGracePeriodSeconds` (set by the webhook) runs out. A second SIGTERM/SIGINT
+//! stops at once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Pod;
+use kshuffle::daemon::{self, DaemonArgs, Options, Running, parse_duration};
+use kube::api::{Api, ListParams};
+use tracing::{info, warn};
+
+use crate::inject::{ENV_AUTH_SECRET, LABEL_APP_ID, LABEL_SPARK_ROLE};
+
+/// File (in `--state-dir`) the per-app secret from `_SPARK_AUTH_SECRET` is written to.
+pub const AUTH_SECRET_FILE: &str = "spark-auth-secret";
+
+/// `kshuffle-sidecar serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Every flag of `kshuffled`.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Spark application id (the pod's `spark-app-selector` label; set by the webhook).
+    #[arg(long, env = "KSHUFFLE_APP_ID")]
+    pub app_id: String,
+    /// Namespace of the pod (and of the driver pod).
+    #[arg(long, env = "KSHUFFLE_POD_NAMESPACE")]
+    pub namespace: String,
+    /// Name of this pod (for logs).
+    #[arg(long, env = "KSHUFFLE_POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// After SIGTERM, how often the driver pod is checked.
+    #[arg(long, env = "KSHUFFLE_DRIVER_CHECK_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub driver_check_interval: Duration,
+    /// Longest wait between checks while the API server fails.
+    #[arg(long, env = "KSHUFFLE_DRIVER_CHECK_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
+    pub driver_check_max_backoff: Duration,
+}
+
+/// What the driver pods say about the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverState {
+    /// A driver pod is not finished: keep serving.
+    Alive,
+    /// No driver pod is left running: stop. The reason is logged.
+    Gone(String),
+}
+
+/// Decides from the listed driver pods (pure).
+pub fn driver_state(pods: &[Pod]) -> DriverState {
+    if pods.is_empty() {
+        return DriverState::Gone("no driver pod".to_owned());
+    }
+    let alive = pods.iter().any(|pod| {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        !deleting && !matches!(phase, Some("Succeeded" | "Failed"))
+    });
+    if alive {
+        DriverState::Alive
+    } else {
+        let states: Vec<String> = pods
+            .iter()
+            .map(|pod| {
+                let name = pod.metadata.name.as_deref().unwrap_or("?");
+                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                if pod.metadata.deletion_timestamp.is_some() {
+                    format!("{name}: being deleted")
+                } else {
+                    format!("{name}: {}", phase.unwrap_or("?"))
+                }
+            })
+            .collect();
+        DriverState::Gone(format!("driver pod finished ({})", states.join(", ")))
+    }
+}
+
+impl ServeArgs {
+    /// Validates the sidecar's own flags, and turns Spark's generated per-app secret
+    /// (`_SPARK_AUTH_SECRET`, copied into this container by the webhook) into the daemon's
+    /// `--auth-secret-file`, unless auth flags are given explicitly.
+    ///
+    /// # Errors
+    /// A bad flag, or a secret that cannot be written.
+    pub fn prepare(&mut self, auth_secret: Option<String>) -> anyhow::Result<()> {
+        if self.app_id.trim().is_empty() {
+            anyhow::bail!("--app-id (KSHUFFLE_APP_ID) must be the Spark application id");
+        }
+        if self.namespace.trim().is_empty() {
+            anyhow::bail!("--namespace (KSHUFFLE_POD_NAMESPACE) must be the pod's namespace");
+        }
+        if self.driver_check_interval.is_zero() || self.driver_check_max_backoff.is_zero() {
+            anyhow::bail!("--driver-check-interval and --driver-check-max-backoff must be > 0");
+        }
+        let explicit =
+            self.daemon.auth_secret_file.is_some() || self.daemon.auth_secrets_dir.is_some();
+        if let Some(secret) = auth_secret.filter(|s| !s.is_empty())
+            && !explicit
+        {
+            let dir = self.daemon.state_dir.clone().context(
+                "--state-dir is needed to hold the application's secret from _SPARK_AUTH_SECRET",
+            )?;
+            let path = write_secret(&dir, &secret)?;
+            self.daemon.auth_secret_file = Some(path);
+        }
+        Ok(())
+    }
+}
+
+fn write_secret(dir: &std::path::Path, secret: &str) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(AUTH_SECRET_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(secret.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The env var the webhook copies Spark's generated secret into.
+pub fn auth_secret_from_env() -> Option<String> {
+    std::env::var(ENV_AUTH_SECRET).ok()
+}
+
+/// Runs the sidecar until it decides to stop (see the module docs).
+///
+/// # Errors
+/// As [`kshuffle::daemon::run`].
+pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let options = Options {
+        keep_serving_on_signal: true,
+    };
+    let lifecycle = Lifecycle {
+        app_id: args.app_id.clone(),
+        namespace: args.namespace.clone(),
+        pod_name: args.pod_name.clone(),
+        interval: args.driver_check_interval,
+        max_backoff: args.driver_check_max_backoff,
+    };
+    daemon::run(&args.daemon, options, move |running| {
+        tokio::spawn(lifecycle.run(running));
+    })
+    .await
+}
+
+struct Lifecycle {
+    app_id: String,
+    namespace: String,
+    pod_name: String,
+    interval: Duration,
+    max_backoff: Duration,
+}
+
+impl Lifecycle {
+    async fn run(self, running: Running) {
+        tokio::select! {
+            () = running.signalled.cancelled() => {}
+            () = running.shutdown.cancelled() => return,
+        }
+        if running.service.store.registry().is_empty() {
+            info!(pod = %self.pod_name, "signal received and nothing registered: stopping");
+            running.shutdown.cancel();
+            return;
+        }
+        info!(pod = %self.pod_name, app = %self.app_id, "signal received: serving until the driver pod ends");
+        // Built lazily: without Kubernetes credentials the sidecar still serves (until the
+        // kubelet's grace period ends), it just cannot learn that the driver is gone.
+        let mut client: Option<kube::Client> = None;
+        let mut delay = self.interval;
+        let selector = format!("{LABEL_SPARK_ROLE}=driver,{LABEL_APP_ID}={}", self.app_id);
+        loop {
+            let checked = match &client {
+                Some(client) => self.check(client, &selector).await,
+                None => match kube::Client::try_default().await {
+                    Ok(new) => {
+                        let checked = self.check(&new, &selector).await;
+                        client = Some(new);
+                        checked
+                    }
+                    Err(e) => Err(anyhow::anyhow!("no Kubernetes client: {e}")),
+                },
+            };
+            match checked {
+                Ok(DriverState::Gone(reason)) => {
+                    info!(app = %self.app_id, %reason, "driver gone: stopping");
+                    running.shutdown.cancel();
+                    return;
+                }
+                Ok(DriverState::Alive) => delay = self.interval,
+                Err(e) => {
+                    delay = (delay * 2).min(self.max_backoff);
+                    warn!(error = %format!("{e:#}"), retry_in = ?delay, "cannot check the driver pod; serving on");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = running.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn check(&self, client: &kube::Client, selector: &str) -> anyhow::Result<DriverState> {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &self.namespace);
+        let list = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .with_context(|| format!("list pods {selector} in {}", self.namespace))?;
+        Ok(driver_state(&list.items))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn pod(phase: &str, deleting: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("driver".to_owned()),
+                deletion_timestamp: deleting
+                    .then_some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.to_owned()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn the_driver_is_alive_until_every_driver_pod_is_finished() {
+        assert!(matches!(driver_state(&[]), DriverState::Gone(r) if r.contains("no driver pod")));
+        for phase in ["Pending", "Running", "Unknown"] {
+            assert_eq!(
+                driver_state(&[pod(phase, false)]),
+                DriverState::Alive,
+                "{phase}"
+            );
+        }
+        for phase in ["Succeeded", "Failed"] {
+            assert!(
+                matches!(driver_state(&[pod(phase, false)]), DriverState::Gone(r) if r.contains(phase))
+            );
+        }
+        assert!(
+            matches!(driver_state(&[pod("Running", true)]), DriverState::Gone(r) if r.contains("being deleted"))
+        );
+        // A restarted driver (old one failed, new one running) keeps the app alive.
+        assert_eq!(
+            driver_state(&[pod("Failed", false), pod("Running", false)]),
+            DriverState::Alive
+        );
+    }
+}
