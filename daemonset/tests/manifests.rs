@@ -578,3 +578,58 @@ fn spark_submit_flags_match_the_daemonset() {
         Some("executor-pod-template.yaml")
     );
 }
+
+/// `kshuffle-node <the DaemonSet's args> --help` with the DaemonSet's `KSHUFFLE_*` env: clap
+/// parses (and validates) every argument before it reaches `--help`, so this exits 0 only if
+/// the real binary accepts each flag and value the manifest gives it. Nothing is started.
+fn node_accepts(args: &[String], env: &[(String, String)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KSHUFFLE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args).arg("--help").envs(env.iter().cloned());
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_node_binary_accepts_the_daemonset_args_and_env() {
+    let base = Base::load();
+    let daemon = base.daemon();
+    assert_eq!(
+        daemon.command.as_deref(),
+        Some(&["kshuffle-node".to_owned()][..])
+    );
+    let args = daemon.args.clone().unwrap_or_default();
+    let env: Vec<(String, String)> = daemon
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name.starts_with("KSHUFFLE_"))
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    assert!(!env.is_empty());
+    let out = node_accepts(&args, &env);
+    assert!(
+        out.status.success(),
+        "kshuffle-node refuses the DaemonSet's args {args:?} / env {env:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The check can fail: an unknown flag or a bad value is refused before `--help`.
+    let mut bad = args.clone();
+    bad.push("--no-such-flag".to_owned());
+    assert!(!node_accepts(&bad, &env).status.success());
+    let bad: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.starts_with("--shutdown-grace=") {
+                "--shutdown-grace=soon".to_owned()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    assert!(!node_accepts(&bad, &env).status.success());
+}
