@@ -111,15 +111,28 @@ impl Target {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
-    /// Log lines of WARN events about `peer` whose message is `message`.
-    fn warnings_about(&self, peer: SocketAddr, message: &str) -> Vec<String> {
-        let quoted = format!("\"{peer}\"");
-        self.daemon
+    /// Log lines of WARN events about `peer` whose message is `message`, once there is at
+    /// least one (the log is read on another thread: it may lag the socket's close).
+    async fn warnings_about(&self, peer: SocketAddr, message: &str) -> Vec<String> {
+        warnings_about(&self.daemon, peer, message).await
+    }
+}
+
+/// [`Target::warnings_about`] for any daemon; gives up (returning none) after [`GUARD`].
+async fn warnings_about(daemon: &Daemon, peer: SocketAddr, message: &str) -> Vec<String> {
+    let quoted = format!("\"{peer}\"");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let found: Vec<String> = daemon
             .warnings()
             .into_iter()
             .filter(|e| e.message == message && e.raw.contains(&quoted))
             .map(|e| e.raw)
-            .collect()
+            .collect();
+        if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -240,22 +253,20 @@ async fn slowloris_connections_are_closed_and_others_served() {
     assert!(verified > 0);
 
     for s in &mut stalled {
-        let peer = s.local_addr().unwrap();
         let got = closed_by_daemon(s).await;
         assert!(got.is_empty(), "a stalled connection got a reply: {got:?}");
-        let _ = peer;
     }
     for (peer, task) in tricklers {
         assert!(
             guard(task).await.unwrap(),
             "a trickling connection ({peer}) was never closed"
         );
-        let logged = target.warnings_about(peer, "closing connection");
+        let logged = target.warnings_about(peer, "closing connection").await;
         assert_eq!(logged.len(), 1, "{peer} logged {logged:?}");
         assert!(logged[0].contains("frame_timeout"), "{}", logged[0]);
     }
     let peer = stalled[0].local_addr().unwrap();
-    let logged = target.warnings_about(peer, "closing connection");
+    let logged = target.warnings_about(peer, "closing connection").await;
     assert_eq!(logged.len(), 1, "{peer} logged {logged:?}");
     assert!(
         logged[0].contains("idle_timeout") || logged[0].contains("frame_timeout"),
@@ -311,13 +322,9 @@ async fn slow_auth_handshake_is_closed() {
         return;
     }
     closed_by_daemon(&mut s).await;
-    let logged: Vec<_> = daemon
-        .warnings()
-        .into_iter()
-        .filter(|e| e.raw.contains(&format!("\"{peer}\"")))
-        .collect();
+    let logged = warnings_about(&daemon, peer, "closing connection").await;
     assert_eq!(logged.len(), 1, "{logged:?}");
-    assert!(logged[0].raw.contains("frame_timeout"), "{}", logged[0].raw);
+    assert!(logged[0].contains("frame_timeout"), "{}", logged[0]);
 }
 
 /// A flood of streams never fetched: each connection gets exactly its cap, then a clear
@@ -418,7 +425,7 @@ async fn huge_declared_lengths_close_the_connection() {
             assert!(got.is_empty(), "{name}: got a reply {got:?}");
             if round == 0 {
                 let peer = s.local_addr().unwrap();
-                let logged = target.warnings_about(peer, "closing connection");
+                let logged = target.warnings_about(peer, "closing connection").await;
                 assert_eq!(logged.len(), 1, "{name} ({peer}): {logged:?}");
             }
         }
@@ -484,10 +491,12 @@ async fn thousands_of_connections_are_capped() {
     assert_eq!(kept, CAP - 1, "connections served besides the good client");
     assert_eq!(refused.len(), TOTAL - CAP + 1);
     target.good_client(&mut good).await;
-    let logged = target.warnings_about(
-        refused[0],
-        "connection limit reached; closing new connection",
-    );
+    let logged = target
+        .warnings_about(
+            refused[0],
+            "connection limit reached; closing new connection",
+        )
+        .await;
     assert_eq!(logged.len(), 1, "{logged:?}");
     meter.check(&target, "2,000 connections", 128 * MIB);
     drop(sockets);
@@ -641,15 +650,23 @@ async fn read_buffers_are_bounded_by_the_global_budget() {
     }
     target.good_round().await;
     meter.check(&target, "48 partial 8 MiB frames", BUDGET + 48 * MIB);
-    let refused: Vec<_> = held
-        .iter()
-        .filter(|(peer, _, _)| {
-            target
-                .warnings_about(*peer, "closing connection")
-                .iter()
-                .any(|l| l.contains("read_budget"))
-        })
-        .collect();
+    // At least one was closed for want of budget, logged with its peer address.
+    let peers: Vec<String> = held.iter().map(|(p, _, _)| format!("\"{p}\"")).collect();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let refused = loop {
+        let refused: Vec<String> = target
+            .daemon
+            .warnings()
+            .into_iter()
+            .filter(|e| e.message == "closing connection" && e.raw.contains("read_budget"))
+            .filter(|e| peers.iter().any(|p| e.raw.contains(p)))
+            .map(|e| e.raw)
+            .collect();
+        if !refused.is_empty() || tokio::time::Instant::now() >= deadline {
+            break refused;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         !refused.is_empty(),
         "no connection was refused by the read-buffer budget"
