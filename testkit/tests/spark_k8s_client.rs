@@ -1,0 +1,323 @@
+//! Real `spark-submit --master k8s://…` in client mode against the fake API server, one test
+//! per Spark version: Spark's own Kubernetes client (fabric8 7.6 on Vert.x in 4.3, fabric8
+//! 6.7 on OkHttp in 3.5) is the client, and the test asserts what it did through the API.
+//!
+//! The application only starts a SparkContext asking for two executors and stops it when the
+//! test says so (`tests/spark/k8s_client.py`): no executor process runs (the fake's kubelet
+//! only marks pods Running), so nothing here depends on executors registering.
+//!
+//! Invariants: every wait is bounded; spark-submit runs in its own process group, killed
+//! when the test ends (also when it fails: [`Group`]'s Drop), and the job kills its group if
+//! the test process goes away.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use kshuffle_testkit::apiserver::{FakeApiServer, Record, Resource};
+use serde_json::Value;
+
+const NS: &str = "spark-jobs";
+/// How long Spark may take to create its executor pods (JVM start included).
+const PODS_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the application may take to stop and exit after the go file appears.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The pyspark venv of `version`, installed on first use by `scripts/spark-venv.sh`.
+fn spark_venv(version: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(workspace_root().join("scripts/spark-venv.sh"))
+        .arg(version)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/spark-venv.sh");
+    assert!(
+        out.status.success(),
+        "spark-venv.sh {version}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let venv = PathBuf::from(
+        stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap()
+            .trim(),
+    );
+    assert!(venv.join("bin/spark-submit").exists(), "{}", venv.display());
+    venv
+}
+
+/// A child process leading its own process group; the whole group is killed on drop.
+struct Group(Child);
+
+impl Group {
+    fn kill(&self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// Polls `f` until it returns `Some` (the fake's state is read without API calls).
+async fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn env<'a>(pod: &'a Pod, name: &str) -> Option<&'a EnvVar> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .first()?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)
+}
+
+fn env_value(pod: &Pod, name: &str) -> String {
+    env(pod, name)
+        .and_then(|e| e.value.clone())
+        .unwrap_or_else(|| panic!("pod has no env {name}: {pod:#?}"))
+}
+
+fn label<'a>(pod: &'a Pod, key: &str) -> &'a str {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map_or("", String::as_str)
+}
+
+/// Runs the application with Spark `version` and asserts, through the fake, what its
+/// Kubernetes client did.
+async fn spark_client_mode(version: &str, fabric8: &str) {
+    let venv = spark_venv(version);
+    let server = FakeApiServer::start().await.unwrap();
+    let work = std::env::temp_dir().join(format!(
+        "kshuffle-spark-k8s-{version}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&work).unwrap();
+    let go_file = work.join("go");
+    let _ = std::fs::remove_file(&go_file);
+
+    let mut cmd = Command::new(venv.join("bin/spark-submit"));
+    cmd.arg("--master")
+        .arg(format!("k8s://{}", server.url()))
+        .args(["--deploy-mode", "client", "--name", "k8s-client-test"])
+        .args([
+            "--conf",
+            "spark.kubernetes.container.image=kshuffle/spark-test",
+        ])
+        .args(["--conf", &format!("spark.kubernetes.namespace={NS}")])
+        .args(["--conf", "spark.driver.host=127.0.0.1"])
+        .args(["--conf", "spark.executor.instances=2"])
+        // Do not wait for executors that will never register before handing back the context.
+        .args(["--conf", "spark.scheduler.minRegisteredResourcesRatio=0"])
+        .args(["--conf", "spark.ui.enabled=false"])
+        .arg(workspace_root().join("testkit/tests/spark/k8s_client.py"))
+        .arg("--go-file")
+        .arg(&go_file)
+        .args(["--test-pid", &std::process::id().to_string()])
+        .current_dir(&work)
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .env("PYSPARK_PYTHON", venv.join("bin/python"))
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("SPARK_HOME")
+        .env_remove("SPARK_CONF_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut group = Group(cmd.spawn().expect("start spark-submit"));
+    let mut stdout = group.0.stdout.take().unwrap();
+    let mut stderr = group.0.stderr.take().unwrap();
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    // While the SparkContext is up: its ConfigMap and two executor pods.
+    let pods = within(
+        PODS_TIMEOUT,
+        "two executor pods",
+        until(|| {
+            let pods = server.pods(NS);
+            (pods.len() >= 2).then_some(pods)
+        }),
+    )
+    .await;
+    let cms = server.objects(Resource::ConfigMaps, NS);
+    let requests_up = server.requests();
+
+    std::fs::write(&go_file, b"go").unwrap();
+    let waited = tokio::task::spawn_blocking(move || {
+        let status = group.0.wait();
+        (group, status)
+    });
+    let (group, status) = within(EXIT_TIMEOUT, "spark-submit to exit", waited)
+        .await
+        .unwrap();
+    group.kill(); // closes the pipes of anything left in the group
+    let stdout = out_thread.join().unwrap();
+    let stderr = err_thread.join().unwrap();
+    let tail: String = {
+        let lines: Vec<&str> = stderr.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    };
+    assert!(
+        status.as_ref().is_ok_and(std::process::ExitStatus::success),
+        "spark-submit: {status:?}\nstdout:\n{stdout}\nstderr (tail):\n{tail}"
+    );
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON line on stdout:\n{stdout}\nstderr:\n{tail}"));
+    assert_eq!(result["spark_version"], version);
+    let app_id = result["app_id"].as_str().unwrap().to_owned();
+
+    // The executor pods: exactly the two requested, with Spark's labels and env.
+    assert_eq!(pods.len(), 2, "{pods:#?}");
+    let mut ids: Vec<&str> = pods.iter().map(|p| label(p, "spark-exec-id")).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["1", "2"]);
+    for pod in &pods {
+        let id = label(pod, "spark-exec-id");
+        assert_eq!(label(pod, "spark-app-selector"), app_id);
+        assert_eq!(label(pod, "spark-role"), "executor");
+        assert_eq!(label(pod, "spark-version"), version);
+        let name = pod.metadata.name.as_deref().unwrap();
+        assert!(name.ends_with(&format!("-exec-{id}")), "{name}");
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.image.as_deref(), Some("kshuffle/spark-test"));
+        assert_eq!(c.args.as_deref(), Some(&["executor".to_owned()][..]));
+        let driver_url = env_value(pod, "SPARK_DRIVER_URL");
+        assert!(
+            driver_url.starts_with("spark://CoarseGrainedScheduler@127.0.0.1:"),
+            "{driver_url}"
+        );
+        assert_eq!(env_value(pod, "SPARK_EXECUTOR_ID"), id);
+        assert_eq!(env_value(pod, "SPARK_APPLICATION_ID"), app_id);
+        assert_eq!(env_value(pod, "SPARK_EXECUTOR_CORES"), "1");
+        assert_eq!(env_value(pod, "SPARK_EXECUTOR_MEMORY"), "1024m");
+        // The pod IP comes from the downward API, resolved by the kubelet.
+        let ip = env(pod, "SPARK_EXECUTOR_POD_IP").expect("SPARK_EXECUTOR_POD_IP");
+        let field = ip.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+        assert_eq!(field.map(|f| f.field_path.as_str()), Some("status.podIP"));
+        let requests = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .unwrap();
+        assert_eq!(requests["cpu"].0, "1");
+        assert_eq!(
+            requests["memory"].0, "1408Mi",
+            "1 GiB heap + 384 MiB overhead"
+        );
+    }
+
+    // Its ConfigMap of executor settings, labelled for the application.
+    assert_eq!(cms.len(), 1, "{cms:#?}");
+    let cm = &cms[0];
+    assert_eq!(
+        cm["metadata"]["labels"]["spark-app-selector"],
+        app_id.as_str()
+    );
+    assert_eq!(cm["metadata"]["labels"]["spark-role"], "executor");
+    let props = cm["data"]["spark.properties"].as_str().unwrap();
+    assert!(
+        props.contains(&format!("spark.kubernetes.namespace={NS}")),
+        "{props}"
+    );
+
+    // Its executor watch: a WebSocket upgrade with the application's selector, accepted.
+    let from_spark = |r: &&Record| r.user_agent == format!("fabric8-kubernetes-client/{fabric8}");
+    let watch = requests_up
+        .iter()
+        .filter(from_spark)
+        .find(|r| r.param("watch").as_deref() == Some("true"))
+        .unwrap_or_else(|| panic!("no watch in {requests_up:#?}"));
+    assert!(watch.websocket, "{watch:?}");
+    assert_eq!(watch.status, 101, "{watch:?}");
+    assert_eq!(watch.path, format!("/api/v1/namespaces/{NS}/pods"));
+    let selector = watch.param("labelSelector").unwrap();
+    assert!(
+        selector.starts_with(&format!("spark-app-selector={app_id},spark-role=executor")),
+        "{selector}"
+    );
+    assert_eq!(watch.param("allowWatchBookmarks").as_deref(), Some("true"));
+
+    // On stop: executor pods deleted by label, and so is the ConfigMap.
+    let requests = server.requests();
+    let deleted = requests
+        .iter()
+        .filter(from_spark)
+        .find(|r| r.method == "DELETE" && r.path == format!("/api/v1/namespaces/{NS}/pods"))
+        .unwrap_or_else(|| panic!("no delete of pods in {requests:#?}"));
+    assert_eq!(deleted.status, 200);
+    assert_eq!(
+        deleted.param("labelSelector"),
+        Some(format!("spark-app-selector={app_id},spark-role=executor"))
+    );
+    within(
+        Duration::from_secs(30),
+        "the executor pods to go",
+        until(|| server.pods(NS).is_empty().then_some(())),
+    )
+    .await;
+    assert!(server.objects(Resource::ConfigMaps, NS).is_empty());
+    // Nothing Spark asked for was unknown to the fake.
+    let unanswered: Vec<_> = requests
+        .iter()
+        .filter(|r| r.status == 404 || r.status == 405 || r.status >= 500)
+        .collect();
+    assert!(unanswered.is_empty(), "{unanswered:#?}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_client_4_3_in_client_mode() {
+    spark_client_mode("4.3.0", "7.6.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_client_3_5_in_client_mode() {
+    spark_client_mode("3.5.9", "6.7.2").await;
+}
