@@ -247,7 +247,20 @@ impl Cluster {
         self.insert(name, labels, cpu);
     }
 
+    /// A schedulable driver pod of `app` in namespace `ns`.
+    fn driver_in(&self, ns: &str, name: &str, app: &str) {
+        let labels = [("spark-role", "driver"), ("spark-app-selector", app)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        self.insert_in(ns, name, labels, "1");
+    }
+
     fn insert(&self, name: &str, labels: BTreeMap<String, String>, cpu: &str) {
+        self.insert_in(NS, name, labels, cpu);
+    }
+
+    fn insert_in(&self, ns: &str, name: &str, labels: BTreeMap<String, String>, cpu: &str) {
         let mut pod = Pod::default();
         pod.metadata.name = Some(name.into());
         pod.metadata.labels = Some(labels);
@@ -270,7 +283,7 @@ impl Cluster {
             termination_grace_period_seconds: Some(30),
             ..PodSpec::default()
         });
-        self.server.insert_pod(NS, pod).unwrap();
+        self.server.insert_pod(ns, pod).unwrap();
     }
 
     fn phase(&self, name: &str) -> String {
@@ -375,6 +388,13 @@ impl App {
     /// Waits until its files are gone, then checks it is no longer registered.
     async fn assert_removed(&self, node: &NodeProcess) {
         eventually(node, &format!("{} removed", self.id), || self.files_gone()).await;
+        // The removal is logged (after its metrics are counted).
+        eventually(node, &format!("{} removal logged", self.id), || {
+            node.count(|e| {
+                message(e) == "app removed: its driver ended" && field(e, "app") == Some(&self.id)
+            }) == 1
+        })
+        .await;
         let err = self
             .fetch(node)
             .await
@@ -422,6 +442,51 @@ async fn succeeded_driver_removes_exactly_its_app() {
     p.assert_served(&node).await;
     assert_eq!(node.end_reason("spark-b"), None);
     assert_eq!(node.end_reason("spark-p"), None);
+
+    let (status, page) = http_get(node.admin, "/metrics");
+    assert_eq!(status, 200);
+    let removed = metric(&page, "kshuffle_driver_watch_apps_removed_total");
+    assert_eq!(removed, Some(1.0), "{page}");
+    // b-driver (Running) and p-driver (Pending) are live.
+    assert_eq!(
+        metric(&page, "kshuffle_driver_watch_drivers"),
+        Some(2.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "kshuffle_driver_watch_up"),
+        Some(1.0),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespace_limits_the_watch() {
+    let cluster = Cluster::start(FakeApiServer::builder()).await;
+    let mut node = cluster
+        .node(&["--driver-cleanup-delay", "0s", "--watch-namespace", "jobs"])
+        .await;
+    let outside = App::register(&node, &cluster.root, "spark-outside").await;
+    let inside = App::register(&node, &cluster.root, "spark-inside").await;
+    cluster.driver("out-driver", "spark-outside", true);
+    cluster.driver_in("jobs", "in-driver", "spark-inside");
+    node.wait_watch_up().await;
+    cluster.wait_phase(&node, "out-driver", "Running").await;
+    eventually(&node, "in-driver Running", || {
+        cluster
+            .server
+            .pod("jobs", "in-driver")
+            .and_then(|p| p.status?.phase)
+            .as_deref()
+            == Some("Running")
+    })
+    .await;
+    // The driver outside the namespace ends first, then the one inside.
+    assert!(cluster.server.exit_pod(NS, "out-driver", 0));
+    assert!(cluster.server.exit_pod("jobs", "in-driver", 0));
+    inside.assert_removed(&node).await;
+    outside.assert_served(&node).await;
+    assert_eq!(node.end_reason("spark-outside"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,6 +609,20 @@ async fn expired_watch_relists_and_catches_what_happened_in_the_gap() {
     assert_eq!(node.end_reason("spark-fin").as_deref(), Some("succeeded"));
     running.assert_served(&node).await;
     no_pod.assert_served(&node).await;
+
+    let (_, page) = http_get(node.admin, "/metrics");
+    let restarts = metric(&page, "kshuffle_driver_watch_restarts_total");
+    assert!(restarts >= Some(1.0), "{page}");
+    let expired = metric(
+        &page,
+        "kshuffle_driver_watch_errors_total{kind=\"expired\"}",
+    );
+    assert!(expired >= Some(1.0), "{page}");
+    assert_eq!(
+        metric(&page, "kshuffle_driver_watch_apps_removed_total"),
+        Some(2.0),
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,8 +678,8 @@ async fn api_outages_remove_nothing_and_the_watch_recovers() {
     assert_eq!(node.end_reason("spark-client-mode"), None);
 }
 
-/// GET over plain HTTP/1.1; returns the status code.
-fn http_status(addr: SocketAddr, path: &str) -> u16 {
+/// GET over plain HTTP/1.1; returns the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
@@ -610,10 +689,19 @@ fn http_status(addr: SocketAddr, path: &str) -> u16 {
     .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.split_whitespace()
+    let status = out
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,7 +713,7 @@ async fn ready_while_the_api_server_is_unreachable() {
         message(e).starts_with("driver watch down")
     })
     .await;
-    assert_eq!(http_status(node.admin, "/readyz"), 200, "{}", node.log());
+    assert_eq!(http_get(node.admin, "/readyz").0, 200, "{}", node.log());
     let a = App::register(&node, &cluster.root, "spark-a").await;
     a.assert_served(&node).await;
     // The watch comes up once the API server is back.

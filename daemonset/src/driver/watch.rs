@@ -206,6 +206,14 @@ pub async fn run(
     info!("driver watch stopped");
 }
 
+/// Waits out the cleanup delay; false when shutdown came first.
+async fn wait_delay(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
 /// Removals scheduled after the cleanup delay, at most one pending per app.
 struct Removals {
     cleanup: Arc<dyn Cleanup>,
@@ -234,9 +242,8 @@ impl Removals {
         let delay = self.delay;
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+            if !wait_delay(delay, &shutdown).await {
+                return;
             }
             let target = app.clone();
             let result = tokio::task::spawn_blocking(move || cleanup.remove_app(&target)).await;
@@ -266,5 +273,106 @@ impl Removals {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kshuffle::store::cleanup::Reclaimed;
+
+    use super::*;
+    use crate::driver::tracker::{EndReason, PodName};
+
+    /// Records the apps it is asked to remove.
+    #[derive(Default)]
+    struct Recorder {
+        removed: Mutex<Vec<AppId>>,
+        calls: AtomicUsize,
+    }
+
+    impl Cleanup for Recorder {
+        fn remove_app(&self, app: &AppId) -> Result<Option<AppRemoval>, store::Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.removed.lock().unwrap().push(app.clone());
+            Ok(Some(AppRemoval {
+                app_id: app.0.clone(),
+                executors: 1,
+                reclaimed: Reclaimed::default(),
+                errors: Vec::new(),
+            }))
+        }
+    }
+
+    fn ended(app: &str) -> AppEnded {
+        AppEnded {
+            app: AppId(app.into()),
+            reason: EndReason::Succeeded,
+            pod: PodName {
+                namespace: "ns".into(),
+                name: format!("{app}-driver"),
+            },
+        }
+    }
+
+    fn removals(cleanup: Arc<Recorder>, delay: Duration, shutdown: &CancellationToken) -> Removals {
+        Removals {
+            cleanup,
+            delay,
+            pending: Arc::new(Mutex::new(HashSet::new())),
+            tasks: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_delay_is_waited_out_unless_shutdown_comes_first() {
+        let shutdown = CancellationToken::new();
+        let waiting = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { wait_delay(Duration::from_secs(30), &shutdown).await }
+        });
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(!waiting.is_finished(), "the delay ended early");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(waiting.await.unwrap());
+
+        let waiting = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { wait_delay(Duration::from_secs(30), &shutdown).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shutdown.cancel();
+        assert!(!waiting.await.unwrap(), "shutdown did not cut the delay");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_app_is_removed_once_per_pending_removal() {
+        let rec = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let r = removals(Arc::clone(&rec), Duration::from_secs(30), &shutdown);
+        // Ended twice while pending (e.g. Failed, then deleted), and another app.
+        r.schedule(ended("app-1"));
+        r.schedule(ended("app-1"));
+        r.schedule(ended("app-2"));
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        r.tasks.close();
+        r.tasks.wait().await;
+        let mut removed = rec.removed.lock().unwrap().clone();
+        removed.sort();
+        assert_eq!(removed, vec![AppId("app-1".into()), AppId("app-2".into())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_drops_pending_removals() {
+        let rec = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let r = removals(Arc::clone(&rec), Duration::from_secs(30), &shutdown);
+        r.schedule(ended("app-1"));
+        shutdown.cancel();
+        r.tasks.close();
+        r.tasks.wait().await;
+        assert_eq!(rec.calls.load(Ordering::SeqCst), 0);
     }
 }
