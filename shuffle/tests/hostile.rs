@@ -75,6 +75,8 @@ impl Target {
 
     /// Fetches every block of every map output and checks each byte; returns the bytes.
     async fn good_client(&self, client: &mut Client) -> u64 {
+        // Reported, never asserted: how the well-behaved client fares during an attack.
+        let started = std::time::Instant::now();
         let mut verified = 0u64;
         let reduce_ids: Vec<Vec<i32>> = (0..MAPS).map(|_| (0..PARTS as i32).collect()).collect();
         let handle = guard(client.open(&fetch((0..MAPS).collect(), reduce_ids, false)))
@@ -87,6 +89,12 @@ impl Target {
             assert_eq!(&body[..], &self.outputs[m][r][..], "map {m} reduce {r}");
             verified += body.len() as u64;
         }
+        eprintln!(
+            "good client: {} blocks, {} KiB verified in {:.1} ms",
+            handle.num_chunks,
+            verified / 1024,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         verified
     }
 
