@@ -101,9 +101,6 @@ impl Base {
             assert_eq!(docs.len(), 1, "exactly one {kind}");
             docs.pop().unwrap()
         };
-        fn typed<T: k8s_openapi::serde::de::DeserializeOwned>(kind: &str, v: Value) -> T {
-            serde_json::from_value(v).unwrap_or_else(|e| panic!("{kind} does not parse: {e}"))
-        }
         Base {
             namespace: typed("Namespace", one("Namespace")),
             service_account: typed("ServiceAccount", one("ServiceAccount")),
@@ -163,6 +160,22 @@ impl Base {
     }
 }
 
+/// Parses `v` as a `T` and checks that nothing was lost: serde skips fields a type does not
+/// have, so a misspelt field (`readOnlyRootFileSystem`) would otherwise vanish silently.
+fn typed<T>(kind: &str, v: Value) -> T
+where
+    T: k8s_openapi::serde::de::DeserializeOwned + k8s_openapi::serde::Serialize,
+{
+    let parsed: T =
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{kind} does not parse: {e}"));
+    let back = serde_json::to_value(&parsed).unwrap();
+    assert_eq!(
+        back, v,
+        "{kind}: a field is not part of the type (misspelt or misplaced?)"
+    );
+    parsed
+}
+
 fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a Volume {
     spec.volumes
         .iter()
@@ -200,7 +213,9 @@ fn seconds(duration: &str) -> i64 {
 fn executor_template() -> Pod {
     let path = deploy_dir().join("spark/executor-pod-template.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{} is not a Pod: {e}", path.display()))
+    let value: Value = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+    typed("the executor pod template", value)
 }
 
 /// The `--conf key=value` lines of `spark-submit.flags`.
