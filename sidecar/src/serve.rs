@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
 use kshuffle::daemon::{self, DaemonArgs, Options, Running, parse_duration};
 use kube::api::{Api, ListParams};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::inject::{ENV_AUTH_SECRET, LABEL_APP_ID, LABEL_SPARK_ROLE};
@@ -160,7 +161,14 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         max_backoff: args.driver_check_max_backoff,
     };
     daemon::run(&args.daemon, options, move |running| {
-        tokio::spawn(lifecycle.run(running));
+        // Registered here, synchronously, so a SIGTERM from now on reaches the lifecycle even
+        // if the daemon's own signal task has not subscribed yet (a stream only sees signals
+        // sent after it was created).
+        let term = signal(SignalKind::terminate())
+            .inspect_err(|e| warn!(error = %e, "cannot watch SIGTERM"))
+            .ok();
+        info!(app = %lifecycle.app_id, pod = %lifecycle.pod_name, "sidecar serving");
+        tokio::spawn(lifecycle.run(running, term));
     })
     .await
 }
@@ -174,9 +182,18 @@ struct Lifecycle {
 }
 
 impl Lifecycle {
-    async fn run(self, running: Running) {
+    async fn run(self, running: Running, mut term: Option<Signal>) {
+        let own_signal = async {
+            match term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = running.signalled.cancelled() => {}
+            () = own_signal => {}
             () = running.shutdown.cancelled() => return,
         }
         if running.service.store.registry().is_empty() {

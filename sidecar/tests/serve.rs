@@ -1,0 +1,356 @@
+//! `kshuffle-sidecar serve` as a process, against the fake Kubernetes API server of `testkit`
+//! (no cluster runs here; the sidecar uses the real `kube` client, pointed at the fake server
+//! through a kubeconfig file).
+//!
+//! What it proves: after SIGTERM the sidecar keeps serving a registered executor's blocks
+//! while the application's driver pod runs (and while the API server is down), and exits 0 once
+//! the driver pod has Succeeded or is deleted; with nothing registered it exits at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kshuffle::client::Client;
+use kshuffle::fixture::ExecutorDirs;
+use kshuffle::wire::Message;
+use kshuffle_testkit::{FakeApiServer, Outage};
+use serde_json::Value;
+
+const NS: &str = "spark-jobs";
+const APP: &str = "spark-4a1f0c6e2b9d4c7a8e3f5b1d2c6a9e0f";
+const DRIVER: &str = "wordcount-driver";
+const PARTITIONS: [&[u8]; 3] = [b"alpha", b"", b"gamma-gamma-gamma"];
+
+/// Hang guard for waits (asserts nothing about durations).
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn driver_pod() -> Pod {
+    let labels = BTreeMap::from([
+        ("spark-role".to_owned(), "driver".to_owned()),
+        ("spark-app-selector".to_owned(), APP.to_owned()),
+    ]);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(DRIVER.to_owned()),
+            namespace: Some(NS.to_owned()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "spark-kubernetes-driver".to_owned(),
+                image: Some("apache/spark:4.0.1".to_owned()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(HANG_GUARD, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("hung waiting for {what}"));
+}
+
+fn phase(server: &FakeApiServer) -> Option<String> {
+    server.pod(NS, DRIVER)?.status?.phase
+}
+
+/// The sidecar process, its JSON log collected from stderr.
+struct Sidecar {
+    child: Child,
+    log: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Sidecar {
+    fn start(dir: &Path, server: &FakeApiServer) -> (Sidecar, SocketAddr) {
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+                 users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: fake\n    user: test\n    namespace: {NS}\n\
+                 current-context: test\n",
+                server.url()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"));
+        cmd.arg("serve")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--admin-bind",
+                "127.0.0.1",
+                "--admin-port",
+                "0",
+            ])
+            .arg("--allowed-root")
+            .arg(dir.join("local"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--log-format", "json", "--log-level", "info"])
+            .args([
+                "--driver-check-interval",
+                "50ms",
+                "--driver-check-max-backoff",
+                "200ms",
+            ]);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("KSHUFFLE_") || key == "_SPARK_AUTH_SECRET" || key == "RUST_LOG" {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("KSHUFFLE_APP_ID", APP)
+            .env("KSHUFFLE_POD_NAMESPACE", NS)
+            .env("KSHUFFLE_POD_NAME", "wordcount-exec-1")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start kshuffle-sidecar");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let event: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if event["fields"]["message"] == "listening" {
+                    let _ = tx.send(event["fields"]["addr"].as_str().unwrap_or("").to_owned());
+                }
+                sink.lock().unwrap().push(event);
+            }
+        });
+        let addr = rx
+            .recv_timeout(HANG_GUARD)
+            .unwrap_or_else(|_| panic!("no \"listening\": {:?}", log.lock().unwrap()));
+        (Sidecar { child, log }, addr.parse().unwrap())
+    }
+
+    fn logged(&self, message: &str) -> Option<Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e["fields"]["message"] == message)
+            .cloned()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(HANG_GUARD, async {
+            loop {
+                if let Some(status) = self.exited() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("sidecar did not exit: {:?}", self.log.lock().unwrap()))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fetches every partition of map 0 through the service.
+async fn fetch_all(addr: SocketAddr) -> Vec<Vec<u8>> {
+    let mut client = tokio::time::timeout(HANG_GUARD, Client::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let message = Message::FetchShuffleBlocks {
+        app_id: APP.into(),
+        exec_id: "1".into(),
+        shuffle_id: 0,
+        map_ids: vec![0],
+        reduce_ids: vec![vec![0, 1, 2]],
+        batch_fetch_enabled: false,
+    };
+    let handle = client.open(&message).await.unwrap();
+    let mut out = Vec::new();
+    for chunk in 0..handle.num_chunks {
+        out.push(
+            client
+                .chunk(handle.stream_id, chunk)
+                .await
+                .unwrap()
+                .to_vec(),
+        );
+    }
+    out
+}
+
+async fn register(dir: &Path, addr: SocketAddr) {
+    let dirs = ExecutorDirs::create(&dir.join("local"), "exec1", 2, 8).unwrap();
+    dirs.write_map_output(0, 0, &PARTITIONS).unwrap();
+    let mut client = Client::connect(addr).await.unwrap();
+    client
+        .register(APP, "1", dirs.as_strings(), 8)
+        .await
+        .unwrap();
+}
+
+fn expected() -> Vec<Vec<u8>> {
+    PARTITIONS.iter().map(|p| p.to_vec()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_it_serves_until_the_driver_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeApiServer::start().await.unwrap();
+    server.insert_pod(NS, driver_pod()).unwrap();
+    wait_for("driver Running", || {
+        phase(&server).as_deref() == Some("Running")
+    })
+    .await;
+
+    let (mut sidecar, addr) = Sidecar::start(dir.path(), &server);
+    register(dir.path(), addr).await;
+    assert_eq!(fetch_all(addr).await, expected());
+
+    wait_for("the sidecar to be up", || {
+        sidecar.logged("sidecar serving").is_some()
+    })
+    .await;
+    sidecar.signal("-TERM");
+    wait_for("the signal to be handled", || {
+        sidecar
+            .logged("signal received: serving until the driver pod ends")
+            .is_some()
+    })
+    .await;
+    // Several driver checks happen, all "alive": still serving.
+    let lists = server.calls().list;
+    wait_for("two driver checks", || server.calls().list >= lists + 2).await;
+    assert!(
+        sidecar.exited().is_none(),
+        "must keep serving while the driver runs"
+    );
+    assert_eq!(fetch_all(addr).await, expected());
+
+    // The API server goes away: never read as "driver gone".
+    server.start_outage(Outage::Refuse);
+    wait_for("a failed driver check", || {
+        sidecar
+            .logged("cannot check the driver pod; serving on")
+            .is_some()
+    })
+    .await;
+    assert!(sidecar.exited().is_none(), "an API outage must not stop it");
+    assert_eq!(fetch_all(addr).await, expected());
+    server.end_outage();
+
+    assert!(server.exit_pod(NS, DRIVER, 0));
+    let status = sidecar.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+    let gone = sidecar
+        .logged("driver gone: stopping")
+        .expect("logs why it stops");
+    assert!(
+        gone["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Succeeded"),
+        "{gone}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_driver_pod_ends_the_sidecar_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeApiServer::start().await.unwrap();
+    server.insert_pod(NS, driver_pod()).unwrap();
+    wait_for("driver Running", || {
+        phase(&server).as_deref() == Some("Running")
+    })
+    .await;
+    let (mut sidecar, addr) = Sidecar::start(dir.path(), &server);
+    register(dir.path(), addr).await;
+
+    wait_for("the sidecar to be up", || {
+        sidecar.logged("sidecar serving").is_some()
+    })
+    .await;
+    sidecar.signal("-TERM");
+    let lists = server.calls().list;
+    wait_for("a driver check", || server.calls().list > lists).await;
+    assert!(sidecar.exited().is_none());
+
+    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, NS);
+    pods.delete(DRIVER, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    let status = sidecar.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+    assert!(sidecar.logged("driver gone: stopping").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_registered_it_stops_at_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeApiServer::start().await.unwrap();
+    server.insert_pod(NS, driver_pod()).unwrap();
+    let (mut sidecar, _addr) = Sidecar::start(dir.path(), &server);
+    wait_for("the sidecar to be up", || {
+        sidecar.logged("sidecar serving").is_some()
+    })
+    .await;
+    sidecar.signal("-TERM");
+    let status = sidecar.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sidecar
+            .logged("signal received and nothing registered: stopping")
+            .is_some()
+    );
+    assert_eq!(server.calls().list, 0, "no API call needed");
+}
+
+#[test]
+fn missing_app_id_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
+        .args(["serve", "--allowed-root"])
+        .arg(dir.path())
+        .args(["--app-id", " ", "--namespace", NS])
+        .env_remove("KSHUFFLE_APP_ID")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--app-id"));
+}
