@@ -678,6 +678,43 @@ async fn api_outages_remove_nothing_and_the_watch_recovers() {
     assert_eq!(node.end_reason("spark-client-mode"), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_removes_ended_apps_it_sees_and_keeps_the_rest() {
+    let cluster = Cluster::start(FakeApiServer::builder()).await;
+    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
+    let finished = App::register(&node, &cluster.root, "spark-fin").await;
+    let deleted = App::register(&node, &cluster.root, "spark-del").await;
+    let running = App::register(&node, &cluster.root, "spark-run").await;
+    cluster.driver("fin-driver", "spark-fin", true);
+    cluster.driver("del-driver", "spark-del", true);
+    cluster.driver("run-driver", "spark-run", true);
+    node.wait_watch_up().await;
+    for name in ["fin-driver", "del-driver", "run-driver"] {
+        cluster.wait_phase(&node, name, "Running").await;
+    }
+    drop(node);
+
+    // While the node is down: one driver finishes, one is deleted outright.
+    assert!(cluster.server.exit_pod(NS, "fin-driver", 0));
+    cluster
+        .api()
+        .delete("del-driver", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert!(cluster.server.pod(NS, "del-driver").is_none());
+
+    // The restarted node recovers the three apps from its journal. The finished driver is
+    // in its first list: removed. The deleted one it never saw: not found is not ended, so
+    // that app is left to the idle sweep.
+    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
+    node.wait_watch_up().await;
+    finished.assert_removed(&node).await;
+    assert_eq!(node.end_reason("spark-fin").as_deref(), Some("succeeded"));
+    deleted.assert_served(&node).await;
+    running.assert_served(&node).await;
+    assert_eq!(node.end_reason("spark-del"), None);
+}
+
 /// GET over plain HTTP/1.1; returns the status code and the body.
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();

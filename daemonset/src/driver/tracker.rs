@@ -12,6 +12,10 @@
 //! pod, a partial list cut by an error) decides nothing. A pod being deleted gracefully
 //! (`deletionTimestamp` set) is still live until it is gone or terminal.
 //!
+//! Known limit: a driver pod whose `spark-role=driver` label is removed while the watch is
+//! down looks, in the next relist, exactly like a deleted one (a live watch sees it leave the
+//! selection and forgets it without a decision). Spark never relabels its pods.
+//!
 //! Invariants: each driver pod causes at most one decision (on its first transition from
 //! live or unseen to ended); a relist that did not complete is discarded at the next
 //! `RelistStarted`.

@@ -35,17 +35,28 @@ pub trait Cleanup: Send + Sync + 'static {
     /// # Errors
     /// When the removal cannot be recorded (nothing is removed then).
     fn remove_app(&self, app: &AppId) -> Result<Option<AppRemoval>, store::Error>;
+
+    /// Whether any executor of `app` is registered here (in memory, non-blocking).
+    fn is_registered(&self, app: &AppId) -> bool;
 }
 
 impl Cleanup for kshuffle::store::Store {
     fn remove_app(&self, app: &AppId) -> Result<Option<AppRemoval>, store::Error> {
         kshuffle::store::Store::remove_app(self, &app.0)
     }
+
+    fn is_registered(&self, app: &AppId) -> bool {
+        !self.registry().executors_of(&app.0).is_empty()
+    }
 }
 
 impl Cleanup for kshuffle::handler::Service {
     fn remove_app(&self, app: &AppId) -> Result<Option<AppRemoval>, store::Error> {
         self.store.remove_app(&app.0)
+    }
+
+    fn is_registered(&self, app: &AppId) -> bool {
+        Cleanup::is_registered(&self.store, app)
     }
 }
 
@@ -116,7 +127,11 @@ pub async fn run(
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
-    let wc = watcher::Config::default().labels(DRIVER_SELECTOR);
+    // MostRecent (kube's default, spelled out because certainty rests on it): relists are
+    // consistent reads, never a stale watch-cache page, so a pod absent from one is gone.
+    let wc = watcher::Config::default()
+        .labels(DRIVER_SELECTOR)
+        .list_semantic(watcher::ListSemantic::MostRecent);
     let mut events = watcher(api, wc).boxed();
     let mut tracker = Tracker::new();
     let removals = Removals {
@@ -227,6 +242,12 @@ impl Removals {
     fn schedule(&self, decision: AppEnded) {
         let AppEnded { app, reason, pod } = decision;
         metrics::counter!(metric::APPS_ENDED, "reason" => reason.as_str()).increment(1);
+        if !self.cleanup.is_registered(&app) {
+            // Most driver pods of a cluster ran apps with no executor on this node; after a
+            // restart, every completed driver still around is seen ending once more.
+            debug!(%app, %pod, reason = reason.as_str(), "driver ended for an app not registered here; ignored");
+            return;
+        }
         if !self
             .pending
             .lock()
@@ -262,7 +283,7 @@ impl Removals {
                         "app removed: its driver ended"
                     );
                 }
-                Ok(Ok(None)) => debug!(%app, "driver ended for an app not registered here; ignored"),
+                Ok(Ok(None)) => debug!(%app, "app of an ended driver already removed"),
                 Ok(Err(e)) => {
                     metrics::counter!(metric::REMOVAL_ERRORS).increment(1);
                     error!(%app, error = %e, "cannot remove the app of an ended driver; the idle sweep will retry");
@@ -302,6 +323,10 @@ mod tests {
                 reclaimed: Reclaimed::default(),
                 errors: Vec::new(),
             }))
+        }
+
+        fn is_registered(&self, app: &AppId) -> bool {
+            app.0 != "unknown"
         }
     }
 
@@ -356,6 +381,9 @@ mod tests {
         r.schedule(ended("app-1"));
         r.schedule(ended("app-1"));
         r.schedule(ended("app-2"));
+        // An app not registered here is not even scheduled.
+        r.schedule(ended("unknown"));
+        assert_eq!(r.pending.lock().unwrap().len(), 2);
         tokio::time::sleep(Duration::from_secs(31)).await;
         r.tasks.close();
         r.tasks.wait().await;
