@@ -78,7 +78,15 @@ fn main() {
     let embed = move |running: daemon::Running| {
         if let Some(client) = client {
             let service = running.service;
-            tokio::spawn(driver::run(client, config, service, running.shutdown));
+            let watch = tokio::spawn(driver::run(client, config, service, running.shutdown));
+            // The watch never returns early on its own; a panic would end it silently.
+            tokio::spawn(async move {
+                if let Err(e) = watch.await
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "the driver watch failed; apps are no longer removed when their driver ends");
+                }
+            });
         }
     };
     if let Err(e) = runtime.block_on(daemon::run(&cli.daemon, Options::default(), embed)) {

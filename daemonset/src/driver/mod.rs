@@ -8,7 +8,8 @@
 //! What it watches: pods labelled `spark-role=driver` (the label Spark's Kubernetes backend
 //! puts on drivers), in one namespace or all; the application id is their
 //! `spark-app-selector` label, which Spark sets to `spark.app.id`, the id executors register
-//! with.
+//! with. No field selector narrows it: every phase change matters, and a driver may run on
+//! any node while its executors' files are on this one.
 //!
 //! What it never does: remove an application because its driver pod is simply not found.
 //! Client-mode drivers have no pod, and a restarted daemon holds applications whose drivers
