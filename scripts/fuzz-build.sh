@@ -24,7 +24,7 @@ case "${1:-}" in
       echo "== $t (${seconds}s)"
       RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" "target/corpus/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=2048 \
-        2>&1 | tee "target/fuzz-$t.log" | grep -E '^#[0-9]+ +DONE|^stat::|ERROR|panicked' || true
+        2>&1 | tee "target/fuzz-$t.log" | grep -E '^#[0-9]+\s+(INITED|DONE)|^stat::|ERROR|panicked' || true
     done
     ;;
   *)
