@@ -11,6 +11,9 @@
 //! Needs `kubectl` (kustomize is built in and works offline); `KUBECTL` overrides the path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../shuffle/tests/common/mod.rs"]
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -647,4 +650,73 @@ fn the_node_binary_accepts_the_daemonset_args_and_env() {
         })
         .collect();
     assert!(!node_accepts(&bad, &env).status.success());
+}
+
+/// The probe paths answer 200 on the real binary's admin port when it runs with the
+/// DaemonSet's args (host paths moved into a temp dir, ports ephemeral on loopback, no API
+/// server), and SIGTERM ends it well within `terminationGracePeriodSeconds`.
+#[test]
+fn probe_paths_answer_on_the_real_binary_started_with_the_daemonset_args() {
+    use std::io::{Read as _, Write as _};
+
+    let base = Base::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let state = tmp.path().join("state");
+    let args: Vec<String> = base
+        .daemon()
+        .args
+        .iter()
+        .flatten()
+        .map(|a| match a.split_once('=') {
+            Some(("--allowed-root", _)) => format!("--allowed-root={}", root.display()),
+            Some(("--state-dir", _)) => format!("--state-dir={}", state.display()),
+            Some(("--port", _)) => "--port=0".to_owned(),
+            Some(("--admin-port", _)) => "--admin-port=0".to_owned(),
+            _ => a.clone(),
+        })
+        .chain(
+            [
+                "--bind=127.0.0.1",
+                "--admin-bind=127.0.0.1",
+                "--driver-watch=false",
+            ]
+            .map(str::to_owned),
+        )
+        .collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
+    cmd.args(&args).env_remove("RUST_LOG");
+    let daemon = common::Daemon::start_command(cmd);
+    let admin: std::net::SocketAddr = daemon
+        .events()
+        .iter()
+        .find(|e| e.message == "listening")
+        .and_then(|e| e.str_field("admin_addr"))
+        .expect("\"listening\" names admin_addr")
+        .parse()
+        .unwrap();
+    let probes = [
+        base.daemon().readiness_probe.clone().unwrap(),
+        base.daemon().liveness_probe.clone().unwrap(),
+    ];
+    for probe in probes {
+        let path = probe.http_get.unwrap().path.unwrap();
+        let mut stream = std::net::TcpStream::connect(admin).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "GET {path} on the admin port: {response}"
+        );
+    }
+    // Daemon::stop waits (bounded) for a clean exit 0 after SIGTERM.
+    daemon.stop();
 }
