@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
-use kshuffle_testkit::apiserver::{FakeApiServer, Record, Resource};
+use kshuffle_testkit::apiserver::{FakeApiServer, Node, ProcessKubelet, Record, Resource};
 use serde_json::Value;
 
 const NS: &str = "spark-jobs";
@@ -119,19 +119,22 @@ fn label<'a>(pod: &'a Pod, key: &str) -> &'a str {
         .map_or("", String::as_str)
 }
 
-/// Runs the application with Spark `version` and asserts, through the fake, what its
-/// Kubernetes client did.
-async fn spark_client_mode(version: &str, fabric8: &str) {
-    let venv = spark_venv(version);
-    let server = FakeApiServer::start().await.unwrap();
-    let work = std::env::temp_dir().join(format!(
-        "kshuffle-spark-k8s-{version}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&work).unwrap();
-    let go_file = work.join("go");
-    let _ = std::fs::remove_file(&go_file);
+/// A running spark-submit with its output collected by threads.
+struct Submitted {
+    group: Group,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
 
+/// Starts `spark-submit --master k8s://<server> --deploy-mode client` of
+/// `tests/spark/k8s_client.py` with `confs` and the job's `args`.
+fn submit(
+    venv: &Path,
+    server: &FakeApiServer,
+    work: &Path,
+    confs: &[&str],
+    args: &[&str],
+) -> Submitted {
     let mut cmd = Command::new(venv.join("bin/spark-submit"));
     cmd.arg("--master")
         .arg(format!("k8s://{}", server.url()))
@@ -143,14 +146,14 @@ async fn spark_client_mode(version: &str, fabric8: &str) {
         .args(["--conf", &format!("spark.kubernetes.namespace={NS}")])
         .args(["--conf", "spark.driver.host=127.0.0.1"])
         .args(["--conf", "spark.executor.instances=2"])
-        // Do not wait for executors that will never register before handing back the context.
-        .args(["--conf", "spark.scheduler.minRegisteredResourcesRatio=0"])
-        .args(["--conf", "spark.ui.enabled=false"])
-        .arg(workspace_root().join("testkit/tests/spark/k8s_client.py"))
-        .arg("--go-file")
-        .arg(&go_file)
+        .args(["--conf", "spark.ui.enabled=false"]);
+    for conf in confs {
+        cmd.args(["--conf", conf]);
+    }
+    cmd.arg(workspace_root().join("testkit/tests/spark/k8s_client.py"))
+        .args(args)
         .args(["--test-pid", &std::process::id().to_string()])
-        .current_dir(&work)
+        .current_dir(work)
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .env("PYSPARK_PYTHON", venv.join("bin/python"))
         .env("PYTHONUNBUFFERED", "1")
@@ -163,16 +166,78 @@ async fn spark_client_mode(version: &str, fabric8: &str) {
     let mut group = Group(cmd.spawn().expect("start spark-submit"));
     let mut stdout = group.0.stdout.take().unwrap();
     let mut stderr = group.0.stderr.take().unwrap();
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    Submitted {
+        group,
+        stdout: std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        }),
+        stderr: std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        }),
+    }
+}
+
+impl Submitted {
+    /// Waits (bounded) for spark-submit to exit successfully; returns its JSON line.
+    async fn finish(self) -> Value {
+        let Submitted {
+            group,
+            stdout,
+            stderr,
+        } = self;
+        let waited = tokio::task::spawn_blocking(move || {
+            let mut group = group;
+            let status = group.0.wait();
+            (group, status)
+        });
+        let (group, status) = within(EXIT_TIMEOUT, "spark-submit to exit", waited)
+            .await
+            .unwrap();
+        group.kill(); // closes the pipes of anything left in the group
+        let stdout = stdout.join().unwrap();
+        let stderr = stderr.join().unwrap();
+        let tail: String = {
+            let lines: Vec<&str> = stderr.lines().collect();
+            lines[lines.len().saturating_sub(80)..].join("\n")
+        };
+        assert!(
+            status.as_ref().is_ok_and(std::process::ExitStatus::success),
+            "spark-submit: {status:?}\nstdout:\n{stdout}\nstderr (tail):\n{tail}"
+        );
+        stdout
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no JSON line on stdout:\n{stdout}\nstderr:\n{tail}"))
+    }
+}
+
+fn work_dir(what: &str) -> PathBuf {
+    let work = std::env::temp_dir().join(format!("kshuffle-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    work
+}
+
+/// Runs the application with Spark `version` and asserts, through the fake, what its
+/// Kubernetes client did.
+async fn spark_client_mode(version: &str, fabric8: &str) {
+    let venv = spark_venv(version);
+    let server = FakeApiServer::start().await.unwrap();
+    let work = work_dir(&format!("spark-k8s-{version}"));
+    let go_file = work.join("go");
+    let go = go_file.to_str().unwrap();
+    // Do not wait for executors that will never register before handing back the context.
+    let spark = submit(
+        &venv,
+        &server,
+        &work,
+        &["spark.scheduler.minRegisteredResourcesRatio=0"],
+        &["--go-file", go],
+    );
 
     // While the SparkContext is up: its ConfigMap and two executor pods.
     let pods = within(
@@ -188,28 +253,7 @@ async fn spark_client_mode(version: &str, fabric8: &str) {
     let requests_up = server.requests();
 
     std::fs::write(&go_file, b"go").unwrap();
-    let waited = tokio::task::spawn_blocking(move || {
-        let status = group.0.wait();
-        (group, status)
-    });
-    let (group, status) = within(EXIT_TIMEOUT, "spark-submit to exit", waited)
-        .await
-        .unwrap();
-    group.kill(); // closes the pipes of anything left in the group
-    let stdout = out_thread.join().unwrap();
-    let stderr = err_thread.join().unwrap();
-    let tail: String = {
-        let lines: Vec<&str> = stderr.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    };
-    assert!(
-        status.as_ref().is_ok_and(std::process::ExitStatus::success),
-        "spark-submit: {status:?}\nstdout:\n{stdout}\nstderr (tail):\n{tail}"
-    );
-    let result: Value = stdout
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON line on stdout:\n{stdout}\nstderr:\n{tail}"));
+    let result = spark.finish().await;
     assert_eq!(result["spark_version"], version);
     let app_id = result["app_id"].as_str().unwrap().to_owned();
 
@@ -320,4 +364,102 @@ async fn spark_k8s_client_4_3_in_client_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_client_3_5_in_client_mode() {
     spark_client_mode("3.5.9", "6.7.2").await;
+}
+
+/// The pyspark package of a venv: `SPARK_HOME` of the process kubelet.
+fn pyspark_home(venv: &Path) -> PathBuf {
+    let lib = std::fs::read_dir(venv.join("lib")).unwrap();
+    let py = lib
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
+        })
+        .expect("lib/python3*");
+    let home = py.join("site-packages/pyspark");
+    assert!(home.join("jars").is_dir(), "{}", home.display());
+    home
+}
+
+/// Spark's executors, run as local JVMs by the process kubelet on the pods Spark created,
+/// register with the driver and run a shuffle job whose result is exact; on stop the pods
+/// are deleted and their processes are gone.
+async fn spark_executors_on_the_process_kubelet(version: &str) {
+    let venv = spark_venv(version);
+    let work = work_dir(&format!("spark-kubelet-{version}"));
+    let kubelet = ProcessKubelet::new(pyspark_home(&venv), work.join("kubelet"));
+    let server = FakeApiServer::builder()
+        .nodes(vec![Node::new("node-1", 4, 8), Node::new("node-2", 4, 8)])
+        .process_kubelet(kubelet.clone())
+        .start()
+        .await
+        .unwrap();
+    let spark = submit(
+        &venv,
+        &server,
+        &work,
+        &[
+            "spark.executor.memory=512m",
+            "spark.executor.cores=1",
+            // Fail fast instead of waiting out retries if an executor cannot serve.
+            "spark.task.maxFailures=1",
+        ],
+        &["--shuffle"],
+    );
+    // Observe the pods while they run.
+    let running = within(
+        PODS_TIMEOUT,
+        "two executor pods Running",
+        until(|| {
+            let pods = server.pods(NS);
+            let running: Vec<Pod> = pods
+                .into_iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .collect();
+            (running.len() == 2).then_some(running)
+        }),
+    )
+    .await;
+    let result = spark.finish().await;
+    assert_eq!(result["got"], result["expected"], "{result}");
+
+    let mut pod_ips: Vec<String> = running
+        .iter()
+        .map(|p| p.status.as_ref().unwrap().pod_ip.clone().unwrap())
+        .collect();
+    pod_ips.sort();
+    for ip in &pod_ips {
+        assert!(ip.starts_with("127.1."), "{ip}");
+    }
+    for p in &running {
+        let host_ip = p.status.as_ref().unwrap().host_ip.clone().unwrap();
+        assert!(host_ip.starts_with("127.0.1."), "{host_ip}");
+    }
+    // The executors Spark used are the ones on the pods' addresses.
+    let hosts: Vec<String> = serde_json::from_value(result["executor_hosts"].clone()).unwrap();
+    assert_eq!(hosts, pod_ips);
+    // Each ran the executor backend and registered with the driver.
+    for p in &running {
+        let name = p.metadata.name.as_deref().unwrap();
+        let log = std::fs::read_to_string(kubelet.pod_dir(NS, name).join("stderr")).unwrap();
+        assert!(
+            log.contains("Successfully registered with driver"),
+            "{name}:\n{log}"
+        );
+    }
+    // Spark deleted its executor pods; the kubelet ended their processes and removed them.
+    within(
+        Duration::from_secs(60),
+        "the executor pods to go",
+        until(|| server.pods(NS).is_empty().then_some(())),
+    )
+    .await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_kubelet_4_3_runs_executors_for_a_shuffle() {
+    spark_executors_on_the_process_kubelet("4.3.0").await;
 }

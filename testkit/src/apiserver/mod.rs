@@ -22,6 +22,7 @@
 mod audit;
 mod base64;
 mod http;
+mod kubelet;
 mod merge;
 mod objects;
 mod quantity;
@@ -45,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::audit::Record;
+pub use self::kubelet::ProcessKubelet;
 pub use self::objects::Resource;
 pub use self::selector::{FieldSelector, LabelSelector, Selectors};
 pub use self::sim::{Latencies, Node, pod_requests};
@@ -160,6 +162,8 @@ struct Shared {
     nodes: Mutex<Vec<Node>>,
     cancel: CancellationToken,
     requests: audit::Log,
+    /// Whether the simulated kubelet starts and removes pods (false with a process kubelet).
+    simulated_kubelet: bool,
 }
 
 impl Shared {
@@ -190,6 +194,7 @@ pub struct Builder {
     bookmark_interval: Duration,
     max_watch: Duration,
     expired_reason: ExpiredReason,
+    kubelet: Option<ProcessKubelet>,
 }
 
 impl Default for Builder {
@@ -202,6 +207,7 @@ impl Default for Builder {
             bookmark_interval: Duration::from_secs(1),
             max_watch: Duration::from_secs(1800),
             expired_reason: ExpiredReason::default(),
+            kubelet: None,
         }
     }
 }
@@ -249,6 +255,13 @@ impl Builder {
         self
     }
 
+    /// Runs pods as local processes with a [`ProcessKubelet`] instead of only marking them
+    /// Running (see `kubelet.rs` for what it can run).
+    pub fn process_kubelet(mut self, kubelet: ProcessKubelet) -> Self {
+        self.kubelet = Some(kubelet);
+        self
+    }
+
     /// Binds 127.0.0.1:0 and starts serving and simulating.
     ///
     /// # Errors
@@ -270,6 +283,7 @@ impl Builder {
             nodes: Mutex::new(self.nodes),
             cancel: cancel.clone(),
             requests: audit::Log::default(),
+            simulated_kubelet: self.kubelet.is_none(),
         });
         let tasks = TaskTracker::new();
         let app = http::router(Arc::clone(&shared))
@@ -285,10 +299,20 @@ impl Builder {
             tasks.clone(),
         ));
         tasks.spawn(run_sim(Arc::clone(&shared), self.latencies));
+        let procs = self.kubelet.map(|kubelet| {
+            let procs = Arc::new(kubelet::Procs::default());
+            tasks.spawn(kubelet::run(
+                Arc::clone(&shared),
+                kubelet,
+                Arc::clone(&procs),
+            ));
+            procs
+        });
         Ok(FakeApiServer {
             shared,
             addr,
             tasks,
+            procs,
         })
     }
 }
@@ -302,7 +326,13 @@ async fn run_sim(shared: Arc<Shared>, latencies: Latencies) {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             let mut state = shared.store.lock();
-            sim::step(&mut state, &nodes, &latencies, tokio::time::Instant::now())
+            sim::step(
+                &mut state,
+                &nodes,
+                &latencies,
+                tokio::time::Instant::now(),
+                shared.simulated_kubelet,
+            )
         };
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
@@ -319,6 +349,8 @@ pub struct FakeApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
     tasks: TaskTracker,
+    /// The processes of a process kubelet, killed on drop.
+    procs: Option<Arc<kubelet::Procs>>,
 }
 
 impl FakeApiServer {
@@ -530,5 +562,9 @@ impl FakeApiServer {
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.shared.cancel.cancel();
+        // Synchronously: a test that panics must not leave JVMs behind.
+        if let Some(procs) = &self.procs {
+            procs.kill_all();
+        }
     }
 }

@@ -97,7 +97,15 @@ fn node_of(pod: &Pod) -> Option<&str> {
 }
 
 /// Advances the simulation to `now`. Returns the next instant at which something is due.
-pub fn step(state: &mut State, nodes: &[Node], lat: &Latencies, now: Instant) -> Option<Instant> {
+/// With `kubelet` false the simulated kubelet does nothing (pods are not started and graceful
+/// deletions not finished): a process kubelet (`kubelet.rs`) does it instead.
+pub fn step(
+    state: &mut State,
+    nodes: &[Node],
+    lat: &Latencies,
+    now: Instant,
+    kubelet: bool,
+) -> Option<Instant> {
     let mut next: Option<Instant> = None;
     let mut due = |at: Instant| {
         next = Some(next.map_or(at, |n| n.min(at)));
@@ -107,6 +115,7 @@ pub fn step(state: &mut State, nodes: &[Node], lat: &Latencies, now: Instant) ->
     let finished: Vec<Key> = state
         .pods
         .iter()
+        .filter(|_| kubelet)
         .filter_map(|(k, t)| {
             let (requested, deadline) = t.delete_at?;
             let at = deadline.min(requested + lat.terminate);
@@ -169,7 +178,9 @@ pub fn step(state: &mut State, nodes: &[Node], lat: &Latencies, now: Instant) ->
                     }
                     set_condition(&mut t.pod, "PodScheduled", "True", None, None);
                 });
-                due(now + lat.start);
+                if kubelet {
+                    due(now + lat.start);
+                }
             }
             None if !t.unschedulable_noted => {
                 let msg = format!(
@@ -196,6 +207,7 @@ pub fn step(state: &mut State, nodes: &[Node], lat: &Latencies, now: Instant) ->
     let starting: Vec<(Key, Instant)> = state
         .pods
         .iter()
+        .filter(|_| kubelet)
         .filter(|(_, t)| t.delete_at.is_none() && phase(&t.pod) == Some("Pending"))
         .filter_map(|(k, t)| t.bound_at.map(|b| (k.clone(), b + lat.start)))
         .collect();
@@ -209,7 +221,7 @@ pub fn step(state: &mut State, nodes: &[Node], lat: &Latencies, now: Instant) ->
     }
 
     // Wake for pending graceful deletions.
-    for t in state.pods.values() {
+    for t in state.pods.values().filter(|_| kubelet) {
         if let Some((requested, deadline)) = t.delete_at {
             due(deadline.min(requested + lat.terminate));
         }

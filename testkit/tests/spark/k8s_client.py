@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""A Spark application that only starts and stops, run by `spark-submit --master k8s://...`
-in client mode against testkit's fake API server (driven by `tests/spark_k8s_client.rs`).
+"""A Spark application run by `spark-submit --master k8s://...` in client mode against
+testkit's fake API server (driven by `tests/spark_k8s_client.rs`).
 
-It needs no executor to run a task: the test asserts what Spark's Kubernetes client did
-through the API (its ConfigMap, its executor pods, its watch) while the SparkContext is up,
-then tells the job to stop by creating `--go-file`, and asserts that Spark deleted its
-executor pods on stop.
+With `--go-file` it needs no executor to run a task: the test asserts what Spark's
+Kubernetes client did through the API (its ConfigMap, its executor pods, its watch) while
+the SparkContext is up, then tells the job to stop by creating the go file, and asserts that
+Spark deleted its executor pods on stop. Exits non-zero if the go file does not appear within
+GO_TIMEOUT_S (the SparkContext is still stopped).
 
-Prints exactly one JSON line on stdout: {"app_id": ..., "spark_version": ..., "stopped": true}.
-Exits non-zero if the go file does not appear within GO_TIMEOUT_S (the SparkContext is still
-stopped). The whole process group (spark-submit's JVM and this script) is killed if the test
+With `--shuffle` it runs a reduceByKey on executors (run by the process kubelet), compares
+the result with plain Python, records the executors' hosts, and stops.
+
+Prints exactly one JSON line on stdout: {"app_id": ..., "spark_version": ..., "stopped": true,
+...}. The whole process group (spark-submit's JVM and this script) is killed if the test
 process `--test-pid` goes away, so nothing outlives a killed test.
 """
 
@@ -43,7 +46,8 @@ def exit_with(pid):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--go-file", required=True)
+    ap.add_argument("--go-file")
+    ap.add_argument("--shuffle", action="store_true")
     ap.add_argument("--test-pid", type=int, required=True)
     args = ap.parse_args()
     exit_with(args.test_pid)
@@ -53,17 +57,33 @@ def main():
     spark = SparkSession.builder.getOrCreate()
     sc = spark.sparkContext
     log("SparkContext up: %s" % sc.applicationId)
-    deadline = time.monotonic() + GO_TIMEOUT_S
-    went = False
-    while time.monotonic() < deadline:
-        if os.path.exists(args.go_file):
-            went = True
-            break
-        time.sleep(0.1)
-    app_id, version = sc.applicationId, spark.version
+    out = {"app_id": sc.applicationId, "spark_version": spark.version}
+    went = True
+    if args.shuffle:
+        got = sorted(
+            sc.parallelize(range(100_000), 8)
+            .map(lambda x: (x % 100, 1))
+            .reduceByKey(lambda a, b: a + b, 4)
+            .collect()
+        )
+        out["got"] = got
+        out["expected"] = [(k, 1000) for k in range(100)]
+        out["executor_hosts"] = sorted(
+            e.host() for e in sc._jsc.sc().statusTracker().getExecutorInfos()
+            if e.host() != sc.getConf().get("spark.driver.host")
+        )
+    if args.go_file:
+        went = False
+        deadline = time.monotonic() + GO_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if os.path.exists(args.go_file):
+                went = True
+                break
+            time.sleep(0.1)
     spark.stop()
     log("SparkContext stopped")
-    print(json.dumps({"app_id": app_id, "spark_version": version, "stopped": True}), flush=True)
+    out["stopped"] = True
+    print(json.dumps(out), flush=True)
     if not went:
         log("no go file after %d s" % GO_TIMEOUT_S)
         sys.exit(3)
