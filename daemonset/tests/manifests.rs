@@ -5,8 +5,9 @@
 //! on the port, the shuffle root and the user.
 //!
 //! No cluster is involved: this pins what the YAML says (why each setting is there is in
-//! `daemonset/README.md`); the service itself is tested in `spark_node.rs` and the crate's
-//! other tests.
+//! `daemonset/README.md`). The real `kshuffle-node` binary is run twice: it must parse the
+//! DaemonSet's args and env, and answer the probes when started with them. The service
+//! itself is tested in `spark_node.rs` and the crate's other tests.
 //!
 //! Needs `kubectl` (kustomize is built in and works offline); `KUBECTL` overrides the path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
