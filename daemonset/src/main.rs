@@ -97,9 +97,12 @@ fn main() {
 
 /// A client from kube's standard inference (kubeconfig, else in-cluster).
 async fn kube_client() -> anyhow::Result<kube::Client> {
-    let config = kube::Config::infer()
+    let mut config = kube::Config::infer()
         .await
         .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?;
+    // The watch retries with its own capped backoff and logs the outage; kube's built-in
+    // retry of 429/503 (up to 15 times, delays growing past minutes) would hide it.
+    config.default_retry = false;
     kube::Client::try_from(config)
         .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))
 }

@@ -656,13 +656,18 @@ async fn api_outages_remove_nothing_and_the_watch_recovers() {
     })
     .await;
 
-    // 503 on every request: the node keeps asking (kube retries, then the watch backs off),
+    // 503 on every request: the node keeps asking (the watch backs off between attempts),
     // and removes nothing.
     let calls = cluster.server.calls();
     cluster.server.start_outage(Outage::Unavailable);
     eventually(&node, "503s answered to the watch", || {
         let now = cluster.server.calls();
         now.watch + now.list >= calls.watch + calls.list + 3
+    })
+    .await;
+    // Logged as a second outage (once), not hidden behind client retries.
+    node.wait_count("a second \"driver watch down\"", 2, |e| {
+        message(e).starts_with("driver watch down")
     })
     .await;
     b.assert_served(&node).await;
@@ -676,6 +681,9 @@ async fn api_outages_remove_nothing_and_the_watch_recovers() {
     b.assert_removed(&node).await;
     c.assert_served(&node).await;
     assert_eq!(node.end_reason("spark-client-mode"), None);
+    // Two outages, each logged once however many attempts failed.
+    let downs = node.count(|e| message(e).starts_with("driver watch down"));
+    assert_eq!(downs, 2, "{}", node.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
