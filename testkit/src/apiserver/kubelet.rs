@@ -76,6 +76,13 @@ impl ProcessKubelet {
         }
     }
 
+    /// Runs `java` instead of `$JAVA_HOME/bin/java` (tests use a script that records what it
+    /// was started with).
+    pub fn java(mut self, java: impl Into<PathBuf>) -> Self {
+        self.java = java.into();
+        self
+    }
+
     /// The directory of a pod: its volumes and its container's `stdout`/`stderr`.
     pub fn pod_dir(&self, ns: &str, name: &str) -> PathBuf {
         self.work_dir.join("pods").join(ns).join(name)
@@ -175,6 +182,8 @@ fn reconcile(
         let deleting = tracked.and_then(|t| t.delete_at);
         match (exited, deleting) {
             (Some(status), _) => {
+                // As a container's teardown: whatever the process left in its group goes too.
+                signal_group(p.child.id(), "KILL");
                 procs.remove(&key);
                 if tracked.is_none() {
                     continue;

@@ -1,0 +1,365 @@
+//! The process kubelet, with a shell script standing in for `java`: it records the
+//! arguments, env and working directory it was started with and then exits, sleeps, or
+//! ignores SIGTERM, as the pod's `MODE` env says. Quick (no JVM); the real-JVM run is
+//! `spark_k8s_kubelet_*` in `spark_k8s_client.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kshuffle_testkit::apiserver::{FakeApiServer, Node, ProcessKubelet};
+use kshuffle_testkit::kube_client;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+const NS: &str = "spark";
+
+const FAKE_JAVA: &str = r#"#!/bin/sh
+printf '%s\n' "$@" > args
+env > env
+echo $$ > pid
+case "$MODE" in
+  exit*) exit "${MODE#exit}" ;;
+  stubborn) trap '' TERM ;;
+  *) trap 'echo term >> signals; exit 143' TERM ;;
+esac
+sleep 600 &
+wait
+wait
+"#;
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(60), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+async fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Setup {
+    server: FakeApiServer,
+    kubelet: ProcessKubelet,
+    dir: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn setup(name: &str) -> Setup {
+    let dir = std::env::temp_dir().join(format!("kshuffle-kubelet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("spark/jars")).unwrap();
+    let java = dir.join("java");
+    std::fs::write(&java, FAKE_JAVA).unwrap();
+    std::fs::set_permissions(&java, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kubelet = ProcessKubelet::new(dir.join("spark"), dir.join("work")).java(&java);
+    let server = FakeApiServer::builder()
+        .nodes(vec![Node::new("node-1", 4, 8), Node::new("node-2", 4, 8)])
+        .process_kubelet(kubelet.clone())
+        .start()
+        .await
+        .unwrap();
+    Setup {
+        server,
+        kubelet,
+        dir,
+    }
+}
+
+/// An executor pod as Spark 4.3 creates it (trimmed), with `MODE` for the fake java.
+fn executor_pod(name: &str, mode: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "spark-role": "executor" } },
+        "spec": {
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "spark-kubernetes-executor",
+                "image": "kshuffle/spark-test",
+                "args": ["executor"],
+                "env": [
+                    { "name": "MODE", "value": mode },
+                    { "name": "SPARK_DRIVER_URL", "value": "spark://CoarseGrainedScheduler@127.0.0.1:7078" },
+                    { "name": "SPARK_EXECUTOR_CORES", "value": "1" },
+                    { "name": "SPARK_EXECUTOR_MEMORY", "value": "512m" },
+                    { "name": "SPARK_APPLICATION_ID", "value": "spark-app-1" },
+                    { "name": "SPARK_CONF_DIR", "value": "/opt/spark/conf" },
+                    { "name": "SPARK_EXECUTOR_ID", "value": "7" },
+                    { "name": "SPARK_RESOURCE_PROFILE_ID", "value": "0" },
+                    { "name": "SPARK_JAVA_OPT_10", "value": "-Dten" },
+                    { "name": "SPARK_JAVA_OPT_2", "value": "-Dtwo" },
+                    { "name": "SPARK_JAVA_OPT_0", "value": "-Dzero" },
+                    { "name": "SPARK_LOCAL_DIRS", "value": "/var/data/spark-abc" },
+                    { "name": "SPARK_EXECUTOR_POD_IP",
+                      "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": "status.podIP" } } },
+                    { "name": "SPARK_EXECUTOR_POD_NAME",
+                      "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.name" } } },
+                    { "name": "NODE",
+                      "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+                ],
+                "volumeMounts": [
+                    { "name": "spark-local-dir-1", "mountPath": "/var/data/spark-abc" },
+                    { "name": "spark-conf-volume-exec", "mountPath": "/opt/spark/conf" },
+                ],
+            }],
+            "volumes": [
+                { "name": "spark-local-dir-1", "emptyDir": {} },
+                { "name": "spark-conf-volume-exec",
+                  "configMap": { "name": "spark-exec-conf-map", "defaultMode": 420 } },
+            ],
+        },
+    }))
+    .unwrap()
+}
+
+async fn create_conf_map(server: &FakeApiServer) {
+    let cms: Api<ConfigMap> = Api::namespaced(kube_client(server, NS).unwrap(), NS);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "spark-exec-conf-map" },
+        "data": { "spark.properties": "spark.kubernetes.namespace=spark\n" },
+    }))
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+}
+
+fn phase(server: &FakeApiServer, name: &str) -> Option<String> {
+    server
+        .pod(NS, name)
+        .and_then(|p| p.status.and_then(|s| s.phase))
+}
+
+async fn wait_phase(server: &FakeApiServer, name: &str, want: &str) -> Pod {
+    within(
+        &format!("{name} to be {want}"),
+        until(|| {
+            (phase(server, name).as_deref() == Some(want)).then(|| server.pod(NS, name).unwrap())
+        }),
+    )
+    .await
+}
+
+/// Waits for a file the fake java writes (it is written right after start).
+async fn read_when_there(path: &Path) -> String {
+    within(
+        &format!("{}", path.display()),
+        until(|| {
+            std::fs::read_to_string(path)
+                .ok()
+                .filter(|s| s.ends_with('\n'))
+        }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_executor_pod_runs_the_command_of_sparks_image() {
+    let s = setup("command").await;
+    create_conf_map(&s.server).await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    pods.create(&PostParams::default(), &executor_pod("exec-7", "sleep"))
+        .await
+        .unwrap();
+    let pod = wait_phase(&s.server, "exec-7", "Running").await;
+    let status = pod.status.unwrap();
+    let pod_ip = status.pod_ip.unwrap();
+    assert!(pod_ip.starts_with("127.1."), "{pod_ip}");
+    assert_eq!(status.host_ip.as_deref(), Some("127.0.1.1"), "node-1");
+
+    let dir = s.kubelet.pod_dir(NS, "exec-7");
+    let conf = dir.join("volumes/spark-conf-volume-exec");
+    let local = dir.join("volumes/spark-local-dir-1");
+    let args = read_when_there(&dir.join("args")).await;
+    let want = [
+        "-Dzero",
+        "-Dtwo",
+        "-Dten",
+        "-Xms512m",
+        "-Xmx512m",
+        "-cp",
+        &format!(
+            "{}:{}/jars/*",
+            conf.display(),
+            s.dir.join("spark").display()
+        ),
+        "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend",
+        "--driver-url",
+        "spark://CoarseGrainedScheduler@127.0.0.1:7078",
+        "--executor-id",
+        "7",
+        "--cores",
+        "1",
+        "--app-id",
+        "spark-app-1",
+        "--hostname",
+        &pod_ip,
+        "--resourceProfileId",
+        "0",
+        "--podName",
+        "exec-7",
+    ];
+    assert_eq!(args.lines().collect::<Vec<_>>(), want);
+
+    let env = read_when_there(&dir.join("env")).await;
+    let has = |line: String| assert!(env.lines().any(|l| l == line), "{line} not in\n{env}");
+    has(format!("SPARK_EXECUTOR_POD_IP={pod_ip}"));
+    has("NODE=node-1".into());
+    has(format!("SPARK_LOCAL_DIRS={}", local.display()));
+    has(format!("SPARK_CONF_DIR={}", conf.display()));
+    has(format!("SPARK_HOME={}", s.dir.join("spark").display()));
+    assert!(local.is_dir());
+    assert_eq!(
+        std::fs::read_to_string(conf.join("spark.properties")).unwrap(),
+        "spark.kubernetes.namespace=spark\n"
+    );
+}
+
+#[tokio::test]
+async fn the_exit_code_sets_the_phase() {
+    let s = setup("exit").await;
+    create_conf_map(&s.server).await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pp = PostParams::default();
+    pods.create(&pp, &executor_pod("ok", "exit0"))
+        .await
+        .unwrap();
+    pods.create(&pp, &executor_pod("bad", "exit3"))
+        .await
+        .unwrap();
+    wait_phase(&s.server, "ok", "Succeeded").await;
+    let bad = wait_phase(&s.server, "bad", "Failed").await;
+    let cs = &bad.status.unwrap().container_statuses.unwrap()[0];
+    let term = cs.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(term.exit_code, 3);
+    assert_eq!(term.reason.as_deref(), Some("Error"));
+    assert!(!cs.ready);
+}
+
+#[tokio::test]
+async fn delete_sends_sigterm_then_removes_the_pod() {
+    let s = setup("term").await;
+    create_conf_map(&s.server).await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    pods.create(&PostParams::default(), &executor_pod("exec-1", "sleep"))
+        .await
+        .unwrap();
+    wait_phase(&s.server, "exec-1", "Running").await;
+    let dir = s.kubelet.pod_dir(NS, "exec-1");
+    let pid = read_when_there(&dir.join("pid")).await;
+    let deleted = pods
+        .delete("exec-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pod = deleted.left().expect("a graceful delete returns the pod");
+    assert_eq!(pod.metadata.deletion_grace_period_seconds, Some(30));
+    within(
+        "the pod to go",
+        until(|| s.server.pod(NS, "exec-1").is_none().then_some(())),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("signals")).unwrap(),
+        "term\n"
+    );
+    assert!(!alive(pid.trim()), "the process is gone");
+}
+
+#[tokio::test]
+async fn a_process_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let s = setup("stubborn").await;
+    create_conf_map(&s.server).await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    pods.create(&PostParams::default(), &executor_pod("exec-1", "stubborn"))
+        .await
+        .unwrap();
+    wait_phase(&s.server, "exec-1", "Running").await;
+    let pid = read_when_there(&s.kubelet.pod_dir(NS, "exec-1").join("pid")).await;
+    pods.delete("exec-1", &DeleteParams::default().grace_period(1))
+        .await
+        .unwrap();
+    within(
+        "the pod to go",
+        until(|| s.server.pod(NS, "exec-1").is_none().then_some(())),
+    )
+    .await;
+    assert!(!alive(pid.trim()));
+}
+
+fn alive(pid: &str) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test]
+async fn every_process_is_killed_when_the_server_is_dropped() {
+    let s = setup("drop").await;
+    create_conf_map(&s.server).await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let mut pids = Vec::new();
+    for name in ["a", "b"] {
+        pods.create(&PostParams::default(), &executor_pod(name, "stubborn"))
+            .await
+            .unwrap();
+        wait_phase(&s.server, name, "Running").await;
+        let pid = read_when_there(&s.kubelet.pod_dir(NS, name).join("pid")).await;
+        pids.push(pid.trim().to_owned());
+    }
+    assert!(pids.iter().all(|p| alive(p)));
+    drop(pods);
+    // Dropping the server kills synchronously: no wait needed.
+    drop(s);
+    for p in &pids {
+        assert!(!alive(p), "process {p} survived the drop");
+    }
+}
+
+#[tokio::test]
+async fn pods_the_kubelet_cannot_run_fail_with_a_reason() {
+    let s = setup("bad").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pp = PostParams::default();
+
+    // The driver convention (cluster mode) is not run yet; neither is anything else.
+    let mut driver = executor_pod("driver", "sleep");
+    driver.spec.as_mut().unwrap().containers[0].args = Some(vec!["driver".into()]);
+    pods.create(&pp, &driver).await.unwrap();
+    // No ConfigMap for the conf volume.
+    pods.create(&pp, &executor_pod("no-conf", "sleep"))
+        .await
+        .unwrap();
+
+    let failed = wait_phase(&s.server, "driver", "Failed").await;
+    let st = failed.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
+    assert!(st.message.unwrap().contains("args [\"driver\"]"));
+    let failed = wait_phase(&s.server, "no-conf", "Failed").await;
+    let st = failed.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert!(
+        st.message
+            .unwrap()
+            .contains("configmap \"spark-exec-conf-map\" not found"),
+    );
+    // Failed pods are deleted at once.
+    pods.delete("driver", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(s.server.pod(NS, "driver").is_none());
+}
