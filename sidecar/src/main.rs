@@ -41,6 +41,10 @@ fn main() {
         eprintln!("kshuffle-sidecar: {e:#}");
         std::process::exit(EX_USAGE);
     }
+    // One TLS provider for the process (the webhook's server and kube's client): ring.
+    // Installing it explicitly keeps kube's client working even if another provider is ever
+    // linked in; an error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -609,3 +609,37 @@ fn mutate_is_pure_and_deterministic() {
         pod.metadata.labels.as_ref().unwrap()["spark-app-selector"]
     );
 }
+
+/// Single-byte corruptions of a real review (every 17th byte, three replacements, so the test
+/// stays quick in a debug build): never a panic, and any patch returned applies
+/// cleanly to the object it was computed from (the API server rejects patches that do not).
+#[test]
+fn corrupted_reviews_never_panic_and_every_patch_applies() {
+    let config = config();
+    let original = REVIEW.as_bytes();
+    let mut patched = 0;
+    for i in (0..original.len()).step_by(17) {
+        for replacement in [b'"', b'x', b'}'] {
+            let mut body = original.to_vec();
+            body[i] = replacement;
+            let Ok(reviewed) = admission::review(&body, &config) else {
+                continue;
+            };
+            let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
+            assert_eq!(answer["response"]["allowed"], true);
+            if let Some(patch) = answer["response"].get("patch") {
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                let mut pod = request["request"]["object"].clone();
+                let bytes = base64_decode(patch.as_str().unwrap());
+                let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+                json_patch::patch(&mut pod, &patch).unwrap_or_else(|e| panic!("byte {i}: {e}"));
+                let _: Pod = serde_json::from_value(pod).unwrap();
+                patched += 1;
+            }
+        }
+    }
+    assert!(
+        patched > 100,
+        "most corruptions of string contents still inject ({patched})"
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! No I/O and no kube client: the HTTP layer ([`crate::admission`]) decodes the
 //! `AdmissionReview`, calls [`mutate`], and wraps the result. Every rule below is tested from
-//! captured pod bodies in `tests.rs`.
+//! captured pod bodies in `sidecar/tests/inject.rs`.
 //!
 //! What an injected pod gets (all in one JSONPatch, applied to the pod as the API server sent it):
 //! - a regular container (not a native sidecar, see the crate docs) named [`Config::container_name`]
