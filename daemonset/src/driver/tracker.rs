@@ -188,6 +188,9 @@ struct Tracked {
 #[derive(Debug, Default)]
 pub struct Tracker {
     pods: HashMap<String, Tracked>,
+    /// Live (not ended) tracked pods per app, kept in step with `pods` by `insert`/`remove`.
+    live: HashMap<AppId, usize>,
+    live_total: usize,
     /// Keys listed by the relist in progress, if any.
     relist: Option<HashSet<String>>,
 }
@@ -202,7 +205,36 @@ impl Tracker {
 
     /// Driver pods seen and not yet ended.
     pub fn live_drivers(&self) -> usize {
-        self.pods.values().filter(|t| !t.ended).count()
+        self.live_total
+    }
+
+    fn insert(&mut self, key: String, tracked: Tracked) {
+        if !tracked.ended {
+            *self.live.entry(tracked.app.clone()).or_default() += 1;
+            self.live_total += 1;
+        }
+        if let Some(old) = self.pods.insert(key, tracked) {
+            self.unlive(&old);
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Tracked> {
+        let old = self.pods.remove(key)?;
+        self.unlive(&old);
+        Some(old)
+    }
+
+    fn unlive(&mut self, t: &Tracked) {
+        if t.ended {
+            return;
+        }
+        self.live_total = self.live_total.saturating_sub(1);
+        if let Some(n) = self.live.get_mut(&t.app) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(&t.app);
+            }
+        }
     }
 
     /// Applies one input; returns the applications that ended because of it.
@@ -235,7 +267,7 @@ impl Tracker {
             Input::Deleted(pod) => {
                 if !pod.is_driver {
                     // Left the selection (label changed): not a deletion; forget it.
-                    if let Some(t) = self.pods.remove(&pod.key) {
+                    if let Some(t) = self.remove(&pod.key) {
                         debug!(pod = %t.name, "pod is no longer labelled as a driver; forgotten");
                     }
                 } else if self.pods.contains_key(&pod.key) {
@@ -252,11 +284,11 @@ impl Tracker {
     fn applied(&mut self, pod: DriverPod, out: &mut Vec<AppEnded>) {
         let (Some(app), true) = (pod.app.clone(), pod.is_driver) else {
             debug!(pod = %pod.name, "driver pod without a spark-app-selector label; ignored");
-            self.pods.remove(&pod.key);
+            self.remove(&pod.key);
             return;
         };
         let was_ended = self.pods.get(&pod.key).is_some_and(|t| t.ended);
-        self.pods.insert(
+        self.insert(
             pod.key.clone(),
             Tracked {
                 app: app.clone(),
@@ -271,7 +303,7 @@ impl Tracker {
 
     /// Tracked pod `key` is gone for good.
     fn gone(&mut self, key: &str, reason: EndReason, out: &mut Vec<AppEnded>) {
-        if let Some(t) = self.pods.remove(key)
+        if let Some(t) = self.remove(key)
             && !t.ended
         {
             self.decide(t.app, reason, t.name, out);
@@ -280,8 +312,8 @@ impl Tracker {
 
     /// A driver pod of `app` ended: the app ended unless another of its drivers is live.
     fn decide(&self, app: AppId, reason: EndReason, pod: PodName, out: &mut Vec<AppEnded>) {
-        if let Some(other) = self.pods.values().find(|t| t.app == app && !t.ended) {
-            debug!(%app, ended = %pod, live = %other.name, "another driver pod of the app is live");
+        if let Some(live) = self.live.get(&app) {
+            debug!(%app, ended = %pod, live, "another driver pod of the app is live");
             return;
         }
         out.push(AppEnded { app, reason, pod });

@@ -1,6 +1,6 @@
 //! Tables of watch events in, decisions out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -248,4 +248,44 @@ fn from_pod_reads_labels_uid_and_phase() {
     let d = DriverPod::from_pod(&p);
     assert_eq!(d.key, "jobs/pi-driver");
     assert_eq!((d.app, d.is_driver, d.terminal), (None, false, None));
+}
+
+/// The live counts always match the tracked pods, over a long pseudo-random event sequence,
+/// and an app is never decided ended while one of its drivers is live.
+#[test]
+fn live_counts_stay_consistent() {
+    let mut t = Tracker::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let phases = ["Pending", "Running", "Succeeded", "Failed"];
+    for _ in 0..5000 {
+        let i = next(6);
+        let app = format!("app-{}", i % 3);
+        let name = format!("d{i}");
+        let phase = phases[usize::try_from(next(4)).unwrap()];
+        let input = match next(6) {
+            0 => Input::RelistStarted,
+            1 => Input::RelistDone,
+            2 => Input::Listed(driver(&name, &app, phase)),
+            3 => Input::Deleted(driver(&name, &app, phase)),
+            _ => Input::Applied(driver(&name, &app, phase)),
+        };
+        for decision in t.step(input) {
+            assert!(
+                !t.pods.values().any(|p| p.app == decision.app && !p.ended),
+                "{decision:?} decided while a driver of the app is live"
+            );
+        }
+        let mut live: HashMap<AppId, usize> = HashMap::new();
+        for p in t.pods.values().filter(|p| !p.ended) {
+            *live.entry(p.app.clone()).or_default() += 1;
+        }
+        assert_eq!(t.live, live);
+        assert_eq!(t.live_drivers(), live.values().sum::<usize>());
+    }
 }
