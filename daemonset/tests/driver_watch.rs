@@ -782,6 +782,23 @@ fn without_a_kubernetes_configuration_it_exits_with_usage_status() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("--driver-watch"), "{stderr}");
 
+    // Bad values of its own flags are usage errors naming the flag.
+    for (flag, value) in [
+        ("--driver-cleanup-delay", "soon"),
+        ("--driver-watch", "maybe"),
+    ] {
+        let out = NodeProcess::command(None, tmp.path())
+            .arg("--allowed-root")
+            .arg(&root)
+            .args([flag, value])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
+
     // --driver-watch=false serves as plain kshuffled, with no configuration at all.
     let mut child = NodeProcess::command(None, tmp.path())
         .arg("--allowed-root")
