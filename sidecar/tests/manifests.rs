@@ -28,10 +28,14 @@ fn deploy_dir() -> PathBuf {
 }
 
 fn render() -> Vec<Value> {
+    render_dir(&deploy_dir())
+}
+
+fn render_dir(dir: &Path) -> Vec<Value> {
     let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
     let out = Command::new(&kubectl)
         .arg("kustomize")
-        .arg(deploy_dir())
+        .arg(dir)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {kubectl:?} ({e}); install kubectl or set KUBECTL"));
     assert!(
@@ -435,4 +439,29 @@ fn webhook_deployment_is_replicated_non_root_and_read_only() {
         stderr.contains("cannot read /etc/kshuffle/tls/tls.crt"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_provided_ca_example_drops_cert_manager_and_sets_every_ca_bundle() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/provided-ca");
+    let docs = render_dir(&dir);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert!(
+        !kinds.contains(&"Certificate") && !kinds.contains(&"Issuer"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        docs.len(),
+        render().len() - 2,
+        "only the two cert-manager objects go"
+    );
+    let config: MutatingWebhookConfiguration = one(&docs, "MutatingWebhookConfiguration");
+    let annotations = config.metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key("cert-manager.io/inject-ca-from"));
+    let hooks = config.webhooks.unwrap();
+    assert_eq!(hooks.len(), 2);
+    for hook in hooks {
+        let bundle = hook.client_config.ca_bundle.expect("caBundle set");
+        assert_eq!(bundle.0, b"CA_BUNDLE", "{}", hook.name);
+    }
 }

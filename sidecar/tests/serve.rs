@@ -287,6 +287,10 @@ async fn after_sigterm_it_serves_until_the_driver_succeeds() {
             .contains("Succeeded"),
         "{gone}"
     );
+    // Only `list` was used: the ClusterRole in deploy/rbac.yaml (list pods) is enough.
+    let calls = server.calls();
+    assert!(calls.list > 0);
+    assert_eq!(calls.total(), calls.list, "{calls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
