@@ -473,7 +473,7 @@ fn settings_of_the_pod_are_respected() {
         c["volumeMounts"]
             .as_array_mut()
             .unwrap()
-            .push(json!({"name": "spark-local-dir-2", "mountPath": "/data2"}));
+            .push(json!({"name": "spark-local-dir-2", "mountPath": "/data2", "subPath": "exec", "readOnly": false}));
         pod["spec"]["volumes"]
             .as_array_mut()
             .unwrap()
@@ -510,6 +510,19 @@ fn settings_of_the_pod_are_respected() {
     let args = sidecar.args.as_ref().unwrap();
     assert!(args.contains(&format!("--allowed-root={LOCAL_DIR}")));
     assert!(args.contains(&"--allowed-root=/data2".to_owned()));
+    let data2 = sidecar
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "spark-local-dir-2")
+        .unwrap();
+    assert_eq!(data2.mount_path, "/data2");
+    assert_eq!(
+        data2.sub_path.as_deref(),
+        Some("exec"),
+        "same files as the executor sees"
+    );
 
     // The pod's own runAsUser is inherited (not overridden) when the executor sets none.
     let body = review_with(|pod| {

@@ -5,7 +5,7 @@
 //! captured pod bodies in `sidecar/tests/inject.rs`.
 //!
 //! What an injected pod gets (all in one JSONPatch, applied to the pod as the API server sent it):
-//! - a regular container (not a native sidecar, see the crate docs) named [`Config::container_name`]
+//! - a regular container (not a native sidecar: see `sidecar/README.md`) named [`Config::container_name`]
 //!   running `kshuffle-sidecar serve`, listening on Spark's shuffle port in the pod's network
 //!   namespace, with every `spark-local-dir-N` volume of the executor container mounted at the
 //!   **same path** (so the dirs an executor registers name the same files for the daemon) and
@@ -239,9 +239,13 @@ fn plan(pod: &Pod, config: &Config) -> Result<Patch, Unsafe> {
         .iter()
         .flatten()
         .filter(|m| m.name.starts_with(LOCAL_DIR_VOLUME_PREFIX))
+        // Same volume, same path, same sub-path: the sidecar must see exactly the files the
+        // executor sees at that path. Writable even if the executor's is not (cleanup deletes).
         .map(|m| VolumeMount {
             name: m.name.clone(),
             mount_path: m.mount_path.clone(),
+            sub_path: m.sub_path.clone(),
+            sub_path_expr: m.sub_path_expr.clone(),
             ..VolumeMount::default()
         })
         .collect();
