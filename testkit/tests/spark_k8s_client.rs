@@ -447,6 +447,14 @@ async fn spark_executors_on_the_process_kubelet(version: &str) {
             log.contains("Successfully registered with driver"),
             "{name}:\n{log}"
         );
+        // Its block manager wrote into the pod's emptyDir (SPARK_LOCAL_DIRS, mapped).
+        let local = kubelet
+            .pod_dir(NS, name)
+            .join("volumes/spark-local-dir-1/blockmgr-");
+        assert!(
+            log.contains(&format!("Created local directory at {}", local.display())),
+            "{name}:\n{log}"
+        );
     }
     // Spark deleted its executor pods; the kubelet ended their processes and removed them.
     within(
@@ -462,4 +470,9 @@ async fn spark_executors_on_the_process_kubelet(version: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_kubelet_4_3_runs_executors_for_a_shuffle() {
     spark_executors_on_the_process_kubelet("4.3.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_kubelet_3_5_runs_executors_for_a_shuffle() {
+    spark_executors_on_the_process_kubelet("3.5.9").await;
 }
