@@ -1,7 +1,10 @@
 //! Test helpers shared by kshuffle's crates. Dev-only: never a dependency of product code.
 //!
-//! - [`apiserver`]: a fake Kubernetes API server for core/v1 pods that speaks real HTTP/JSON
-//!   on 127.0.0.1, with a simulated scheduler and kubelet, fault injection and call counters.
+//! - [`apiserver`]: a fake Kubernetes API server for core/v1 pods (plus the ConfigMaps,
+//!   Secrets, Services and PVCs Spark's own client uses, and watches over WebSocket) that
+//!   speaks real HTTP/JSON on 127.0.0.1, with a simulated scheduler and kubelet, fault
+//!   injection, call counters and a request log; optionally a process kubelet that runs
+//!   Spark executor pods as local JVMs (see `testkit/README.md`).
 //!   No Kubernetes cluster, container runtime or kube-apiserver runs on our machines; tests of
 //!   code that talks to Kubernetes point the real `kube` client at this server instead
 //!   ([`kube_client`]).
