@@ -280,6 +280,9 @@ impl Connection {
                     return Ok(());
                 }
             }
+            self.flush().await?;
+            // Started after the replies went out, so time spent writing to a slow reader is
+            // not counted against the frame it pipelined behind its requests.
             let pending = self.rbuf.len() + self.raw.len();
             if pending == 0 {
                 partial_since = None;
@@ -291,7 +294,6 @@ impl Connection {
             {
                 return Err(Error::FrameTimeout(frame_timeout, pending));
             }
-            self.flush().await?;
             // On shutdown, stay only while a client is still reading streams it opened.
             if self.shutdown.is_cancelled() && self.streams.is_empty() {
                 return Ok(());

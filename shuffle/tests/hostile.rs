@@ -751,3 +751,52 @@ async fn stream_state_is_bounded_by_the_global_budget() {
     }
     assert_eq!(reopened, 2, "the budget was not given back");
 }
+
+/// A client that pipelines a large fetch and the start of its next request, then reads slowly:
+/// the time the daemon spends writing to it does not count against the frame behind, so it is
+/// not cut off by the frame timeout (only a peer slow to *send* is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_with_a_pipelined_partial_frame_is_not_cut_off() {
+    let target = Target::start(&["--frame-timeout", "2s"]).await;
+    let exec = ExecutorDirs::create(&target._dirs.local_dir, "big", 1, 4).unwrap();
+    let block = pseudo_random_bytes(7, 32 * MIB as usize);
+    exec.write_map_output(0, 0, &[&block]).unwrap();
+    let mut c = connect(target.addr()).await;
+    c.register(APP, "2", exec.as_strings(), 4).await.unwrap();
+    let open = Message::FetchShuffleBlocks {
+        app_id: APP.into(),
+        exec_id: "2".into(),
+        shuffle_id: 0,
+        map_ids: vec![0],
+        reduce_ids: vec![vec![0]],
+        batch_fetch_enabled: false,
+    };
+    let handle = c.open(&open).await.unwrap();
+    // The chunk request, then half of the next request, then nothing read for 3 s: the
+    // daemon's write of the 32 MiB body blocks on the full socket buffers meanwhile.
+    let mut batch = frame_bytes(&Frame::ChunkFetchRequest(StreamChunkId {
+        stream_id: handle.stream_id,
+        chunk_index: 0,
+    }));
+    let next = frame_bytes(&Frame::RpcRequest {
+        request_id: 77,
+        body: Message::GetLocalDirsForExecutors {
+            app_id: APP.into(),
+            exec_ids: vec!["2".into()],
+        }
+        .to_bytes(),
+    });
+    let half = next.len() / 2;
+    batch.extend_from_slice(&next[..half]);
+    c.send_raw(&batch).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    match guard(c.recv()).await.unwrap().0 {
+        Frame::ChunkFetchSuccess { body, .. } => assert!(body[..] == block[..], "chunk bytes"),
+        other => panic!("{other:?}"),
+    }
+    c.send_raw(&next[half..]).await.unwrap();
+    match guard(c.recv()).await.unwrap().0 {
+        Frame::RpcResponse { request_id, .. } => assert_eq!(request_id, 77),
+        other => panic!("the pipelined request was not answered: {other:?}"),
+    }
+}
