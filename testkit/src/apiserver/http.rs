@@ -226,7 +226,8 @@ async fn create(
     s.admit(Verb::Create).await?;
     reject_dry_run(&params(q)?)?;
     let pod = parse_pod(&body)?;
-    let created = s.store.create(&ns, pod)?;
+    let created =
+        super::admission::create_pod(&s, &ns, pod, super::admission::User::Anonymous).await?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 

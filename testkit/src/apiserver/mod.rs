@@ -19,8 +19,10 @@
 //! a test wants, unschedulable pods (capacity), per-request latency. Counters of API calls by
 //! verb ([`Calls`]) let tests bound how many requests a client makes.
 
+mod admission;
 mod audit;
 mod base64;
+mod daemonsets;
 mod http;
 mod kubelet;
 mod merge;
@@ -32,6 +34,7 @@ mod sha1;
 mod sim;
 mod status;
 mod store;
+mod typed;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -164,6 +167,10 @@ struct Shared {
     requests: audit::Log,
     /// Whether the simulated kubelet starts and removes pods (false with a process kubelet).
     simulated_kubelet: bool,
+    /// Mutating webhooks, namespaces, Service addresses (`admission/`).
+    admission: admission::Admission,
+    /// DaemonSets and their controller's state (`daemonsets.rs`).
+    daemonsets: daemonsets::DaemonSets,
 }
 
 impl Shared {
@@ -195,6 +202,7 @@ pub struct Builder {
     max_watch: Duration,
     expired_reason: ExpiredReason,
     kubelet: Option<ProcessKubelet>,
+    services: Vec<(String, String, SocketAddr)>,
 }
 
 impl Default for Builder {
@@ -208,6 +216,7 @@ impl Default for Builder {
             max_watch: Duration::from_secs(1800),
             expired_reason: ExpiredReason::default(),
             kubelet: None,
+            services: Vec::new(),
         }
     }
 }
@@ -262,6 +271,18 @@ impl Builder {
         self
     }
 
+    /// Maps a Service named in a webhook's `clientConfig.service` to the address its calls
+    /// connect to (see `admission/mod.rs`); also [`FakeApiServer::set_service_address`].
+    pub fn webhook_service(
+        mut self,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        addr: SocketAddr,
+    ) -> Self {
+        self.services.push((namespace.into(), name.into(), addr));
+        self
+    }
+
     /// Binds 127.0.0.1:0 and starts serving and simulating.
     ///
     /// # Errors
@@ -284,10 +305,17 @@ impl Builder {
             cancel: cancel.clone(),
             requests: audit::Log::default(),
             simulated_kubelet: self.kubelet.is_none(),
+            admission: admission::Admission::default(),
+            daemonsets: daemonsets::DaemonSets::default(),
         });
+        for (ns, name, addr) in &self.services {
+            shared.admission.set_service_address(ns, name, *addr);
+        }
         let tasks = TaskTracker::new();
         let app = http::router(Arc::clone(&shared))
             .merge(objects::router(Arc::clone(&shared)))
+            .merge(admission::router(Arc::clone(&shared)))
+            .merge(daemonsets::router(Arc::clone(&shared)))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&shared),
                 audit::record,
@@ -299,6 +327,7 @@ impl Builder {
             tasks.clone(),
         ));
         tasks.spawn(run_sim(Arc::clone(&shared), self.latencies));
+        tasks.spawn(daemonsets::run(Arc::clone(&shared)));
         let procs = self.kubelet.map(|kubelet| {
             let procs = Arc::new(kubelet::Procs::default());
             tasks.spawn(kubelet::run(
@@ -449,6 +478,19 @@ impl FakeApiServer {
     /// As a create through the API would.
     pub fn insert_pod(&self, ns: &str, pod: Pod) -> Result<Pod, Error> {
         self.shared.store.create(ns, pod)
+    }
+
+    /// Maps a Service named in a webhook's `clientConfig.service` to the address its calls
+    /// connect to, replacing an earlier mapping.
+    pub fn set_service_address(&self, namespace: &str, name: &str, addr: SocketAddr) {
+        self.shared
+            .admission
+            .set_service_address(namespace, name, addr);
+    }
+
+    /// How many mutating webhook calls were made so far (answered or not).
+    pub fn webhook_calls(&self) -> u64 {
+        self.shared.admission.calls()
     }
 
     /// Adds a node to the simulated cluster.

@@ -163,7 +163,9 @@ pub fn step(
         let (cpu, mem) = pod_requests(&t.pod);
         let fit = nodes.iter().find(|n| {
             let (uc, um) = used.get(&n.name).copied().unwrap_or((0, 0));
-            uc.saturating_add(cpu) <= n.cpu_millis && um.saturating_add(mem) <= n.memory_bytes
+            uc.saturating_add(cpu) <= n.cpu_millis
+                && um.saturating_add(mem) <= n.memory_bytes
+                && super::daemonsets::node_allowed(&t.pod, &n.name)
         });
         match fit {
             Some(node) => {

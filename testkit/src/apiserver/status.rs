@@ -63,6 +63,24 @@ pub enum Error {
     /// 503 `ServiceUnavailable`: injected by a fault.
     #[error("the server is currently unable to handle the request")]
     Unavailable,
+    /// 500 `InternalError`: a mutating webhook could not be called under `failurePolicy:
+    /// Fail`, or its patch did not apply (see `admission/`).
+    #[error("Internal error occurred: {message}")]
+    WebhookFailed {
+        /// `failed calling webhook "<name>": …`, as the real server words it.
+        message: String,
+    },
+    /// A mutating webhook answered `allowed: false`: its code (400 when it gave none) and
+    /// reason, and `admission webhook "<name>" denied the request: …`.
+    #[error("{message}")]
+    WebhookDenied {
+        /// The HTTP code (400 to 599).
+        code: u16,
+        /// The webhook's `reason` (may be empty).
+        reason: String,
+        /// The whole message.
+        message: String,
+    },
 }
 
 impl Error {
@@ -78,6 +96,10 @@ impl Error {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WebhookFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::WebhookDenied { code, .. } => {
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -94,6 +116,9 @@ impl Error {
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::Internal => "InternalError",
             Self::Unavailable => "ServiceUnavailable",
+            Self::WebhookFailed { .. } => "InternalError",
+            // The webhook's own reason is put in the `Status` by `to_status`.
+            Self::WebhookDenied { .. } => "WebhookDenied",
         }
     }
 
@@ -118,8 +143,12 @@ impl Error {
             | Self::AlreadyExists { name }
             | Self::Conflict { name }
             | Self::Invalid { name, .. } => Some(json!({ "name": name, "kind": "pods" })),
+            Self::WebhookFailed { message } => Some(json!({ "causes": [{ "message": message }] })),
             _ => None,
         };
+        if let (Self::WebhookDenied { reason, .. }, Some(obj)) = (self, status.as_object_mut()) {
+            obj.insert("reason".into(), Value::String(reason.clone()));
+        }
         if let (Some(details), Some(obj)) = (details, status.as_object_mut()) {
             obj.insert("details".into(), details);
         }

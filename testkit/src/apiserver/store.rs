@@ -131,6 +131,29 @@ pub fn now_time() -> Time {
     Time(Timestamp::now())
 }
 
+/// The 5 characters the real server appends to a `generateName` (`utilrand.String(5)`: its
+/// alphabet has no vowels and no look-alike digits), derived from `seed` by a bit mixer, so
+/// distinct seeds give different-looking names (`spark-exec-` + `x7b2q`).
+pub fn random_suffix(seed: u64) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    // splitmix64
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let n = ALPHABET.len() as u64;
+    (0..5)
+        .map(|_| {
+            let c = ALPHABET
+                .get(usize::try_from(z % n).unwrap_or(0))
+                .copied()
+                .unwrap_or(b'b');
+            z /= n;
+            char::from(c)
+        })
+        .collect()
+}
+
 fn key_of(ns: &str, name: &str) -> Key {
     (ns.to_owned(), name.to_owned())
 }
@@ -365,7 +388,7 @@ impl Store {
             (Some(n), _) if !n.is_empty() => n,
             (_, Some(prefix)) if !prefix.is_empty() => {
                 let seq = state.next_seq();
-                format!("{prefix}{seq:05x}")
+                format!("{prefix}{}", random_suffix(seq))
             }
             _ => {
                 return Err(Error::Invalid {

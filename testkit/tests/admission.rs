@@ -1,0 +1,607 @@
+//! Mutating admission webhooks called by the fake API server on pod create, over real HTTPS:
+//! a test CA (rcgen) issues the webhook's certificate, a tiny in-test webhook (rustls + hyper)
+//! records each `AdmissionReview` and answers as the test tells it, and pods are created with
+//! the real `kube` client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::Response;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kshuffle_testkit::FakeApiServer;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// What the test webhook answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// `allowed: true` with a JSONPatch adding a label and a container.
+    Patch,
+    /// `allowed: false`, code 403.
+    Deny,
+    /// A patch that is base64 of something that is not a JSONPatch.
+    BadPatch,
+    /// Answers after 5 s.
+    Slow,
+}
+
+struct Pki {
+    ca_pem: String,
+    cert: CertificateDer<'static>,
+    key_pem: String,
+}
+
+fn pki(names: &[&str]) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        cert: cert.der().clone(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+struct Hook {
+    addr: SocketAddr,
+    reviews: Arc<Mutex<Vec<(String, Value)>>>,
+    mode: Arc<Mutex<Mode>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer(mode: Mode, review: &Value) -> Value {
+    let uid = review["request"]["uid"].clone();
+    let response = match mode {
+        Mode::Patch | Mode::Slow => {
+            let patch = json!([
+                { "op": "add", "path": "/metadata/labels/injected", "value": "yes" },
+                { "op": "add", "path": "/spec/containers/-",
+                  "value": { "name": "added", "image": "added:1" } },
+            ]);
+            json!({ "uid": uid, "allowed": true, "patchType": "JSONPatch",
+                    "patch": b64(&serde_json::to_vec(&patch).unwrap()) })
+        }
+        Mode::Deny => json!({ "uid": uid, "allowed": false,
+                              "status": { "code": 403, "message": "no executors today" } }),
+        Mode::BadPatch => json!({ "uid": uid, "allowed": true, "patchType": "JSONPatch",
+                                  "patch": b64(b"{\"not\": \"a patch\"}") }),
+    };
+    json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response })
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn start_hook(pki: &Pki, mode: Mode) -> Hook {
+    let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![pki.cert.clone()], key)
+    .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reviews = Arc::new(Mutex::new(Vec::new()));
+    let mode = Arc::new(Mutex::new(mode));
+    let (r, m) = (Arc::clone(&reviews), Arc::clone(&mode));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, r, m) = (acceptor.clone(), Arc::clone(&r), Arc::clone(&m));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let (r, m) = (Arc::clone(&r), Arc::clone(&m));
+                    async move {
+                        let target = req.uri().to_string();
+                        let bytes = axum::body::to_bytes(Body::new(req.into_body()), 1 << 22)
+                            .await
+                            .unwrap();
+                        let review: Value = serde_json::from_slice(&bytes).unwrap();
+                        r.lock().unwrap().push((target, review.clone()));
+                        let mode = *m.lock().unwrap();
+                        if mode == Mode::Slow {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                        let body = serde_json::to_vec(&answer(mode, &review)).unwrap();
+                        Ok::<_, std::convert::Infallible>(Response::new(Body::from(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Hook {
+        addr,
+        reviews,
+        mode,
+        task,
+    }
+}
+
+fn config(
+    name: &str,
+    client_config: Value,
+    failure_policy: &str,
+    timeout: i32,
+) -> MutatingWebhookConfiguration {
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": { "name": name },
+        "webhooks": [{
+            "name": "pods.test.kshuffle.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": failure_policy,
+            "timeoutSeconds": timeout,
+            "clientConfig": client_config,
+            "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                        "resources": ["pods"], "scope": "Namespaced" }],
+            "namespaceSelector": { "matchExpressions": [
+                { "key": "inject", "operator": "In", "values": ["enabled"] }] },
+            "objectSelector": { "matchLabels": { "spark-role": "executor" } },
+        }],
+    }))
+    .unwrap()
+}
+
+fn url_config(pki: &Pki, addr: SocketAddr) -> Value {
+    json!({ "url": format!("https://localhost:{}/mutate", addr.port()),
+            "caBundle": b64(pki.ca_pem.as_bytes()) })
+}
+
+fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>() },
+        "spec": { "containers": [{ "name": "main", "image": "spark:4" }] },
+    }))
+    .unwrap()
+}
+
+async fn namespace(client: &kube::Client, name: &str, labels: &[(&str, &str)]) {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>() },
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+fn api_error(e: kube::Error) -> kube::core::Status {
+    match e {
+        kube::Error::Api(s) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn containers(p: &Pod) -> Vec<String> {
+    p.spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
+    let pki = pki(&["localhost"]);
+    let hook = start_hook(&pki, Mode::Patch).await;
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    namespace(&client, "opted", &[("inject", "enabled")]).await;
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let created = configs
+        .create(
+            &PostParams::default(),
+            &config("test", url_config(&pki, hook.addr), "Fail", 5),
+        )
+        .await
+        .unwrap();
+    // Stored with the server's defaults.
+    let wh = &created.webhooks.as_ref().unwrap()[0];
+    assert_eq!(wh.reinvocation_policy.as_deref(), Some("Never"));
+    assert_eq!(wh.match_policy.as_deref(), Some("Equivalent"));
+    assert_eq!(
+        configs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
+    let p = opted
+        .create(
+            &PostParams::default(),
+            &pod("exec-1", &[("spark-role", "executor")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(containers(&p), ["main", "added"]);
+    assert_eq!(p.metadata.labels.as_ref().unwrap()["injected"], "yes");
+    // What is stored is what was answered.
+    assert_eq!(
+        containers(&server.pod("opted", "exec-1").unwrap()),
+        ["main", "added"]
+    );
+
+    let reviews = hook.reviews.lock().unwrap().clone();
+    assert_eq!(reviews.len(), 1);
+    let (target, review) = &reviews[0];
+    assert_eq!(target, "/mutate?timeout=5s");
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(review["kind"], "AdmissionReview");
+    let req = &review["request"];
+    assert!(!req["uid"].as_str().unwrap().is_empty());
+    assert_eq!(
+        req["kind"],
+        json!({ "group": "", "version": "v1", "kind": "Pod" })
+    );
+    assert_eq!(
+        req["resource"],
+        json!({ "group": "", "version": "v1", "resource": "pods" })
+    );
+    assert_eq!(req["namespace"], "opted");
+    assert_eq!(req["name"], "exec-1");
+    assert_eq!(req["operation"], "CREATE");
+    assert_eq!(req["dryRun"], false);
+    assert_eq!(req["userInfo"]["username"], "system:anonymous");
+    assert_eq!(
+        req["object"]["metadata"]["labels"]["spark-role"],
+        "executor"
+    );
+    assert_eq!(req["object"]["metadata"]["namespace"], "opted");
+
+    // Not selected by the objectSelector: unchanged, not even called.
+    let p = opted
+        .create(
+            &PostParams::default(),
+            &pod("driver", &[("spark-role", "driver")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(containers(&p), ["main"]);
+    // A namespace without the label (or never created): unchanged.
+    namespace(&client, "plain", &[]).await;
+    for ns in ["plain", "never-created"] {
+        let p = Api::<Pod>::namespaced(client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &pod("exec-1", &[("spark-role", "executor")]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(containers(&p), ["main"], "{ns}");
+    }
+    assert_eq!(hook.reviews.lock().unwrap().len(), 1);
+    assert_eq!(server.webhook_calls(), 1);
+
+    // Deleted: no longer called.
+    configs
+        .delete("test", &DeleteParams::default())
+        .await
+        .unwrap();
+    let p = opted
+        .create(
+            &PostParams::default(),
+            &pod("exec-2", &[("spark-role", "executor")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(containers(&p), ["main"]);
+    assert_eq!(api_error(configs.get("test").await.unwrap_err()).code, 404);
+}
+
+#[tokio::test]
+async fn a_service_reference_is_called_at_its_mapped_address_under_its_dns_name() {
+    let pki = pki(&["hook.webhooks.svc"]);
+    let hook = start_hook(&pki, Mode::Patch).await;
+    let server = FakeApiServer::builder()
+        .webhook_service("webhooks", "hook", hook.addr)
+        .start()
+        .await
+        .unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    namespace(&client, "opted", &[("inject", "enabled")]).await;
+    let cc = json!({ "service": { "namespace": "webhooks", "name": "hook", "path": "/inject", "port": 443 },
+                     "caBundle": b64(pki.ca_pem.as_bytes()) });
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config("svc", cc, "Fail", 10))
+        .await
+        .unwrap();
+    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
+    let p = opted
+        .create(
+            &PostParams::default(),
+            &pod("e", &[("spark-role", "executor")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(containers(&p), ["main", "added"]);
+    assert_eq!(hook.reviews.lock().unwrap()[0].0, "/inject?timeout=10s");
+
+    // Another Service name has no address: the call fails, and the policy (Fail) rejects.
+    server.set_service_address("webhooks", "hook", "127.0.0.1:9".parse().unwrap());
+    let err = api_error(
+        opted
+            .create(
+                &PostParams::default(),
+                &pod("f", &[("spark-role", "executor")]),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
+    assert!(err.message.starts_with(
+        "Internal error occurred: failed calling webhook \"pods.test.kshuffle.io\": failed to call webhook: Post \"https://hook.webhooks.svc:443/inject?timeout=10s\":"),
+        "{}", err.message);
+    assert!(server.pod("opted", "f").is_none());
+}
+
+#[tokio::test]
+async fn failure_policy_fail_rejects_and_ignore_admits_unchanged() {
+    let pki = pki(&["localhost"]);
+    // A port with nobody listening: bound, then closed.
+    let down = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    namespace(&client, "opted", &[("inject", "enabled")]).await;
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
+    configs
+        .create(
+            &PostParams::default(),
+            &config("c", url_config(&pki, down), "Fail", 5),
+        )
+        .await
+        .unwrap();
+    let err = api_error(
+        opted
+            .create(
+                &PostParams::default(),
+                &pod("e", &[("spark-role", "executor")]),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
+    assert!(
+        err.message
+            .contains("failed calling webhook \"pods.test.kshuffle.io\""),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("connect"), "{}", err.message);
+    assert!(server.pod("opted", "e").is_none());
+
+    configs.delete("c", &DeleteParams::default()).await.unwrap();
+    configs
+        .create(
+            &PostParams::default(),
+            &config("c", url_config(&pki, down), "Ignore", 5),
+        )
+        .await
+        .unwrap();
+    let p = opted
+        .create(
+            &PostParams::default(),
+            &pod("e", &[("spark-role", "executor")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(containers(&p), ["main"]);
+    assert_eq!(server.webhook_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_certificate_not_from_the_ca_bundle_or_a_slow_webhook_is_a_failed_call() {
+    let pki_good = pki(&["localhost"]);
+    let other = pki(&["localhost"]);
+    let hook = start_hook(&pki_good, Mode::Slow).await;
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    namespace(&client, "opted", &[("inject", "enabled")]).await;
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
+
+    // caBundle of another CA: TLS verification fails, nothing reaches the webhook.
+    configs
+        .create(
+            &PostParams::default(),
+            &config("c", url_config(&other, hook.addr), "Fail", 5),
+        )
+        .await
+        .unwrap();
+    let err = api_error(
+        opted
+            .create(
+                &PostParams::default(),
+                &pod("e", &[("spark-role", "executor")]),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 500);
+    assert!(err.message.contains("certificate"), "{}", err.message);
+    assert!(hook.reviews.lock().unwrap().is_empty());
+
+    // The right CA, but the webhook answers after 5 s and timeoutSeconds is 1.
+    configs.delete("c", &DeleteParams::default()).await.unwrap();
+    configs
+        .create(
+            &PostParams::default(),
+            &config("c", url_config(&pki_good, hook.addr), "Fail", 1),
+        )
+        .await
+        .unwrap();
+    let err = api_error(
+        opted
+            .create(
+                &PostParams::default(),
+                &pod("e", &[("spark-role", "executor")]),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 500);
+    assert!(
+        err.message.ends_with("context deadline exceeded"),
+        "{}",
+        err.message
+    );
+    assert_eq!(hook.reviews.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn denials_and_bad_patches_reject_the_create_whatever_the_policy() {
+    let pki = pki(&["localhost"]);
+    let hook = start_hook(&pki, Mode::Deny).await;
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    namespace(&client, "opted", &[("inject", "enabled")]).await;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &config("c", url_config(&pki, hook.addr), "Ignore", 5),
+        )
+        .await
+        .unwrap();
+    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
+    let err = api_error(
+        opted
+            .create(
+                &PostParams::default(),
+                &pod("e", &[("spark-role", "executor")]),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 403);
+    assert_eq!(
+        err.message,
+        "admission webhook \"pods.test.kshuffle.io\" denied the request: no executors today"
+    );
+
+    *hook.mode.lock().unwrap() = Mode::BadPatch;
+    let err = api_error(
+        opted
+            .create(
+                &PostParams::default(),
+                &pod("e", &[("spark-role", "executor")]),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
+    assert!(server.pod("opted", "e").is_none());
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_refused_with_the_causes() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let mut bad = config(
+        "bad",
+        json!({ "url": "http://127.0.0.1:1/x" }),
+        "Sometimes",
+        60,
+    );
+    let wh = &mut bad.webhooks.as_mut().unwrap()[0];
+    wh.side_effects = "Some".into();
+    wh.name = "short".into();
+    let err = api_error(
+        configs
+            .create(&PostParams::default(), &bad)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    for field in [
+        "webhooks[0].name",
+        "webhooks[0].sideEffects",
+        "webhooks[0].clientConfig.url",
+        "webhooks[0].failurePolicy",
+        "webhooks[0].timeoutSeconds",
+    ] {
+        assert!(
+            err.message.contains(field),
+            "{field} missing from {}",
+            err.message
+        );
+    }
+    assert!(
+        configs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
