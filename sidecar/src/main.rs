@@ -86,7 +86,17 @@ async fn run_webhook(args: WebhookArgs) -> Result<(), (i32, anyhow::Error)> {
     tokio::spawn(
         Arc::clone(&certs).reload_periodically(args.cert_reload_interval, shutdown.clone()),
     );
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    // Subscribed before serving, so no early SIGTERM meets the default (fatal) disposition.
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => {
+            tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
+        }
+        _ => tracing::warn!("cannot install signal handlers; stop with SIGKILL"),
+    }
     webhook::serve(listener, tls, config, settings, shutdown)
         .await
         .context("webhook server failed")
@@ -94,15 +104,11 @@ async fn run_webhook(args: WebhookArgs) -> Result<(), (i32, anyhow::Error)> {
 }
 
 /// Cancels `shutdown` at the first SIGTERM/SIGINT; exits the process at the second.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
+async fn stop_on_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::info!("shutting down (signal again to exit at once)");
     shutdown.cancel();
