@@ -431,3 +431,44 @@ async fn one_resource_version_counter_for_every_kind() {
     assert!(cm_rv > before);
     assert_eq!(server.resource_version(), cm_rv);
 }
+
+#[tokio::test]
+async fn discovery_lists_what_is_served_and_non_json_bodies_are_415() {
+    let server = FakeApiServer::start().await.unwrap();
+    let (code, body) = raw(&server, "GET", "/api", "").await;
+    assert_eq!((code, body["versions"].clone()), (200, json!(["v1"])));
+    let (code, body) = raw(&server, "GET", "/apis", "").await;
+    assert_eq!((code, body["groups"].clone()), (200, json!([])));
+    let (code, body) = raw(&server, "GET", "/api/v1", "").await;
+    assert_eq!(code, 200);
+    let names: Vec<&str> = body["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pods",
+            "configmaps",
+            "secrets",
+            "services",
+            "persistentvolumeclaims"
+        ]
+    );
+    let cm = &body["resources"][1];
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["shortNames"], json!(["cm"]));
+    assert!(!cm["verbs"].as_array().unwrap().contains(&json!("watch")));
+
+    // kubectl's default for built-in kinds is protobuf, which the fake does not decode.
+    let mut s = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let req = "POST /api/v1/namespaces/spark/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.kubernetes.protobuf\r\nContent-Length: 2\r\nConnection: close\r\n\r\nk8";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 415"), "{out}");
+    assert!(out.contains("\"reason\":\"UnsupportedMediaType\""), "{out}");
+    assert!(server.objects(Resource::ConfigMaps, NS).is_empty());
+}

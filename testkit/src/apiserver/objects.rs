@@ -19,6 +19,9 @@
 //! PUT, PATCH, watches of these resources, finalizers (a PVC is deleted at once, without
 //! `kubernetes.io/pvc-protection`), `dryRun`.
 //!
+//! Discovery is served here too (`/api`, `/api/v1`, `/apis`), listing exactly the resources
+//! and verbs the fake implements, so `kubectl` can talk to it.
+//!
 //! Invariants: objects live in the pod store's state under its lock, and every change takes
 //! the next value of the one `resourceVersion` counter, as etcd's revision is shared by all
 //! kinds; a change here emits no pod watch event.
@@ -30,7 +33,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
@@ -179,8 +182,63 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(get_one).delete(delete_one),
         )
         .route("/api/v1/{resource}", get(list_all))
+        .route("/api", get(api_versions))
+        .route("/api/v1", get(api_resources))
+        .route("/apis", get(api_groups))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
+}
+
+async fn api_versions() -> Response {
+    axum::Json(json!({
+        "kind": "APIVersions", "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1" }],
+    }))
+    .into_response()
+}
+
+async fn api_groups() -> Response {
+    axum::Json(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] })).into_response()
+}
+
+/// core/v1 as served: pods (see `http.rs`) and the resources of this module.
+async fn api_resources() -> Response {
+    let resource = |name: &str, kind: &str, short: &[&str], verbs: &[&str]| {
+        json!({
+            "name": name, "singularName": kind.to_ascii_lowercase(), "namespaced": true,
+            "kind": kind, "verbs": verbs, "shortNames": short,
+        })
+    };
+    let objects = ["create", "delete", "deletecollection", "get", "list"];
+    let mut resources = vec![resource(
+        "pods",
+        "Pod",
+        &["po"],
+        &[
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ],
+    )];
+    for (r, short) in [
+        (Resource::ConfigMaps, "cm"),
+        (Resource::Secrets, ""),
+        (Resource::Services, "svc"),
+        (Resource::PersistentVolumeClaims, "pvc"),
+    ] {
+        let shorts: &[&str] = if short.is_empty() { &[] } else { &[short] };
+        resources.push(resource(r.plural(), r.kind(), shorts, &objects));
+    }
+    axum::Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+        "resources": resources,
+    }))
+    .into_response()
 }
 
 async fn method_not_allowed() -> Response {
@@ -333,12 +391,22 @@ async fn get_one(
 async fn create(
     State(s): Shr,
     Path((ns, plural)): Path<(String, String)>,
+    headers: HeaderMap,
     q: Params,
     body: Bytes,
 ) -> Response {
     let run = async {
         let r = resource(&plural)?;
         s.admit(Verb::Create).await?;
+        // JSON only: protobuf (kubectl's default for built-in kinds) and YAML are refused as
+        // the real server refuses a media type it does not know.
+        let ctype = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        if !ctype.starts_with("application/json") {
+            return Err(Error::UnsupportedMediaType("application/json").into());
+        }
         reject_unsupported(r, &params(q)?)?;
         let obj = parse(r, &body)?;
         let created = insert(&mut s.store.lock(), &ns, r, obj)?;
