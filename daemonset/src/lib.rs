@@ -8,8 +8,11 @@
 //!   driver ended (phase `Succeeded`/`Failed`, or the pod deleted), with a delay, through the
 //!   daemon's one removal path;
 //! - the `kshuffle-node` binary (`src/main.rs`): every `kshuffled` flag plus
-//!   `--watch-namespace`, `--driver-cleanup-delay` and `--driver-watch`.
+//!   `--watch-namespace`, `--driver-cleanup-delay` and `--driver-watch`;
+//! - [`pod_secrets`]: `--auth-from-pods`, the `spark.authenticate` secrets Spark puts in its
+//!   executor pods, learned from the pods of this node.
 //!
 //! The kustomize manifests and their documentation live in `deploy/` and `README.md`.
 
 pub mod driver;
+pub mod pod_secrets;

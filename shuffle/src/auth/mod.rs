@@ -46,7 +46,7 @@ pub use engine::ClientAuth;
 pub use error::{Error, MAX_PEER_TEXT_BYTES};
 pub use gcm::GcmCipher;
 pub use sasl_client::SaslClient;
-pub use secret::{Secret, SecretSource, StaticSecrets};
+pub use secret::{Layered, Secret, SecretSource, StaticSecrets};
 pub use server::{AuthEngineVersion, AuthStep, ServerAuth};
 
 /// First byte of an AuthEngine message (`AuthMessage.TAG_BYTE`).

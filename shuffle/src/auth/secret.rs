@@ -92,3 +92,59 @@ impl SecretSource for StaticSecrets {
         self.per_app.get(app_id).or(self.shared.as_ref()).cloned()
     }
 }
+
+/// Two sources consulted in order: `first`'s secret if it knows the application, else
+/// `second`'s (e.g. secrets learned from executor pods, then secret files).
+pub struct Layered {
+    first: std::sync::Arc<dyn SecretSource>,
+    second: std::sync::Arc<dyn SecretSource>,
+}
+
+// === impl Layered ===
+
+impl Layered {
+    /// `first`, falling back to `second`.
+    pub fn new(
+        first: std::sync::Arc<dyn SecretSource>,
+        second: std::sync::Arc<dyn SecretSource>,
+    ) -> Self {
+        Layered { first, second }
+    }
+}
+
+impl fmt::Debug for Layered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Layered(..)")
+    }
+}
+
+impl SecretSource for Layered {
+    fn secret(&self, app_id: &str) -> Option<Secret> {
+        self.first
+            .secret(app_id)
+            .or_else(|| self.second.secret(app_id))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn layered_asks_the_first_source_then_the_second() {
+        let first = StaticSecrets::per_app(HashMap::new()).with_app("a", Secret::from("from-pod"));
+        let second = StaticSecrets::shared(Secret::from("shared")).with_app("b", Secret::from("b"));
+        let both = Layered::new(Arc::new(first), Arc::new(second));
+        assert_eq!(both.secret("a").unwrap().as_bytes(), b"from-pod");
+        assert_eq!(both.secret("b").unwrap().as_bytes(), b"b");
+        assert_eq!(both.secret("c").unwrap().as_bytes(), b"shared");
+        let none = Layered::new(
+            Arc::new(StaticSecrets::default()),
+            Arc::new(StaticSecrets::default()),
+        );
+        assert!(none.secret("a").is_none());
+    }
+}

@@ -10,7 +10,7 @@ use clap::ValueEnum;
 use std::sync::Arc;
 
 use crate::Config;
-use crate::auth::{AuthEngineVersion, CipherMode};
+use crate::auth::{AuthEngineVersion, CipherMode, Layered, SecretSource};
 use crate::config::AuthSettings;
 use crate::secrets::{FileSecrets, SecretFormat};
 use crate::store::SweepOptions;
@@ -198,6 +198,23 @@ pub struct Settings {
 impl DaemonArgs {
     /// Validates the flags (creating the allowed roots if missing).
     pub fn settings(&self) -> anyhow::Result<Settings> {
+        self.settings_with_secrets(None)
+    }
+
+    /// The state dir the flags name: `--state-dir`, else the default under `$XDG_STATE_HOME`
+    /// or `$HOME` (not created nor resolved here).
+    pub fn state_dir_or_default(&self) -> Option<PathBuf> {
+        self.state_dir.clone().or_else(default_state_dir)
+    }
+
+    /// As [`DaemonArgs::settings`], with `extra` secrets consulted before the secret files:
+    /// given, they turn authentication on even without `--auth-secret-file` /
+    /// `--auth-secrets-dir` (with the `--auth-engine-version`, `--auth-cipher` and
+    /// `--auth-sasl-fallback` flags).
+    pub fn settings_with_secrets(
+        &self,
+        extra: Option<Arc<dyn SecretSource>>,
+    ) -> anyhow::Result<Settings> {
         let DaemonArgs {
             bind: _,
             port: _,
@@ -294,18 +311,30 @@ impl DaemonArgs {
             }
             None => None,
         };
-        let auth = if auth_secret_file.is_some() || auth_secrets_dir.is_some() {
-            let secrets = FileSecrets::new(
-                auth_secret_file.as_deref(),
-                auth_secrets_dir.as_deref(),
-                match auth_secret_format {
-                    SecretFormatArg::Text => SecretFormat::Text,
-                    SecretFormatArg::SparkSecretFile => SecretFormat::SparkSecretFile,
-                },
-            )
-            .context("--auth-secret-file / --auth-secrets-dir")?;
+        let files: Option<Arc<dyn SecretSource>> =
+            if auth_secret_file.is_some() || auth_secrets_dir.is_some() {
+                Some(Arc::new(
+                    FileSecrets::new(
+                        auth_secret_file.as_deref(),
+                        auth_secrets_dir.as_deref(),
+                        match auth_secret_format {
+                            SecretFormatArg::Text => SecretFormat::Text,
+                            SecretFormatArg::SparkSecretFile => SecretFormat::SparkSecretFile,
+                        },
+                    )
+                    .context("--auth-secret-file / --auth-secrets-dir")?,
+                ))
+            } else {
+                None
+            };
+        let secrets = match (extra, files) {
+            (Some(extra), Some(files)) => Some(Arc::new(Layered::new(extra, files)) as Arc<_>),
+            (Some(one), None) | (None, Some(one)) => Some(one),
+            (None, None) => None,
+        };
+        let auth = if let Some(secrets) = secrets {
             Some(AuthSettings {
-                secrets: Arc::new(secrets),
+                secrets,
                 version: AuthEngineVersion::from_number(*auth_engine_version)
                     .context("--auth-engine-version must be 1 or 2")?,
                 cipher: CipherMode::from_spark_name(auth_cipher)

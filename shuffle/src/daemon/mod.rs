@@ -98,8 +98,24 @@ pub async fn run(
     options: Options,
     embed: impl FnOnce(Running) + Send,
 ) -> anyhow::Result<()> {
+    run_with_secrets(args, options, None, embed).await
+}
+
+/// As [`run`], with `secrets` consulted before any secret file of the flags: given, every
+/// connection must authenticate (`spark.authenticate`) even without `--auth-secret-file` /
+/// `--auth-secrets-dir`, as [`DaemonArgs::settings_with_secrets`] says. `kshuffle-node`
+/// passes the secrets it learns from executor pods.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_secrets(
+    args: &DaemonArgs,
+    options: Options,
+    secrets: Option<Arc<dyn crate::auth::SecretSource>>,
+    embed: impl FnOnce(Running) + Send,
+) -> anyhow::Result<()> {
     let settings = args
-        .settings()
+        .settings_with_secrets(secrets)
         .map_err(|e| anyhow::Error::new(InvalidConfig(e)))?;
     match limits::raise_open_files_limit() {
         Ok(files) => {
