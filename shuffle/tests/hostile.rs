@@ -459,6 +459,14 @@ async fn huge_declared_lengths_close_the_connection() {
 async fn thousands_of_connections_are_capped() {
     const CAP: usize = 1000;
     const TOTAL: usize = 2000;
+    // This process holds every client socket: it needs the same open-files headroom the
+    // daemon gives itself (the usual soft limit is 1024).
+    let limits = kshuffle::daemon::limits::raise_open_files_limit().unwrap();
+    assert!(
+        limits.now.is_none_or(|n| n >= TOTAL as u64 + 256),
+        "this test needs an open-files hard limit of at least {} (ulimit -Hn), found {limits:?}",
+        TOTAL + 256
+    );
     let target = Target::start(&["--max-connections", "1000"]).await;
     // The daemon raised its open-files limit (soft to hard) at start, and said so.
     assert!(

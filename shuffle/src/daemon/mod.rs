@@ -7,7 +7,7 @@
 //! handle to add its tasks. Process concerns (parsing, exit codes) stay in the binaries.
 
 mod args;
-mod limits;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
