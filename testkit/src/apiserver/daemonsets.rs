@@ -661,3 +661,53 @@ async fn delete_one(
     };
     answer(run.await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_pod_backoff_doubles_to_the_cap_and_resets_after_quiet() {
+        let t0 = Instant::now();
+        let mut b = backoff_next(None, t0);
+        assert_eq!(b.delay, INITIAL_BACKOFF);
+        let mut delays = vec![b.delay];
+        for i in 1..12 {
+            b = backoff_next(Some(b), t0 + Duration::from_secs(i));
+            delays.push(b.delay);
+        }
+        assert_eq!(delays[..5], [1, 2, 4, 8, 16].map(Duration::from_secs));
+        assert_eq!(*delays.last().unwrap(), MAX_BACKOFF);
+        // Quiet for longer than twice the cap: back to the initial delay.
+        let later = b.last_update + 2 * MAX_BACKOFF + Duration::from_secs(1);
+        assert_eq!(backoff_next(Some(b), later).delay, INITIAL_BACKOFF);
+    }
+
+    #[test]
+    fn the_controllers_node_affinity_pins_a_pod_to_one_node() {
+        let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "d", "uid": "u", "generation": 1 },
+            "spec": {
+                "selector": { "matchLabels": { "a": "b" } },
+                "template": {
+                    "metadata": { "labels": { "a": "b" } },
+                    "spec": { "containers": [{ "name": "c", "image": "i" }],
+                              "nodeSelector": { "kubernetes.io/os": "linux" } },
+                },
+            },
+        }))
+        .unwrap();
+        assert!(eligible(&ds, "n1"));
+        let pod = new_pod(&ds, "n1").unwrap();
+        assert!(node_allowed(&pod, "n1"));
+        assert!(!node_allowed(&pod, "n2"));
+        assert_eq!(pod_node(&pod).as_deref(), Some("n1"));
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("d-"));
+        let mut windows = ds.clone();
+        if let Some(spec) = windows.spec.template.spec.as_mut() {
+            spec.node_selector =
+                Some([("kubernetes.io/os".to_owned(), "windows".to_owned())].into());
+        }
+        assert!(!eligible(&windows, "n1"));
+    }
+}
