@@ -495,6 +495,11 @@ fn environment_names_the_node_and_watches_every_namespace() {
         "",
         "empty: driver pods of every namespace"
     );
+    assert_eq!(
+        get("KSHUFFLE_AUTH_FROM_PODS").value.as_deref(),
+        Some("false"),
+        "spark.authenticate from executor pods is opt-in"
+    );
 }
 
 #[test]

@@ -130,6 +130,9 @@ pub struct PodSecrets {
     path: PathBuf,
     inner: Mutex<Inner>,
     registered: OnceLock<Registered>,
+    /// Woken when a lookup finds a secret that is no longer kept, so the watch prunes it
+    /// now rather than at its next interval.
+    stale: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -162,6 +165,7 @@ impl PodSecrets {
                 ..Inner::default()
             }),
             registered: OnceLock::new(),
+            stale: tokio::sync::Notify::new(),
         })
     }
 
@@ -286,6 +290,9 @@ impl SecretSource for PodSecrets {
         let inner = self.lock();
         let secret = inner.secrets.get(app_id)?;
         let keep = !inner.synced || inner.live.contains(app_id) || self.is_registered(app_id);
+        if !keep {
+            self.stale.notify_one();
+        }
         keep.then(|| secret.clone())
     }
 }

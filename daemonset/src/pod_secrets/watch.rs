@@ -91,6 +91,10 @@ pub async fn run(
                 prune_now(&secrets).await;
                 continue;
             }
+            () = secrets.stale.notified() => {
+                prune_now(&secrets).await;
+                continue;
+            }
             next = events.next() => next,
         };
         let Some(next) = next else { break };

@@ -191,6 +191,10 @@ pub async fn run_with_secrets(
         .iter()
         .map(|r| r.display().to_string())
         .collect();
+    // Ready before "listening" is logged: whoever waits for that line may probe at once
+    // (both ports are bound and the registry is loaded; the admin server answers as soon
+    // as it runs).
+    ready.store(true, Ordering::Relaxed);
     info!(addr = %listener.local_addr()?, admin_addr = %admin_listener.local_addr()?, roots = ?roots,
         state_dir = %settings.state_dir.display(), executors = recovery.executors, "listening");
 
@@ -211,7 +215,6 @@ pub async fn run_with_secrets(
                 .await
         });
     }
-    ready.store(true, Ordering::Relaxed);
     let stopping = shutdown.clone();
     tokio::spawn(async move {
         stopping.cancelled().await;
