@@ -13,7 +13,11 @@
 //! and replace, with `Status` errors shaped as the real server's (404 NotFound, 409
 //! AlreadyExists/Conflict, 410 Expired/Gone, 422 Invalid, 400 BadRequest). What it leaves out:
 //! other resources, authentication, server-side apply, JSON patch, strategic list merging,
-//! admission, quotas, pod restarts inside the kubelet.
+//! validating admission, quotas, pod restarts inside the kubelet.
+//!
+//! Beside pods: mutating admission webhooks called over HTTPS on pod create, with the
+//! Namespaces whose labels they select on (`admission/`), and apps/v1 DaemonSets with a
+//! DaemonSet controller that keeps one pod per simulated node (`daemonsets.rs`).
 //!
 //! Faults: [`Outage`]s (connections refused, or every request answered 500/503) for as long as
 //! a test wants, unschedulable pods (capacity), per-request latency. Counters of API calls by
