@@ -36,6 +36,8 @@ enum Mode {
     BadPatch,
     /// Answers after 5 s.
     Slow,
+    /// `allowed: true`, no patch.
+    Allow,
 }
 
 struct Pki {
@@ -88,6 +90,7 @@ fn answer(mode: Mode, review: &Value) -> Value {
             json!({ "uid": uid, "allowed": true, "patchType": "JSONPatch",
                     "patch": b64(&serde_json::to_vec(&patch).unwrap()) })
         }
+        Mode::Allow => json!({ "uid": uid, "allowed": true }),
         Mode::Deny => json!({ "uid": uid, "allowed": false,
                               "status": { "code": 403, "message": "no executors today" } }),
         Mode::BadPatch => json!({ "uid": uid, "allowed": true, "patchType": "JSONPatch",
@@ -604,4 +607,59 @@ async fn invalid_configurations_are_refused_with_the_causes() {
             .items
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn if_needed_webhooks_are_called_again_only_after_a_later_change() {
+    let pki = pki(&["localhost"]);
+    let first = start_hook(&pki, Mode::Patch).await;
+    let second = start_hook(&pki, Mode::Allow).await;
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    namespace(&client, "opted", &[("inject", "enabled")]).await;
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let mut a = config("a", url_config(&pki, first.addr), "Fail", 5);
+    a.webhooks.as_mut().unwrap()[0].reinvocation_policy = Some("IfNeeded".into());
+    configs.create(&PostParams::default(), &a).await.unwrap();
+    configs
+        .create(
+            &PostParams::default(),
+            &config("b", url_config(&pki, second.addr), "Fail", 5),
+        )
+        .await
+        .unwrap();
+    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
+
+    // The second webhook changes nothing: the first is called once.
+    opted
+        .create(
+            &PostParams::default(),
+            &pod("e1", &[("spark-role", "executor")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.reviews.lock().unwrap().len(), 1);
+    assert_eq!(second.reviews.lock().unwrap().len(), 1);
+
+    // The second webhook patches too: the first is called once more, and sees its patch.
+    *second.mode.lock().unwrap() = Mode::Patch;
+    let p = opted
+        .create(
+            &PostParams::default(),
+            &pod("e2", &[("spark-role", "executor")]),
+        )
+        .await
+        .unwrap();
+    let reviews = first.reviews.lock().unwrap().clone();
+    assert_eq!(reviews.len(), 3);
+    assert_eq!(second.reviews.lock().unwrap().len(), 2);
+    let seen = reviews[2].1["request"]["object"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        seen, 3,
+        "the reinvocation gets the object with both patches"
+    );
+    assert_eq!(containers(&p), ["main", "added", "added", "added"]);
 }

@@ -31,8 +31,11 @@
 //! ([`crate::apiserver::Builder::webhook_service`], [`crate::FakeApiServer::set_service_address`]);
 //! an unmapped Service fails the call (`service "<name>" not found`), subject to the policy.
 //!
-//! Left out (listed in `testkit/README.md`): `reinvocationPolicy: IfNeeded` is stored but never
-//! re-invokes; `matchConditions` (CEL) are refused at create; `matchPolicy` is moot (pods have
+//! `reinvocationPolicy: IfNeeded`: after every webhook was considered once, each IfNeeded
+//! webhook that was called before a later webhook changed the pod is called once more, in
+//! order (the real server also re-runs its built-in plugins then; the fake has none).
+//!
+//! Left out (listed in `testkit/README.md`): `matchConditions` (CEL) are refused at create; `matchPolicy` is moot (pods have
 //! one version); operations other than pod CREATE are not sent to webhooks; validating
 //! webhooks; `caBundle`-less webhooks get no system trust store (the call fails TLS);
 //! Namespace deletion is immediate (no Terminating phase).
@@ -174,31 +177,67 @@ async fn admit(s: &Shared, ns: &str, mut pod: Pod, user: User) -> Result<Pod, Er
     }
     pod.metadata.namespace = Some(ns.to_owned());
     let ns_labels = s.admission.namespace_labels(ns);
-    for hook in hooks {
-        let pod_labels = pod.metadata.labels.clone().unwrap_or_default();
-        if !rule_matches(&hook)
-            || !typed::selector_matches(hook.namespace_selector.as_ref(), &ns_labels)
-            || !typed::selector_matches(hook.object_selector.as_ref(), &pod_labels)
-        {
+    // Changes so far, and the count right after each IfNeeded webhook's call.
+    let mut changes = 0u64;
+    let mut if_needed: Vec<(usize, u64)> = Vec::new();
+    for (i, hook) in hooks.iter().enumerate() {
+        let Some(changed) = invoke(s, hook, ns, &ns_labels, &mut pod, user).await? else {
             continue;
+        };
+        changes += u64::from(changed);
+        if hook.reinvocation_policy.as_deref() == Some("IfNeeded") {
+            if_needed.push((i, changes));
         }
-        let ignore = hook.failure_policy.as_deref() == Some("Ignore");
-        match call_one(s, &hook, ns, &pod, user).await {
-            Ok(Outcome::Patched(p)) => pod = *p,
-            Ok(Outcome::Unchanged) => {}
-            Err(HookError::Calling(why)) if ignore => {
-                tracing::warn!(webhook = %hook.name, %why, "failed calling webhook, failing open");
-            }
-            Err(HookError::Calling(why)) => {
-                tracing::warn!(webhook = %hook.name, %why, "failed calling webhook, failing closed");
-                return Err(Error::WebhookFailed {
-                    message: format!("failed calling webhook \"{}\": {why}", hook.name),
-                });
-            }
-            Err(HookError::Rejected(e)) => return Err(e),
+    }
+    // Reinvocation, as the real server does it: once, for each IfNeeded webhook called
+    // before a later change by another webhook.
+    for (i, after) in if_needed {
+        if after < changes
+            && let Some(hook) = hooks.get(i)
+        {
+            invoke(s, hook, ns, &ns_labels, &mut pod, user).await?;
         }
     }
     Ok(pod)
+}
+
+/// Calls one webhook if it matches, applying its patch to `pod`: `None` if it was not called,
+/// else whether the pod changed.
+async fn invoke(
+    s: &Shared,
+    hook: &MutatingWebhook,
+    ns: &str,
+    ns_labels: &BTreeMap<String, String>,
+    pod: &mut Pod,
+    user: User,
+) -> Result<Option<bool>, Error> {
+    let pod_labels = pod.metadata.labels.clone().unwrap_or_default();
+    if !rule_matches(hook)
+        || !typed::selector_matches(hook.namespace_selector.as_ref(), ns_labels)
+        || !typed::selector_matches(hook.object_selector.as_ref(), &pod_labels)
+    {
+        return Ok(None);
+    }
+    let ignore = hook.failure_policy.as_deref() == Some("Ignore");
+    match call_one(s, hook, ns, pod, user).await {
+        Ok(Outcome::Patched(p)) => {
+            let changed = *p != *pod;
+            *pod = *p;
+            Ok(Some(changed))
+        }
+        Ok(Outcome::Unchanged) => Ok(Some(false)),
+        Err(HookError::Calling(why)) if ignore => {
+            tracing::warn!(webhook = %hook.name, %why, "failed calling webhook, failing open");
+            Ok(Some(false))
+        }
+        Err(HookError::Calling(why)) => {
+            tracing::warn!(webhook = %hook.name, %why, "failed calling webhook, failing closed");
+            Err(Error::WebhookFailed {
+                message: format!("failed calling webhook \"{}\": {why}", hook.name),
+            })
+        }
+        Err(HookError::Rejected(e)) => Err(e),
+    }
 }
 
 enum Outcome {
