@@ -23,6 +23,8 @@ pub const MAX_RECORDS: usize = 10_000;
 /// One request, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The request's number, from 1, in the order responses were sent.
+    pub seq: u64,
     /// `GET`, `POST`, …
     pub method: String,
     /// The path, e.g. `/api/v1/namespaces/default/pods`.
@@ -76,13 +78,16 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The shared log.
+/// The shared log, and how many requests were ever recorded.
 #[derive(Debug, Default)]
-pub struct Log(Mutex<VecDeque<Record>>);
+pub struct Log(Mutex<(VecDeque<Record>, u64)>);
 
 impl Log {
-    fn push(&self, r: Record) {
-        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    fn push(&self, mut r: Record) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (log, count) = &mut *guard;
+        *count += 1;
+        r.seq = *count;
         if log.len() >= MAX_RECORDS {
             log.pop_front();
         }
@@ -94,6 +99,7 @@ impl Log {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .iter()
             .cloned()
             .collect()
@@ -114,6 +120,7 @@ pub async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next)
         .to_owned();
     let resp = next.run(req).await;
     shared.requests.push(Record {
+        seq: 0,
         method,
         path,
         query,
@@ -131,6 +138,7 @@ mod tests {
     #[test]
     fn params_are_percent_decoded() {
         let r = Record {
+            seq: 1,
             method: "GET".into(),
             path: "/api/v1/namespaces/default/pods".into(),
             query: "labelSelector=spark-role%3Dexecutor%2Cspark-exec-inactive%21%3Dtrue&watch=true&x=a+b&bad=%zz".into(),

@@ -141,6 +141,13 @@ pub async fn run(shared: Arc<Shared>, cfg: ProcessKubelet, procs: Arc<Procs>) {
     procs.kill_all();
 }
 
+/// The `n`th address (from 1) of a /16 `prefix` ("a.b"), skipping host bytes 0 and 255:
+/// distinct for the first 254 × 256 values, then wrapping.
+pub fn nth_address(prefix: &str, n: u64) -> String {
+    let i = n.saturating_sub(1) % (254 * 256);
+    format!("{prefix}.{}.{}", i / 254, i % 254 + 1)
+}
+
 fn phase(pod: &Pod) -> Option<&str> {
     pod.status.as_ref().and_then(|s| s.phase.as_deref())
 }
@@ -258,7 +265,7 @@ fn reconcile(
         } else {
             let n = *next_ip;
             *next_ip = next_ip.wrapping_add(1);
-            format!("127.1.{}.{}", (n >> 8) & 0xFF, (n & 0xFF).max(1))
+            nth_address("127.1", u64::from(n))
         };
         let ips = (pod_ip.clone(), host_ip.clone());
         match start(cfg, &state, &pod, &key, &ips) {
@@ -648,6 +655,19 @@ fn fail(pod: &mut Pod, host_ip: &str, reason: &str, message: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_distinct_and_never_end_in_0_or_255() {
+        let all: std::collections::HashSet<String> =
+            (1..=1000).map(|n| nth_address("127.1", n)).collect();
+        assert_eq!(all.len(), 1000);
+        assert!(
+            all.iter()
+                .all(|a| !a.ends_with(".0") && !a.ends_with(".255"))
+        );
+        assert_eq!(nth_address("127.1", 1), "127.1.0.1");
+        assert_eq!(nth_address("127.1", 255), "127.1.1.1");
+    }
 
     #[test]
     fn paths_under_mounts_are_mapped() {

@@ -729,8 +729,7 @@ fn validate_service(
         .or_insert_with(|| json!("None"));
     if ty != "ExternalName" && spec.get("clusterIP").is_none_or(Value::is_null) {
         // A stable address from the service range, unique per created service.
-        let n = state.next_rv();
-        let ip = format!("10.96.{}.{}", (n >> 8) & 0xFF, (n & 0xFF).max(1));
+        let ip = super::kubelet::nth_address("10.96", state.next_rv());
         spec.insert("clusterIP".into(), Value::String(ip.clone()));
         spec.insert("clusterIPs".into(), json!([ip]));
     }

@@ -19,10 +19,9 @@ async fn main() -> std::io::Result<()> {
             r = tokio::signal::ctrl_c() => { r?; break; }
             _ = tick.tick() => {}
         }
-        let records = server.requests();
         // The log keeps the last requests only; print what is new since the last tick.
-        let total = records.len();
-        for r in records.iter().skip(seen.min(total)) {
+        let from = seen;
+        for r in server.requests().iter().filter(|r| r.seq > from) {
             let query = if r.query.is_empty() {
                 String::new()
             } else {
@@ -33,8 +32,8 @@ async fn main() -> std::io::Result<()> {
                 "{} {} {}{}{} ({})",
                 r.status, r.method, r.path, query, ws, r.user_agent
             );
+            seen = r.seq;
         }
-        seen = total;
     }
     server.shutdown().await;
     Ok(())
