@@ -191,6 +191,9 @@ pub async fn run_with_secrets(
         .iter()
         .map(|r| r.display().to_string())
         .collect();
+    // Signal handlers are installed before "listening" is logged: whoever waits for that
+    // line may send SIGTERM at once, which must reach the handler, not kill the process.
+    let handlers = SignalHandlers::install();
     // Ready before "listening" is logged: whoever waits for that line may probe at once
     // (both ports are bound and the registry is loaded; the admin server answers as soon
     // as it runs).
@@ -201,6 +204,7 @@ pub async fn run_with_secrets(
     let signalled = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     tokio::spawn(signals(
+        handlers,
         signalled.clone(),
         (!options.keep_serving_on_signal).then(|| shutdown.clone()),
         hard_stop.clone(),
@@ -256,19 +260,42 @@ pub async fn run_with_secrets(
     Ok(())
 }
 
+/// SIGTERM and SIGINT streams, registered with the runtime when created.
+struct SignalHandlers {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl SignalHandlers {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (term, int) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        if let Err(e) = term.as_ref().and(int.as_ref()) {
+            warn!(error = %e, "cannot install signal handlers; stop with SIGKILL");
+        }
+        Self {
+            term: term.ok(),
+            int: int.ok(),
+        }
+    }
+}
+
 /// First SIGTERM/SIGINT: cancels `signalled` and, unless the embedder keeps serving,
 /// `shutdown`. Second: cancels `hard_stop`.
 async fn signals(
+    handlers: SignalHandlers,
     signalled: CancellationToken,
     shutdown: Option<CancellationToken>,
     hard_stop: CancellationToken,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
+    let SignalHandlers {
+        term: Some(mut term),
+        int: Some(mut int),
+    } = handlers
+    else {
         return;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
