@@ -663,3 +663,54 @@ async fn if_needed_webhooks_are_called_again_only_after_a_later_change() {
     );
     assert_eq!(containers(&p), ["main", "added", "added", "added"]);
 }
+
+#[tokio::test]
+async fn daemonset_pods_go_through_the_webhooks_as_the_controller() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let pki = pki(&["localhost"]);
+    let hook = start_hook(&pki, Mode::Patch).await;
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    namespace(&client, "opted", &[("inject", "enabled")]).await;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &config("c", url_config(&pki, hook.addr), "Fail", 5),
+        )
+        .await
+        .unwrap();
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": { "name": "daemon" },
+        "spec": {
+            "selector": { "matchLabels": { "spark-role": "executor" } },
+            "template": {
+                "metadata": { "labels": { "spark-role": "executor" } },
+                "spec": { "containers": [{ "name": "main", "image": "d:1" }] },
+            },
+        },
+    }))
+    .unwrap();
+    Api::<DaemonSet>::namespaced(client.clone(), "opted")
+        .create(&PostParams::default(), &ds)
+        .await
+        .unwrap();
+    let mut pods = Vec::new();
+    for _ in 0..500 {
+        pods = server.pods("opted");
+        if !pods.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pods.len(), 1);
+    assert_eq!(containers(&pods[0]), ["main", "added"]);
+    let reviews = hook.reviews.lock().unwrap().clone();
+    let req = &reviews[0].1["request"];
+    assert_eq!(
+        req["userInfo"]["username"],
+        "system:serviceaccount:kube-system:daemon-set-controller"
+    );
+    // generateName: the webhook sees no name yet, as on a real server.
+    assert!(req.get("name").is_none(), "{req}");
+    assert_eq!(req["object"]["metadata"]["generateName"], "daemon-");
+}
