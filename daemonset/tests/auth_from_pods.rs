@@ -442,6 +442,13 @@ async fn secrets_from_executor_pods_of_this_node_authenticate_their_app_only() {
         err.contains("No secret is configured for application 'spark-a'"),
         "{err}"
     );
+    // Logged with the peer's address.
+    node.wait_for("the refusal logged with the peer", |ev| {
+        message(ev) == "authentication failed"
+            && field(ev, "error").is_some_and(|e| e.contains("'spark-a'"))
+            && ev.to_string().contains("\"peer\":\"127.0.0.1:")
+    })
+    .await;
 
     server
         .insert_pod(
