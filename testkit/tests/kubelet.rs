@@ -67,7 +67,12 @@ async fn setup(name: &str) -> Setup {
     let java = dir.join("java");
     std::fs::write(&java, FAKE_JAVA).unwrap();
     std::fs::set_permissions(&java, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let kubelet = ProcessKubelet::new(dir.join("spark"), dir.join("work")).java(&java);
+    let node_bin = dir.join("kshuffle-node");
+    std::fs::write(&node_bin, FAKE_JAVA).unwrap();
+    std::fs::set_permissions(&node_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kubelet = ProcessKubelet::new(dir.join("spark"), dir.join("work"))
+        .java(&java)
+        .image("kshuffle-node", &node_bin);
     let server = FakeApiServer::builder()
         .nodes(vec![Node::new("node-1", 4, 8), Node::new("node-2", 4, 8)])
         .process_kubelet(kubelet.clone())
@@ -362,4 +367,100 @@ async fn pods_the_kubelet_cannot_run_fail_with_a_reason() {
         .await
         .unwrap();
     assert!(s.server.pod(NS, "driver").is_none());
+}
+
+/// A node daemon pod as `daemonset/deploy/daemonset.yaml` renders it (trimmed).
+fn daemon_pod(name: &str, command: &str, init: bool) -> Pod {
+    let mut pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "hostNetwork": true,
+            "containers": [{
+                "name": "kshuffle-node",
+                "image": "kshuffle-node:0.1.0",
+                "command": [command],
+                "args": ["--port=7337", "--allowed-root=/var/lib/kshuffle",
+                         "--state-dir", "/var/lib/kshuffle-state"],
+                "env": [
+                    { "name": "MODE", "value": "sleep" },
+                    { "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+                ],
+                "volumeMounts": [
+                    { "name": "shuffle-root", "mountPath": "/var/lib/kshuffle" },
+                    { "name": "state", "mountPath": "/var/lib/kshuffle-state" },
+                ],
+            }],
+            "volumes": [
+                { "name": "shuffle-root", "hostPath": { "path": "/var/lib/kshuffle", "type": "DirectoryOrCreate" } },
+                { "name": "state", "hostPath": { "path": "/var/lib/kshuffle-state" } },
+            ],
+        },
+    }))
+    .unwrap();
+    if init {
+        let spec = pod.spec.as_mut().unwrap();
+        let mut prepare = spec.containers[0].clone();
+        prepare.name = "prepare-host-dirs".into();
+        prepare.image = Some("busybox".into());
+        spec.init_containers = Some(vec![prepare]);
+    }
+    pod
+}
+
+#[tokio::test]
+async fn a_registered_image_runs_its_program_with_mapped_args_on_the_node_address() {
+    let s = setup("image").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pp = PostParams::default();
+    pods.create(&pp, &daemon_pod("daemon", "kshuffle-node", false))
+        .await
+        .unwrap();
+    pods.create(&pp, &daemon_pod("other-command", "/bin/sh", false))
+        .await
+        .unwrap();
+    pods.create(&pp, &daemon_pod("with-init", "kshuffle-node", true))
+        .await
+        .unwrap();
+
+    let pod = wait_phase(&s.server, "daemon", "Running").await;
+    let status = pod.status.unwrap();
+    let node = pod.spec.unwrap().node_name.unwrap();
+    // hostNetwork: the pod's address is its node's.
+    assert_eq!(status.pod_ip, status.host_ip);
+    let node_dir = s.dir.join("work/nodes").join(&node);
+    let dir = s.kubelet.pod_dir(NS, "daemon");
+    let args = read_when_there(&dir.join("args")).await;
+    let root = node_dir.join("var/lib/kshuffle");
+    let state = node_dir.join("var/lib/kshuffle-state");
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "--port=7337".to_owned(),
+            format!("--allowed-root={}", root.display()),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+        ]
+    );
+    assert!(
+        root.is_dir() && state.is_dir(),
+        "hostPath dirs are per node"
+    );
+    let env = read_when_there(&dir.join("env")).await;
+    assert!(
+        env.lines().any(|l| l == format!("NODE_NAME={node}")),
+        "{env}"
+    );
+
+    let other = wait_phase(&s.server, "other-command", "Failed").await;
+    let st = other.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
+    assert!(st.message.unwrap().contains("registered program"));
+    let init = wait_phase(&s.server, "with-init", "Failed").await;
+    assert!(
+        init.status
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("init containers"),
+    );
 }

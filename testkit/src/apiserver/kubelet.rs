@@ -7,8 +7,10 @@
 //! `java $SPARK_JAVA_OPT_* (by number) -Xms$SPARK_EXECUTOR_MEMORY -Xmx$SPARK_EXECUTOR_MEMORY
 //! -cp $SPARK_CONF_DIR:$SPARK_HOME/jars/* org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend
 //! --driver-url … --executor-id … --cores … --app-id … --hostname $SPARK_EXECUTOR_POD_IP
-//! --resourceProfileId … --podName …`, with `SPARK_HOME` the pyspark package of a venv. Any
-//! other container fails the pod (phase `Failed`, reason `UnsupportedContainer`, a message
+//! --resourceProfileId … --podName …`, with `SPARK_HOME` the pyspark package of a venv. A
+//! container whose image was registered ([`ProcessKubelet::image`], e.g. our daemon's) runs
+//! the registered program with the container's args, paths mapped. Any other container, a
+//! pod of several containers or with init containers, fails the pod (phase `Failed`, reason `UnsupportedContainer`, a message
 //! naming the container), as does env or a volume it cannot resolve
 //! (`CreateContainerConfigError`): nothing waits forever.
 //!
@@ -60,6 +62,8 @@ pub struct ProcessKubelet {
     spark_home: PathBuf,
     work_dir: PathBuf,
     java: PathBuf,
+    /// Image repository → the local program that is its entrypoint.
+    images: BTreeMap<String, PathBuf>,
 }
 
 impl ProcessKubelet {
@@ -73,7 +77,18 @@ impl ProcessKubelet {
             spark_home: spark_home.into(),
             work_dir: work_dir.into(),
             java,
+            images: BTreeMap::new(),
         }
+    }
+
+    /// Runs containers of `image` (any tag) as `program`: the image's entrypoint is the
+    /// program, a container `command` must name it (by file name) and its remaining words
+    /// and `args` are the arguments, with paths under mount paths mapped (also in
+    /// `--flag=value`). E.g. `.image("kshuffle-node", target_dir.join("kshuffle-node"))`.
+    pub fn image(mut self, image: &str, program: impl Into<PathBuf>) -> Self {
+        self.images
+            .insert(repository(image).to_owned(), program.into());
+        self
     }
 
     /// Runs `java` instead of `$JAVA_HOME/bin/java` (tests use a script that records what it
@@ -462,47 +477,74 @@ fn env(
     Ok(out)
 }
 
-/// Starts the pod's one container.
-fn start(
+fn unsupported(c: &Container, why: &str) -> StartError {
+    (
+        "UnsupportedContainer",
+        format!(
+            "container {:?} (image {:?}, command {:?}, args {:?}) {why}",
+            c.name,
+            c.image.as_deref().unwrap_or(""),
+            c.command,
+            c.args.as_deref().unwrap_or_default()
+        ),
+    )
+}
+
+/// An image's repository: without its tag or digest.
+fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rsplit_once(':') {
+        // A colon after the last slash is a tag; before it, a registry port.
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => image,
+    }
+}
+
+/// Maps paths in one argument: the whole of it, or the value of `--flag=value`.
+fn map_arg(arg: &str, mounts: &[(String, PathBuf)]) -> String {
+    match arg.split_once('=') {
+        Some((flag, value)) if flag.starts_with('-') => {
+            format!("{flag}={}", map_paths(value, mounts))
+        }
+        _ => map_paths(arg, mounts),
+    }
+}
+
+/// The program and arguments of a container whose image was registered with
+/// [`ProcessKubelet::image`]: the image's entrypoint is the registered program, `command`
+/// (if any) must name it, and `args` follow, with paths mapped.
+fn registered_command(
+    c: &Container,
+    program: &Path,
+    mounts: &[(String, PathBuf)],
+) -> Result<(PathBuf, Vec<String>), StartError> {
+    let mut argv = Vec::new();
+    if let Some(command) = &c.command {
+        let named = command
+            .first()
+            .and_then(|first| Path::new(first).file_name())
+            .is_some_and(|n| Some(n) == program.file_name());
+        if !named {
+            return Err(unsupported(
+                c,
+                &format!(
+                    "has a command other than its image's registered program {}",
+                    program.display()
+                ),
+            ));
+        }
+        argv.extend(command.iter().skip(1).cloned());
+    }
+    argv.extend(c.args.iter().flatten().cloned());
+    let argv = argv.iter().map(|a| map_arg(a, mounts)).collect();
+    Ok((program.to_owned(), argv))
+}
+
+/// The JVM Spark's image entrypoint starts for `executor`.
+fn executor_command(
     cfg: &ProcessKubelet,
-    state: &State,
-    pod: &Pod,
-    key: &Key,
-    ips: &(String, String),
-) -> Result<Child, StartError> {
-    let containers = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default();
-    let [c] = containers else {
-        return Err((
-            "UnsupportedContainer",
-            format!(
-                "the process kubelet runs pods of exactly one container, this one has {}",
-                containers.len()
-            ),
-        ));
-    };
-    let args = c.args.as_deref().unwrap_or_default();
-    if c.command.is_some() || args.first().map(String::as_str) != Some("executor") {
-        return Err((
-            "UnsupportedContainer",
-            format!(
-                "container {:?} (image {:?}, command {:?}, args {:?}) follows no convention the process kubelet runs (Spark's image with args [executor])",
-                c.name,
-                c.image.as_deref().unwrap_or(""),
-                c.command,
-                args
-            ),
-        ));
-    }
-    let vols = volumes(cfg, state, pod, key)?;
-    let mounts = mounts(c, &vols)?;
-    let mut env = env(pod, c, ips)?;
-    for v in env.values_mut() {
-        *v = map_paths(v, &mounts);
-    }
+    env: &BTreeMap<String, String>,
+) -> Result<(PathBuf, Vec<String>), StartError> {
     let need = |name: &str| {
         env.get(name)
             .filter(|v| !v.is_empty())
@@ -524,27 +566,88 @@ fn start(
         classpath.push(':');
     }
     classpath.push_str(&format!("{}/jars/*", cfg.spark_home.display()));
-    let mut cmd = Command::new(&cfg.java);
-    cmd.args(java_opts.into_iter().map(|(_, v)| v))
-        .arg(format!("-Xms{memory}"))
-        .arg(format!("-Xmx{memory}"))
-        .arg("-cp")
-        .arg(classpath)
-        .arg(EXECUTOR_MAIN)
-        .args(["--driver-url", &need("SPARK_DRIVER_URL")?])
-        .args(["--executor-id", &need("SPARK_EXECUTOR_ID")?])
-        .args(["--cores", &need("SPARK_EXECUTOR_CORES")?])
-        .args(["--app-id", &need("SPARK_APPLICATION_ID")?])
-        .args(["--hostname", &need("SPARK_EXECUTOR_POD_IP")?])
-        .args(["--resourceProfileId", &need("SPARK_RESOURCE_PROFILE_ID")?]);
-    if let Some(name) = env.get("SPARK_EXECUTOR_POD_NAME").filter(|v| !v.is_empty()) {
-        cmd.args(["--podName", name]);
+    let mut argv: Vec<String> = java_opts.into_iter().map(|(_, v)| v).collect();
+    argv.extend([
+        format!("-Xms{memory}"),
+        format!("-Xmx{memory}"),
+        "-cp".into(),
+        classpath,
+        EXECUTOR_MAIN.into(),
+    ]);
+    for (flag, var) in [
+        ("--driver-url", "SPARK_DRIVER_URL"),
+        ("--executor-id", "SPARK_EXECUTOR_ID"),
+        ("--cores", "SPARK_EXECUTOR_CORES"),
+        ("--app-id", "SPARK_APPLICATION_ID"),
+        ("--hostname", "SPARK_EXECUTOR_POD_IP"),
+        ("--resourceProfileId", "SPARK_RESOURCE_PROFILE_ID"),
+    ] {
+        argv.extend([flag.to_owned(), need(var)?]);
     }
+    if let Some(name) = env.get("SPARK_EXECUTOR_POD_NAME").filter(|v| !v.is_empty()) {
+        argv.extend(["--podName".to_owned(), name.clone()]);
+    }
+    Ok((cfg.java.clone(), argv))
+}
+
+/// Starts the pod's one container.
+fn start(
+    cfg: &ProcessKubelet,
+    state: &State,
+    pod: &Pod,
+    key: &Key,
+    ips: &(String, String),
+) -> Result<Child, StartError> {
+    let spec = pod.spec.as_ref();
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    let [c] = containers else {
+        return Err((
+            "UnsupportedContainer",
+            format!(
+                "the process kubelet runs pods of exactly one container, this one has {}",
+                containers.len()
+            ),
+        ));
+    };
+    if spec
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|i| !i.is_empty())
+    {
+        return Err((
+            "UnsupportedContainer",
+            "the process kubelet does not run init containers yet".into(),
+        ));
+    }
+    // Which convention, before anything is resolved: an unsupported container says so.
+    let registered = c
+        .image
+        .as_deref()
+        .and_then(|i| cfg.images.get(repository(i)));
+    let args = c.args.as_deref().unwrap_or_default();
+    let executor = c.command.is_none() && args.first().map(String::as_str) == Some("executor");
+    if registered.is_none() && !executor {
+        return Err(unsupported(
+            c,
+            "follows no convention the process kubelet runs (Spark's image with args [executor], or an image registered with ProcessKubelet::image)",
+        ));
+    }
+    let vols = volumes(cfg, state, pod, key)?;
+    let mounts = mounts(c, &vols)?;
+    let mut env = env(pod, c, ips)?;
+    for v in env.values_mut() {
+        *v = map_paths(v, &mounts);
+    }
+    let (program, argv) = match registered {
+        Some(program) => registered_command(c, program, &mounts)?,
+        None => executor_command(cfg, &env)?,
+    };
     let dir = cfg.pod_dir(&key.0, &key.1);
     let io = |e: std::io::Error| config_error(format!("pod directory {}: {e}", dir.display()));
     fs::create_dir_all(&dir).map_err(io)?;
     let stdout = fs::File::create(dir.join("stdout")).map_err(io)?;
     let stderr = fs::File::create(dir.join("stderr")).map_err(io)?;
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv);
     // The container sees its own env plus what a process needs to find java and a home.
     cmd.env_clear();
     for keep in ["PATH", "HOME", "JAVA_HOME", "LANG", "TMPDIR"] {
@@ -562,7 +665,7 @@ fn start(
     cmd.spawn().map_err(|e| {
         (
             "StartError",
-            format!("cannot start {}: {e}", cfg.java.display()),
+            format!("cannot start {}: {e}", program.display()),
         )
     })
 }
@@ -667,6 +770,32 @@ mod tests {
         );
         assert_eq!(nth_address("127.1", 1), "127.1.0.1");
         assert_eq!(nth_address("127.1", 255), "127.1.1.1");
+    }
+
+    #[test]
+    fn image_repositories_drop_tags_and_digests() {
+        assert_eq!(repository("kshuffle-node"), "kshuffle-node");
+        assert_eq!(repository("kshuffle-node:0.1"), "kshuffle-node");
+        assert_eq!(
+            repository("registry:5000/kshuffle/node:0.1"),
+            "registry:5000/kshuffle/node"
+        );
+        assert_eq!(
+            repository("registry:5000/kshuffle/node"),
+            "registry:5000/kshuffle/node"
+        );
+        assert_eq!(repository("x/y@sha256:abc"), "x/y");
+    }
+
+    #[test]
+    fn args_map_paths_also_after_a_flag() {
+        let mounts = vec![("/var/lib/kshuffle".to_owned(), PathBuf::from("/w/root"))];
+        assert_eq!(
+            map_arg("--allowed-root=/var/lib/kshuffle", &mounts),
+            "--allowed-root=/w/root"
+        );
+        assert_eq!(map_arg("/var/lib/kshuffle/x", &mounts), "/w/root/x");
+        assert_eq!(map_arg("--port=7337", &mounts), "--port=7337");
     }
 
     #[test]
