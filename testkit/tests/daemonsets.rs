@@ -197,6 +197,44 @@ async fn the_rendered_daemonset_gets_one_pod_per_node_as_the_real_controller_mak
         dss.list(&ListParams::default()).await.unwrap().items.len(),
         1
     );
+
+    // kubectl finds DaemonSets and Namespaces through discovery.
+    let url = server.url();
+    let cache = std::env::temp_dir().join(format!("kshuffle-kubectl-cache-{}", std::process::id()));
+    let cache_dir = cache.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
+        Command::new(kubectl)
+            .args(["--server", &url, "--cache-dir"])
+            .arg(&cache)
+            .args(["get", "daemonsets,namespaces", "-A", "-o", "json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<(&str, &str)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap(),
+                i["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("DaemonSet", "kshuffle-node"), ("Namespace", "kshuffle")]
+    );
 }
 
 #[tokio::test]

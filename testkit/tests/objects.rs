@@ -438,7 +438,14 @@ async fn discovery_lists_what_is_served_and_non_json_bodies_are_415() {
     let (code, body) = raw(&server, "GET", "/api", "").await;
     assert_eq!((code, body["versions"].clone()), (200, json!(["v1"])));
     let (code, body) = raw(&server, "GET", "/apis", "").await;
-    assert_eq!((code, body["groups"].clone()), (200, json!([])));
+    assert_eq!(code, 200);
+    let groups: Vec<&str> = body["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["preferredVersion"]["groupVersion"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["apps/v1", "admissionregistration.k8s.io/v1"]);
     let (code, body) = raw(&server, "GET", "/api/v1", "").await;
     assert_eq!(code, 200);
     let names: Vec<&str> = body["resources"]
@@ -454,7 +461,8 @@ async fn discovery_lists_what_is_served_and_non_json_bodies_are_415() {
             "configmaps",
             "secrets",
             "services",
-            "persistentvolumeclaims"
+            "persistentvolumeclaims",
+            "namespaces"
         ]
     );
     let cm = &body["resources"][1];

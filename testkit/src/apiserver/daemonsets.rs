@@ -506,6 +506,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(get_one).delete(delete_one),
         )
         .route("/apis/apps/v1/daemonsets", get(list_all))
+        .route(
+            "/apis/apps/v1",
+            get(|| async { typed::resource_list::<DaemonSet>(&["ds"], true) }),
+        )
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
         .with_state(shared)
 }

@@ -198,7 +198,14 @@ async fn api_versions() -> Response {
 }
 
 async fn api_groups() -> Response {
-    axum::Json(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] })).into_response()
+    // The groups of `daemonsets.rs` and `admission/`, which serve their own resource lists.
+    let group = |name: &str| {
+        let gv = json!({ "groupVersion": format!("{name}/v1"), "version": "v1" });
+        json!({ "name": name, "versions": [gv.clone()], "preferredVersion": gv })
+    };
+    let groups = [group("apps"), group("admissionregistration.k8s.io")];
+    axum::Json(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups }))
+        .into_response()
 }
 
 /// core/v1 as served: pods (see `http.rs`) and the resources of this module.
@@ -234,6 +241,17 @@ async fn api_resources() -> Response {
         let shorts: &[&str] = if short.is_empty() { &[] } else { &[short] };
         resources.push(resource(r.plural(), r.kind(), shorts, &objects));
     }
+    // Served by `admission/` (cluster-scoped).
+    let mut namespaces = resource(
+        "namespaces",
+        "Namespace",
+        &["ns"],
+        &["create", "delete", "get", "list"],
+    );
+    if let Some(obj) = namespaces.as_object_mut() {
+        obj.insert("namespaced".into(), Value::Bool(false));
+    }
+    resources.push(namespaces);
     axum::Json(json!({
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
         "resources": resources,

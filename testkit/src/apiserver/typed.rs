@@ -131,6 +131,19 @@ pub fn list_body<T: Resource + Serialize>(rv: u64, items: &[T]) -> Response {
     .into_response()
 }
 
+/// The discovery document of a group version serving only `T`: create, get, list, delete.
+pub fn resource_list<T: Resource>(short_names: &[&str], namespaced: bool) -> Response {
+    axum::Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": T::API_VERSION,
+        "resources": [{
+            "name": T::URL_PATH_SEGMENT, "singularName": T::KIND.to_ascii_lowercase(),
+            "namespaced": namespaced, "kind": T::KIND, "shortNames": short_names,
+            "verbs": ["create", "delete", "get", "list"],
+        }],
+    }))
+    .into_response()
+}
+
 /// The query parameters of a request, or 400.
 ///
 /// # Errors

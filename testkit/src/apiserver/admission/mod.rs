@@ -411,6 +411,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(MWC, get(list_configs).post(create_config))
         .route(
+            "/apis/admissionregistration.k8s.io/v1",
+            get(|| async { typed::resource_list::<MutatingWebhookConfiguration>(&[], false) }),
+        )
+        .route(
             &format!("{MWC}/{{name}}"),
             get(get_config).delete(delete_config),
         )
