@@ -77,9 +77,9 @@ async fn post(target: &Target, ca_bundle: &[u8], body: Vec<u8>) -> Result<(u16, 
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
-    // The connection task ends with the call (the sender is dropped) or with the timeout
-    // around the whole call (this future, and so the task's only handle, is dropped).
-    let driver = tokio::spawn(conn);
+    // The connection task is aborted when this call ends, also when the timeout around it
+    // drops this future: a webhook that never answers holds no task.
+    let _driver = AbortOnDrop(tokio::spawn(conn));
     let req = Request::post(&target.path_and_query)
         .header(header::HOST, &target.host)
         .header(header::CONTENT_TYPE, "application/json")
@@ -91,9 +91,15 @@ async fn post(target: &Target, ca_bundle: &[u8], body: Vec<u8>) -> Result<(u16, 
     let bytes = axum::body::to_bytes(Body::new(resp.into_body()), MAX_RESPONSE_BYTES)
         .await
         .map_err(|e| format!("reading the response: {e}"))?;
-    drop(sender);
-    driver.abort();
     Ok((status, bytes.to_vec()))
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// POSTs `review` and returns the verified `response` of the answer.

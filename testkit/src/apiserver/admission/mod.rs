@@ -305,12 +305,13 @@ async fn call_one(
     pod: &Pod,
     user: User,
 ) -> Result<Outcome, HookError> {
-    s.admission
+    // Unique per call: the count of calls before this one.
+    let seq = s
+        .admission
         .calls
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let timeout_secs = hook.timeout_seconds.unwrap_or(10).clamp(1, 30);
     let target = target(s, hook, timeout_secs).map_err(HookError::Calling)?;
-    let seq = s.store.lock().next_rv();
     let uid = format!("00000000-0000-4000-b000-{seq:012x}");
     let object = serde_json::to_value(pod).map_err(|e| HookError::Calling(e.to_string()))?;
     let gvk = json!({ "group": "", "version": "v1", "kind": "Pod" });
