@@ -314,3 +314,56 @@ async fn deleting_the_daemonset_deletes_its_pods_unless_orphaned() {
     .await;
     assert_eq!(names(&orphans), names(&pods));
 }
+
+/// The real controller's backoff for failed pods, on the paused tokio clock (the fake's
+/// controller, scheduler and kubelet all run on it; no wall-clock time is asserted): a second
+/// failure on the same node within the 1 s backoff is left alone until the backoff ends.
+#[tokio::test]
+async fn a_pod_failing_again_within_the_backoff_waits_for_it() {
+    let (server, client) = cluster().await;
+    apply(&client).await;
+    let first = eventually("one Running pod per node", || one_running_per_node(&server)).await;
+    tokio::time::pause();
+    let node_of = |p: &Pod| p.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let victim = first[0].clone();
+    let node = node_of(&victim);
+    let on_node = |server: &FakeApiServer| -> Vec<Pod> {
+        server
+            .pods(NS)
+            .into_iter()
+            .filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(node.as_str()))
+            .collect()
+    };
+
+    // First failure: deleted and replaced at once (no backoff yet).
+    assert!(server.exit_pod(NS, victim.metadata.name.as_deref().unwrap(), 1));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let now = on_node(&server);
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].metadata.name, victim.metadata.name);
+    assert_eq!(
+        now[0].status.as_ref().unwrap().phase.as_deref(),
+        Some("Running")
+    );
+
+    // Second failure 100 ms later: still there, Failed, 100 ms on (the backoff is 1 s)...
+    let second = now[0].metadata.name.clone().unwrap();
+    assert!(server.exit_pod(NS, &second, 1));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let now = on_node(&server);
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].metadata.name.as_deref(), Some(second.as_str()));
+    assert_eq!(
+        now[0].status.as_ref().unwrap().phase.as_deref(),
+        Some("Failed")
+    );
+    // ...and replaced once the backoff is over.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let now = on_node(&server);
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].metadata.name.as_deref(), Some(second.as_str()));
+    assert_eq!(
+        now[0].status.as_ref().unwrap().phase.as_deref(),
+        Some("Running")
+    );
+}
