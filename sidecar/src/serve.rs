@@ -15,20 +15,19 @@
 //! `terminationGracePeriodSeconds` (set by the webhook) runs out. A second SIGTERM/SIGINT
 //! stops at once.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
+use kshuffle::auth::{Secret, SecretSource, StaticSecrets};
 use kshuffle::daemon::{self, DaemonArgs, Options, Running, parse_duration};
 use kube::api::{Api, ListParams};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::inject::{ENV_AUTH_SECRET, LABEL_APP_ID, LABEL_SPARK_ROLE};
-
-/// File (in `--state-dir`) the per-app secret from `_SPARK_AUTH_SECRET` is written to.
-pub const AUTH_SECRET_FILE: &str = "spark-auth-secret";
 
 /// `kshuffle-sidecar serve`.
 #[derive(Debug, clap::Args)]
@@ -51,6 +50,10 @@ pub struct ServeArgs {
     /// Longest wait between checks while the API server fails.
     #[arg(long, env = "KSHUFFLE_DRIVER_CHECK_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
     pub driver_check_max_backoff: Duration,
+    /// Spark's secret for this application (`_SPARK_AUTH_SECRET`), set by [`ServeArgs::prepare`];
+    /// not a flag (a secret on the command line would show in `ps`).
+    #[arg(skip)]
+    pub auth_secret: Option<Secret>,
 }
 
 /// What the driver pods say about the application.
@@ -92,9 +95,10 @@ pub fn driver_state(pods: &[Pod]) -> DriverState {
 }
 
 impl ServeArgs {
-    /// Validates the sidecar's own flags, and turns Spark's generated per-app secret
-    /// (`_SPARK_AUTH_SECRET`, copied into this container by the webhook) into the daemon's
-    /// `--auth-secret-file`, unless auth flags are given explicitly.
+    /// Validates the sidecar's own flags, and keeps Spark's generated per-app secret
+    /// (`_SPARK_AUTH_SECRET`, copied into this container by the webhook): [`run`] then
+    /// requires `spark.authenticate` with exactly that secret for exactly this pod's app
+    /// (`--app-id`), unless auth flags are given explicitly. The secret stays in memory.
     ///
     /// # Errors
     /// A bad flag, or a secret that cannot be written.
@@ -113,31 +117,17 @@ impl ServeArgs {
         if let Some(secret) = auth_secret.filter(|s| !s.is_empty())
             && !explicit
         {
-            let dir = self.daemon.state_dir.clone().context(
-                "--state-dir is needed to hold the application's secret from _SPARK_AUTH_SECRET",
-            )?;
-            let path = write_secret(&dir, &secret)?;
-            self.daemon.auth_secret_file = Some(path);
+            self.auth_secret = Some(Secret::from(secret.as_str()));
         }
         Ok(())
     }
-}
 
-fn write_secret(dir: &std::path::Path, secret: &str) -> anyhow::Result<PathBuf> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(AUTH_SECRET_FILE);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(secret.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+    /// The daemon's secrets: this app's secret from `_SPARK_AUTH_SECRET`, if any.
+    fn secrets(&self) -> Option<Arc<dyn SecretSource>> {
+        let secret = self.auth_secret.clone()?;
+        let per_app = HashMap::from([(self.app_id.clone(), secret)]);
+        Some(Arc::new(StaticSecrets::per_app(per_app)))
+    }
 }
 
 /// The env var the webhook copies Spark's generated secret into.
@@ -160,7 +150,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         interval: args.driver_check_interval,
         max_backoff: args.driver_check_max_backoff,
     };
-    daemon::run(&args.daemon, options, move |running| {
+    daemon::run_with_secrets(&args.daemon, options, args.secrets(), move |running| {
         // Registered here, synchronously, so a SIGTERM from now on reaches the lifecycle even
         // if the daemon's own signal task has not subscribed yet (a stream only sees signals
         // sent after it was created).
