@@ -656,3 +656,28 @@ fn corrupted_reviews_never_panic_and_every_patch_applies() {
         "most corruptions of string contents still inject ({patched})"
     );
 }
+
+#[test]
+fn an_auth_secret_given_by_reference_is_copied_as_a_reference() {
+    // A pod template may give _SPARK_AUTH_SECRET as a secretKeyRef: the kubelet resolves it
+    // for the sidecar just as for the executor.
+    let body = review_with(|pod| {
+        pod["spec"]["containers"][0]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "_SPARK_AUTH_SECRET", "valueFrom": {"secretKeyRef": {"name": "spark-auth", "key": "secret"}}}));
+    });
+    let (patched, _, _) = admit(&body);
+    let pod = as_pod(&patched);
+    let env = env_value(container(&pod, "kshuffle"), "_SPARK_AUTH_SECRET").unwrap();
+    assert!(env.value.is_none());
+    let key_ref = env
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .unwrap();
+    assert_eq!(
+        (key_ref.name.as_str(), key_ref.key.as_str()),
+        ("spark-auth", "secret")
+    );
+}
