@@ -367,3 +367,96 @@ async fn a_pod_failing_again_within_the_backoff_waits_for_it() {
         Some("Running")
     );
 }
+
+/// Node taints: the rendered DaemonSet tolerates everything (`operator: Exists`) and runs on a
+/// tainted node too; without that toleration it skips the node, and so does the scheduler
+/// for an ordinary pod.
+#[tokio::test]
+async fn taints_are_honoured_against_the_templates_tolerations() {
+    let server = FakeApiServer::builder()
+        .nodes(vec![
+            Node::new("node-1", 16, 64),
+            Node::new("node-2", 16, 64).with_taint("dedicated", Some("gpu"), "NoSchedule"),
+        ])
+        .start()
+        .await
+        .unwrap();
+    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
+    let bound = |server: &FakeApiServer| -> BTreeSet<String> {
+        server
+            .pods(NS)
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect()
+    };
+    let dss = Api::<DaemonSet>::namespaced(client.clone(), NS);
+    apply(&client).await;
+    let nodes = eventually("a pod on each node", || {
+        let b = bound(&server);
+        (b.len() == 2).then_some(b)
+    })
+    .await;
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["node-1".to_owned(), "node-2".to_owned()])
+    );
+    dss.delete("kshuffle-node", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("every pod gone", || {
+        server.pods(NS).is_empty().then_some(())
+    })
+    .await;
+
+    let mut ds: DaemonSet = serde_json::from_value(rendered("DaemonSet")).unwrap();
+    ds.spec.template.spec.as_mut().unwrap().tolerations = None;
+    dss.create(&PostParams::default(), &ds).await.unwrap();
+    let mut status = None;
+    for _ in 0..500 {
+        status = dss.get("kshuffle-node").await.unwrap().status;
+        if status.as_ref().is_some_and(|s| s.number_ready == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.unwrap().desired_number_scheduled, 1);
+    assert_eq!(bound(&server), BTreeSet::from(["node-1".to_owned()]));
+    assert_eq!(server.pods(NS).len(), 1);
+
+    // An ordinary pod that may only go to the tainted node stays Pending, Unschedulable.
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "pinned" },
+        "spec": {
+            "containers": [{ "name": "c", "image": "i" }],
+            "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{ "matchFields": [
+                    { "key": "metadata.name", "operator": "In", "values": ["node-2"] }] }] } } },
+        },
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let cond = eventually("PodScheduled=False", || {
+        let p = server.pod(NS, "pinned")?;
+        p.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
+    })
+    .await;
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_deref()),
+        ("False", Some("Unschedulable"))
+    );
+    assert!(
+        server
+            .pod(NS, "pinned")
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .is_none()
+    );
+}

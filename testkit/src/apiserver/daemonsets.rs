@@ -61,6 +61,7 @@ use tokio::time::Instant;
 
 use super::admission::{self, User};
 use super::selector::LabelSelector;
+use super::sim::Node;
 use super::status::Error;
 use super::store::Key;
 use super::typed::{self, Kept, KindError};
@@ -156,8 +157,18 @@ fn term_matches(t: &NodeSelectorTerm, node: &str) -> bool {
             .all(|r| requirement_matches(r, (r.key == "metadata.name").then_some(node)))
 }
 
+/// Whether a DaemonSet's pod may run on `node`: nodeSelector, required affinity, and the
+/// node's taints against the template's tolerations plus the ones the controller adds.
+fn eligible(ds: &DaemonSet, node: &Node) -> bool {
+    let tolerations = new_pod(ds, &node.name)
+        .and_then(|p| p.spec)
+        .and_then(|s| s.tolerations)
+        .unwrap_or_default();
+    node.tolerated_by(&tolerations) && eligible_by_labels(ds, &node.name)
+}
+
 /// Whether a DaemonSet's template may run on `node` (nodeSelector and required affinity).
-fn eligible(ds: &DaemonSet, node: &str) -> bool {
+fn eligible_by_labels(ds: &DaemonSet, node: &str) -> bool {
     let Some(spec) = ds.spec.template.spec.as_ref() else {
         return false;
     };
@@ -329,13 +340,7 @@ fn backoff_next(b: Option<Backoff>, now: Instant) -> Backoff {
 
 /// Decides creates and deletes and updates every status, under the store's lock.
 fn plan(s: &Shared, now: Instant) -> Plan {
-    let nodes: Vec<String> = s
-        .nodes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
+    let nodes: Vec<Node> = s.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut state = s.store.lock();
     let mut inner = s.daemonsets.lock();
     let mut out = Plan::default();
@@ -378,9 +383,10 @@ fn plan(s: &Shared, now: Instant) -> Plan {
             ..DaemonSetStatus::default()
         };
         let mut available = 0;
-        for node in &nodes {
+        for node_obj in &nodes {
+            let node = &node_obj.name;
             let pods = by_node.remove(node).unwrap_or_default();
-            if !eligible(&ds, node) {
+            if !eligible(&ds, node_obj) {
                 status.number_misscheduled += i32::try_from(pods.len()).unwrap_or(i32::MAX);
                 out.delete.extend(pods.into_iter().map(|(k, _)| k));
                 continue;
@@ -701,7 +707,25 @@ mod tests {
             },
         }))
         .unwrap();
-        assert!(eligible(&ds, "n1"));
+        assert!(eligible(&ds, &Node::new("n1", 1, 1)));
+        // A NoSchedule taint the template does not tolerate; the controller's own tolerations
+        // (unschedulable, not-ready, ...) are tolerated.
+        assert!(!eligible(
+            &ds,
+            &Node::new("n1", 1, 1).with_taint("dedicated", Some("gpu"), "NoSchedule")
+        ));
+        assert!(eligible(
+            &ds,
+            &Node::new("n1", 1, 1).with_taint(
+                "node.kubernetes.io/unschedulable",
+                None,
+                "NoSchedule"
+            )
+        ));
+        assert!(eligible(
+            &ds,
+            &Node::new("n1", 1, 1).with_taint("dedicated", Some("gpu"), "PreferNoSchedule")
+        ));
         let pod = new_pod(&ds, "n1").unwrap();
         assert!(node_allowed(&pod, "n1"));
         assert!(!node_allowed(&pod, "n2"));
@@ -712,6 +736,6 @@ mod tests {
             spec.node_selector =
                 Some([("kubernetes.io/os".to_owned(), "windows".to_owned())].into());
         }
-        assert!(!eligible(&windows, "n1"));
+        assert!(!eligible(&windows, &Node::new("n1", 1, 1)));
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition,
+    ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, Toleration,
 };
 use tokio::time::Instant;
 
@@ -27,6 +27,17 @@ pub struct Node {
     pub cpu_millis: u64,
     /// Allocatable memory in bytes.
     pub memory_bytes: u64,
+    /// Taints: pods that do not tolerate a `NoSchedule` or `NoExecute` one are not bound here
+    /// (and the DaemonSet controller does not place its pod here).
+    taints: Vec<NodeTaint>,
+}
+
+/// A node taint (`spec.taints[]` of a real node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeTaint {
+    key: String,
+    value: Option<String>,
+    effect: String,
 }
 
 impl Node {
@@ -36,8 +47,48 @@ impl Node {
             name: name.into(),
             cpu_millis: cpus.saturating_mul(1000),
             memory_bytes: memory_gib.saturating_mul(1 << 30),
+            taints: Vec::new(),
         }
     }
+
+    /// Adds a taint (`effect`: `NoSchedule`, `PreferNoSchedule` or `NoExecute`).
+    pub fn with_taint(mut self, key: &str, value: Option<&str>, effect: &str) -> Self {
+        self.taints.push(NodeTaint {
+            key: key.to_owned(),
+            value: value.map(str::to_owned),
+            effect: effect.to_owned(),
+        });
+        self
+    }
+
+    /// Whether a pod with these tolerations may be placed here: every `NoSchedule` and
+    /// `NoExecute` taint is tolerated (the scheduler's TaintToleration filter).
+    pub fn tolerated_by(&self, tolerations: &[Toleration]) -> bool {
+        self.taints
+            .iter()
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .all(|taint| tolerations.iter().any(|t| tolerates(t, taint)))
+    }
+}
+
+/// Whether one toleration tolerates one taint (`v1.Toleration.ToleratesTaint`).
+fn tolerates(t: &Toleration, taint: &NodeTaint) -> bool {
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key = t.key.as_deref().unwrap_or("");
+    let key_ok = key.is_empty() || key == taint.key;
+    let value_ok = match t.operator.as_deref().unwrap_or("Equal") {
+        // An empty key with Exists tolerates everything.
+        "Exists" => true,
+        "Equal" | "" => {
+            !key.is_empty()
+                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
+        _ => false,
+    };
+    effect_ok && key_ok && value_ok
 }
 
 /// Latencies of the simulated control plane.
@@ -166,6 +217,13 @@ pub fn step(
             uc.saturating_add(cpu) <= n.cpu_millis
                 && um.saturating_add(mem) <= n.memory_bytes
                 && super::daemonsets::node_allowed(&t.pod, &n.name)
+                && n.tolerated_by(
+                    t.pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.tolerations.as_deref())
+                        .unwrap_or_default(),
+                )
         });
         match fit {
             Some(node) => {
