@@ -235,3 +235,103 @@ async fn prune_now(secrets: &Arc<PodSecrets>) {
         Err(e) => warn!(error = %e, "pruning secrets failed"),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
+
+    use super::*;
+
+    fn pod(name: &str, app: &str, node: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.into());
+        pod.metadata.namespace = Some("ns".into());
+        pod.metadata.labels = Some(BTreeMap::from([
+            ("spark-role".to_owned(), "executor".to_owned()),
+            (super::super::APP_ID_LABEL.to_owned(), app.to_owned()),
+        ]));
+        pod.spec = Some(PodSpec {
+            node_name: Some(node.into()),
+            containers: vec![Container {
+                env: Some(vec![EnvVar {
+                    name: super::super::ENV_AUTH_SECRET.into(),
+                    value: Some(format!("secret-of-{app}")),
+                    ..EnvVar::default()
+                }]),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        });
+        pod
+    }
+
+    fn live(state: &NodePods) -> Vec<String> {
+        let mut apps: Vec<String> = state.pods.values().cloned().collect();
+        apps.sort();
+        apps.dedup();
+        apps
+    }
+
+    #[tokio::test]
+    async fn relists_replace_the_view_and_other_nodes_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Arc::new(PodSecrets::open(dir.path()).unwrap());
+        let mut state = NodePods::default();
+        let events = [
+            Event::Init,
+            Event::InitApply(pod("a-1", "app-a", "n1")),
+            Event::InitApply(pod("o-1", "app-o", "n2")),
+        ];
+        for event in &events {
+            assert!(
+                !apply(&mut state, event, "n1", &secrets).await,
+                "complete mid-list"
+            );
+        }
+        assert!(apply(&mut state, &Event::InitDone, "n1", &secrets).await);
+        assert_eq!(live(&state), ["app-a"]);
+        assert_eq!(secrets.apps(), ["app-a"], "another node's pod was trusted");
+
+        assert!(
+            apply(
+                &mut state,
+                &Event::Apply(pod("b-1", "app-b", "n1")),
+                "n1",
+                &secrets
+            )
+            .await
+        );
+        assert_eq!(live(&state), ["app-a", "app-b"]);
+        // A relist (after a 410) that no longer has a-1: its app is no longer live here,
+        // though its secret stays until the app is pruned.
+        apply(&mut state, &Event::Init, "n1", &secrets).await;
+        apply(
+            &mut state,
+            &Event::InitApply(pod("b-1", "app-b", "n1")),
+            "n1",
+            &secrets,
+        )
+        .await;
+        assert_eq!(
+            live(&state),
+            ["app-a", "app-b"],
+            "the old view is kept until the relist is done"
+        );
+        assert!(apply(&mut state, &Event::InitDone, "n1", &secrets).await);
+        assert_eq!(live(&state), ["app-b"]);
+        assert!(
+            apply(
+                &mut state,
+                &Event::Delete(pod("b-1", "app-b", "n1")),
+                "n1",
+                &secrets
+            )
+            .await
+        );
+        assert!(live(&state).is_empty());
+        assert_eq!(secrets.apps(), ["app-a", "app-b"]);
+    }
+}
