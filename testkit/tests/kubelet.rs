@@ -8,7 +8,11 @@
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kshuffle_testkit::apiserver::{FakeApiServer, Node, ProcessKubelet};
@@ -19,9 +23,10 @@ use serde_json::json;
 const NS: &str = "spark";
 
 const FAKE_JAVA: &str = r#"#!/bin/sh
-printf '%s\n' "$@" > args
-env > env
-echo $$ > pid
+p=${NAME:+$NAME.}
+printf '%s\n' "$@" > "${p}args"
+env > "${p}env"
+echo $$ > "${p}pid"
 case "$MODE" in
   exit*) exit "${MODE#exit}" ;;
   stubborn) trap '' TERM ;;
@@ -72,7 +77,10 @@ async fn setup(name: &str) -> Setup {
     std::fs::set_permissions(&node_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let kubelet = ProcessKubelet::new(dir.join("spark"), dir.join("work"))
         .java(&java)
-        .image("kshuffle-node", &node_bin);
+        .image("kshuffle-node", &node_bin)
+        .address_env("kshuffle-node", &["KSHUFFLE_BIND"])
+        .noop_image("busybox")
+        .max_probe_period(Duration::from_millis(100));
     let server = FakeApiServer::builder()
         .nodes(vec![Node::new("node-1", 4, 8), Node::new("node-2", 4, 8)])
         .process_kubelet(kubelet.clone())
@@ -92,6 +100,8 @@ fn executor_pod(name: &str, mode: &str) -> Pod {
         "metadata": { "name": name, "labels": { "spark-role": "executor" } },
         "spec": {
             "terminationGracePeriodSeconds": 30,
+            // As Spark sets it.
+            "restartPolicy": "Never",
             "containers": [{
                 "name": "spark-kubernetes-executor",
                 "image": "kshuffle/spark-test",
@@ -455,12 +465,339 @@ async fn a_registered_image_runs_its_program_with_mapped_args_on_the_node_addres
     let st = other.status.unwrap();
     assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
     assert!(st.message.unwrap().contains("registered program"));
-    let init = wait_phase(&s.server, "with-init", "Failed").await;
-    assert!(
-        init.status
-            .unwrap()
-            .message
-            .unwrap()
-            .contains("init containers"),
+    // The busybox init container is on the host no-op list: it succeeds, then the daemon runs.
+    let init = wait_phase(&s.server, "with-init", "Running").await;
+    let st = init.status.unwrap();
+    let ics = &st.init_container_statuses.unwrap()[0];
+    let term = ics.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (ics.name.as_str(), term.exit_code),
+        ("prepare-host-dirs", 0)
     );
+    let env = read_when_there(&s.kubelet.pod_dir(NS, "with-init").join("env")).await;
+    // No network namespace: the daemon is told to bind the pod's (here: the node's) address,
+    // and finds the API server through the kubelet's kubeconfig.
+    let host_ip = st.host_ip.unwrap();
+    assert!(
+        env.lines().any(|l| l == format!("KSHUFFLE_BIND={host_ip}")),
+        "{env}"
+    );
+    let kubeconfig = env
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBECONFIG="))
+        .unwrap();
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    assert!(
+        text.contains(&format!("server: {}", s.server.url())),
+        "{text}"
+    );
+}
+
+/// A pod of `containers` (name, image, command, MODE, extra fields) on the node of `node`.
+fn pod_of(
+    name: &str,
+    policy: &str,
+    inits: Vec<serde_json::Value>,
+    containers: Vec<serde_json::Value>,
+) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "nodeName": "node-1",
+            "hostNetwork": true,
+            "restartPolicy": policy,
+            "terminationGracePeriodSeconds": 5,
+            "initContainers": inits,
+            "containers": containers,
+        },
+    }))
+    .unwrap()
+}
+
+fn ctr(name: &str, mode: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "image": "kshuffle-node",
+        "command": ["kshuffle-node"],
+        "env": [ { "name": "MODE", "value": mode }, { "name": "NAME", "value": name } ],
+    })
+}
+
+fn status_of(server: &FakeApiServer, name: &str) -> Option<k8s_openapi::api::core::v1::PodStatus> {
+    server.pod(NS, name).and_then(|p| p.status)
+}
+
+#[tokio::test]
+async fn init_containers_run_in_order_before_the_main_containers() {
+    let s = setup("init").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pp = PostParams::default();
+    pods.create(
+        &pp,
+        &pod_of(
+            "ordered",
+            "Always",
+            vec![ctr("first", "exit0"), ctr("second", "exit0")],
+            vec![ctr("main-a", "sleep"), ctr("main-b", "sleep")],
+        ),
+    )
+    .await
+    .unwrap();
+    let pod = wait_phase(&s.server, "ordered", "Running").await;
+    let dir = s.kubelet.pod_dir(NS, "ordered");
+    // Each container wrote its pid file when it started; the init containers had exited
+    // (in order) before the next one started: their pid files are older or equal in time,
+    // and both main containers run, each its own process group.
+    let pid = |c: &str| std::fs::read_to_string(dir.join(format!("{c}.pid")));
+    let (a, b) = within("main pids", async {
+        loop {
+            if let (Ok(a), Ok(b)) = (pid("main-a"), pid("main-b"))
+                && a.ends_with('\n')
+                && b.ends_with('\n')
+            {
+                return (a, b);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_ne!(a, b);
+    assert!(alive(a.trim()) && alive(b.trim()));
+    let st = pod.status.unwrap();
+    let inits = st.init_container_statuses.unwrap();
+    assert_eq!(
+        inits.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["first", "second"]
+    );
+    let t = |i: usize| inits[i].state.as_ref().unwrap().terminated.clone().unwrap();
+    assert_eq!((t(0).exit_code, t(1).exit_code), (0, 0));
+    assert!(t(0).finished_at.unwrap().0 <= t(1).finished_at.unwrap().0);
+    // The second init container started only after the first had finished.
+    let first = std::fs::metadata(dir.join("first.pid"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let second = std::fs::metadata(dir.join("second.pid"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(first <= second);
+    assert_eq!(st.container_statuses.unwrap().len(), 2);
+
+    // A failing init container under Never fails the pod, and no main container starts.
+    pods.create(
+        &pp,
+        &pod_of(
+            "init-fails",
+            "Never",
+            vec![ctr("bad", "exit4")],
+            vec![ctr("main", "sleep")],
+        ),
+    )
+    .await
+    .unwrap();
+    let st = wait_phase(&s.server, "init-fails", "Failed")
+        .await
+        .status
+        .unwrap();
+    assert!(st.message.unwrap().contains("\"bad\" exited with code 4"));
+    assert!(
+        !s.kubelet
+            .pod_dir(NS, "init-fails")
+            .join("main.pid")
+            .exists()
+    );
+
+    // An init container of an image nobody registered fails the pod with a reason.
+    let mut unknown = ctr("chown", "exit0");
+    unknown["image"] = json!("alpine:3");
+    unknown["command"] = json!(["sh", "-c", "chown 185 /x"]);
+    pods.create(
+        &pp,
+        &pod_of(
+            "unknown-init",
+            "Always",
+            vec![unknown],
+            vec![ctr("main", "sleep")],
+        ),
+    )
+    .await
+    .unwrap();
+    let st = wait_phase(&s.server, "unknown-init", "Failed")
+        .await
+        .status
+        .unwrap();
+    assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
+    assert!(st.message.unwrap().contains("\"chown\""));
+}
+
+#[tokio::test]
+async fn restart_policy_always_restarts_a_dead_container_and_counts_it() {
+    let s = setup("restart").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    pods.create(
+        &PostParams::default(),
+        &pod_of(
+            "crashy",
+            "Always",
+            vec![],
+            vec![ctr("steady", "sleep"), ctr("crash", "exit3")],
+        ),
+    )
+    .await
+    .unwrap();
+    // The first back-off is 1 s: one restart within the bound, the pod stays Running.
+    let st = within(
+        "a restart",
+        until(|| {
+            let st = status_of(&s.server, "crashy")?;
+            let cs = st.container_statuses.as_ref()?;
+            cs.iter()
+                .any(|c| c.name == "crash" && c.restart_count >= 1)
+                .then_some(st)
+        }),
+    )
+    .await;
+    assert_eq!(st.phase.as_deref(), Some("Running"));
+    let cs = st.container_statuses.unwrap();
+    let crash = cs.iter().find(|c| c.name == "crash").unwrap();
+    let last = crash
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
+    assert_eq!(last.exit_code, 3);
+    let steady = cs.iter().find(|c| c.name == "steady").unwrap();
+    assert_eq!(steady.restart_count, 0);
+    assert!(steady.state.as_ref().unwrap().running.is_some());
+    // Under Never the same pod ends Failed with both exit codes, nothing restarted.
+    pods.create(
+        &PostParams::default(),
+        &pod_of(
+            "once",
+            "Never",
+            vec![],
+            vec![ctr("ok", "exit0"), ctr("crash", "exit3")],
+        ),
+    )
+    .await
+    .unwrap();
+    let st = wait_phase(&s.server, "once", "Failed")
+        .await
+        .status
+        .unwrap();
+    let codes: Vec<(String, i32, i32)> = st
+        .container_statuses
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            (
+                c.name,
+                c.state.unwrap().terminated.unwrap().exit_code,
+                c.restart_count,
+            )
+        })
+        .collect();
+    assert_eq!(codes, [("ok".to_owned(), 0, 0), ("crash".to_owned(), 3, 0)]);
+}
+
+/// Answers every HTTP request with the status in `code`.
+async fn http_server(ip: &str, code: Arc<AtomicU16>, hits: Arc<AtomicU16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let code = code.load(Ordering::SeqCst);
+            hits.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(format!("HTTP/1.0 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn ready_of(server: &FakeApiServer, name: &str) -> Option<(bool, bool)> {
+    let st = status_of(server, name)?;
+    let pod_ready = st
+        .conditions?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ctr_ready = st.container_statuses?.first()?.ready;
+    Some((pod_ready, ctr_ready))
+}
+
+#[tokio::test]
+async fn readiness_follows_the_http_probe_and_liveness_failures_restart() {
+    let s = setup("probes").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    // node-1 is 127.0.1.1; a hostNetwork pod's probes go to that address.
+    let code = Arc::new(AtomicU16::new(503));
+    let hits = Arc::new(AtomicU16::new(0));
+    let port = http_server("127.0.1.1", Arc::clone(&code), Arc::clone(&hits)).await;
+    let mut c = ctr("probed", "sleep");
+    c["ports"] = json!([{ "name": "admin", "containerPort": port }]);
+    c["readinessProbe"] = json!({
+        "httpGet": { "path": "/readyz", "port": "admin" },
+        "periodSeconds": 5, "failureThreshold": 2,
+    });
+    pods.create(
+        &PostParams::default(),
+        &pod_of("probed", "Always", vec![], vec![c]),
+    )
+    .await
+    .unwrap();
+    wait_phase(&s.server, "probed", "Running").await;
+    // Probed and failing: running but not ready.
+    within(
+        "probes",
+        until(|| (hits.load(Ordering::SeqCst) >= 2).then_some(())),
+    )
+    .await;
+    assert_eq!(ready_of(&s.server, "probed"), Some((false, false)));
+    code.store(200, Ordering::SeqCst);
+    within(
+        "ready",
+        until(|| (ready_of(&s.server, "probed")? == (true, true)).then_some(())),
+    )
+    .await;
+    code.store(500, Ordering::SeqCst);
+    within(
+        "unready",
+        until(|| (ready_of(&s.server, "probed")? == (false, false)).then_some(())),
+    )
+    .await;
+
+    // Liveness: a probe to a port nobody listens on kills the container; it is restarted.
+    let closed = std::net::TcpListener::bind("127.0.1.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut c = ctr("unlive", "sleep");
+    c["livenessProbe"] = json!({
+        "httpGet": { "path": "/healthz", "port": closed_port }, "failureThreshold": 1,
+    });
+    pods.create(
+        &PostParams::default(),
+        &pod_of("unlive", "Always", vec![], vec![c]),
+    )
+    .await
+    .unwrap();
+    let st = within(
+        "a liveness restart",
+        until(|| {
+            let st = status_of(&s.server, "unlive")?;
+            (st.container_statuses.as_ref()?.first()?.restart_count >= 1).then_some(st)
+        }),
+    )
+    .await;
+    assert_eq!(st.phase.as_deref(), Some("Running"));
 }

@@ -9,43 +9,71 @@
 //! --driver-url … --executor-id … --cores … --app-id … --hostname $SPARK_EXECUTOR_POD_IP
 //! --resourceProfileId … --podName …`, with `SPARK_HOME` the pyspark package of a venv. A
 //! container whose image was registered ([`ProcessKubelet::image`], e.g. our daemon's) runs
-//! the registered program with the container's args, paths mapped. Any other container, a
-//! pod of several containers or with init containers, fails the pod (phase `Failed`, reason `UnsupportedContainer`, a message
-//! naming the container), as does env or a volume it cannot resolve
-//! (`CreateContainerConfigError`): nothing waits forever.
+//! the registered program with the container's args, paths mapped. A container of an image
+//! on the test's "host no-op" allow-list ([`ProcessKubelet::noop_image`], e.g. the
+//! DaemonSet's `busybox` chown init container: the kubelet already created the directories
+//! as the test's user) exits 0 at once without running anything. Any other container fails
+//! the pod (phase `Failed`, reason `UnsupportedContainer`, a message naming the container),
+//! as does env or a volume it cannot resolve (`CreateContainerConfigError`): nothing waits
+//! forever.
 //!
 //! Addresses: node `i` (0-based) is `127.0.1.{i+1}` (`status.hostIP`); each pod gets its own
 //! loopback address `127.1.x.y` (`status.podIP`; `hostNetwork` pods get their node's). The
 //! whole 127.0.0.0/8 range is local on Linux, so processes bind and reach these directly.
+//! There are no network namespaces: a program that binds `0.0.0.0` would take the port on
+//! every simulated node at once, so a registered image can name the env through which its
+//! program takes its listen address ([`ProcessKubelet::address_env`]); the kubelet sets it
+//! to the pod IP, standing in for the pod's own network (manifests keep binding all
+//! addresses, which on a real node includes the node IP and localhost).
+//!
+//! API access: every container gets `KUBECONFIG` (unless its env sets it) naming a
+//! kubeconfig file for the fake API server over plain HTTP, the kubelet's convention in place
+//! of the in-cluster service-account config (which needs HTTPS and a token).
 //!
 //! Files: one consistent path mapping, no mount namespaces (those need privileges this
 //! machine's tests do not have): every volume is a directory under the kubelet's work dir —
-//! `emptyDir` per pod, `hostPath` per node, `configMap`/`secret` per pod with one file per key
-//! — and env values naming a container mount path (or a path under it, also in
-//! comma-separated lists such as `SPARK_LOCAL_DIRS`) are rewritten to that directory.
+//! `emptyDir` per pod, `hostPath` per node (the same directory for every pod of the node,
+//! so an executor and the node daemon see the same files), `configMap`/`secret` per pod with
+//! one file per key — and env values naming a container mount path (or a path under it,
+//! also in comma-separated lists such as `SPARK_LOCAL_DIRS`) are rewritten to that directory.
 //!
 //! Env: literal values, and `fieldRef` for `metadata.name`, `metadata.namespace`,
 //! `metadata.uid`, `spec.nodeName`, `spec.serviceAccountName`, `status.podIP`,
-//! `status.hostIP`. `$(VAR)` references are not expanded.
+//! `status.hostIP`. `$(VAR)` references, `configMapKeyRef` and `secretKeyRef` are not
+//! supported yet (the pod fails with `CreateContainerConfigError`).
 //!
-//! Lifecycle: a started pod is `Running` and Ready (probes are not run yet); when its process
-//! exits the pod becomes `Succeeded` (exit 0) or `Failed`, with the container's exit code.
-//! On deletion the process group gets SIGTERM, then SIGKILL when the grace period is over,
-//! and the pod is removed once the process is gone. Every process runs in its own process
-//! group and every group is killed when the server stops or is dropped (a failing test
-//! included).
+//! Lifecycle: init containers run one at a time, in order, to completion (the pod is
+//! `Pending` meanwhile); then every main container starts, each in its own process group.
+//! A container exiting is restarted per `restartPolicy` (`Always`, the default, or
+//! `OnFailure` for a non-zero exit) after a back-off (1 s, doubling, at most 20 s), counted in
+//! `restartCount`; an init container failing under `Never` fails the pod. The pod is
+//! `Succeeded`/`Failed` once every main container has exited for good (all 0 / any other).
+//! `httpGet` readiness and liveness probes are sent to the pod IP (or `host`) on their
+//! schedule (`initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`, `failureThreshold`,
+//! `successThreshold`; periods may be capped with [`ProcessKubelet::max_probe_period`]);
+//! `containerStatuses[].ready` follows readiness (a container without a readiness probe is
+//! ready while it runs) and the pod's `Ready`/`ContainersReady` conditions follow all of them;
+//! a liveness failure kills the container, which is then restarted by policy. Other probe
+//! kinds (`exec`, `tcpSocket`, `grpc`), startup probes and `preStop` hooks are not run yet.
+//! On deletion every process group gets SIGTERM, then SIGKILL when the grace period is over,
+//! and the pod is removed once the processes are gone. Every process group is killed when the
+//! server stops or is dropped (a failing test included).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus,
-    Pod, PodCondition,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, Probe,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::Shared;
@@ -55,6 +83,10 @@ use super::store::{Key, State, now_time};
 const EXECUTOR_MAIN: &str = "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend";
 /// How often the kubelet looks at pods and processes.
 const TICK: Duration = Duration::from_millis(50);
+/// The first restart back-off, doubled after each restart.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// The longest restart back-off.
+const BACKOFF_MAX: Duration = Duration::from_secs(20);
 
 /// Configures the process kubelet ([`super::Builder::process_kubelet`]).
 #[derive(Debug, Clone)]
@@ -64,6 +96,12 @@ pub struct ProcessKubelet {
     java: PathBuf,
     /// Image repository → the local program that is its entrypoint.
     images: BTreeMap<String, PathBuf>,
+    /// Image repository → env names the kubelet sets to the pod IP.
+    address_env: BTreeMap<String, Vec<String>>,
+    /// Image repositories whose containers succeed at once.
+    noop_images: HashSet<String>,
+    /// The longest period between two probes of a container.
+    max_probe_period: Option<Duration>,
 }
 
 impl ProcessKubelet {
@@ -78,6 +116,9 @@ impl ProcessKubelet {
             work_dir: work_dir.into(),
             java,
             images: BTreeMap::new(),
+            address_env: BTreeMap::new(),
+            noop_images: HashSet::new(),
+            max_probe_period: None,
         }
     }
 
@@ -91,6 +132,34 @@ impl ProcessKubelet {
         self
     }
 
+    /// Sets each of `names` in the env of `image`'s containers to the pod IP (unless the
+    /// container's env sets it): how its program learns the one address it may bind, there
+    /// being no network namespace per pod. E.g.
+    /// `.address_env("kshuffle-node", &["KSHUFFLE_BIND", "KSHUFFLE_ADMIN_BIND"])`.
+    pub fn address_env(mut self, image: &str, names: &[&str]) -> Self {
+        self.address_env.insert(
+            repository(image).to_owned(),
+            names.iter().map(|n| (*n).to_owned()).collect(),
+        );
+        self
+    }
+
+    /// Puts `image` (any tag) on the allow-list of host no-op images: its containers exit 0
+    /// at once, nothing is run. For init containers whose work the simulation already did,
+    /// e.g. the DaemonSet's `busybox` chown of directories the kubelet created as the test's
+    /// user.
+    pub fn noop_image(mut self, image: &str) -> Self {
+        self.noop_images.insert(repository(image).to_owned());
+        self
+    }
+
+    /// Probes every container at least this often (a manifest's `periodSeconds: 5` slows a
+    /// test's start by up to that much).
+    pub fn max_probe_period(mut self, period: Duration) -> Self {
+        self.max_probe_period = Some(period);
+        self
+    }
+
     /// Runs `java` instead of `$JAVA_HOME/bin/java` (tests use a script that records what it
     /// was started with).
     pub fn java(mut self, java: impl Into<PathBuf>) -> Self {
@@ -98,24 +167,118 @@ impl ProcessKubelet {
         self
     }
 
-    /// The directory of a pod: its volumes and its container's `stdout`/`stderr`.
+    /// The directory of a pod: its volumes, its containers' working directory, and their logs:
+    /// `stdout`/`stderr` for the first main container, `<container>.stdout`/`.stderr` for the
+    /// others (init containers included); restarts append.
     pub fn pod_dir(&self, ns: &str, name: &str) -> PathBuf {
         self.work_dir.join("pods").join(ns).join(name)
     }
+
+    /// The directory standing in for `host_path` on `node` (every pod of the node that mounts
+    /// that hostPath sees this one directory).
+    pub fn host_path(&self, node: &str, host_path: &str) -> PathBuf {
+        self.work_dir
+            .join("nodes")
+            .join(node)
+            .join(host_path.trim_start_matches('/'))
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.work_dir.join("kubeconfig")
+    }
 }
 
-/// A container process the kubelet started.
+/// How to start one container again and again.
+#[derive(Debug, Clone)]
+struct Launch {
+    program: PathBuf,
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    dir: PathBuf,
+    log: String,
+}
+
+/// One probe of a container, resolved.
+#[derive(Debug, Clone)]
+struct ProbeSpec {
+    host: String,
+    port: u16,
+    path: String,
+    initial_delay: Duration,
+    period: Duration,
+    timeout: Duration,
+    failure_threshold: u32,
+    success_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    Readiness,
+    Liveness,
+}
+
 #[derive(Debug)]
-struct Proc {
-    child: Child,
+struct ProbeState {
+    spec: ProbeSpec,
+    next_at: Instant,
+    successes: u32,
+    failures: u32,
+}
+
+impl ProbeState {
+    fn new(spec: ProbeSpec, started: Instant) -> Self {
+        Self {
+            next_at: started + spec.initial_delay,
+            spec,
+            successes: 0,
+            failures: 0,
+        }
+    }
+}
+
+/// A container of a running pod.
+#[derive(Debug)]
+struct Ctr {
+    name: String,
+    image: String,
+    init: bool,
+    /// `None`: a host no-op image.
+    launch: Option<Launch>,
+    child: Option<Child>,
+    started_at: Option<Time>,
+    /// The last exit: code and when.
+    last_exit: Option<(i32, Time)>,
+    /// Terminated for good (no restart coming).
+    done: bool,
+    restarts: i32,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    ready: bool,
+    readiness: Option<(Probe, ProbeState)>,
+    liveness: Option<(Probe, ProbeState)>,
+}
+
+/// A pod whose containers the kubelet runs.
+#[derive(Debug)]
+struct PodRun {
     uid: String,
+    pod_ip: String,
+    host_ip: String,
+    restart_policy: String,
+    ctrs: Vec<Ctr>,
+    /// Index of the init container running, or `None` once all of them succeeded.
+    init_at: Option<usize>,
     /// When SIGKILL is due, once SIGTERM was sent.
     kill_at: Option<Instant>,
+    /// The pod failed for good (an init container under `Never`).
+    failed: Option<String>,
+    /// Its status must be written.
+    dirty: bool,
 }
 
 /// The processes of running pods, shared with the server handle so Drop can kill them.
 #[derive(Debug, Default)]
-pub struct Procs(Mutex<HashMap<Key, Proc>>);
+pub struct Procs(Mutex<HashMap<Key, PodRun>>);
 
 fn signal_group(pid: u32, sig: &str) {
     // `kill` on the negative pid signals the whole process group the child leads.
@@ -128,32 +291,149 @@ fn signal_group(pid: u32, sig: &str) {
 }
 
 impl Procs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Proc>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, PodRun>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// SIGKILLs every process group and reaps the leaders.
     pub fn kill_all(&self) {
         let mut procs = self.lock();
-        for (_, mut p) in procs.drain() {
-            signal_group(p.child.id(), "KILL");
-            let _ = p.child.wait();
+        for (_, mut run) in procs.drain() {
+            for c in &mut run.ctrs {
+                if let Some(mut child) = c.child.take() {
+                    signal_group(child.id(), "KILL");
+                    let _ = child.wait();
+                }
+            }
         }
     }
 }
 
+/// A probe to send, collected under the lock and sent without it.
+struct DueProbe {
+    key: Key,
+    uid: String,
+    ctr: usize,
+    kind: ProbeKind,
+    host: String,
+    port: u16,
+    path: String,
+    timeout: Duration,
+}
+
 /// Runs the kubelet until the server stops, then kills every process it started.
-pub async fn run(shared: Arc<Shared>, cfg: ProcessKubelet, procs: Arc<Procs>) {
+pub async fn run(shared: Arc<Shared>, cfg: ProcessKubelet, procs: Arc<Procs>, api: SocketAddr) {
+    if let Err(e) = write_kubeconfig(&cfg, api) {
+        tracing::warn!(error = %e, "process kubelet: cannot write its kubeconfig");
+    }
     let mut failed: HashSet<String> = HashSet::new();
     let mut next_ip: u32 = 1;
     loop {
-        reconcile(&shared, &cfg, &procs, &mut failed, &mut next_ip);
+        let due = reconcile(&shared, &cfg, &procs, &mut failed, &mut next_ip);
+        if !due.is_empty() {
+            let mut set = tokio::task::JoinSet::new();
+            for p in due {
+                set.spawn(async move {
+                    let ok = http_probe(&p.host, p.port, &p.path, p.timeout).await;
+                    (p, ok)
+                });
+            }
+            let mut results = Vec::new();
+            loop {
+                tokio::select! {
+                    () = shared.cancel.cancelled() => break,
+                    r = set.join_next() => match r {
+                        Some(Ok(r)) => results.push(r),
+                        Some(Err(_)) => {}
+                        None => break,
+                    },
+                }
+            }
+            apply_probes(&procs, results);
+        }
         tokio::select! {
             () = shared.cancel.cancelled() => break,
             () = tokio::time::sleep(TICK) => {}
         }
     }
     procs.kill_all();
+}
+
+fn write_kubeconfig(cfg: &ProcessKubelet, api: SocketAddr) -> std::io::Result<()> {
+    fs::create_dir_all(&cfg.work_dir)?;
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{api}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+    );
+    fs::write(cfg.kubeconfig(), text)
+}
+
+/// An HTTP/1.0 GET: success is a status from 200 to 399, within `timeout`.
+async fn http_probe(host: &str, port: u16, path: &str, timeout: Duration) -> bool {
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let request = format!(
+            "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/testkit\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 64];
+        let mut len = 0;
+        while len < 12 {
+            let n = stream.read(head.get_mut(len..)?).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        let line = String::from_utf8_lossy(head.get(..len)?).into_owned();
+        let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((200..400).contains(&code))
+    };
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))
+}
+
+fn apply_probes(procs: &Procs, results: Vec<(DueProbe, bool)>) {
+    let mut procs = procs.lock();
+    for (p, ok) in results {
+        let Some(run) = procs.get_mut(&p.key).filter(|r| r.uid == p.uid) else {
+            continue;
+        };
+        let Some(c) = run.ctrs.get_mut(p.ctr) else {
+            continue;
+        };
+        if c.child.is_none() {
+            continue;
+        }
+        let slot = match p.kind {
+            ProbeKind::Readiness => c.readiness.as_mut(),
+            ProbeKind::Liveness => c.liveness.as_mut(),
+        };
+        let Some((_, st)) = slot else {
+            continue;
+        };
+        if ok {
+            st.successes = st.successes.saturating_add(1);
+            st.failures = 0;
+        } else {
+            st.failures = st.failures.saturating_add(1);
+            st.successes = 0;
+        }
+        let pass = st.successes >= st.spec.success_threshold;
+        let fail = st.failures >= st.spec.failure_threshold;
+        match p.kind {
+            ProbeKind::Readiness => {
+                if pass && !c.ready || fail && c.ready {
+                    c.ready = pass;
+                    run.dirty = true;
+                }
+            }
+            ProbeKind::Liveness => {
+                if fail && let Some(child) = &c.child {
+                    tracing::debug!(pod = %p.key.1, container = %c.name, "liveness probe failed: killing");
+                    signal_group(child.id(), "KILL");
+                }
+            }
+        }
+    }
 }
 
 /// The `n`th address (from 1) of a /16 `prefix` ("a.b"), skipping host bytes 0 and 255:
@@ -176,13 +456,220 @@ fn node_ip(nodes: &[super::Node], name: &str) -> Option<String> {
     Some(format!("127.0.1.{}", (i % 254) + 1))
 }
 
+/// Spawns container `i` of `run` (a no-op image "exits" 0 at once).
+fn spawn(run: &mut PodRun, i: usize, now: Instant) {
+    let Some(c) = run.ctrs.get_mut(i) else {
+        return;
+    };
+    run.dirty = true;
+    c.restart_at = None;
+    c.ready = false;
+    c.started_at = Some(now_time());
+    let Some(launch) = &c.launch else {
+        c.last_exit = Some((0, now_time()));
+        return;
+    };
+    match spawn_launch(launch) {
+        Ok(child) => {
+            c.child = Some(child);
+            for (_, st) in c.readiness.iter_mut().chain(c.liveness.iter_mut()) {
+                *st = ProbeState::new(st.spec.clone(), now);
+            }
+            c.ready = c.readiness.is_none();
+        }
+        Err(e) => {
+            tracing::debug!(container = %c.name, error = %e, "cannot start container");
+            c.last_exit = Some((128, now_time()));
+        }
+    }
+}
+
+fn spawn_launch(l: &Launch) -> std::io::Result<Child> {
+    fs::create_dir_all(&l.dir)?;
+    let open = |suffix: &str| {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(l.dir.join(format!("{}{suffix}", l.log)))
+    };
+    let stdout = open("stdout")?;
+    let stderr = open("stderr")?;
+    let mut cmd = Command::new(&l.program);
+    cmd.args(&l.argv);
+    // The container sees its own env plus what a process needs to find java and a home.
+    cmd.env_clear();
+    for keep in ["PATH", "HOME", "JAVA_HOME", "LANG", "TMPDIR"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd.envs(&l.env)
+        .current_dir(&l.dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn()
+}
+
+/// Whether a container that exited with `code` is restarted under `policy`.
+fn restarts(policy: &str, code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    }
+}
+
+/// Advances one pod: exits, init order, restarts, deletion. Returns false once the pod
+/// is gone (its run is to be dropped).
+fn step_run(
+    run: &mut PodRun,
+    deleting: Option<Instant>,
+    key: &Key,
+    now: Instant,
+    probes: &mut Vec<DueProbe>,
+) -> bool {
+    // Exits.
+    for c in &mut run.ctrs {
+        let Some(child) = &mut c.child else {
+            continue;
+        };
+        let Some(status) = child.try_wait().ok().flatten() else {
+            continue;
+        };
+        // As a container's teardown: whatever the process left in its group goes too.
+        signal_group(child.id(), "KILL");
+        c.child = None;
+        c.ready = false;
+        let code = status.code().unwrap_or(137);
+        c.last_exit = Some((code, now_time()));
+        run.dirty = true;
+    }
+    if let Some(deadline) = deleting {
+        let alive: Vec<u32> = run
+            .ctrs
+            .iter()
+            .filter_map(|c| c.child.as_ref().map(Child::id))
+            .collect();
+        if alive.is_empty() {
+            return false;
+        }
+        match run.kill_at {
+            None => {
+                alive.iter().for_each(|pid| signal_group(*pid, "TERM"));
+                run.kill_at = Some(deadline);
+            }
+            Some(at) if at <= now => alive.iter().for_each(|pid| signal_group(*pid, "KILL")),
+            Some(_) => {}
+        }
+        return true;
+    }
+    if run.failed.is_some() {
+        return true;
+    }
+    // Init containers: one at a time.
+    if let Some(at) = run.init_at {
+        let Some(c) = run.ctrs.get_mut(at) else {
+            return true;
+        };
+        if c.child.is_none() && c.restart_at.is_none() {
+            match c.last_exit.as_ref().map(|(code, _)| *code) {
+                Some(0) => {
+                    let next = at + 1;
+                    if run.ctrs.get(next).is_some_and(|c| c.init) {
+                        run.init_at = Some(next);
+                        spawn(run, next, now);
+                    } else {
+                        run.init_at = None;
+                        let mains: Vec<usize> = (next..run.ctrs.len()).collect();
+                        for i in mains {
+                            spawn(run, i, now);
+                        }
+                    }
+                    run.dirty = true;
+                    return true;
+                }
+                Some(code) if !restarts(&run.restart_policy, code) => {
+                    run.failed = Some(format!(
+                        "init container {:?} exited with code {code}",
+                        c.name
+                    ));
+                    run.dirty = true;
+                    return true;
+                }
+                Some(_) => {
+                    c.restart_at = Some(now + c.backoff);
+                }
+                None => {}
+            }
+        }
+        if c.restart_at.is_some_and(|t| t <= now) {
+            c.restarts = c.restarts.saturating_add(1);
+            c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
+            spawn(run, at, now);
+        }
+        return true;
+    }
+    // Main containers: restarts and probes.
+    for i in 0..run.ctrs.len() {
+        let Some(c) = run.ctrs.get_mut(i) else {
+            continue;
+        };
+        if c.init || c.done {
+            continue;
+        }
+        if c.child.is_none() {
+            match (c.restart_at, c.last_exit.as_ref().map(|(code, _)| *code)) {
+                (Some(t), _) if t <= now => {
+                    c.restarts = c.restarts.saturating_add(1);
+                    c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
+                    spawn(run, i, now);
+                }
+                (Some(_), _) => {}
+                (None, Some(code)) if restarts(&run.restart_policy, code) => {
+                    c.restart_at = Some(now + c.backoff);
+                }
+                (None, Some(_)) => {
+                    c.done = true;
+                    run.dirty = true;
+                }
+                (None, None) => {}
+            }
+            continue;
+        }
+        for (kind, slot) in [
+            (ProbeKind::Readiness, c.readiness.as_mut()),
+            (ProbeKind::Liveness, c.liveness.as_mut()),
+        ] {
+            let Some((_, st)) = slot else {
+                continue;
+            };
+            if st.next_at <= now {
+                st.next_at = now + st.spec.period;
+                probes.push(DueProbe {
+                    key: key.clone(),
+                    uid: run.uid.clone(),
+                    ctr: i,
+                    kind,
+                    host: st.spec.host.clone(),
+                    port: st.spec.port,
+                    path: st.spec.path.clone(),
+                    timeout: st.spec.timeout,
+                });
+            }
+        }
+    }
+    true
+}
+
 fn reconcile(
     shared: &Shared,
     cfg: &ProcessKubelet,
     procs: &Procs,
     failed: &mut HashSet<String>,
     next_ip: &mut u32,
-) {
+) -> Vec<DueProbe> {
     let nodes = shared
         .nodes
         .lock()
@@ -192,45 +679,36 @@ fn reconcile(
     let mut state = shared.store.lock();
     let mut procs = procs.lock();
     let mut changed = false;
+    let mut probes = Vec::new();
 
-    // Processes that exited, and deletions to carry out.
     let keys: Vec<Key> = procs.keys().cloned().collect();
     for key in keys {
-        let Some(p) = procs.get_mut(&key) else {
+        let Some(run) = procs.get_mut(&key) else {
             continue;
         };
-        let tracked = state.pods.get(&key).filter(|t| uid(&t.pod) == p.uid);
-        let exited = p.child.try_wait().ok().flatten();
-        let deleting = tracked.and_then(|t| t.delete_at);
-        match (exited, deleting) {
-            (Some(status), _) => {
-                // As a container's teardown: whatever the process left in its group goes too.
-                signal_group(p.child.id(), "KILL");
-                procs.remove(&key);
-                if tracked.is_none() {
-                    continue;
+        let tracked = state.pods.get(&key).filter(|t| uid(&t.pod) == run.uid);
+        let Some(tracked) = tracked else {
+            // The pod is gone (force-deleted): its processes go at once.
+            for c in &mut run.ctrs {
+                if let Some(mut child) = c.child.take() {
+                    signal_group(child.id(), "KILL");
+                    let _ = child.wait();
                 }
-                if deleting.is_some() {
-                    state.remove(&key);
-                } else {
-                    let code = status.code().unwrap_or(137);
-                    state.modify_meta(&key, |t| terminate(&mut t.pod, code));
-                }
-                changed = true;
             }
-            (None, Some((_, deadline))) => match p.kill_at {
-                None => {
-                    signal_group(p.child.id(), "TERM");
-                    p.kill_at = Some(deadline);
-                }
-                Some(at) if at <= now => signal_group(p.child.id(), "KILL"),
-                Some(_) => {}
-            },
-            (None, None) if tracked.is_none() => {
-                // The pod is gone (force-deleted): its process goes at once.
-                signal_group(p.child.id(), "KILL");
-            }
-            (None, None) => {}
+            procs.remove(&key);
+            continue;
+        };
+        let deleting = tracked.delete_at.map(|(_, deadline)| deadline);
+        if !step_run(run, deleting, &key, now, &mut probes) {
+            procs.remove(&key);
+            state.remove(&key);
+            changed = true;
+            continue;
+        }
+        if run.dirty && deleting.is_none() {
+            run.dirty = false;
+            state.modify_meta(&key, |t| write_status(&mut t.pod, run));
+            changed = true;
         }
     }
 
@@ -283,17 +761,19 @@ fn reconcile(
             nth_address("127.1", u64::from(n))
         };
         let ips = (pod_ip.clone(), host_ip.clone());
-        match start(cfg, &state, &pod, &key, &ips) {
-            Ok(child) => {
-                procs.insert(
-                    key.clone(),
-                    Proc {
-                        child,
-                        uid: uid(&pod),
-                        kill_at: None,
-                    },
-                );
-                state.modify_meta(&key, |t| running(&mut t.pod, &ips.0, &ips.1));
+        match prepare(cfg, &state, &pod, &key, &ips) {
+            Ok(mut run) => {
+                match run.init_at {
+                    Some(i) => spawn(&mut run, i, now),
+                    None => {
+                        for i in 0..run.ctrs.len() {
+                            spawn(&mut run, i, now);
+                        }
+                    }
+                }
+                run.dirty = false;
+                state.modify_meta(&key, |t| write_status(&mut t.pod, &run));
+                procs.insert(key.clone(), run);
             }
             Err((reason, message)) => {
                 tracing::debug!(pod = %key.1, %reason, %message, "cannot run pod");
@@ -308,6 +788,7 @@ fn reconcile(
     if changed {
         shared.store.changed.notify_one();
     }
+    probes
 }
 
 type StartError = (&'static str, String);
@@ -590,160 +1071,318 @@ fn executor_command(
     Ok((cfg.java.clone(), argv))
 }
 
-/// Starts the pod's one container.
-fn start(
+/// Resolves a probe: `httpGet` only; a named port is looked up in the container's ports.
+fn probe_spec(
+    c: &Container,
+    probe: &Probe,
+    pod_ip: &str,
+    cap: Option<Duration>,
+) -> Result<ProbeSpec, StartError> {
+    let Some(get) = &probe.http_get else {
+        return Err(unsupported(
+            c,
+            "has a probe other than httpGet (exec, tcpSocket and grpc probes are not run)",
+        ));
+    };
+    let port = match &get.port {
+        IntOrString::Int(p) => u16::try_from(*p).ok(),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    };
+    let Some(port) = port else {
+        return Err(config_error(format!(
+            "container {:?}: probe port {:?} is not a port of the container",
+            c.name, get.port
+        )));
+    };
+    let secs = |v: Option<i32>, default: u64| {
+        Duration::from_secs(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(default))
+    };
+    let mut period = secs(probe.period_seconds, 10).max(Duration::from_secs(1));
+    if let Some(cap) = cap {
+        period = period.min(cap);
+    }
+    let count = |v: Option<i32>, default: u32| {
+        v.and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(default)
+    };
+    Ok(ProbeSpec {
+        host: get.host.clone().unwrap_or_else(|| pod_ip.to_owned()),
+        port,
+        path: get.path.clone().unwrap_or_else(|| "/".into()),
+        initial_delay: secs(probe.initial_delay_seconds, 0),
+        period,
+        timeout: secs(probe.timeout_seconds, 1).max(Duration::from_secs(1)),
+        failure_threshold: count(probe.failure_threshold, 3),
+        success_threshold: count(probe.success_threshold, 1),
+    })
+}
+
+/// Whether the kubelet can run the container: `Ok(false)` for a host no-op image, an error
+/// naming it if it follows no convention the kubelet knows.
+fn check_convention(cfg: &ProcessKubelet, c: &Container) -> Result<bool, StartError> {
+    let repo = c.image.as_deref().map(repository);
+    if repo.is_some_and(|r| cfg.noop_images.contains(r)) {
+        return Ok(false);
+    }
+    let registered = repo.is_some_and(|r| cfg.images.contains_key(r));
+    let args = c.args.as_deref().unwrap_or_default();
+    let executor = c.command.is_none() && args.first().map(String::as_str) == Some("executor");
+    if !registered && !executor {
+        return Err(unsupported(
+            c,
+            "follows no convention the process kubelet runs (Spark's image with args [executor], an image registered with ProcessKubelet::image, or a host no-op image)",
+        ));
+    }
+    Ok(true)
+}
+
+/// Resolves how to run one container: `None` for a host no-op image.
+fn launch(
+    cfg: &ProcessKubelet,
+    pod: &Pod,
+    c: &Container,
+    vols: &HashMap<String, PathBuf>,
+    ips: &(String, String),
+    dir: &Path,
+    log: String,
+) -> Result<Option<Launch>, StartError> {
+    let repo = c.image.as_deref().map(repository);
+    if !check_convention(cfg, c)? {
+        return Ok(None);
+    }
+    let registered = repo.and_then(|r| cfg.images.get(r));
+    let mounts = mounts(c, vols)?;
+    let mut env = env(pod, c, ips)?;
+    for v in env.values_mut() {
+        *v = map_paths(v, &mounts);
+    }
+    for name in repo
+        .and_then(|r| cfg.address_env.get(r))
+        .into_iter()
+        .flatten()
+    {
+        env.entry(name.clone()).or_insert_with(|| ips.0.clone());
+    }
+    env.entry("KUBECONFIG".into())
+        .or_insert_with(|| cfg.kubeconfig().display().to_string());
+    env.insert("SPARK_HOME".into(), cfg.spark_home.display().to_string());
+    let (program, argv) = match registered {
+        Some(program) => registered_command(c, program, &mounts)?,
+        None => executor_command(cfg, &env)?,
+    };
+    Ok(Some(Launch {
+        program,
+        argv,
+        env,
+        dir: dir.to_owned(),
+        log,
+    }))
+}
+
+/// Resolves everything a pod needs to run (volumes, each container's command, env and
+/// probes), starting nothing.
+fn prepare(
     cfg: &ProcessKubelet,
     state: &State,
     pod: &Pod,
     key: &Key,
     ips: &(String, String),
-) -> Result<Child, StartError> {
+) -> Result<PodRun, StartError> {
     let spec = pod.spec.as_ref();
-    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let [c] = containers else {
-        return Err((
-            "UnsupportedContainer",
-            format!(
-                "the process kubelet runs pods of exactly one container, this one has {}",
-                containers.len()
-            ),
-        ));
-    };
-    if spec
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|i| !i.is_empty())
-    {
-        return Err((
-            "UnsupportedContainer",
-            "the process kubelet does not run init containers yet".into(),
-        ));
+    let inits = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    let mains = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    if mains.is_empty() {
+        return Err(("UnsupportedContainer", "the pod has no containers".into()));
     }
     // Which convention, before anything is resolved: an unsupported container says so.
-    let registered = c
-        .image
-        .as_deref()
-        .and_then(|i| cfg.images.get(repository(i)));
-    let args = c.args.as_deref().unwrap_or_default();
-    let executor = c.command.is_none() && args.first().map(String::as_str) == Some("executor");
-    if registered.is_none() && !executor {
-        return Err(unsupported(
-            c,
-            "follows no convention the process kubelet runs (Spark's image with args [executor], or an image registered with ProcessKubelet::image)",
-        ));
+    for c in inits.iter().chain(mains) {
+        check_convention(cfg, c)?;
     }
     let vols = volumes(cfg, state, pod, key)?;
-    let mounts = mounts(c, &vols)?;
-    let mut env = env(pod, c, ips)?;
-    for v in env.values_mut() {
-        *v = map_paths(v, &mounts);
-    }
-    let (program, argv) = match registered {
-        Some(program) => registered_command(c, program, &mounts)?,
-        None => executor_command(cfg, &env)?,
-    };
     let dir = cfg.pod_dir(&key.0, &key.1);
-    let io = |e: std::io::Error| config_error(format!("pod directory {}: {e}", dir.display()));
-    fs::create_dir_all(&dir).map_err(io)?;
-    let stdout = fs::File::create(dir.join("stdout")).map_err(io)?;
-    let stderr = fs::File::create(dir.join("stderr")).map_err(io)?;
-    let mut cmd = Command::new(&program);
-    cmd.args(&argv);
-    // The container sees its own env plus what a process needs to find java and a home.
-    cmd.env_clear();
-    for keep in ["PATH", "HOME", "JAVA_HOME", "LANG", "TMPDIR"] {
-        if let Some(v) = std::env::var_os(keep) {
-            cmd.env(keep, v);
-        }
+    let now = Instant::now();
+    let mut ctrs = Vec::new();
+    for (i, (c, init)) in inits
+        .iter()
+        .map(|c| (c, true))
+        .chain(mains.iter().map(|c| (c, false)))
+        .enumerate()
+    {
+        let log = if i == inits.len() {
+            String::new()
+        } else {
+            format!("{}.", c.name)
+        };
+        let launch = launch(cfg, pod, c, &vols, ips, &dir, log)?;
+        let probe = |p: &Option<Probe>| -> Result<Option<(Probe, ProbeState)>, StartError> {
+            match p {
+                Some(p) if !init => {
+                    let spec = probe_spec(c, p, &ips.0, cfg.max_probe_period)?;
+                    Ok(Some((p.clone(), ProbeState::new(spec, now))))
+                }
+                _ => Ok(None),
+            }
+        };
+        ctrs.push(Ctr {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            init,
+            readiness: probe(&c.readiness_probe)?,
+            liveness: probe(&c.liveness_probe)?,
+            launch,
+            child: None,
+            started_at: None,
+            last_exit: None,
+            done: false,
+            restarts: 0,
+            restart_at: None,
+            backoff: BACKOFF_START,
+            ready: false,
+        });
     }
-    cmd.envs(&env)
-        .env("SPARK_HOME", &cfg.spark_home)
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.spawn().map_err(|e| {
-        (
-            "StartError",
-            format!("cannot start {}: {e}", program.display()),
-        )
+    Ok(PodRun {
+        uid: uid(pod),
+        pod_ip: ips.0.clone(),
+        host_ip: ips.1.clone(),
+        restart_policy: spec
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into()),
+        ctrs,
+        init_at: (!inits.is_empty()).then_some(0),
+        kill_at: None,
+        failed: None,
+        dirty: true,
     })
 }
 
-fn set_ready(pod: &mut Pod, ready: bool) {
+fn set_condition(pod: &mut Pod, type_: &str, ok: bool) {
     let st = pod.status.get_or_insert_with(Default::default);
     let conds = st.conditions.get_or_insert_with(Vec::new);
-    conds.retain(|c| c.type_ != "Ready");
+    let status = if ok { "True" } else { "False" };
+    if conds.iter().any(|c| c.type_ == type_ && c.status == status) {
+        return;
+    }
+    conds.retain(|c| c.type_ != type_);
     conds.push(PodCondition {
-        type_: "Ready".into(),
-        status: if ready { "True" } else { "False" }.into(),
+        type_: type_.into(),
+        status: status.into(),
         last_transition_time: Some(now_time()),
         ..PodCondition::default()
     });
 }
 
-fn container_status(pod: &Pod, state: ContainerState, ready: bool) -> Vec<ContainerStatus> {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| ContainerStatus {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            image_id: String::new(),
-            ready,
-            restart_count: 0,
-            started: Some(ready),
-            state: Some(state.clone()),
-            ..ContainerStatus::default()
-        })
-        .collect()
+fn terminated(code: i32, at: &Time) -> ContainerStateTerminated {
+    ContainerStateTerminated {
+        exit_code: code,
+        reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+        finished_at: Some(at.clone()),
+        ..ContainerStateTerminated::default()
+    }
 }
 
-fn running(pod: &mut Pod, pod_ip: &str, host_ip: &str) {
-    let statuses = container_status(
-        pod,
+fn ctr_status(c: &Ctr) -> ContainerStatus {
+    let state = if c.child.is_some() {
         ContainerState {
             running: Some(ContainerStateRunning {
-                started_at: Some(now_time()),
+                started_at: c.started_at.clone(),
             }),
             ..ContainerState::default()
-        },
-        true,
-    );
-    let st = pod.status.get_or_insert_with(Default::default);
-    st.phase = Some("Running".into());
-    st.start_time = Some(now_time());
-    st.pod_ip = Some(pod_ip.to_owned());
-    st.host_ip = Some(host_ip.to_owned());
-    st.container_statuses = Some(statuses);
-    set_ready(pod, true);
+        }
+    } else if c.restart_at.is_some() {
+        ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".into()),
+                message: None,
+            }),
+            ..ContainerState::default()
+        }
+    } else if let Some((code, at)) = &c.last_exit {
+        ContainerState {
+            terminated: Some(terminated(*code, at)),
+            ..ContainerState::default()
+        }
+    } else {
+        ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(
+                    if c.init {
+                        "PodInitializing"
+                    } else {
+                        "ContainerCreating"
+                    }
+                    .into(),
+                ),
+                message: None,
+            }),
+            ..ContainerState::default()
+        }
+    };
+    let last_state = (c.restarts > 0 || c.restart_at.is_some())
+        .then_some(c.last_exit.as_ref())
+        .flatten()
+        .map(|(code, at)| ContainerState {
+            terminated: Some(terminated(*code, at)),
+            ..ContainerState::default()
+        });
+    ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        image_id: String::new(),
+        ready: c.ready && c.child.is_some(),
+        restart_count: c.restarts,
+        started: Some(c.child.is_some()),
+        state: Some(state),
+        last_state,
+        ..ContainerStatus::default()
+    }
 }
 
-fn terminate(pod: &mut Pod, exit_code: i32) {
-    let statuses = container_status(
-        pod,
-        ContainerState {
-            terminated: Some(ContainerStateTerminated {
-                exit_code,
-                reason: Some(if exit_code == 0 { "Completed" } else { "Error" }.into()),
-                finished_at: Some(now_time()),
-                ..ContainerStateTerminated::default()
-            }),
-            ..ContainerState::default()
-        },
-        false,
-    );
-    let st = pod.status.get_or_insert_with(Default::default);
-    st.phase = Some(
-        if exit_code == 0 {
+/// The pod's status from its containers.
+fn write_status(pod: &mut Pod, run: &PodRun) {
+    let mains: Vec<&Ctr> = run.ctrs.iter().filter(|c| !c.init).collect();
+    let initialized = run.init_at.is_none();
+    let phase = if run.failed.is_some() {
+        "Failed"
+    } else if !initialized {
+        "Pending"
+    } else if mains.iter().all(|c| c.done) {
+        if mains
+            .iter()
+            .all(|c| c.last_exit.as_ref().is_some_and(|(code, _)| *code == 0))
+        {
             "Succeeded"
         } else {
             "Failed"
         }
-        .into(),
-    );
-    st.container_statuses = Some(statuses);
-    set_ready(pod, false);
+    } else {
+        "Running"
+    };
+    let ready = initialized && mains.iter().all(|c| c.ready && c.child.is_some());
+    let st = pod.status.get_or_insert_with(Default::default);
+    st.phase = Some(phase.into());
+    if st.start_time.is_none() {
+        st.start_time = Some(now_time());
+    }
+    st.pod_ip = Some(run.pod_ip.clone());
+    st.host_ip = Some(run.host_ip.clone());
+    if let Some(why) = &run.failed {
+        st.reason = Some("InitContainerFailed".into());
+        st.message = Some(why.clone());
+    }
+    let inits: Vec<ContainerStatus> = run.ctrs.iter().filter(|c| c.init).map(ctr_status).collect();
+    st.init_container_statuses = (!inits.is_empty()).then_some(inits);
+    st.container_statuses = Some(mains.iter().map(|c| ctr_status(c)).collect());
+    set_condition(pod, "Initialized", initialized);
+    set_condition(pod, "ContainersReady", ready);
+    set_condition(pod, "Ready", ready);
 }
 
 fn fail(pod: &mut Pod, host_ip: &str, reason: &str, message: String) {
@@ -752,7 +1391,7 @@ fn fail(pod: &mut Pod, host_ip: &str, reason: &str, message: String) {
     st.reason = Some(reason.to_owned());
     st.message = Some(message);
     st.host_ip = Some(host_ip.to_owned());
-    set_ready(pod, false);
+    set_condition(pod, "Ready", false);
 }
 
 #[cfg(test)]

@@ -338,6 +338,7 @@ impl Builder {
                 Arc::clone(&shared),
                 kubelet,
                 Arc::clone(&procs),
+                addr,
             ));
             procs
         });
