@@ -801,3 +801,42 @@ async fn readiness_follows_the_http_probe_and_liveness_failures_restart() {
     .await;
     assert_eq!(st.phase.as_deref(), Some("Running"));
 }
+
+#[tokio::test]
+async fn the_scheduler_honours_node_selectors() {
+    let s = setup("selector").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pp = PostParams::default();
+    let with_selector = |name: &str, selector: serde_json::Value| {
+        let mut pod = pod_of(name, "Always", vec![], vec![ctr("main", "sleep")]);
+        let spec = pod.spec.as_mut().unwrap();
+        spec.node_name = None;
+        spec.node_selector = Some(serde_json::from_value(selector).unwrap());
+        pod
+    };
+    // First fit would be node-1.
+    pods.create(
+        &pp,
+        &with_selector("on-2", json!({ "kubernetes.io/hostname": "node-2" })),
+    )
+    .await
+    .unwrap();
+    pods.create(&pp, &with_selector("nowhere", json!({ "disktype": "ssd" })))
+        .await
+        .unwrap();
+    let pod = wait_phase(&s.server, "on-2", "Running").await;
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node-2"));
+    let st = within(
+        "nowhere to be unschedulable",
+        until(|| {
+            let st = status_of(&s.server, "nowhere")?;
+            st.conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+                .then_some(st)
+        }),
+    )
+    .await;
+    assert_eq!(st.phase.as_deref(), Some("Pending"));
+}

@@ -136,6 +136,22 @@ pub fn pod_requests(pod: &Pod) -> (u64, u64) {
     (cpu, mem)
 }
 
+/// Whether every `spec.nodeSelector` pair is a label of `node`: the fake's nodes carry only
+/// the default labels `kubernetes.io/hostname: <name>`, `kubernetes.io/os: linux` and
+/// `kubernetes.io/arch: amd64`.
+fn node_selector_matches(pod: &Pod, node: &str) -> bool {
+    let label = |k: &str| match k {
+        "kubernetes.io/hostname" => Some(node),
+        "kubernetes.io/os" => Some("linux"),
+        "kubernetes.io/arch" => Some("amd64"),
+        _ => None,
+    };
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_selector.as_ref())
+        .is_none_or(|sel| sel.iter().all(|(k, v)| label(k) == Some(v.as_str())))
+}
+
 fn phase(pod: &Pod) -> Option<&str> {
     pod.status.as_ref().and_then(|s| s.phase.as_deref())
 }
@@ -217,6 +233,7 @@ pub fn step(
             uc.saturating_add(cpu) <= n.cpu_millis
                 && um.saturating_add(mem) <= n.memory_bytes
                 && super::daemonsets::node_allowed(&t.pod, &n.name)
+                && node_selector_matches(&t.pod, &n.name)
                 && n.tolerated_by(
                     t.pod
                         .spec
