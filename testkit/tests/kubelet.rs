@@ -840,3 +840,70 @@ async fn the_scheduler_honours_node_selectors() {
     .await;
     assert_eq!(st.phase.as_deref(), Some("Pending"));
 }
+
+#[tokio::test]
+async fn env_from_config_maps_secrets_and_var_references() {
+    let s = setup("envrefs").await;
+    let client = kube_client(&s.server, NS).unwrap();
+    let pp = PostParams::default();
+    create_conf_map(&s.server).await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "creds" },
+        "data": { "token": "czNjcjN0" }, // "s3cr3t"
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(&pp, &secret)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, NS);
+    let mut c = ctr("main", "sleep");
+    c["args"] = json!(["--node=$(NODE)", "$$(NODE)", "$(UNSET)"]);
+    c["env"] = json!([
+        { "name": "NAME", "value": "main" },
+        { "name": "MODE", "value": "sleep" },
+        { "name": "NODE", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+        { "name": "WHERE", "value": "on-$(NODE)-$(LATER)" },
+        { "name": "LATER", "value": "x" },
+        { "name": "PROPS", "valueFrom": { "configMapKeyRef":
+            { "name": "spark-exec-conf-map", "key": "spark.properties" } } },
+        { "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "creds", "key": "token" } } },
+        { "name": "OPTIONAL", "valueFrom": { "secretKeyRef":
+            { "name": "creds", "key": "nope", "optional": true } } },
+    ]);
+    pods.create(&pp, &pod_of("refs", "Always", vec![], vec![c.clone()]))
+        .await
+        .unwrap();
+    wait_phase(&s.server, "refs", "Running").await;
+    let dir = s.kubelet.pod_dir(NS, "refs");
+    let args = read_when_there(&dir.join("main.args")).await;
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        ["--node=node-1", "$(NODE)", "$(UNSET)"]
+    );
+    let env = read_when_there(&dir.join("main.env")).await;
+    for want in [
+        "WHERE=on-node-1-$(LATER)",
+        "PROPS=spark.kubernetes.namespace=spark",
+        "TOKEN=s3cr3t",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} in\n{env}");
+    }
+    assert!(!env.lines().any(|l| l.starts_with("OPTIONAL=")), "{env}");
+
+    // A key that is not there (and not optional) fails the pod with a reason.
+    c["env"][6]["valueFrom"]["secretKeyRef"]["key"] = json!("missing");
+    pods.create(&pp, &pod_of("missing-key", "Always", vec![], vec![c]))
+        .await
+        .unwrap();
+    let st = wait_phase(&s.server, "missing-key", "Failed")
+        .await
+        .status
+        .unwrap();
+    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert!(
+        st.message
+            .unwrap()
+            .contains("secret \"creds\" or its key \"missing\"")
+    );
+}

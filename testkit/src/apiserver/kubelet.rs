@@ -39,8 +39,10 @@
 //!
 //! Env: literal values, and `fieldRef` for `metadata.name`, `metadata.namespace`,
 //! `metadata.uid`, `spec.nodeName`, `spec.serviceAccountName`, `status.podIP`,
-//! `status.hostIP`. `$(VAR)` references, `configMapKeyRef` and `secretKeyRef` are not
-//! supported yet (the pod fails with `CreateContainerConfigError`).
+//! `status.hostIP`, `configMapKeyRef` and `secretKeyRef` (`optional` honoured; a missing one
+//! fails the pod with `CreateContainerConfigError`); `$(VAR)` references to earlier entries
+//! are expanded in env values, and to the container's env in `command` and `args` (`$$` is a
+//! literal `$`, an unknown name stays as written). `envFrom` is not supported yet.
 //!
 //! Lifecycle: init containers run one at a time, in order, to completion (the pod is
 //! `Pending` meanwhile); then every main container starts, each in its own process group.
@@ -916,41 +918,134 @@ fn map_paths(value: &str, mounts: &[(String, PathBuf)]) -> String {
         .join(",")
 }
 
-/// The container's env, resolved.
+/// Expands `$(NAME)` references to `vars` as the kubelet does in env values, `command` and
+/// `args`: an unknown name stays as written, `$$` is a literal `$`.
+fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(rest.get(..at).unwrap_or_default());
+        let after = rest.get(at + 1..).unwrap_or_default();
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = inner.get(..end).unwrap_or_default();
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = inner.get(end + 1..).unwrap_or_default();
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value of `key` in the ConfigMap or Secret `name` of the namespace; `None` if either
+/// is missing.
+fn key_ref(
+    state: &State,
+    resource: super::Resource,
+    ns: &str,
+    name: &str,
+    key: &str,
+) -> Option<String> {
+    let obj = state
+        .objects
+        .get(&(resource, ns.to_owned(), name.to_owned()))?;
+    let raw = obj["data"].get(key)?.as_str()?;
+    if resource == super::Resource::Secrets {
+        super::base64::decode(raw).map(|b| String::from_utf8_lossy(&b).into_owned())
+    } else {
+        Some(raw.to_owned())
+    }
+}
+
+/// The container's env, resolved: literal values (with `$(VAR)` expanded from the entries
+/// before), `fieldRef`, `configMapKeyRef` and `secretKeyRef`.
 fn env(
+    state: &State,
     pod: &Pod,
     c: &Container,
     ips: &(String, String),
 ) -> Result<BTreeMap<String, String>, StartError> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut out = BTreeMap::new();
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (_, Some(from)) => {
-                let Some(f) = &from.field_ref else {
-                    return Err(config_error(format!(
-                        "env {:?}: only fieldRef is supported in valueFrom",
-                        e.name
-                    )));
-                };
-                let spec = pod.spec.as_ref();
-                let v = match f.field_path.as_str() {
-                    "metadata.name" => pod.metadata.name.clone(),
-                    "metadata.namespace" => pod.metadata.namespace.clone(),
-                    "metadata.uid" => pod.metadata.uid.clone(),
-                    "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
-                    "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-                    "status.podIP" => Some(ips.0.clone()),
-                    "status.hostIP" => Some(ips.1.clone()),
-                    other => {
+                let keyed = [
+                    from.config_map_key_ref.as_ref().map(|r| {
+                        (
+                            super::Resource::ConfigMaps,
+                            "configmap",
+                            &r.name,
+                            &r.key,
+                            r.optional,
+                        )
+                    }),
+                    from.secret_key_ref.as_ref().map(|r| {
+                        (
+                            super::Resource::Secrets,
+                            "secret",
+                            &r.name,
+                            &r.key,
+                            r.optional,
+                        )
+                    }),
+                ];
+                if let Some((resource, kind, name, key, optional)) =
+                    keyed.into_iter().flatten().next()
+                {
+                    match key_ref(state, resource, &ns, name, key) {
+                        Some(v) => v,
+                        None if optional == Some(true) => continue,
+                        None => {
+                            return Err(config_error(format!(
+                                "env {:?}: {kind} \"{name}\" or its key {key:?} not found",
+                                e.name
+                            )));
+                        }
+                    }
+                } else {
+                    let Some(f) = &from.field_ref else {
                         return Err(config_error(format!(
-                            "env {:?}: fieldRef {other:?} is not supported",
+                            "env {:?}: resourceFieldRef is not supported in valueFrom",
                             e.name
                         )));
-                    }
-                };
-                v.unwrap_or_default()
+                    };
+                    let spec = pod.spec.as_ref();
+                    let v = match f.field_path.as_str() {
+                        "metadata.name" => pod.metadata.name.clone(),
+                        "metadata.namespace" => pod.metadata.namespace.clone(),
+                        "metadata.uid" => pod.metadata.uid.clone(),
+                        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
+                        "spec.serviceAccountName" => {
+                            spec.and_then(|s| s.service_account_name.clone())
+                        }
+                        "status.podIP" => Some(ips.0.clone()),
+                        "status.hostIP" => Some(ips.1.clone()),
+                        other => {
+                            return Err(config_error(format!(
+                                "env {:?}: fieldRef {other:?} is not supported",
+                                e.name
+                            )));
+                        }
+                    };
+                    v.unwrap_or_default()
+                }
             }
-            (Some(v), None) => v.clone(),
+            (Some(v), None) => expand(v, &out),
             (None, None) => String::new(),
         };
         out.insert(e.name.clone(), value);
@@ -1143,8 +1238,10 @@ fn check_convention(cfg: &ProcessKubelet, c: &Container) -> Result<bool, StartEr
 }
 
 /// Resolves how to run one container: `None` for a host no-op image.
+#[allow(clippy::too_many_arguments)]
 fn launch(
     cfg: &ProcessKubelet,
+    state: &State,
     pod: &Pod,
     c: &Container,
     vols: &HashMap<String, PathBuf>,
@@ -1158,7 +1255,8 @@ fn launch(
     }
     let registered = repo.and_then(|r| cfg.images.get(r));
     let mounts = mounts(c, vols)?;
-    let mut env = env(pod, c, ips)?;
+    let mut env = env(state, pod, c, ips)?;
+    let unmapped = env.clone();
     for v in env.values_mut() {
         *v = map_paths(v, &mounts);
     }
@@ -1172,8 +1270,19 @@ fn launch(
     env.entry("KUBECONFIG".into())
         .or_insert_with(|| cfg.kubeconfig().display().to_string());
     env.insert("SPARK_HOME".into(), cfg.spark_home.display().to_string());
+    // `$(VAR)` in command and args, from the container's env as written (before paths are
+    // mapped: the mapping applies to the expanded words).
+    let mut expanded = c.clone();
+    for words in [&mut expanded.command, &mut expanded.args]
+        .into_iter()
+        .flatten()
+    {
+        for w in words.iter_mut() {
+            *w = expand(w, &unmapped);
+        }
+    }
     let (program, argv) = match registered {
-        Some(program) => registered_command(c, program, &mounts)?,
+        Some(program) => registered_command(&expanded, program, &mounts)?,
         None => executor_command(cfg, &env)?,
     };
     Ok(Some(Launch {
@@ -1221,7 +1330,7 @@ fn prepare(
         } else {
             format!("{}.", c.name)
         };
-        let launch = launch(cfg, pod, c, &vols, ips, &dir, log)?;
+        let launch = launch(cfg, state, pod, c, &vols, ips, &dir, log)?;
         let probe = |p: &Option<Probe>| -> Result<Option<(Probe, ProbeState)>, StartError> {
             match p {
                 Some(p) if !init => {
@@ -1424,6 +1533,18 @@ mod tests {
             "registry:5000/kshuffle/node"
         );
         assert_eq!(repository("x/y@sha256:abc"), "x/y");
+    }
+
+    #[test]
+    fn var_references_expand_as_the_kubelet_does() {
+        let vars: BTreeMap<String, String> = [("A", "1"), ("NODE", "node-2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(expand("--node=$(NODE)", &vars), "--node=node-2");
+        assert_eq!(expand("$(A)$(A)x", &vars), "11x");
+        assert_eq!(expand("$(MISSING) $(A", &vars), "$(MISSING) $(A");
+        assert_eq!(expand("$$(A) $5 $", &vars), "$(A) $5 $");
     }
 
     #[test]
