@@ -1254,6 +1254,12 @@ fn launch(
         return Ok(None);
     }
     let registered = repo.and_then(|r| cfg.images.get(r));
+    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+        return Err(config_error(format!(
+            "container {:?}: envFrom is not supported by the process kubelet",
+            c.name
+        )));
+    }
     let mounts = mounts(c, vols)?;
     let mut env = env(state, pod, c, ips)?;
     let unmapped = env.clone();
