@@ -68,6 +68,10 @@ enum Cmd {
         /// Client threads.
         #[arg(long, default_value_t = 1)]
         client_threads: usize,
+        /// Stop after this many fetch requests (a fixed amount of work, for profiles that
+        /// count syscalls, allocations or instructions per block); `--secs` still bounds it.
+        #[arg(long)]
+        max_requests: Option<u64>,
         /// Server pid, to report its CPU and peak RSS.
         #[arg(long)]
         pid: Option<u32>,
@@ -170,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             batch,
             secs,
             client_threads,
+            max_requests,
             pid,
         } => {
             let layout = Arc::new(Layout::create(&root, "load", 2, layout_spec(&shape))?);
@@ -179,6 +184,7 @@ fn main() -> anyhow::Result<()> {
                 inflight,
                 duration: Duration::from_secs_f64(secs),
                 client_threads,
+                max_requests,
                 ..LoadSpec::new(maps_per_request, reduces_per_request, batch)
             };
             let before = pid.map(procstat::usage).transpose()?;

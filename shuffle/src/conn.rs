@@ -521,20 +521,16 @@ impl Connection {
         let Segment { file, offset, len } = &chunk.segment;
         self.send_body(file, *offset, *len).await?;
         let stats = &self.service.stats;
-        let (count, bytes, request) = match served {
-            Served::Chunk => (
-                &stats.chunks_served,
-                &stats.chunk_bytes,
-                "ChunkFetchRequest",
-            ),
-            Served::Stream => (&stats.streams_served, &stats.stream_bytes, "StreamRequest"),
+        let (count, bytes) = match served {
+            Served::Chunk => (&stats.chunks_served, &stats.chunk_bytes),
+            Served::Stream => (&stats.streams_served, &stats.stream_bytes),
         };
         Stats::inc(count);
         Stats::add(bytes, *len);
         if chunk.rdd {
             Stats::inc(&stats.rdd_blocks_served);
         }
-        crate::metrics::request_duration(request, started);
+        crate::metrics::chunk_duration(matches!(served, Served::Stream), started);
         Ok(())
     }
 

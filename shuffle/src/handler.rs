@@ -278,7 +278,9 @@ impl Service {
     }
 
     /// Resolves chunk `index` of `stream_id` on this connection to an open file range.
-    /// Blocking, but cheap: one index-cache lookup, one `open`, one `fstat`.
+    /// Blocking, but cheap: for the first chunk of a map output in a stream one index-cache
+    /// lookup, one `open` and one `fstat`; for the following chunks of the same map output
+    /// (kept by `streams`) one `fstat`.
     ///
     /// # Errors
     /// Stream errors (unknown, out of order) and store errors (missing or corrupt files).
@@ -295,9 +297,21 @@ impl Service {
                 map_id,
                 start,
                 end,
-            } => self
-                .store
-                .shuffle_segment(&executor, shuffle_id, map_id, start, end)?,
+            } => {
+                let kept = streams.kept_output(stream_id, shuffle_id, map_id);
+                let segment = match kept.filter(|output| output.is_current()) {
+                    Some(output) => output.segment(start, end),
+                    None => {
+                        let output = self.store.map_output(&executor, shuffle_id, map_id)?;
+                        Stats::inc(&self.stats.map_outputs_opened);
+                        let segment = output.segment(start, end);
+                        streams.keep_output(stream_id, output);
+                        segment
+                    }
+                };
+                streams.release_ended_output();
+                segment?
+            }
             ChunkPlan::Rdd {
                 rdd_id,
                 split_index,

@@ -54,6 +54,9 @@ counters! {
     local_dirs_requests,
     /// `DiagnoseCorruption` requests answered.
     diagnoses,
+    /// Map outputs (data file + index) opened to serve chunks: once per stream and map
+    /// output, however many of its partitions the stream asks for one after another.
+    map_outputs_opened,
     /// `ChunkFetchSuccess` replies sent.
     chunks_served,
     /// Body bytes of `ChunkFetchSuccess` replies.

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::budget::ByteBudget;
 use crate::registry::Executor;
+use crate::store::MapOutput;
 
 /// What one chunk is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +264,10 @@ pub struct Streams {
     budget: Arc<ByteBudget>,
     /// Bytes kept by the open streams.
     held: usize,
+    /// The map output the last shuffle chunk came from, and its stream: the next chunk of
+    /// that stream from the same map output is served without opening it again. One per
+    /// connection (so at most one extra open file each), dropped when its stream ends.
+    output: Option<(i64, MapOutput)>,
 }
 
 impl Streams {
@@ -279,6 +284,34 @@ impl Streams {
             limit,
             budget,
             held: 0,
+            output: None,
+        }
+    }
+
+    /// The map output kept for stream `stream_id`, if it is (`shuffle_id`, `map_id`).
+    pub fn kept_output(&self, stream_id: i64, shuffle_id: i32, map_id: i64) -> Option<&MapOutput> {
+        match &self.output {
+            Some((id, output)) if *id == stream_id && output.is(shuffle_id, map_id) => Some(output),
+            _ => None,
+        }
+    }
+
+    /// Keeps `output` for the next chunks of stream `stream_id` (replacing the one kept
+    /// before), unless that stream has ended.
+    pub fn keep_output(&mut self, stream_id: i64, output: MapOutput) {
+        self.output = self
+            .open
+            .contains_key(&stream_id)
+            .then_some((stream_id, output));
+    }
+
+    /// Drops the kept map output if its stream has ended (after its last chunk was handed
+    /// out), so a connection left idle holds no data file open.
+    pub fn release_ended_output(&mut self) {
+        if let Some((id, _)) = &self.output
+            && !self.open.contains_key(id)
+        {
+            self.output = None;
         }
     }
 

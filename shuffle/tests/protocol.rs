@@ -172,6 +172,48 @@ async fn fetch_shuffle_blocks_plain_batch_and_stream_request() {
     assert_eq!(stats.rpc_failures + stats.chunk_failures, 0);
 }
 
+/// The chunks of one stream that come one after another from the same map output open its
+/// data file once (counted by `map_outputs_opened`), and every byte is still right; a new
+/// stream opens the files again, so a map output rewritten between streams is served new.
+/// (A data file truncated mid-stream is still refused cleanly: see
+/// `bad_requests_get_failures_and_the_connection_goes_on`.)
+#[tokio::test]
+async fn a_stream_opens_each_run_of_one_map_output_once() {
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let layout = daemon.executor(&mut c, 2, 6).await;
+
+    let reduce_ids = vec![vec![0, 1, 2, 3], vec![4, 5], vec![5]];
+    let handle = c
+        .open(&fetch("1", vec![100, 101, 100], reduce_ids, false))
+        .await
+        .unwrap();
+    let want = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (0, 5)];
+    assert_eq!(handle.num_chunks as usize, want.len());
+    for (i, (m, r)) in want.iter().enumerate() {
+        let got = within(c.chunk(handle.stream_id, i as i32)).await.unwrap();
+        assert_eq!(got, layout.outputs[*m][*r], "chunk {i}");
+    }
+
+    // Rewritten (other sizes, other bytes) between streams: the next stream sees the new files.
+    let new: Vec<Vec<u8>> = (0..3)
+        .map(|r| pseudo_random_bytes(900 + r, 300 + r as usize))
+        .collect();
+    let refs: Vec<&[u8]> = new.iter().map(Vec::as_slice).collect();
+    layout.dirs.write_map_output(0, 100, &refs).unwrap();
+    let handle = c
+        .open(&fetch("1", vec![100], vec![vec![1, 2]], false))
+        .await
+        .unwrap();
+    assert_eq!(c.chunk(handle.stream_id, 0).await.unwrap(), new[1]);
+    assert_eq!(c.chunk(handle.stream_id, 1).await.unwrap(), new[2]);
+
+    let stats = daemon.stop().await;
+    assert_eq!(stats.chunks_served, 9);
+    // Stream 1: map 100, map 101, map 100 again; stream 2: map 100.
+    assert_eq!(stats.map_outputs_opened, 4, "{stats:?}");
+}
+
 #[tokio::test]
 async fn open_blocks_for_shuffle_and_rdd_blocks() {
     let daemon = Daemon::start(|_| {}).await;

@@ -5,7 +5,6 @@
 //! the non-negative Java `String.hashCode` of `name` (protocol reference §4.1). File names are
 //! built here from parsed numbers, never taken from the peer as paths.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Java's `String.hashCode`: `h = 31 * h + c` over the UTF-16 code units, wrapping.
@@ -32,10 +31,52 @@ pub fn locate(dirs: &[PathBuf], sub_dirs: u32, name: &str) -> Option<PathBuf> {
     let hash = non_negative_hash(name) as usize;
     let dir: &Path = dirs.get(hash % dirs.len())?;
     let sub = (hash / dirs.len()) % sub_dirs as usize;
-    let mut path = dir.to_path_buf();
-    path.push(format!("{sub:02x}"));
+    // One allocation of the final size: this runs for every map output a chunk is served
+    // from (see `scripts/profile.sh`).
+    let mut hex = [0u8; 16];
+    let sub = lower_hex(sub, 2, &mut hex);
+    let mut path = PathBuf::with_capacity(dir.as_os_str().len() + sub.len() + name.len() + 2);
+    path.push(dir);
+    path.push(sub);
     path.push(name);
     Some(path)
+}
+
+/// `value` in lower-case hex, zero-padded to at least `width` digits (`{:0width$x}`),
+/// written at the end of `buf`.
+fn lower_hex(mut value: usize, width: usize, buf: &mut [u8; 16]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut start = buf.len();
+    while start > 0 && (value > 0 || buf.len() - start < width) {
+        start -= 1;
+        if let Some(slot) = buf.get_mut(start) {
+            *slot = DIGITS.get(value % 16).copied().unwrap_or(b'0');
+        }
+        value /= 16;
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(buf.get(start..).unwrap_or_default()).unwrap_or_default()
+}
+
+/// Appends `value` in decimal (what `{value}` prints) without going through `fmt`.
+fn push_decimal(out: &mut String, value: i64) {
+    if value < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut v = value.unsigned_abs();
+    loop {
+        start -= 1;
+        if let Some(slot) = digits.get_mut(start) {
+            *slot = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || start == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(digits.get(start..).unwrap_or_default()).unwrap_or_default());
 }
 
 /// A file an executor writes that the daemon may serve or delete. Parsed strictly from the
@@ -138,32 +179,43 @@ impl BlockFile {
 
     /// The file name (the inverse of [`BlockFile::parse`]).
     pub fn name(&self) -> String {
-        let mut s = String::with_capacity(40);
-        // Writing into a String cannot fail.
-        let _ = match self {
-            Self::ShuffleIndex { shuffle_id, map_id } => {
-                write!(s, "shuffle_{shuffle_id}_{map_id}_0.index")
-            }
-            Self::ShuffleData { shuffle_id, map_id } => {
-                write!(s, "shuffle_{shuffle_id}_{map_id}_0.data")
-            }
-            Self::ShuffleChecksum {
-                shuffle_id,
-                map_id,
-                algorithm,
+        let mut s = String::with_capacity(48);
+        self.write_name(&mut s);
+        s
+    }
+
+    /// Appends the file name to `out` (formats the numbers by hand: this runs for every map
+    /// output a chunk is served from).
+    pub fn write_name(&self, out: &mut String) {
+        match self {
+            Self::ShuffleIndex { shuffle_id, map_id }
+            | Self::ShuffleData { shuffle_id, map_id }
+            | Self::ShuffleChecksum {
+                shuffle_id, map_id, ..
             } => {
-                write!(
-                    s,
-                    "shuffle_{shuffle_id}_{map_id}_0.checksum.{}",
-                    algorithm.name()
-                )
+                out.push_str("shuffle_");
+                push_decimal(out, i64::from(*shuffle_id));
+                out.push('_');
+                push_decimal(out, *map_id);
+                out.push_str(match self {
+                    Self::ShuffleIndex { .. } => "_0.index",
+                    Self::ShuffleData { .. } => "_0.data",
+                    _ => "_0.checksum.",
+                });
+                if let Self::ShuffleChecksum { algorithm, .. } = self {
+                    out.push_str(algorithm.name());
+                }
             }
             Self::Rdd {
                 rdd_id,
                 split_index,
-            } => write!(s, "rdd_{rdd_id}_{split_index}"),
-        };
-        s
+            } => {
+                out.push_str("rdd_");
+                push_decimal(out, i64::from(*rdd_id));
+                out.push('_');
+                push_decimal(out, i64::from(*split_index));
+            }
+        }
     }
 }
 
@@ -181,6 +233,60 @@ mod tests {
 
     fn dirs() -> Vec<PathBuf> {
         vec!["/d1/blockmgr-a".into(), "/d2/blockmgr-b".into()]
+    }
+
+    #[test]
+    fn hand_formatting_matches_fmt() {
+        for v in [
+            0i64,
+            1,
+            9,
+            10,
+            99,
+            1000,
+            -1,
+            -42,
+            i64::MAX,
+            i64::MIN,
+            i64::from(i32::MIN),
+        ] {
+            let mut s = String::new();
+            push_decimal(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
+        for v in [0usize, 1, 15, 16, 255, 256, 0xffff, 0x1_0000] {
+            let mut buf = [0u8; 16];
+            assert_eq!(lower_hex(v, 2, &mut buf), format!("{v:02x}"));
+        }
+        let files = [
+            BlockFile::ShuffleIndex {
+                shuffle_id: 12,
+                map_id: 123_456_789_012,
+            },
+            BlockFile::ShuffleData {
+                shuffle_id: 0,
+                map_id: 5,
+            },
+            BlockFile::ShuffleChecksum {
+                shuffle_id: 3,
+                map_id: 7,
+                algorithm: ChecksumAlgorithm::Crc32c,
+            },
+            BlockFile::Rdd {
+                rdd_id: 3,
+                split_index: 4,
+            },
+        ];
+        let names = [
+            "shuffle_12_123456789012_0.index",
+            "shuffle_0_5_0.data",
+            "shuffle_3_7_0.checksum.CRC32C",
+            "rdd_3_4",
+        ];
+        for (file, name) in files.iter().zip(names) {
+            assert_eq!(file.name(), name);
+            assert_eq!(BlockFile::parse(name).as_ref(), Some(file));
+        }
     }
 
     #[test]

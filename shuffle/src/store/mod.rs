@@ -46,12 +46,109 @@ pub const MAX_ID_BYTES: usize = 256;
 /// An open file and the byte range of it to send.
 #[derive(Debug)]
 pub struct Segment {
-    /// The open file (a data file or an RDD block file).
-    pub file: File,
+    /// The open file (a data file or an RDD block file), shared with the [`MapOutput`] it
+    /// came from so the next chunk of the same file needs no `open`.
+    pub file: Arc<File>,
     /// Where the range starts.
     pub offset: u64,
     /// How many bytes to send.
     pub len: u64,
+}
+
+/// One map output opened for serving: its data file (open), the file's length when opened
+/// and its parsed index. A stream keeps the last one it used, so consecutive chunks of the
+/// same map output (several reduce partitions of one map, as `OpenBlocks` and non-batch
+/// `FetchShuffleBlocks` with coalesced partitions ask for) cost one `fstat` each (to see
+/// that the file did not change) instead of `open` + `fstat` + `close`, and no index lookup
+/// or path building.
+///
+/// A data file changed in place (size or mtime) is opened again with its index; a map output
+/// renamed over or removed while a stream reads it keeps being served from the file that was
+/// opened, as one `sendfile` of a file unlinked mid-transfer would be.
+#[derive(Debug)]
+pub struct MapOutput {
+    shuffle_id: i32,
+    map_id: i64,
+    /// `None` when the map task left no data file.
+    data: Option<Arc<File>>,
+    /// The data file's identity when opened (what the index was validated against).
+    identity: Option<FileIdentity>,
+    data_len: u64,
+    index: Arc<index::Index>,
+    index_path: PathBuf,
+    data_path: PathBuf,
+}
+
+// === impl MapOutput ===
+
+impl MapOutput {
+    /// Whether this is map output (`shuffle_id`, `map_id`).
+    pub fn is(&self, shuffle_id: i32, map_id: i64) -> bool {
+        self.shuffle_id == shuffle_id && self.map_id == map_id
+    }
+
+    /// Whether the open data file is unchanged since it was opened (same size and mtime:
+    /// one `fstat`), so its index and length still hold. `false` without a data file.
+    pub fn is_current(&self) -> bool {
+        match &self.data {
+            Some(file) => file
+                .metadata()
+                .is_ok_and(|meta| Some(FileIdentity::of(&meta)) == self.identity),
+            None => false,
+        }
+    }
+
+    /// The segment of partitions `start..end`. No system call, except for an empty range of
+    /// a map output without data file (rare: the index file is opened as the segment's file).
+    ///
+    /// # Errors
+    /// Partitions outside the index, a data file shorter than the index says, or a missing
+    /// data file for a non-empty range.
+    pub fn segment(&self, start: i32, end: i32) -> Result<Segment, Error> {
+        let out_of_range = || Error::ReduceOutOfRange {
+            path: self.index_path.clone(),
+            start: i64::from(start),
+            end: i64::from(end),
+            partitions: self.index.partitions(),
+        };
+        let (start_u, end_u) = match (usize::try_from(start), usize::try_from(end)) {
+            (Ok(s), Ok(e)) => (s, e),
+            _ => return Err(out_of_range()),
+        };
+        let (offset, len) = self.index.range(start_u, end_u).ok_or_else(out_of_range)?;
+        let Some(file) = &self.data else {
+            if len == 0 {
+                // A map task that wrote nothing may leave no data file; an empty range of it
+                // is still a valid (empty) block.
+                let file = fsio::open_no_symlinks(&self.index_path).map_err(|source| {
+                    Error::IndexUnreadable {
+                        path: self.index_path.clone(),
+                        source,
+                    }
+                })?;
+                return Ok(Segment {
+                    file: Arc::new(file),
+                    offset: 0,
+                    len: 0,
+                });
+            }
+            return Err(Error::DataMissing {
+                path: self.data_path.clone(),
+            });
+        };
+        if self.data_len < offset + len {
+            return Err(Error::DataTruncated {
+                path: self.data_path.clone(),
+                need: offset + len,
+                len: self.data_len,
+            });
+        }
+        Ok(Segment {
+            file: Arc::clone(file),
+            offset,
+            len,
+        })
+    }
 }
 
 /// Why a request could not be served from disk. The `Display` text goes to the Spark client.
@@ -351,7 +448,8 @@ impl Store {
     }
 
     fn path_of(executor: &Executor, file: &BlockFile) -> PathBuf {
-        let name = file.name();
+        let mut name = String::with_capacity(64);
+        file.write_name(&mut name);
         // A validated registration has at least one dir and sub_dirs >= 1.
         layout::locate(
             &executor.resolved_dirs,
@@ -373,6 +471,25 @@ impl Store {
         start: i32,
         end: i32,
     ) -> Result<Segment, Error> {
+        self.map_output(executor, shuffle_id, map_id)?
+            .segment(start, end)
+    }
+
+    /// Opens map output (`shuffle_id`, `map_id`) for serving: its data file (kept open), the
+    /// file's length and its index (from the cache). Costs one `open` and one `fstat`; a
+    /// [`MapOutput::segment`] of it costs no system call, and checking that it is still
+    /// current ([`MapOutput::is_current`]) one `fstat`.
+    ///
+    /// # Errors
+    /// Missing, unreadable or corrupt index, unreadable data file. A missing data file is not
+    /// an error here (a map task that wrote nothing may leave none): only its empty ranges
+    /// can then be served.
+    pub fn map_output(
+        &self,
+        executor: &Executor,
+        shuffle_id: i32,
+        map_id: i64,
+    ) -> Result<MapOutput, Error> {
         let index_path = Self::path_of(executor, &BlockFile::ShuffleIndex { shuffle_id, map_id });
         let data_path = Self::path_of(executor, &BlockFile::ShuffleData { shuffle_id, map_id });
         let data = match fsio::open_no_symlinks(&data_path) {
@@ -393,43 +510,20 @@ impl Store {
         };
         let identity = data.as_ref().map(|(_, meta)| FileIdentity::of(meta));
         let index = self.index.get(&index_path, identity)?;
-        let out_of_range = || Error::ReduceOutOfRange {
-            path: index_path.clone(),
-            start: i64::from(start),
-            end: i64::from(end),
-            partitions: index.partitions(),
+        let (data, data_len) = match data {
+            Some((file, meta)) => (Some(Arc::new(file)), meta.len()),
+            None => (None, 0),
         };
-        let (start_u, end_u) = match (usize::try_from(start), usize::try_from(end)) {
-            (Ok(s), Ok(e)) => (s, e),
-            _ => return Err(out_of_range()),
-        };
-        let (offset, len) = index.range(start_u, end_u).ok_or_else(out_of_range)?;
-        let Some((file, meta)) = data else {
-            if len == 0 {
-                // A map task that wrote nothing may leave no data file; an empty range of it
-                // is still a valid (empty) block.
-                let file = fsio::open_no_symlinks(&index_path).map_err(|source| {
-                    Error::IndexUnreadable {
-                        path: index_path.clone(),
-                        source,
-                    }
-                })?;
-                return Ok(Segment {
-                    file,
-                    offset: 0,
-                    len: 0,
-                });
-            }
-            return Err(Error::DataMissing { path: data_path });
-        };
-        if meta.len() < offset + len {
-            return Err(Error::DataTruncated {
-                path: data_path,
-                need: offset + len,
-                len: meta.len(),
-            });
-        }
-        Ok(Segment { file, offset, len })
+        Ok(MapOutput {
+            shuffle_id,
+            map_id,
+            data,
+            identity,
+            data_len,
+            index,
+            index_path,
+            data_path,
+        })
     }
 
     /// The whole file of RDD block `rdd_<rdd_id>_<split_index>`.
@@ -467,7 +561,7 @@ impl Store {
             return Err(Error::DataMissing { path });
         }
         Ok(Segment {
-            file,
+            file: Arc::new(file),
             offset: 0,
             len: meta.len(),
         })
@@ -553,9 +647,9 @@ impl Store {
         let stored = i64::from_be_bytes(be);
 
         let end = reduce_id.checked_add(1).ok_or("reduce id overflow")?;
-        let mut segment = self.shuffle_segment(executor, shuffle_id, map_id, reduce_id, end)?;
-        segment.file.seek(SeekFrom::Start(segment.offset))?;
-        let mut reader = (&segment.file).take(segment.len);
+        let segment = self.shuffle_segment(executor, shuffle_id, map_id, reduce_id, end)?;
+        (&*segment.file).seek(SeekFrom::Start(segment.offset))?;
+        let mut reader = (&*segment.file).take(segment.len);
         let mut sum = Checksum::new(algorithm);
         let mut buf = vec![0u8; 64 * 1024];
         loop {

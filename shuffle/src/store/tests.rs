@@ -28,9 +28,9 @@ fn env() -> Env {
 }
 
 fn read_segment(seg: &mut Segment) -> Vec<u8> {
-    seg.file.seek(SeekFrom::Start(seg.offset)).unwrap();
+    (&*seg.file).seek(SeekFrom::Start(seg.offset)).unwrap();
     let mut out = Vec::new();
-    (&seg.file).take(seg.len).read_to_end(&mut out).unwrap();
+    (&*seg.file).take(seg.len).read_to_end(&mut out).unwrap();
     out
 }
 
