@@ -191,6 +191,68 @@ async fn the_rendered_daemonset_runs_kshuffle_node_on_three_simulated_nodes() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_node_daemon_pod_is_recreated_and_reloads_its_registrations() {
+    let work = work_dir("k8s-daemonset-recreate");
+    let kubelet = kubelet(&work.join("no-spark"), &work.join("kubelet"));
+    let server = FakeApiServer::builder()
+        .nodes(NODES.iter().map(|n| Node::new(*n, 4, 8)).collect())
+        .process_kubelet(kubelet.clone())
+        .start()
+        .await
+        .unwrap();
+    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
+    apply(&client).await;
+    let pods = eventually("3 Ready kshuffle-node pods", 30, || {
+        let pods = server.pods(NS);
+        (pods.len() == 3 && pods.iter().all(ready)).then_some(pods)
+    })
+    .await;
+    let on_node_1 = |p: &Pod| p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-1");
+    let old = pods.iter().find(|p| on_node_1(p)).unwrap();
+    let old_name = old.metadata.name.clone().unwrap();
+    let ip = old.status.as_ref().unwrap().pod_ip.clone().unwrap();
+
+    // An executor registers with node-1's daemon, its dirs in node-1's hostPath.
+    let root = kubelet.host_path("node-1", "/var/lib/kshuffle");
+    let dirs = kshuffle::fixture::ExecutorDirs::create(&root, "exec-1", 1, 64).unwrap();
+    let mut shuffle = kshuffle::client::Client::connect(format!("{ip}:7337").parse().unwrap())
+        .await
+        .unwrap();
+    shuffle
+        .register("app-20260101000000-0001", "1", dirs.as_strings(), 64)
+        .await
+        .unwrap();
+    drop(shuffle);
+
+    // The pod is deleted (as `kubectl delete pod`): SIGTERM, the daemon drains and exits, the
+    // controller creates a new pod for the node, and the new daemon reloads the registration
+    // from the node's state dir.
+    Api::<Pod>::namespaced(client, NS)
+        .delete(&old_name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    let new = eventually("a new Ready pod on node-1", 60, || {
+        server.pods(NS).into_iter().find(|p| {
+            on_node_1(p) && p.metadata.name.as_deref() != Some(old_name.as_str()) && ready(p)
+        })
+    })
+    .await;
+    assert!(server.pod(NS, &old_name).is_none());
+    let stderr = kubelet
+        .pod_dir(NS, new.metadata.name.as_deref().unwrap())
+        .join("stderr");
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"registry loaded\"") && l.contains("\"executors\":1")),
+        "{log}"
+    );
+    assert_eq!(metric(&[ip], "kshuffle_registered_executors"), 1);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 /// A child process leading its own process group; the whole group is killed on drop.
 struct Group(Child);
 
