@@ -58,8 +58,10 @@ fn rendered(kind: &str) -> Value {
         .unwrap_or_else(|| panic!("no {kind} in the rendered manifests"))
 }
 
-/// The process kubelet for the rendered DaemonSet: its images mapped to local programs.
-pub fn kubelet(spark_home: &Path, work: &Path) -> ProcessKubelet {
+/// The process kubelet for the rendered DaemonSet: its images mapped to local programs. The
+/// daemons bind the manifest's fixed ports on their node addresses, so each test has its own
+/// `network` of node addresses (tests run at once).
+fn kubelet(spark_home: &Path, work: &Path, network: &str) -> ProcessKubelet {
     let ds = rendered("DaemonSet");
     let spec = &ds["spec"]["template"]["spec"];
     let node_image = spec["containers"][0]["image"].as_str().unwrap().to_owned();
@@ -69,6 +71,7 @@ pub fn kubelet(spark_home: &Path, work: &Path) -> ProcessKubelet {
         .to_owned();
     assert!(init_image.starts_with("busybox"), "{init_image}");
     ProcessKubelet::new(spark_home, work)
+        .node_network(network)
         .image(&node_image, env!("CARGO_BIN_EXE_kshuffle-node"))
         .address_env(&node_image, &["KSHUFFLE_BIND", "KSHUFFLE_ADMIN_BIND"])
         .noop_image(&init_image)
@@ -128,7 +131,7 @@ fn work_dir(name: &str) -> PathBuf {
 async fn the_rendered_daemonset_runs_kshuffle_node_on_three_simulated_nodes() {
     let work = work_dir("k8s-daemonset");
     // No Spark container runs here: the Spark home is never used.
-    let kubelet = kubelet(&work.join("no-spark"), &work.join("kubelet"));
+    let kubelet = kubelet(&work.join("no-spark"), &work.join("kubelet"), "127.0.2");
     let server = FakeApiServer::builder()
         .nodes(NODES.iter().map(|n| Node::new(*n, 4, 8)).collect())
         .process_kubelet(kubelet.clone())
@@ -179,7 +182,7 @@ async fn the_rendered_daemonset_runs_kshuffle_node_on_three_simulated_nodes() {
         ips.push(ip);
     }
     ips.sort();
-    assert_eq!(ips, ["127.0.1.1", "127.0.1.2", "127.0.1.3"]);
+    assert_eq!(ips, ["127.0.2.1", "127.0.2.2", "127.0.2.3"]);
     drop(server);
     // Every daemon ended with the server.
     eventually("the daemons to stop", 10, || {
@@ -194,7 +197,7 @@ async fn the_rendered_daemonset_runs_kshuffle_node_on_three_simulated_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_node_daemon_pod_is_recreated_and_reloads_its_registrations() {
     let work = work_dir("k8s-daemonset-recreate");
-    let kubelet = kubelet(&work.join("no-spark"), &work.join("kubelet"));
+    let kubelet = kubelet(&work.join("no-spark"), &work.join("kubelet"), "127.0.3");
     let server = FakeApiServer::builder()
         .nodes(NODES.iter().map(|n| Node::new(*n, 4, 8)).collect())
         .process_kubelet(kubelet.clone())
@@ -325,7 +328,7 @@ fn metric(ips: &[String], name: &str) -> u64 {
 async fn spark_daemonset_scenario(version: &str) {
     let venv = common::spark_venv(version);
     let work = work_dir(&format!("spark-k8s-daemonset-{version}"));
-    let kubelet = kubelet(&pyspark_home(&venv), &work.join("kubelet"));
+    let kubelet = kubelet(&pyspark_home(&venv), &work.join("kubelet"), "127.0.4");
     // 1.5 CPUs a node: its daemon (250m) and one executor (1 CPU) fit, a second executor
     // goes to another node.
     let nodes = NODES

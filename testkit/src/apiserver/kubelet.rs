@@ -17,7 +17,9 @@
 //! as does env or a volume it cannot resolve (`CreateContainerConfigError`): nothing waits
 //! forever.
 //!
-//! Addresses: node `i` (0-based) is `127.0.1.{i+1}` (`status.hostIP`); each pod gets its own
+//! Addresses: node `i` (0-based) is `127.0.1.{i+1}` (`status.hostIP`; another /24 with
+//! [`ProcessKubelet::node_network`], so that tests running at once whose programs bind fixed
+//! ports on the node addresses do not collide); each pod gets its own
 //! loopback address `127.1.x.y` (`status.podIP`; `hostNetwork` pods get their node's). The
 //! whole 127.0.0.0/8 range is local on Linux, so processes bind and reach these directly.
 //! There are no network namespaces: a program that binds `0.0.0.0` would take the port on
@@ -104,6 +106,8 @@ pub struct ProcessKubelet {
     noop_images: HashSet<String>,
     /// The longest period between two probes of a container.
     max_probe_period: Option<Duration>,
+    /// The first three bytes of the nodes' addresses.
+    node_network: String,
 }
 
 impl ProcessKubelet {
@@ -121,7 +125,20 @@ impl ProcessKubelet {
             address_env: BTreeMap::new(),
             noop_images: HashSet::new(),
             max_probe_period: None,
+            node_network: "127.0.1".into(),
         }
+    }
+
+    /// Gives node `i` (0-based) the address `<network>.{i+1}` instead of `127.0.1.{i+1}`;
+    /// `network` is three bytes of 127.0.0.0/8, e.g. `"127.0.7"`.
+    pub fn node_network(mut self, network: &str) -> Self {
+        self.node_network = network.trim_end_matches('.').to_owned();
+        self
+    }
+
+    /// The address of node `i` (0-based), as `status.hostIP` of its pods.
+    pub fn node_address(&self, i: usize) -> String {
+        format!("{}.{}", self.node_network, (i % 254) + 1)
     }
 
     /// Runs containers of `image` (any tag) as `program`: the image's entrypoint is the
@@ -330,34 +347,36 @@ pub async fn run(shared: Arc<Shared>, cfg: ProcessKubelet, procs: Arc<Procs>, ap
     }
     let mut failed: HashSet<String> = HashSet::new();
     let mut next_ip: u32 = 1;
+    // Probes run as their own tasks, so a slow one (up to its timeout) holds up nothing;
+    // their results are applied on the next tick.
+    let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+    let probes = tokio_util::task::TaskTracker::new();
     loop {
-        let due = reconcile(&shared, &cfg, &procs, &mut failed, &mut next_ip);
-        if !due.is_empty() {
-            let mut set = tokio::task::JoinSet::new();
-            for p in due {
-                set.spawn(async move {
-                    let ok = http_probe(&p.host, p.port, &p.path, p.timeout).await;
-                    (p, ok)
-                });
-            }
-            let mut results = Vec::new();
-            loop {
+        let mut done = Vec::new();
+        while let Ok(r) = results.try_recv() {
+            done.push(r);
+        }
+        if !done.is_empty() {
+            apply_probes(&procs, done);
+        }
+        for p in reconcile(&shared, &cfg, &procs, &mut failed, &mut next_ip) {
+            let tx = results_tx.clone();
+            let cancel = shared.cancel.clone();
+            probes.spawn(async move {
                 tokio::select! {
-                    () = shared.cancel.cancelled() => break,
-                    r = set.join_next() => match r {
-                        Some(Ok(r)) => results.push(r),
-                        Some(Err(_)) => {}
-                        None => break,
-                    },
+                    () = cancel.cancelled() => {}
+                    ok = http_probe(&p.host, p.port, &p.path, p.timeout) => {
+                        let _ = tx.send((p, ok));
+                    }
                 }
-            }
-            apply_probes(&procs, results);
+            });
         }
         tokio::select! {
             () = shared.cancel.cancelled() => break,
             () = tokio::time::sleep(TICK) => {}
         }
     }
+    probes.close();
     procs.kill_all();
 }
 
@@ -453,9 +472,9 @@ fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
-fn node_ip(nodes: &[super::Node], name: &str) -> Option<String> {
+fn node_ip(cfg: &ProcessKubelet, nodes: &[super::Node], name: &str) -> Option<String> {
     let i = nodes.iter().position(|n| n.name == name)?;
-    Some(format!("127.0.1.{}", (i % 254) + 1))
+    Some(cfg.node_address(i))
 }
 
 /// Spawns container `i` of `run` (a no-op image "exits" 0 at once).
@@ -749,7 +768,7 @@ fn reconcile(
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
-        let host_ip = node_ip(&nodes, &node).unwrap_or_else(|| "127.0.1.254".into());
+        let host_ip = node_ip(cfg, &nodes, &node).unwrap_or_else(|| cfg.node_address(253));
         let host_network = pod
             .spec
             .as_ref()
