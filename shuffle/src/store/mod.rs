@@ -448,15 +448,19 @@ impl Store {
     }
 
     fn path_of(executor: &Executor, file: &BlockFile) -> PathBuf {
-        let mut name = String::with_capacity(64);
-        file.write_name(&mut name);
+        Self::path_with(executor, file, &mut String::with_capacity(64))
+    }
+
+    /// [`Store::path_of`], building the name in `name` (empty; reused by the caller).
+    fn path_with(executor: &Executor, file: &BlockFile, name: &mut String) -> PathBuf {
+        file.write_name(name);
         // A validated registration has at least one dir and sub_dirs >= 1.
         layout::locate(
             &executor.resolved_dirs,
             executor.sub_dirs_per_local_dir,
-            &name,
+            name,
         )
-        .unwrap_or_else(|| PathBuf::from(name))
+        .unwrap_or_else(|| PathBuf::from(&*name))
     }
 
     /// The segment of partitions `start..end` of map output (`shuffle_id`, `map_id`).
@@ -490,8 +494,12 @@ impl Store {
         shuffle_id: i32,
         map_id: i64,
     ) -> Result<MapOutput, Error> {
-        let index_path = Self::path_of(executor, &BlockFile::ShuffleIndex { shuffle_id, map_id });
-        let data_path = Self::path_of(executor, &BlockFile::ShuffleData { shuffle_id, map_id });
+        let mut name = String::with_capacity(64);
+        let index_file = BlockFile::ShuffleIndex { shuffle_id, map_id };
+        let index_path = Self::path_with(executor, &index_file, &mut name);
+        name.clear();
+        let data_file = BlockFile::ShuffleData { shuffle_id, map_id };
+        let data_path = Self::path_with(executor, &data_file, &mut name);
         let data = match fsio::open_no_symlinks(&data_path) {
             Ok(file) => {
                 let meta = file.metadata().map_err(|source| Error::DataUnreadable {
