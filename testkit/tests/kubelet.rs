@@ -24,13 +24,18 @@ const NS: &str = "spark";
 
 const FAKE_JAVA: &str = r#"#!/bin/sh
 p=${NAME:+$NAME.}
+if [ "$1" = prestop ]; then
+  sleep 0.3
+  echo done > "${p}prestop"
+  exit 0
+fi
 printf '%s\n' "$@" > "${p}args"
 env > "${p}env"
 echo $$ > "${p}pid"
 case "$MODE" in
   exit*) exit "${MODE#exit}" ;;
   stubborn) trap '' TERM ;;
-  *) trap 'echo term >> signals; exit 143' TERM ;;
+  *) trap 'echo term >> "${p}signals"; exit 143' TERM ;;
 esac
 sleep 600 &
 wait
@@ -906,4 +911,48 @@ async fn env_from_config_maps_secrets_and_var_references() {
             .unwrap()
             .contains("secret \"creds\" or its key \"missing\"")
     );
+}
+
+#[tokio::test]
+async fn pre_stop_hooks_run_before_sigterm() {
+    let s = setup("prestop").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let code = Arc::new(AtomicU16::new(200));
+    let hits = Arc::new(AtomicU16::new(0));
+    let port = http_server("127.0.1.1", Arc::clone(&code), Arc::clone(&hits)).await;
+    let mut exec = ctr("exec", "sleep");
+    exec["lifecycle"] =
+        json!({ "preStop": { "exec": { "command": ["kshuffle-node", "prestop"] } } });
+    let mut http = ctr("http", "sleep");
+    http["lifecycle"] = json!({ "preStop": { "httpGet": { "path": "/drain", "port": port } } });
+    pods.create(
+        &PostParams::default(),
+        &pod_of("hooked", "Always", vec![], vec![exec, http]),
+    )
+    .await
+    .unwrap();
+    wait_phase(&s.server, "hooked", "Running").await;
+    let dir = s.kubelet.pod_dir(NS, "hooked");
+    read_when_there(&dir.join("exec.pid")).await;
+    read_when_there(&dir.join("http.pid")).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    pods.delete("hooked", &DeleteParams::default())
+        .await
+        .unwrap();
+    within(
+        "the pod to go",
+        until(|| s.server.pod(NS, "hooked").is_none().then_some(())),
+    )
+    .await;
+    // The exec hook finished (it takes 0.3 s) before the container got SIGTERM.
+    let hook_done = std::fs::metadata(dir.join("exec.prestop"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let termed = std::fs::metadata(dir.join("exec.signals"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(hook_done <= termed, "SIGTERM before the preStop hook ended");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the httpGet hook");
 }

@@ -58,8 +58,10 @@
 //! `containerStatuses[].ready` follows readiness (a container without a readiness probe is
 //! ready while it runs) and the pod's `Ready`/`ContainersReady` conditions follow all of them;
 //! a liveness failure kills the container, which is then restarted by policy. Other probe
-//! kinds (`exec`, `tcpSocket`, `grpc`), startup probes and `preStop` hooks are not run yet.
-//! On deletion every process group gets SIGTERM, then SIGKILL when the grace period is over,
+//! kinds (`exec`, `tcpSocket`, `grpc`) and startup probes are not run yet.
+//! On deletion each container's `preStop` hook runs first (`httpGet`, or `exec` of the
+//! container's registered program; other `exec` commands are skipped), then its process
+//! group gets SIGTERM; every group still there when the grace period is over gets SIGKILL,
 //! and the pod is removed once the processes are gone. Every process group is killed when the
 //! server stops or is dropped (a failing test included).
 
@@ -275,6 +277,61 @@ struct Ctr {
     ready: bool,
     readiness: Option<(Probe, ProbeState)>,
     liveness: Option<(Probe, ProbeState)>,
+    pre_stop: Option<PreStop>,
+    /// The running preStop hook, once deletion started.
+    hook: Option<Hook>,
+    /// SIGTERM was sent (after the preStop hook).
+    term_sent: bool,
+}
+
+/// A container's `lifecycle.preStop`, resolved.
+#[derive(Debug, Clone)]
+enum PreStop {
+    /// `exec` of the container's registered program.
+    Exec(Launch),
+    /// `httpGet`: host, port, path.
+    Http(String, u16, String),
+}
+
+/// A preStop hook in progress.
+#[derive(Debug)]
+enum Hook {
+    Proc(Child),
+    Thread(std::thread::JoinHandle<()>),
+}
+
+impl Hook {
+    fn start(p: &PreStop) -> Option<Self> {
+        match p {
+            PreStop::Exec(l) => spawn_launch(l).ok().map(Hook::Proc),
+            PreStop::Http(host, port, path) => {
+                let (host, port, path) = (host.clone(), *port, path.clone());
+                Some(Hook::Thread(std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let addr = format!("{host}:{port}");
+                    if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+                        let _ = s.read_to_end(&mut Vec::new());
+                    }
+                })))
+            }
+        }
+    }
+
+    fn finished(&mut self) -> bool {
+        match self {
+            Hook::Proc(c) => !matches!(c.try_wait(), Ok(None)),
+            Hook::Thread(t) => t.is_finished(),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Hook::Proc(c) = self {
+            signal_group(c.id(), "KILL");
+            let _ = c.wait();
+        }
+    }
 }
 
 /// A pod whose containers the kubelet runs.
@@ -322,6 +379,9 @@ impl Procs {
                 if let Some(mut child) = c.child.take() {
                     signal_group(child.id(), "KILL");
                     let _ = child.wait();
+                }
+                if let Some(mut h) = c.hook.take() {
+                    h.kill();
                 }
             }
         }
@@ -568,23 +628,37 @@ fn step_run(
         run.dirty = true;
     }
     if let Some(deadline) = deleting {
-        let alive: Vec<u32> = run
-            .ctrs
-            .iter()
-            .filter_map(|c| c.child.as_ref().map(Child::id))
-            .collect();
-        if alive.is_empty() {
-            return false;
-        }
-        match run.kill_at {
-            None => {
-                alive.iter().for_each(|pid| signal_group(*pid, "TERM"));
-                run.kill_at = Some(deadline);
+        let first = run.kill_at.is_none();
+        run.kill_at = Some(deadline);
+        let overdue = deadline <= now;
+        let mut alive = false;
+        for c in &mut run.ctrs {
+            let Some(child) = &c.child else {
+                if let Some(mut h) = c.hook.take() {
+                    h.kill();
+                }
+                continue;
+            };
+            alive = true;
+            let pid = child.id();
+            if first && let Some(p) = &c.pre_stop {
+                // The hook runs first; SIGTERM follows when it is done (or the grace ends).
+                c.hook = Hook::start(p);
             }
-            Some(at) if at <= now => alive.iter().for_each(|pid| signal_group(*pid, "KILL")),
-            Some(_) => {}
+            if overdue {
+                if let Some(mut h) = c.hook.take() {
+                    h.kill();
+                }
+                signal_group(pid, "KILL");
+            } else if !c.term_sent && c.hook.as_mut().is_none_or(Hook::finished) {
+                if let Some(mut h) = c.hook.take() {
+                    h.kill();
+                }
+                signal_group(pid, "TERM");
+                c.term_sent = true;
+            }
         }
-        return true;
+        return alive;
     }
     if run.failed.is_some() {
         return true;
@@ -1319,6 +1393,53 @@ fn launch(
     }))
 }
 
+/// A container's preStop hook: `httpGet` (to the pod IP unless `host` is set), or `exec` of
+/// the container's registered program (by file name, like `command`), with the container's
+/// env (`$(VAR)` expanded; paths in the hook's own words are not mapped). Other `exec` commands cannot run here (there is no container image):
+/// they are skipped, as a failed hook is by a real kubelet, which then stops the container.
+fn pre_stop(
+    cfg: &ProcessKubelet,
+    c: &Container,
+    launch: Option<&Launch>,
+    pod_ip: &str,
+) -> Option<PreStop> {
+    let hook = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
+    if let Some(get) = &hook.http_get {
+        let port = match &get.port {
+            IntOrString::Int(p) => u16::try_from(*p).ok(),
+            IntOrString::String(name) => c
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+        }?;
+        return Some(PreStop::Http(
+            get.host.clone().unwrap_or_else(|| pod_ip.to_owned()),
+            port,
+            get.path.clone().unwrap_or_else(|| "/".into()),
+        ));
+    }
+    let command = hook.exec.as_ref()?.command.as_ref()?;
+    let launch = launch?;
+    let program = c
+        .image
+        .as_deref()
+        .and_then(|i| cfg.images.get(repository(i)))?;
+    let named = command
+        .first()
+        .and_then(|f| Path::new(f).file_name())
+        .is_some_and(|n| Some(n) == program.file_name());
+    if !named {
+        tracing::debug!(container = %c.name, ?command, "preStop exec not runnable here: skipped");
+        return None;
+    }
+    let mut l = launch.clone();
+    l.argv = command.iter().skip(1).map(|a| expand(a, &l.env)).collect();
+    l.log = format!("{}.prestop.", c.name);
+    Some(PreStop::Exec(l))
+}
+
 /// Resolves everything a pod needs to run (volumes, each container's command, env and
 /// probes), starting nothing.
 fn prepare(
@@ -1365,7 +1486,11 @@ fn prepare(
                 _ => Ok(None),
             }
         };
+        let pre_stop = pre_stop(cfg, c, launch.as_ref(), &ips.0);
         ctrs.push(Ctr {
+            pre_stop,
+            hook: None,
+            term_sent: false,
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
             init,
