@@ -301,14 +301,17 @@ impl Service {
                 let kept = streams.kept_output(stream_id, shuffle_id, map_id);
                 let segment = match kept.filter(|output| output.is_current()) {
                     Some(output) => output.segment(start, end),
-                    None => {
-                        let output = self.store.map_output(&executor, shuffle_id, map_id)?;
-                        Stats::inc(&self.stats.map_outputs_opened);
-                        let segment = output.segment(start, end);
-                        streams.keep_output(stream_id, output);
-                        segment
-                    }
+                    None => self
+                        .store
+                        .map_output(&executor, shuffle_id, map_id)
+                        .and_then(|output| {
+                            Stats::inc(&self.stats.map_outputs_opened);
+                            let segment = output.segment(start, end);
+                            streams.keep_output(stream_id, output);
+                            segment
+                        }),
                 };
+                // Also after a failure: the stream may have just ended.
                 streams.release_ended_output();
                 segment?
             }
