@@ -47,7 +47,10 @@ impl Service {
         let mut child = Command::new(binary)
             .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
             .args(["--admin-bind", "127.0.0.1", "--admin-port", "0"])
-            .args(["--log-level", "warn,kshuffle::server=info,kshuffled=info"])
+            .args([
+                "--log-level",
+                "warn,kshuffle::server=info,kshuffle::daemon=info",
+            ])
             .arg("--allowed-root")
             .arg(root)
             .arg("--state-dir")
