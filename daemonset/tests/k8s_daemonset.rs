@@ -17,115 +17,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../shuffle/tests/common/mod.rs"]
-mod common;
+mod k8s_common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kshuffle_testkit::apiserver::ProcessKubelet;
+use k8s_common::{
+    Group, NODES, NS, apply, common, eventually, http_get, kubelet, metric, nodes, pyspark_home,
+    ready, ready_daemons, spark_submit, work_dir,
+};
+use k8s_openapi::api::core::v1::Pod;
 use kshuffle_testkit::{FakeApiServer, Node};
 use kube::Api;
-use kube::api::PostParams;
 use serde_json::Value;
-
-const NS: &str = "kshuffle";
-const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
-
-/// The rendered manifests of `daemonset/deploy`, by kind.
-fn rendered(kind: &str) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {kubectl:?} ({e}); install kubectl or set KUBECTL"));
-    assert!(
-        out.status.success(),
-        "kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    docs.into_iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} in the rendered manifests"))
-}
-
-/// The process kubelet for the rendered DaemonSet: its images mapped to local programs. The
-/// daemons bind the manifest's fixed ports on their node addresses, so each test has its own
-/// `network` of node addresses (tests run at once).
-fn kubelet(spark_home: &Path, work: &Path, network: &str) -> ProcessKubelet {
-    let ds = rendered("DaemonSet");
-    let spec = &ds["spec"]["template"]["spec"];
-    let node_image = spec["containers"][0]["image"].as_str().unwrap().to_owned();
-    let init_image = spec["initContainers"][0]["image"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(init_image.starts_with("busybox"), "{init_image}");
-    ProcessKubelet::new(spark_home, work)
-        .node_network(network)
-        .image(&node_image, env!("CARGO_BIN_EXE_kshuffle-node"))
-        .address_env(&node_image, &["KSHUFFLE_BIND", "KSHUFFLE_ADMIN_BIND"])
-        .noop_image(&init_image)
-        // The manifest's readiness period is 5 s.
-        .max_probe_period(Duration::from_millis(200))
-}
-
-/// Applies the Namespace and the DaemonSet.
-async fn apply(client: &kube::Client) {
-    let ns: Namespace = serde_json::from_value(rendered("Namespace")).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    let ds: DaemonSet = serde_json::from_value(rendered("DaemonSet")).unwrap();
-    Api::<DaemonSet>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &ds)
-        .await
-        .unwrap();
-}
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Polls every 50 ms, for at most `secs`, until `f` returns `Some`.
-async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..secs * 20 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kshuffle-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_daemonset_runs_kshuffle_node_on_three_simulated_nodes() {
@@ -256,114 +160,24 @@ async fn a_deleted_node_daemon_pod_is_recreated_and_reloads_its_registrations() 
     let _ = std::fs::remove_dir_all(&work);
 }
 
-/// A child process leading its own process group; the whole group is killed on drop.
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// The pyspark package of a venv: `SPARK_HOME` of the process kubelet.
-fn pyspark_home(venv: &Path) -> PathBuf {
-    let lib = std::fs::read_dir(venv.join("lib")).unwrap();
-    let py = lib
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
-        })
-        .expect("lib/python3*");
-    py.join("site-packages/pyspark")
-}
-
-/// The `--conf` flags of `deploy/spark/spark-submit.flags`, the pod template's path made
-/// absolute (the file says: a path on the machine where spark-submit runs).
-fn submit_flags() -> Vec<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/spark");
-    let text = std::fs::read_to_string(dir.join("spark-submit.flags")).unwrap();
-    let mut out = Vec::new();
-    for line in text.lines().map(str::trim) {
-        let Some(conf) = line.strip_prefix("--conf ") else {
-            continue;
-        };
-        let conf = match conf.split_once('=') {
-            Some((k, v)) if k == "spark.kubernetes.executor.podTemplateFile" => {
-                format!("{k}={}", dir.join(v).display())
-            }
-            _ => conf.to_owned(),
-        };
-        out.push(conf);
-    }
-    assert!(
-        out.iter()
-            .any(|c| c == "spark.shuffle.service.enabled=true")
-    );
-    assert!(
-        out.iter()
-            .any(|c| c.starts_with("spark.kubernetes.executor.podTemplateFile="))
-    );
-    out
-}
-
-/// The sum over `ips` of a counter on the daemons' `/metrics`.
-fn metric(ips: &[String], name: &str) -> u64 {
-    ips.iter()
-        .map(|ip| {
-            let text = http_get(&format!("{ip}:7338"), "/metrics");
-            text.lines()
-                .filter(|l| l.split([' ', '{']).next() == Some(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
-        })
-        .sum()
-}
-
 async fn spark_daemonset_scenario(version: &str) {
     let venv = common::spark_venv(version);
     let work = work_dir(&format!("spark-k8s-daemonset-{version}"));
     let kubelet = kubelet(&pyspark_home(&venv), &work.join("kubelet"), "127.0.4");
     // 1.5 CPUs a node: its daemon (250m) and one executor (1 CPU) fit, a second executor
     // goes to another node.
-    let nodes = NODES
-        .iter()
-        .map(|n| {
-            let mut node = Node::new(*n, 2, 8);
-            node.cpu_millis = 1500;
-            node
-        })
-        .collect();
     let server = FakeApiServer::builder()
-        .nodes(nodes)
+        .nodes(nodes(1500))
         .process_kubelet(kubelet.clone())
         .start()
         .await
         .unwrap();
     let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
     apply(&client).await;
-    let daemons = eventually("3 Ready kshuffle-node pods", 30, || {
-        let pods = server.pods(NS);
-        (pods.len() == 3 && pods.iter().all(ready)).then_some(pods)
-    })
-    .await;
-    let mut ips: Vec<String> = daemons
-        .iter()
-        .map(|p| p.status.as_ref().unwrap().pod_ip.clone().unwrap())
-        .collect();
-    ips.sort();
+    let (_, ips) = ready_daemons(&server).await;
 
     let spark_ns = "spark-jobs";
-    let mut cmd = Command::new(venv.join("bin/spark-submit"));
-    cmd.arg("--master")
-        .arg(format!("k8s://{}", server.url()))
-        .args(["--deploy-mode", "client", "--name", "k8s-daemonset-test"]);
-    for conf in submit_flags().iter().map(String::as_str).chain([
+    let confs: Vec<String> = [
         "spark.kubernetes.container.image=kshuffle/spark-test",
         &format!("spark.kubernetes.namespace={spark_ns}"),
         "spark.driver.host=127.0.0.1",
@@ -376,23 +190,14 @@ async fn spark_daemonset_scenario(version: &str) {
         "spark.dynamicAllocation.executorIdleTimeout=2s",
         "spark.dynamicAllocation.schedulerBacklogTimeout=1s",
         "spark.task.maxFailures=1",
-    ]) {
-        cmd.args(["--conf", conf]);
-    }
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut cmd = spark_submit(&venv, &server, &work, "client", "submit", &confs);
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/k8s_daemonset.py"))
         .args(["--test-pid", &std::process::id().to_string()])
-        .args(["--daemons", &ips.join(",")])
-        .current_dir(&work)
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .env("PYSPARK_PYTHON", venv.join("bin/python"))
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("SPARK_HOME")
-        .env_remove("SPARK_CONF_DIR")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(work.join("submit.stdout")).unwrap())
-        .stderr(std::fs::File::create(work.join("submit.stderr")).unwrap());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut group = Group(cmd.spawn().expect("start spark-submit"));
+        .args(["--daemons", &ips.join(",")]);
+    let mut group = Group::spawn(&mut cmd);
     let status = eventually("spark-submit to exit", 150, || group.0.try_wait().unwrap()).await;
     let stdout = std::fs::read_to_string(work.join("submit.stdout")).unwrap();
     let stderr = std::fs::read_to_string(work.join("submit.stderr")).unwrap();
