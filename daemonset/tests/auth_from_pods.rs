@@ -1,8 +1,8 @@
 //! `kshuffle-node --auth-from-pods` end to end: the real binary against the fake API server
 //! (`kshuffle_testkit::FakeApiServer`, real HTTP to the real `kube` client; no Kubernetes
 //! cluster runs here). Executor pods carry Spark's `_SPARK_AUTH_SECRET`; clients speak
-//! Spark's AuthEngine handshake (`kshuffle::auth::ClientAuth`) and then the transport
-//! cipher, as Spark's executors do. Every wait polls with a generous deadline; nothing is
+//! Spark's AuthEngine handshake and then the transport cipher, as Spark's executors do
+//! (`kshuffle::client::Client::authenticate`). Every wait polls with a generous deadline; nothing is
 //! asserted from elapsed time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,11 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
-use kshuffle::auth::{AuthEngineVersion, ClientAuth, Secret, TransportCipher};
+use kshuffle::auth::Secret;
+use kshuffle::client::{Client, Credentials, Error as ClientError};
 use kshuffle::fixture::ExecutorDirs;
-use kshuffle::wire::{self, Frame, Message, StreamChunkId};
+use kshuffle::wire::Message;
 use kshuffle_testkit::apiserver::{FakeApiServer, Node};
 use kube::api::{Api, DeleteParams};
 use serde_json::Value;
@@ -223,143 +224,42 @@ fn executor_pod(name: &str, app: &str, node: &str, secret: &str) -> Pod {
 
 // === an authenticating client (Spark's AuthEngine, then the transport cipher) ===
 
-fn random(buf: &mut [u8]) {
-    kshuffle::auth::fill_random(buf);
+/// Connects and authenticates as `app` with `secret`; the server's refusal as `Err`.
+async fn connect(node: &NodeProcess, app: &str, secret: &str) -> Result<Client, ClientError> {
+    Client::connect_authenticated(node.addr, &Credentials::new(app, Secret::from(secret))).await
 }
 
-struct AuthClient {
-    socket: TcpStream,
-    cipher: Option<TransportCipher>,
-    raw: BytesMut,
-    plain: BytesMut,
-    next_id: i64,
-}
-
-impl AuthClient {
-    /// Connects and authenticates as `app` with `secret`; the server's refusal as `Err`.
-    async fn connect(addr: SocketAddr, app: &str, secret: &str) -> Result<Self, String> {
-        let socket = TcpStream::connect(addr).await.unwrap();
-        let mut c = Self {
-            socket,
-            cipher: None,
-            raw: BytesMut::new(),
-            plain: BytesMut::new(),
-            next_id: 1,
-        };
-        let (state, challenge) = ClientAuth::challenge(
-            app,
-            Secret::from(secret),
-            AuthEngineVersion::V1,
-            &mut random,
-        )
-        .unwrap();
-        let response = c.rpc(Bytes::from(challenge)).await?;
-        c.cipher = Some(state.finish(&response).map_err(|e| e.to_string())?);
-        Ok(c)
-    }
-
-    async fn send(&mut self, frame: &Frame) {
-        let mut buf = BytesMut::new();
-        wire::encode(frame, &mut buf);
-        if let Some(c) = &mut self.cipher {
-            let mut sealed = BytesMut::new();
-            c.seal(&buf, &mut random, &mut sealed).unwrap();
-            buf = sealed;
-        }
-        self.socket.write_all(&buf).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = wire::decode(&mut self.plain, usize::MAX >> 2).unwrap() {
-                return Some(frame);
-            }
-            // Straight into the heap buffer: a 64 KiB array held across the await would
-            // make every future of the test that large.
-            let n = tokio::time::timeout(DEADLINE, self.socket.read_buf(&mut self.raw))
-                .await
-                .expect("timed out")
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            match &mut self.cipher {
-                Some(c) => c.open(&mut self.raw, &mut self.plain).unwrap(),
-                None => self.plain.unsplit(self.raw.split()),
-            }
-        }
-    }
-
-    async fn rpc(&mut self, body: Bytes) -> Result<Bytes, String> {
-        let request_id = self.next_id;
-        self.next_id += 1;
-        self.send(&Frame::RpcRequest { request_id, body }).await;
-        match self.recv().await {
-            Some(Frame::RpcResponse {
-                request_id: id,
-                body,
-            }) if id == request_id => Ok(body),
-            Some(Frame::RpcFailure {
-                request_id: id,
-                error,
-            }) if id == request_id => Err(error),
-            None => Err("connection closed".into()),
-            other => panic!("unexpected reply {other:?}"),
-        }
-    }
-
-    async fn register(&mut self, app: &str, dirs: &ExecutorDirs) -> Result<(), String> {
-        let msg = Message::RegisterExecutor {
-            app_id: app.into(),
-            exec_id: "1".into(),
-            info: wire::ExecutorShuffleInfo {
-                local_dirs: dirs.as_strings(),
-                sub_dirs_per_local_dir: 8,
-                shuffle_manager: "sort".into(),
-            },
-        };
-        self.rpc(msg.to_bytes()).await.map(|_| ())
-    }
-
-    /// Fetches partition 1 of map 3 of shuffle 0.
-    async fn fetch(&mut self, app: &str) -> Result<Bytes, String> {
-        let msg = Message::FetchShuffleBlocks {
+/// Fetches partition 1 of map 3 of shuffle 0 of `app`'s executor 1.
+async fn fetch_block(client: &mut Client, app: &str) -> Result<Bytes, ClientError> {
+    let stream = client
+        .open(&Message::FetchShuffleBlocks {
             app_id: app.into(),
             exec_id: "1".into(),
             shuffle_id: 0,
             map_ids: vec![3],
             reduce_ids: vec![vec![1]],
             batch_fetch_enabled: false,
-        };
-        let reply = self.rpc(msg.to_bytes()).await?;
-        let Ok(Message::StreamHandle { stream_id, .. }) = Message::decode(&reply) else {
-            return Err(format!("no stream handle: {reply:?}"));
-        };
-        self.send(&Frame::ChunkFetchRequest(StreamChunkId {
-            stream_id,
-            chunk_index: 0,
-        }))
-        .await;
-        match self.recv().await {
-            Some(Frame::ChunkFetchSuccess { body, .. }) => Ok(body),
-            other => Err(format!("{other:?}")),
-        }
-    }
+        })
+        .await?;
+    client.chunk(stream.stream_id, 0).await
 }
 
 /// Authenticates as `app` with `secret`, registers its executor and fetches its block.
 async fn register_and_fetch(node: &NodeProcess, app: &str, secret: &str, dirs: &ExecutorDirs) {
-    let mut c = AuthClient::connect(node.addr, app, secret)
+    let mut c = connect(node, app, secret)
         .await
         .unwrap_or_else(|e| panic!("{app} refused: {e}; log:\n{}", node.log()));
-    c.register(app, dirs).await.unwrap();
-    assert_eq!(&c.fetch(app).await.unwrap()[..], payload(app).as_slice());
+    c.register(app, "1", dirs.as_strings(), 8).await.unwrap();
+    assert_eq!(
+        &fetch_block(&mut c, app).await.unwrap()[..],
+        payload(app).as_slice()
+    );
 }
 
 /// Authenticates as `app` with `secret` and fetches (a fresh connection, as a reducer).
-async fn fetch(node: &NodeProcess, app: &str, secret: &str) -> Result<Bytes, String> {
-    let mut c = AuthClient::connect(node.addr, app, secret).await?;
-    c.fetch(app).await
+async fn fetch(node: &NodeProcess, app: &str, secret: &str) -> Result<Bytes, ClientError> {
+    let mut c = connect(node, app, secret).await?;
+    fetch_block(&mut c, app).await
 }
 
 fn payload(app: &str) -> Vec<u8> {
@@ -375,10 +275,10 @@ fn dirs_of(root: &Path, app: &str) -> ExecutorDirs {
 
 /// The attempt failed authentication (the server refused the app, or its reply does not
 /// verify without the right secret).
-fn assert_refused(result: Result<Bytes, String>, app: &str, node: &NodeProcess) {
+fn assert_refused(result: Result<Bytes, ClientError>, app: &str, node: &NodeProcess) {
     let err = result.expect_err("authenticated without the right secret");
     assert!(
-        err.to_lowercase().contains("auth"),
+        err.to_string().to_lowercase().contains("auth"),
         "{app}: unexpected error {err}; log:\n{}",
         node.log()
     );
@@ -434,12 +334,12 @@ async fn secrets_from_executor_pods_of_this_node_authenticate_their_app_only() {
     let mut node = NodeProcess::start(&kubeconfig, &root, &state, &token_file).await;
 
     // Before any pod: an unknown app is refused with a clear error.
-    let err = AuthClient::connect(node.addr, "spark-a", "secret-a")
+    let err = connect(&node, "spark-a", "secret-a")
         .await
-        .err()
-        .expect("an unknown app authenticated");
+        .expect_err("an unknown app authenticated");
     assert!(
-        err.contains("No secret is configured for application 'spark-a'"),
+        err.to_string()
+            .contains("No secret is configured for application 'spark-a'"),
         "{err}"
     );
     // Logged with the peer's address.
@@ -482,11 +382,9 @@ async fn secrets_from_executor_pods_of_this_node_authenticate_their_app_only() {
     assert_refused(fetch(&node, "spark-o", "secret-o").await, "spark-o", &node);
     assert_refused(fetch(&node, "spark-z", "secret-a").await, "spark-z", &node);
     // Authenticated as b, a's blocks are not b's to read.
-    let mut as_b = AuthClient::connect(node.addr, "spark-b", "secret-b")
-        .await
-        .unwrap();
-    let err = as_b.fetch("spark-a").await.unwrap_err();
-    assert!(err.contains("not authorized"), "{err}");
+    let mut as_b = connect(&node, "spark-b", "secret-b").await.unwrap();
+    let err = fetch_block(&mut as_b, "spark-a").await.unwrap_err();
+    assert!(err.to_string().contains("not authorized"), "{err}");
     assert!(
         !secrets_file(&state).contains("spark-o"),
         "the other node's secret was learned"

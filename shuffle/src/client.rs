@@ -1,18 +1,37 @@
 //! A minimal client of Spark's shuffle protocol, for tests, benchmarks and tooling: one
 //! connection, requests answered in order. It is not Spark's client (no retries, no
 //! pipelining beyond what the caller does) and the daemon never uses it.
+//!
+//! With `spark.authenticate` on the server, [`Client::connect_authenticated`] (or
+//! [`Client::authenticate`] on a connected client) runs Spark's AuthEngine handshake
+//! ([`crate::auth::ClientAuth`], protocol §6.2) as Spark's executors do, and from then on
+//! every byte goes through the negotiated [`TransportCipher`] (AES-CTR or AES-GCM, §6.3/§6.4).
+//! The SASL fallback (§6.5) is not offered: the server's side of it is tested with
+//! [`crate::auth::SaslClient`] directly.
+//!
+//! Every read waits at most [`DEFAULT_READ_TIMEOUT`] (see [`Client::set_read_timeout`]), so a
+//! server that never answers fails the caller instead of hanging it.
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::auth::{self, AuthEngineVersion, CipherMode, ClientAuth, Secret, TransportCipher};
 use crate::wire::{self, ExecutorShuffleInfo, Frame, Message, StreamChunkId};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
 
 /// Largest frame the client accepts (chunk replies carry whole blocks).
 const MAX_REPLY_FRAME_BYTES: usize = i32::MAX as usize;
+
+/// How long one socket read may wait unless [`Client::set_read_timeout`] says otherwise.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What went wrong on the client side.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +51,54 @@ pub enum Error {
     /// The server answered with a frame of the wrong kind.
     #[error("unexpected reply: {0:?}")]
     Unexpected(Box<Frame>),
+    /// Authentication failed on this side: the server's handshake reply does not verify with
+    /// our secret (the server has another one), or its encrypted bytes do not open. A
+    /// refusal by the server comes as [`Error::Failure`] with its text.
+    #[error("authentication: {0}")]
+    Auth(#[from] auth::Error),
+    /// Nothing arrived within the read timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What a client authenticates with (`spark.authenticate`). Both sides must agree on
+/// `version` and `cipher`, which the handshake does not carry (as in Spark).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The application the connection acts for (Spark's `spark.app.id`).
+    pub app_id: String,
+    /// The application's shared secret.
+    pub secret: Secret,
+    /// `spark.network.crypto.authEngineVersion` (default 1, as Spark's).
+    pub version: AuthEngineVersion,
+    /// `spark.network.crypto.cipher` (default AES-CTR, as Spark's).
+    pub cipher: CipherMode,
+}
+
+// === impl Credentials ===
+
+impl Credentials {
+    /// Credentials of `app_id` with Spark's default engine version and cipher.
+    pub fn new(app_id: impl Into<String>, secret: Secret) -> Self {
+        Credentials {
+            app_id: app_id.into(),
+            secret,
+            version: AuthEngineVersion::default(),
+            cipher: CipherMode::default(),
+        }
+    }
+
+    /// The same credentials with another `spark.network.crypto.cipher`.
+    pub fn with_cipher(mut self, cipher: CipherMode) -> Self {
+        self.cipher = cipher;
+        self
+    }
+
+    /// The same credentials with another `spark.network.crypto.authEngineVersion`.
+    pub fn with_version(mut self, version: AuthEngineVersion) -> Self {
+        self.version = version;
+        self
+    }
 }
 
 /// A stream opened by `OpenBlocks`/`FetchShuffleBlocks`.
@@ -47,9 +114,15 @@ pub struct StreamHandle {
 #[derive(Debug)]
 pub struct Client {
     socket: TcpStream,
+    /// Received bytes in clear, not yet decoded.
     rbuf: BytesMut,
+    /// After authentication: the transport cipher, and received bytes not yet opened.
+    cipher: Option<(TransportCipher, BytesMut)>,
+    read_timeout: Duration,
     next_request_id: i64,
 }
+
+// === impl Client ===
 
 impl Client {
     /// Connects to `addr`.
@@ -62,16 +135,72 @@ impl Client {
         Ok(Self {
             socket,
             rbuf: BytesMut::with_capacity(64 * 1024),
+            cipher: None,
+            read_timeout: DEFAULT_READ_TIMEOUT,
             next_request_id: 1,
         })
     }
 
-    /// Writes raw bytes (for tests of malformed input).
+    /// Connects to `addr` and authenticates with `credentials` (see [`Client::authenticate`]).
+    ///
+    /// # Errors
+    /// As [`Client::connect`] and [`Client::authenticate`].
+    pub async fn connect_authenticated(
+        addr: SocketAddr,
+        credentials: &Credentials,
+    ) -> Result<Self, Error> {
+        let mut client = Self::connect(addr).await?;
+        client.authenticate(credentials).await?;
+        Ok(client)
+    }
+
+    /// Runs Spark's AuthEngine handshake as `credentials.app_id`: the challenge goes in an
+    /// `RpcRequest`, the server's response comes back in clear, and from then on every byte
+    /// either way goes through the negotiated transport cipher. Call it first, before any
+    /// other request (a server with auth on refuses and closes anything else).
+    ///
+    /// # Errors
+    /// [`Error::Failure`] with the server's text when it refuses (unknown app, wrong secret);
+    /// [`Error::Auth`] when its response does not verify with our secret; transport errors.
+    pub async fn authenticate(&mut self, credentials: &Credentials) -> Result<(), Error> {
+        let (state, challenge) = ClientAuth::challenge(
+            &credentials.app_id,
+            credentials.secret.clone(),
+            credentials.version,
+            &mut auth::fill_random,
+        )?;
+        let response = self.rpc_raw(Bytes::from(challenge)).await?;
+        let cipher = state.with_cipher(credentials.cipher).finish(&response)?;
+        // Whatever arrived after the response is already ciphertext.
+        let pending = self.rbuf.split();
+        self.cipher = Some((cipher, pending));
+        self.open_pending()
+    }
+
+    /// Whether [`Client::authenticate`] succeeded on this connection.
+    pub fn is_authenticated(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// How long each socket read may wait ([`DEFAULT_READ_TIMEOUT`] until set).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.read_timeout = timeout;
+    }
+
+    /// Writes raw bytes (for tests of malformed input); after authentication they are
+    /// encrypted like everything else.
     ///
     /// # Errors
     /// On socket errors.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.socket.write_all(bytes).await?;
+        match &mut self.cipher {
+            None => self.socket.write_all(bytes).await?,
+            Some((cipher, _)) => {
+                let mut sealed = BytesMut::with_capacity(bytes.len() + 64);
+                cipher.seal(bytes, &mut auth::fill_random, &mut sealed)?;
+                self.socket.write_all(&sealed).await?;
+            }
+        }
         Ok(())
     }
 
@@ -109,10 +238,26 @@ impl Client {
         }
     }
 
+    /// Reads more bytes from the socket into `rbuf` (through the cipher once authenticated).
     async fn fill(&mut self) -> Result<(), Error> {
-        self.rbuf.reserve(64 * 1024);
-        if self.socket.read_buf(&mut self.rbuf).await? == 0 {
+        let into = match &mut self.cipher {
+            None => &mut self.rbuf,
+            Some((_, sealed)) => sealed,
+        };
+        into.reserve(64 * 1024);
+        let read = tokio::time::timeout(self.read_timeout, self.socket.read_buf(into))
+            .await
+            .map_err(|_| Error::Timeout(self.read_timeout))??;
+        if read == 0 {
             return Err(Error::Closed);
+        }
+        self.open_pending()
+    }
+
+    /// Moves what the cipher can open of the received bytes to `rbuf`.
+    fn open_pending(&mut self) -> Result<(), Error> {
+        if let Some((cipher, sealed)) = &mut self.cipher {
+            cipher.open(sealed, &mut self.rbuf)?;
         }
         Ok(())
     }

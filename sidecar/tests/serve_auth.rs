@@ -1,7 +1,7 @@
 //! `kshuffle-sidecar serve` with Spark's per-app secret (`_SPARK_AUTH_SECRET`, which the
 //! webhook copies from the executor container): the real binary requires `spark.authenticate`
 //! with exactly that secret, for exactly its own app (`KSHUFFLE_APP_ID`). Clients speak
-//! Spark's AuthEngine handshake (`kshuffle::auth::ClientAuth`) and the transport cipher.
+//! Spark's AuthEngine handshake and the transport cipher (`kshuffle::client::Client::authenticate`).
 //! The fake API server (`kshuffle_testkit::FakeApiServer`) only stands behind the kubeconfig;
 //! no Kubernetes cluster runs here.
 
@@ -14,15 +14,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use kshuffle::auth::{AuthEngineVersion, ClientAuth, Secret, TransportCipher};
-use kshuffle::client::Client;
+use bytes::Bytes;
+use kshuffle::auth::Secret;
+use kshuffle::client::{Client, Credentials, Error as ClientError};
 use kshuffle::fixture::ExecutorDirs;
-use kshuffle::wire::{self, Frame, Message, StreamChunkId};
+use kshuffle::wire::Message;
 use kshuffle_testkit::FakeApiServer;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const NS: &str = "spark-jobs";
 const APP: &str = "spark-7c0ffee5a1b2c3d4e5f60718293a4b5c";
@@ -109,126 +107,24 @@ impl Drop for Sidecar {
     }
 }
 
-fn random(buf: &mut [u8]) {
-    kshuffle::auth::fill_random(buf);
+/// Connects and authenticates as `app` with `secret` (Spark's AuthEngine, then the cipher).
+async fn connect(addr: SocketAddr, app: &str, secret: &str) -> Result<Client, ClientError> {
+    Client::connect_authenticated(addr, &Credentials::new(app, Secret::from(secret))).await
 }
 
-/// A connection that authenticated with Spark's AuthEngine and speaks through the cipher.
-struct AuthClient {
-    socket: TcpStream,
-    cipher: Option<TransportCipher>,
-    raw: BytesMut,
-    plain: BytesMut,
-    next_id: i64,
-}
-
-impl AuthClient {
-    async fn connect(addr: SocketAddr, app: &str, secret: &str) -> Result<Self, String> {
-        let socket = TcpStream::connect(addr).await.unwrap();
-        let mut c = Self {
-            socket,
-            cipher: None,
-            raw: BytesMut::new(),
-            plain: BytesMut::new(),
-            next_id: 1,
-        };
-        let (state, challenge) = ClientAuth::challenge(
-            app,
-            Secret::from(secret),
-            AuthEngineVersion::V1,
-            &mut random,
-        )
-        .unwrap();
-        let response = c.rpc(Bytes::from(challenge)).await?;
-        c.cipher = Some(state.finish(&response).map_err(|e| e.to_string())?);
-        Ok(c)
-    }
-
-    async fn send(&mut self, frame: &Frame) {
-        let mut buf = BytesMut::new();
-        wire::encode(frame, &mut buf);
-        if let Some(c) = &mut self.cipher {
-            let mut sealed = BytesMut::new();
-            c.seal(&buf, &mut random, &mut sealed).unwrap();
-            buf = sealed;
-        }
-        self.socket.write_all(&buf).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = wire::decode(&mut self.plain, usize::MAX >> 2).unwrap() {
-                return Some(frame);
-            }
-            // Straight into the heap buffer (no large array held across the await).
-            let n = tokio::time::timeout(HANG_GUARD, self.socket.read_buf(&mut self.raw))
-                .await
-                .expect("timed out")
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            match &mut self.cipher {
-                Some(c) => c.open(&mut self.raw, &mut self.plain).unwrap(),
-                None => self.plain.unsplit(self.raw.split()),
-            }
-        }
-    }
-
-    async fn rpc(&mut self, body: Bytes) -> Result<Bytes, String> {
-        let request_id = self.next_id;
-        self.next_id += 1;
-        self.send(&Frame::RpcRequest { request_id, body }).await;
-        match self.recv().await {
-            Some(Frame::RpcResponse {
-                request_id: id,
-                body,
-            }) if id == request_id => Ok(body),
-            Some(Frame::RpcFailure {
-                request_id: id,
-                error,
-            }) if id == request_id => Err(error),
-            None => Err("connection closed".into()),
-            other => panic!("unexpected reply {other:?}"),
-        }
-    }
-
-    async fn register(&mut self, dirs: &ExecutorDirs) -> Result<(), String> {
-        let msg = Message::RegisterExecutor {
-            app_id: APP.into(),
-            exec_id: "1".into(),
-            info: wire::ExecutorShuffleInfo {
-                local_dirs: dirs.as_strings(),
-                sub_dirs_per_local_dir: 8,
-                shuffle_manager: "sort".into(),
-            },
-        };
-        self.rpc(msg.to_bytes()).await.map(|_| ())
-    }
-
-    async fn fetch(&mut self) -> Result<Bytes, String> {
-        let msg = Message::FetchShuffleBlocks {
+/// Fetches partition 1 of map 0 of shuffle 0 of executor 1.
+async fn fetch(client: &mut Client) -> Result<Bytes, ClientError> {
+    let stream = client
+        .open(&Message::FetchShuffleBlocks {
             app_id: APP.into(),
             exec_id: "1".into(),
             shuffle_id: 0,
             map_ids: vec![0],
             reduce_ids: vec![vec![1]],
             batch_fetch_enabled: false,
-        };
-        let reply = self.rpc(msg.to_bytes()).await?;
-        let Ok(Message::StreamHandle { stream_id, .. }) = Message::decode(&reply) else {
-            return Err(format!("no stream handle: {reply:?}"));
-        };
-        self.send(&Frame::ChunkFetchRequest(StreamChunkId {
-            stream_id,
-            chunk_index: 0,
-        }))
-        .await;
-        match self.recv().await {
-            Some(Frame::ChunkFetchSuccess { body, .. }) => Ok(body),
-            other => Err(format!("{other:?}")),
-        }
-    }
+        })
+        .await?;
+    client.chunk(stream.stream_id, 0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,25 +137,24 @@ async fn with_sparks_secret_only_its_own_app_authenticates() {
         .unwrap();
 
     // Its own app with the secret: registers and fetches.
-    let mut own = AuthClient::connect(sidecar.addr, APP, SECRET)
+    let mut own = connect(sidecar.addr, APP, SECRET)
         .await
         .unwrap_or_else(|e| panic!("refused: {e}; log: {}", sidecar.log()));
-    own.register(&dirs).await.unwrap();
-    assert_eq!(&own.fetch().await.unwrap()[..], b"partition one");
+    own.register(APP, "1", dirs.as_strings(), 8).await.unwrap();
+    assert_eq!(&fetch(&mut own).await.unwrap()[..], b"partition one");
 
     // A wrong secret for its app: refused.
-    let err = AuthClient::connect(sidecar.addr, APP, "not-the-secret")
+    let err = connect(sidecar.addr, APP, "not-the-secret")
         .await
-        .err()
-        .expect("a wrong secret authenticated");
-    assert!(err.to_lowercase().contains("auth"), "{err}");
+        .expect_err("a wrong secret authenticated");
+    assert!(err.to_string().to_lowercase().contains("auth"), "{err}");
     // The right secret under another app id: refused, naming the app.
-    let err = AuthClient::connect(sidecar.addr, "spark-other", SECRET)
+    let err = connect(sidecar.addr, "spark-other", SECRET)
         .await
-        .err()
-        .expect("another app authenticated with this pod's secret");
+        .expect_err("another app authenticated with this pod's secret");
     assert!(
-        err.contains("No secret is configured for application 'spark-other'"),
+        err.to_string()
+            .contains("No secret is configured for application 'spark-other'"),
         "{err}"
     );
     // No authentication at all: nothing is served.
