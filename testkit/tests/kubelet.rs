@@ -875,10 +875,14 @@ async fn env_from_config_maps_secrets_and_var_references() {
         { "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "creds", "key": "token" } } },
         { "name": "OPTIONAL", "valueFrom": { "secretKeyRef":
             { "name": "creds", "key": "nope", "optional": true } } },
+        { "name": "APP", "valueFrom": { "fieldRef":
+            { "fieldPath": "metadata.labels['spark-app-selector']" } } },
+        { "name": "NOTE", "valueFrom": { "fieldRef":
+            { "fieldPath": "metadata.annotations[\"absent\"]" } } },
     ]);
-    pods.create(&pp, &pod_of("refs", "Always", vec![], vec![c.clone()]))
-        .await
-        .unwrap();
+    let mut refs = pod_of("refs", "Always", vec![], vec![c.clone()]);
+    refs.metadata.labels = Some([("spark-app-selector".into(), "spark-a1".into())].into());
+    pods.create(&pp, &refs).await.unwrap();
     wait_phase(&s.server, "refs", "Running").await;
     let dir = s.kubelet.pod_dir(NS, "refs");
     let args = read_when_there(&dir.join("main.args")).await;
@@ -891,6 +895,9 @@ async fn env_from_config_maps_secrets_and_var_references() {
         "WHERE=on-node-1-$(LATER)",
         "PROPS=spark.kubernetes.namespace=spark",
         "TOKEN=s3cr3t",
+        "APP=spark-a1",
+        // A label or annotation that is not there resolves to "" (as on a real kubelet).
+        "NOTE=",
     ] {
         assert!(env.lines().any(|l| l == want), "{want} in\n{env}");
     }

@@ -40,11 +40,12 @@
 //! also in comma-separated lists such as `SPARK_LOCAL_DIRS`) are rewritten to that directory.
 //!
 //! Env: literal values, and `fieldRef` for `metadata.name`, `metadata.namespace`,
-//! `metadata.uid`, `spec.nodeName`, `spec.serviceAccountName`, `status.podIP`,
-//! `status.hostIP`, `configMapKeyRef` and `secretKeyRef` (`optional` honoured; a missing one
-//! fails the pod with `CreateContainerConfigError`); `$(VAR)` references to earlier entries
-//! are expanded in env values, and to the container's env in `command` and `args` (`$$` is a
-//! literal `$`, an unknown name stays as written). `envFrom` is not supported yet.
+//! `metadata.uid`, `metadata.labels['KEY']`, `metadata.annotations['KEY']`, `spec.nodeName`,
+//! `spec.serviceAccountName`, `status.podIP`, `status.hostIP`, `configMapKeyRef` and
+//! `secretKeyRef` (`optional` honoured; a missing one fails the pod with
+//! `CreateContainerConfigError`); `$(VAR)` references to earlier entries are expanded in env
+//! values, and to the container's env in `command` and `args` (`$$` is a literal `$`, an
+//! unknown name stays as written). `envFrom` is not supported yet.
 //!
 //! Lifecycle: init containers run one at a time, in order, to completion (the pod is
 //! `Pending` meanwhile); then every main container starts, each in its own process group.
@@ -1129,10 +1130,19 @@ fn env(
                         "status.podIP" => Some(ips.0.clone()),
                         "status.hostIP" => Some(ips.1.clone()),
                         other => {
-                            return Err(config_error(format!(
-                                "env {:?}: fieldRef {other:?} is not supported",
-                                e.name
-                            )));
+                            let Some((map, key)) = metadata_key(other) else {
+                                return Err(config_error(format!(
+                                    "env {:?}: fieldRef {other:?} is not supported",
+                                    e.name
+                                )));
+                            };
+                            let map = if map == "labels" {
+                                pod.metadata.labels.as_ref()
+                            } else {
+                                pod.metadata.annotations.as_ref()
+                            };
+                            // A missing key is "" on a real kubelet too.
+                            map.and_then(|m| m.get(key)).cloned()
                         }
                     };
                     v.unwrap_or_default()
@@ -1144,6 +1154,21 @@ fn env(
         out.insert(e.name.clone(), value);
     }
     Ok(out)
+}
+
+/// `metadata.labels['KEY']` or `metadata.annotations['KEY']` (the downward API's one-key
+/// form; single or double quotes) as `("labels" | "annotations", KEY)`.
+fn metadata_key(path: &str) -> Option<(&'static str, &str)> {
+    let (map, rest) = if let Some(rest) = path.strip_prefix("metadata.labels[") {
+        ("labels", rest)
+    } else {
+        ("annotations", path.strip_prefix("metadata.annotations[")?)
+    };
+    let key = rest.strip_suffix(']')?;
+    let key = ['\'', '"']
+        .into_iter()
+        .find_map(|q| key.strip_prefix(q)?.strip_suffix(q))?;
+    (!key.is_empty()).then_some((map, key))
 }
 
 fn unsupported(c: &Container, why: &str) -> StartError {
@@ -1695,6 +1720,29 @@ mod tests {
         assert_eq!(expand("$(A)$(A)x", &vars), "11x");
         assert_eq!(expand("$(MISSING) $(A", &vars), "$(MISSING) $(A");
         assert_eq!(expand("$$(A) $5 $", &vars), "$(A) $5 $");
+    }
+
+    #[test]
+    fn label_and_annotation_field_refs_name_one_key() {
+        assert_eq!(
+            metadata_key("metadata.labels['spark-app-selector']"),
+            Some(("labels", "spark-app-selector"))
+        );
+        assert_eq!(
+            metadata_key("metadata.annotations[\"kshuffle.io/injected\"]"),
+            Some(("annotations", "kshuffle.io/injected"))
+        );
+        for bad in [
+            "metadata.labels",
+            "metadata.labels[]",
+            "metadata.labels['']",
+            "metadata.labels['a\"]",
+            "metadata.labels[a]",
+            "metadata.labels['a'",
+            "spec.labels['a']",
+        ] {
+            assert_eq!(metadata_key(bad), None, "{bad}");
+        }
     }
 
     #[test]
