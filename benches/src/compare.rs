@@ -40,6 +40,9 @@ pub struct Options {
     pub reps: usize,
     /// Workloads to run (names, or empty for all).
     pub only: Vec<String>,
+    /// The workloads [`Options::only`] picks from: [`workloads`] unless set (the test suite
+    /// runs the runner on [`tiny_workloads`]).
+    pub workloads: Option<Vec<Workload>>,
     /// Executors in the registration workload.
     pub registrations: u64,
     /// Skip the Java service (ours and loopback only).
@@ -109,6 +112,26 @@ pub fn workloads() -> Vec<Workload> {
             },
         },
     ]
+}
+
+/// [`workloads`] on layouts of a few MiB (same block sizes and request shapes, fewer maps and
+/// partitions): for checking that the runner works end to end, never for figures.
+pub fn tiny_workloads() -> Vec<Workload> {
+    workloads()
+        .into_iter()
+        .map(|mut w| {
+            let (maps, reducers) = if w.layout.block_bytes >= 1 << 20 {
+                (2, 2)
+            } else {
+                (8, 16)
+            };
+            w.layout.maps = maps;
+            w.layout.reducers = reducers;
+            w.load.maps_per_request = w.load.maps_per_request.min(maps);
+            w.load.reduces_per_request = w.load.reduces_per_request.min(reducers);
+            w
+        })
+        .collect()
 }
 
 /// Figures of one service on one workload.
@@ -246,7 +269,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     let state = work.join("java-state");
     std::fs::create_dir_all(&root)?;
     std::fs::create_dir_all(&state)?;
-    let selected: Vec<Workload> = workloads()
+    let selected: Vec<Workload> = opts
+        .workloads
+        .clone()
+        .unwrap_or_else(workloads)
         .into_iter()
         .filter(|w| opts.only.is_empty() || opts.only.iter().any(|o| o == w.name))
         .collect();
@@ -334,7 +360,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         // Warm-up (JIT, page cache), not measured.
         for s in &services {
             let warm = LoadSpec {
-                duration: (opts.duration / 2).max(Duration::from_secs(1)),
+                duration: (opts.duration / 2).max(opts.duration.min(Duration::from_secs(1))),
                 ..load.clone()
             };
             load::run(s.addr, Arc::clone(&layout), warm)
@@ -370,14 +396,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
 
     if want_loopback {
         let layout = layout_of(
-            &workloads()
-                .into_iter()
+            &selected
+                .iter()
                 .find(|w| w.name == "large")
                 .context("no large")?
                 .layout,
         )?;
         let conns = 2;
-        loopback::run(Arc::clone(&layout), conns, Duration::from_secs(1), true)?;
+        let warm = opts.duration.min(Duration::from_secs(1));
+        loopback::run(Arc::clone(&layout), conns, warm, true)?;
         let verified = loopback::run(Arc::clone(&layout), conns, opts.duration, true)?;
         let raw = loopback::run(layout, conns, opts.duration, false)?;
         eprintln!(

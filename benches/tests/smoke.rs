@@ -1,7 +1,9 @@
 //! The load generator, the registration driver and the loopback measurement work end to end
-//! on a tiny layout against an in-process `kshuffle` server. No figures are asserted: only
-//! that every block arrived, verified, and the reports add up. (The Java comparison is the
-//! bench command's business, never the tests'.)
+//! on a tiny layout against an in-process `kshuffle` server, and the side-by-side runner
+//! (`kshuffle-bench compare`) works over the real `kshuffled` binary, started and waited for
+//! exactly as `scripts/bench.sh` does. No figures are asserted: only that every block
+//! arrived, verified, and the reports add up. (The Java service is the bench command's
+//! business, never the tests': the runner is checked with `--baseline`, our binary twice.)
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use kshuffle::registry::MemoryRegistry;
 use kshuffle::{Config, Server};
-use kshuffle_benches::compare::register_layout;
+use kshuffle_benches::compare::{self, Options, register_layout};
 use kshuffle_benches::layout::{Layout, LayoutSpec};
 use kshuffle_benches::load::{self, LoadSpec};
 use kshuffle_benches::register::{self, RegisterSpec};
@@ -116,4 +118,77 @@ fn tiny_layout_fetched_and_verified_every_way() {
 
     token.cancel();
     thread.join().unwrap();
+}
+
+/// The `kshuffled` binary of this build: `KSHUFFLED`, or `target/<profile>/kshuffled` next to
+/// this test's `deps/` directory (built with the workspace, e.g. by
+/// `cargo nextest run --workspace`).
+fn kshuffled_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("KSHUFFLED") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("kshuffled");
+    assert!(
+        path.exists(),
+        "{} is missing: build the whole workspace (cargo nextest run --workspace builds it) \
+         or set KSHUFFLED",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn runner_drives_the_real_kshuffled_binary_on_tiny_layouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let binary = kshuffled_binary();
+    let opts = Options {
+        work_dir: Some(tmp.path().to_path_buf()),
+        kshuffled: binary.clone(),
+        spark_home: None,
+        spark_version: "4.3.0".into(),
+        workspace: compare::workspace_root(),
+        duration: Duration::from_millis(200),
+        reps: 1,
+        only: Vec::new(),
+        workloads: Some(compare::tiny_workloads()),
+        registrations: 20,
+        no_java: true,
+        // Our binary against itself: both go through the runner's start-up (flags, log
+        // filter, `listening` event), registration and measurement, as the Java service
+        // would (but without it).
+        baseline: Some(binary),
+        spark_jobs: false,
+        kshuffled_args: Vec::new(),
+    };
+    let results = compare::run(&opts).unwrap();
+
+    let names: Vec<&str> = results.fetches.iter().map(|(w, ..)| w.name).collect();
+    assert_eq!(names, ["small", "small-batch", "medium", "large"]);
+    for (w, ours, baseline) in &results.fetches {
+        let baseline = baseline.as_ref().unwrap();
+        for s in [ours, baseline] {
+            assert!(s.blocks_per_sec > 0.0 && s.mib_per_sec > 0.0, "{}", w.name);
+            assert!(s.first_p50 <= s.first_p99, "{}", w.name);
+            // Figures of the service's own process, read from /proc.
+            assert!(s.peak_rss > 0.0 && s.cpu_per_gb >= 0.0, "{}", w.name);
+        }
+    }
+    let (verified, raw) = results.loopback.unwrap();
+    assert!(verified.bytes > 0 && raw.bytes > 0);
+    let ((ours, ours_rss), baseline) = results.registration.as_ref().unwrap();
+    let (theirs, _) = baseline.as_ref().unwrap();
+    assert_eq!((ours.registered, theirs.registered), (20, 20));
+    assert!(*ours_rss > 0);
+    assert!(results.idle_rss.0 > 0 && results.idle_rss.1.is_some_and(|r| r > 0));
+
+    let table = compare::table(&results);
+    for row in [
+        "| small | blocks/s |",
+        "| large | % of loopback",
+        "| register 20 executors | registrations/s |",
+        "| idle | RSS after start |",
+    ] {
+        assert!(table.contains(row), "no `{row}` row in\n{table}");
+    }
 }
