@@ -8,7 +8,11 @@
 //!   Kubernetes API (`spark-role=driver,spark-app-selector=<app>` in its namespace) every
 //!   `--driver-check-interval`; once no such pod exists, or each one is Succeeded, Failed or
 //!   being deleted, it stops (draining open streams as the daemon does);
-//! - an API error (outage, missing RBAC, no credentials) is never read as "driver gone": it
+//! - in client mode there is no driver pod: when none is listed and the webhook gave the
+//!   driver's RPC endpoint (`--driver-url`, Spark's `SPARK_DRIVER_URL`), a TCP connection to
+//!   it decides: accepted means the driver runs, refused means it has exited (stop);
+//! - an API error (outage, missing RBAC, no credentials), or a driver endpoint that does not
+//!   answer either way (timeout, unresolvable name), is never read as "driver gone": it
 //!   keeps serving and retries with exponential backoff up to `--driver-check-max-backoff`.
 //!
 //! The kubelet bounds all of this: it kills the container when the pod's
@@ -16,6 +20,8 @@
 //! stops at once.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,10 +56,85 @@ pub struct ServeArgs {
     /// Longest wait between checks while the API server fails.
     #[arg(long, env = "KSHUFFLE_DRIVER_CHECK_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
     pub driver_check_max_backoff: Duration,
+    /// The driver's RPC endpoint, `spark://CoarseGrainedScheduler@host:port` (Spark's
+    /// `SPARK_DRIVER_URL`; set by the webhook in client mode): asked when no driver pod is listed.
+    #[arg(long, env = crate::inject::ENV_DRIVER_URL)]
+    pub driver_url: Option<DriverAddr>,
     /// Spark's secret for this application (`_SPARK_AUTH_SECRET`), set by [`ServeArgs::prepare`];
     /// not a flag (a secret on the command line would show in `ps`).
     #[arg(skip)]
     pub auth_secret: Option<Secret>,
+}
+
+/// How long a connection to the driver's endpoint may take before the check counts as failed.
+pub const DRIVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The host and port of a Spark RPC endpoint address (`spark://name@host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverAddr {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// RPC port.
+    pub port: u16,
+}
+
+/// A `--driver-url` that is not `spark://name@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a Spark RPC endpoint address (spark://name@host:port): {0:?}")]
+pub struct BadDriverUrl(String);
+
+impl FromStr for DriverAddr {
+    type Err = BadDriverUrl;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let bad = || BadDriverUrl(url.to_owned());
+        let rest = url.strip_prefix("spark://").ok_or_else(bad)?;
+        // The endpoint name never contains '@'; a host cannot.
+        let (_, host_port) = rest.rsplit_once('@').ok_or_else(bad)?;
+        let (host, port) = host_port.rsplit_once(':').ok_or_else(bad)?;
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.strip_suffix(']').ok_or_else(bad)?,
+            None => host,
+        };
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 || host.contains(['/', '@', '[', ']']) {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for DriverAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Asks the driver's RPC endpoint whether the application runs: a connection accepted means
+/// it does, a connection refused means the driver has exited.
+///
+/// # Errors
+/// Anything else (no answer within `timeout`, a name that does not resolve, no route): the
+/// driver's state is unknown, so the caller must keep serving.
+pub async fn probe_driver(addr: &DriverAddr, timeout: Duration) -> anyhow::Result<DriverState> {
+    let connect = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port));
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(_)) => Ok(DriverState::Alive),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(DriverState::Gone(
+            format!("no driver pod, and the driver at {addr} refuses connections"),
+        )),
+        Ok(Err(e)) => Err(anyhow::anyhow!("connect to the driver at {addr}: {e}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "connect to the driver at {addr}: no answer within {timeout:?}"
+        )),
+    }
 }
 
 /// What the driver pods say about the application.
@@ -149,6 +230,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         pod_name: args.pod_name.clone(),
         interval: args.driver_check_interval,
         max_backoff: args.driver_check_max_backoff,
+        driver_url: args.driver_url.clone(),
     };
     daemon::run_with_secrets(&args.daemon, options, args.secrets(), move |running| {
         // Registered here, synchronously, so a SIGTERM from now on reaches the lifecycle even
@@ -169,6 +251,7 @@ struct Lifecycle {
     pod_name: String,
     interval: Duration,
     max_backoff: Duration,
+    driver_url: Option<DriverAddr>,
 }
 
 impl Lifecycle {
@@ -234,7 +317,11 @@ impl Lifecycle {
             .list(&ListParams::default().labels(selector))
             .await
             .with_context(|| format!("list pods {selector} in {}", self.namespace))?;
-        Ok(driver_state(&list.items))
+        match &self.driver_url {
+            // Client mode: no driver pod, ever; its endpoint tells.
+            Some(addr) if list.items.is_empty() => probe_driver(addr, DRIVER_CONNECT_TIMEOUT).await,
+            _ => Ok(driver_state(&list.items)),
+        }
     }
 }
 
@@ -258,6 +345,64 @@ mod tests {
             }),
             ..Pod::default()
         }
+    }
+
+    #[test]
+    fn driver_urls_parse_as_spark_writes_them() {
+        let parse = |s: &str| s.parse::<DriverAddr>();
+        let addr = parse("spark://CoarseGrainedScheduler@app-driver-svc.ns.svc:7078").unwrap();
+        assert_eq!(
+            (addr.host.as_str(), addr.port),
+            ("app-driver-svc.ns.svc", 7078)
+        );
+        assert_eq!(addr.to_string(), "app-driver-svc.ns.svc:7078");
+        let v6 = parse("spark://CoarseGrainedScheduler@[fd00::1]:40000").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("fd00::1", 40000));
+        assert_eq!(v6.to_string(), "[fd00::1]:40000");
+        for bad in [
+            "",
+            "CoarseGrainedScheduler@10.0.0.1:7078",
+            "http://CoarseGrainedScheduler@10.0.0.1:7078",
+            "spark://10.0.0.1:7078",
+            "spark://CoarseGrainedScheduler@10.0.0.1",
+            "spark://CoarseGrainedScheduler@:7078",
+            "spark://CoarseGrainedScheduler@10.0.0.1:0",
+            "spark://CoarseGrainedScheduler@10.0.0.1:70780",
+            "spark://CoarseGrainedScheduler@[fd00::1:7078",
+            "spark://CoarseGrainedScheduler@host/x:7078",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_driver_endpoint_decides_only_when_it_answers_either_way() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = DriverAddr {
+            host: "127.0.0.1".to_owned(),
+            port: listener.local_addr().unwrap().port(),
+        };
+        let timeout = Duration::from_secs(30);
+        assert_eq!(
+            probe_driver(&addr, timeout).await.unwrap(),
+            DriverState::Alive
+        );
+        drop(listener);
+        let gone = probe_driver(&addr, timeout).await.unwrap();
+        assert!(
+            matches!(&gone, DriverState::Gone(r) if r.contains("refuses connections")),
+            "{gone:?}"
+        );
+        // A name that does not resolve is not "gone".
+        let unknown = DriverAddr {
+            host: "no-such-driver.invalid".to_owned(),
+            port: 7078,
+        };
+        assert!(
+            probe_driver(&unknown, Duration::from_secs(2))
+                .await
+                .is_err()
+        );
     }
 
     #[test]

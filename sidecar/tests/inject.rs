@@ -172,6 +172,9 @@ fn spark_executor_gets_the_sidecar_on_its_local_dir() {
     assert_eq!(field("KSHUFFLE_POD_NAMESPACE"), "metadata.namespace");
     assert_eq!(field("KSHUFFLE_POD_NAME"), "metadata.name");
     assert!(env_value(sidecar, "_SPARK_AUTH_SECRET").is_none());
+    // Cluster mode (an ownerReference to the driver pod): the driver pod is watched, the
+    // driver's endpoint is not given.
+    assert!(env_value(sidecar, "KSHUFFLE_DRIVER_URL").is_none());
 
     let ports: Vec<(Option<&str>, i32)> = sidecar
         .ports
@@ -680,4 +683,31 @@ fn an_auth_secret_given_by_reference_is_copied_as_a_reference() {
         (key_ref.name.as_str(), key_ref.key.as_str()),
         ("spark-auth", "secret")
     );
+}
+
+#[test]
+fn in_client_mode_the_sidecar_gets_the_driver_endpoint() {
+    // Client mode: Spark's driver is not a pod, so the executor pod has no ownerReference.
+    let body = review_with(|pod| {
+        pod["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ownerReferences");
+    });
+    let (patched, _, _) = admit(&body);
+    let pod = as_pod(&patched);
+    let url = env_value(container(&pod, "kshuffle"), "KSHUFFLE_DRIVER_URL").unwrap();
+    assert_eq!(
+        url.value.as_deref(),
+        Some(
+            "spark://CoarseGrainedScheduler@wordcount-8f1c2a9b7d3e4f50-driver-svc.spark-jobs.svc:7078"
+        )
+    );
+    // An owner that is not a Pod is no driver pod either.
+    let body = review_with(|pod| {
+        pod["metadata"]["ownerReferences"][0]["kind"] = json!("ConfigMap");
+    });
+    let (patched, _, _) = admit(&body);
+    let pod = as_pod(&patched);
+    assert!(env_value(container(&pod, "kshuffle"), "KSHUFFLE_DRIVER_URL").is_some());
 }

@@ -78,6 +78,10 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(dir: &Path, server: &FakeApiServer) -> (Sidecar, SocketAddr) {
+        Self::start_with(dir, server, &[])
+    }
+
+    fn start_with(dir: &Path, server: &FakeApiServer, extra: &[&str]) -> (Sidecar, SocketAddr) {
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -111,7 +115,8 @@ impl Sidecar {
                 "50ms",
                 "--driver-check-max-backoff",
                 "200ms",
-            ]);
+            ])
+            .args(extra);
         for (key, _) in std::env::vars() {
             if key.starts_with("KSHUFFLE_") || key == "_SPARK_AUTH_SECRET" || key == "RUST_LOG" {
                 cmd.env_remove(key);
@@ -322,6 +327,67 @@ async fn a_deleted_driver_pod_ends_the_sidecar_too() {
     let status = sidecar.wait_exit().await;
     assert!(status.success(), "{status:?}");
     assert!(sidecar.logged("driver gone: stopping").is_some());
+}
+
+/// Client mode: no driver pod exists; the driver's RPC endpoint (`--driver-url`, copied by the
+/// webhook from Spark's `SPARK_DRIVER_URL`) decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_client_mode_it_serves_until_the_driver_endpoint_refuses_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeApiServer::start().await.unwrap();
+    // Stands in for the driver's RPC server: it accepts connections while it lives.
+    let driver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "spark://CoarseGrainedScheduler@127.0.0.1:{}",
+        driver.local_addr().unwrap().port()
+    );
+    let (mut sidecar, addr) = Sidecar::start_with(dir.path(), &server, &["--driver-url", &url]);
+    register(dir.path(), addr).await;
+    wait_for("the sidecar to be up", || {
+        sidecar.logged("sidecar serving").is_some()
+    })
+    .await;
+    sidecar.signal("-TERM");
+    // Several checks: no driver pod listed, the endpoint accepts: still serving.
+    let lists = server.calls().list;
+    wait_for("three driver checks", || server.calls().list >= lists + 3).await;
+    assert!(
+        sidecar.exited().is_none(),
+        "must keep serving while the driver's endpoint accepts connections: {:?}",
+        sidecar.log.lock().unwrap()
+    );
+    assert_eq!(fetch_all(addr).await, expected());
+
+    // The driver exits: its port refuses connections, and the sidecar stops.
+    drop(driver);
+    let status = sidecar.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+    let gone = sidecar
+        .logged("driver gone: stopping")
+        .expect("logs why it stops");
+    assert!(
+        gone["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refuses connections"),
+        "{gone}"
+    );
+}
+
+#[test]
+fn a_driver_url_that_is_not_sparks_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
+        .args(["serve", "--allowed-root"])
+        .arg(dir.path())
+        .args(["--app-id", APP, "--namespace", NS])
+        .args(["--driver-url", "http://driver:7078"])
+        .env_remove("KSHUFFLE_DRIVER_URL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--driver-url"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,10 @@
 //!   the executor container;
 //! - an emptyDir for the daemon's registry journal ([`STATE_VOLUME`]);
 //! - `terminationGracePeriodSeconds` raised to [`Config::grace_period_seconds`] (never lowered);
-//! - the annotation [`ANNOTATION_INJECTED`], which makes injection idempotent.
+//! - the annotation [`ANNOTATION_INJECTED`], which makes injection idempotent;
+//! - in client mode (the pod has no `ownerReference` to a driver Pod), the driver's RPC
+//!   endpoint as [`ENV_DRIVER_URL`], copied from the executor's [`ENV_SPARK_DRIVER_URL`]: with
+//!   no driver pod to list, the sidecar learns that the application ended from it.
 //!
 //! Invariant: a pod is either patched completely or not at all; anything that could make the
 //! patch unsafe ([`Unsafe`]) leaves the pod unchanged.
@@ -67,6 +70,13 @@ pub const ENV_APP_ID: &str = "KSHUFFLE_APP_ID";
 pub const ENV_POD_NAMESPACE: &str = "KSHUFFLE_POD_NAMESPACE";
 /// Name of the pod, from the downward API.
 pub const ENV_POD_NAME: &str = "KSHUFFLE_POD_NAME";
+/// Env var Spark sets on the executor container: the driver's RPC endpoint
+/// (`spark://CoarseGrainedScheduler@host:port`, `BasicExecutorFeatureStep`).
+pub const ENV_SPARK_DRIVER_URL: &str = "SPARK_DRIVER_URL";
+/// The sidecar's copy of [`ENV_SPARK_DRIVER_URL`], given only to pods without a driver pod
+/// (client mode: no `ownerReference` to a Pod): `serve` then asks the driver's endpoint
+/// whether the application still runs, as there is no driver pod to list.
+pub const ENV_DRIVER_URL: &str = "KSHUFFLE_DRIVER_URL";
 
 /// How injected containers look. Built once from the webhook's flags.
 #[derive(Debug, Clone, PartialEq)]
@@ -294,7 +304,15 @@ fn plan(pod: &Pod, config: &Config) -> Result<Patch, Unsafe> {
     }
     new_volumes.push(empty_dir(STATE_VOLUME));
 
-    let sidecar = sidecar_container(spec, exec, &local_mounts, config);
+    // Spark gives executor pods an ownerReference to the driver pod whenever there is one
+    // (cluster mode, or client mode with spark.kubernetes.driver.pod.name).
+    let driver_pod = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Pod");
+    let sidecar = sidecar_container(spec, exec, &local_mounts, !driver_pod, config);
     let mut volumes_exist = spec.volumes.is_some();
     for volume in &new_volumes {
         ops.push(append(
@@ -384,6 +402,7 @@ fn sidecar_container(
     spec: &PodSpec,
     exec: &Container,
     local_mounts: &[VolumeMount],
+    client_mode: bool,
     config: &Config,
 ) -> Container {
     let mut args = vec![
@@ -431,6 +450,19 @@ fn sidecar_container(
             .filter(|e| e.name == ENV_AUTH_SECRET)
             .cloned(),
     );
+    // No driver pod to watch: the driver's endpoint tells whether the application runs.
+    if client_mode {
+        env.extend(
+            exec.env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == ENV_SPARK_DRIVER_URL)
+                .map(|e| EnvVar {
+                    name: ENV_DRIVER_URL.to_owned(),
+                    ..e.clone()
+                }),
+        );
+    }
 
     let mut mounts = local_mounts.to_vec();
     mounts.push(VolumeMount {

@@ -1,0 +1,476 @@
+//! Sidecar mode end to end with real, unmodified Spark on a simulated cluster (no Kubernetes
+//! cluster runs here): testkit's fake API server (real HTTP; Spark's own fabric8 client and
+//! our `kube` client talk to it) holds the MutatingWebhookConfiguration of `sidecar/deploy`
+//! as `kubectl kustomize` renders it; the real `kshuffle-sidecar webhook` runs as a local
+//! process with the Deployment's env, its Service mapped to it, called over HTTPS for every
+//! executor pod Spark creates; and the process kubelet runs the injected pods on 3 nodes:
+//! Spark's executor container as a local JVM, the injected sidecar image as the real
+//! `kshuffle-sidecar` binary binding its pod's IP (`KSHUFFLE_BIND`/`KSHUFFLE_ADMIN_BIND`, in
+//! place of the pod's network namespace), both sharing the pod's emptyDir local dir (one path
+//! mapping, no mount namespaces).
+//!
+//! `spark_k8s_sidecar_*`: `spark-submit --master k8s://…` in client mode with the `--conf`
+//! flags of `sidecar/README.md`, dynamic allocation on. Every executor pod is injected and its
+//! executor registers with its own sidecar at `podIP:7337`. Dynamic allocation removes the idle
+//! executors by deleting their pods; the pods stay terminating because their sidecars keep
+//! serving after SIGTERM (the driver still runs: in client mode there is no driver pod, so the
+//! sidecar asks the driver's RPC endpoint, which the webhook copied from `SPARK_DRIVER_URL`). A
+//! later stage on new executors reads the removed executors' output from those sidecars: the
+//! result is exact, the map stage ran once, and the terminating pods' sidecars served every
+//! block of it. When the application ends, the sidecars see the driver's endpoint refuse
+//! connections, stop, and the pods are removed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../shuffle/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kshuffle_testkit::apiserver::ProcessKubelet;
+use kshuffle_testkit::{FakeApiServer, Node};
+use kube::Api;
+use kube::api::PostParams;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use serde_json::Value;
+
+const SERVICE_DNS: &str = "kshuffle-webhook.kshuffle-sidecar.svc";
+const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+/// Map tasks × reduce tasks of the job's one shuffle (`k8s_sidecar.py`).
+const MAPS: u64 = 6;
+const REDUCES: u64 = 4;
+
+/// The rendered manifests of `sidecar/deploy`, by kind.
+fn rendered(kind: &str) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
+    let out = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {kubectl:?} ({e}); install kubectl or set KUBECTL"));
+    assert!(
+        out.status.success(),
+        "kustomize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    docs.into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in the rendered manifests"))
+}
+
+/// The `KSHUFFLE_WEBHOOK_*` env of the rendered Deployment's webhook container.
+fn deployment_env() -> BTreeMap<String, String> {
+    let deployment = rendered("Deployment");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    env.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .filter(|(k, _)| k.starts_with("KSHUFFLE_WEBHOOK_"))
+        .collect()
+}
+
+/// A child process leading its own process group; the whole group is killed on drop.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real webhook binary with the Deployment's env, serving HTTPS with a certificate for its
+/// Service name from a test CA (what cert-manager does in the cluster).
+struct Webhook {
+    _child: Group,
+    addr: SocketAddr,
+    ca_pem: String,
+}
+
+fn start_webhook(dir: &Path) -> Webhook {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![SERVICE_DNS.to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"));
+    cmd.arg("webhook")
+        .arg("--tls-cert-file")
+        .arg(&cert_path)
+        .arg("--tls-key-file")
+        .arg(&key_path)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .env_remove("RUST_LOG")
+        .envs(deployment_env())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = dir.join("webhook.log");
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(log).unwrap();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(file, "{line}");
+            if line.contains("webhook listening") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let child = Group(child);
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the webhook did not log that it listens");
+    Webhook {
+        _child: child,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        ca_pem: ca_cert.pem(),
+    }
+}
+
+/// The MutatingWebhookConfiguration of `sidecar/deploy`, as rendered, with the CA injected
+/// (cert-manager's CA injector does this in the cluster).
+fn webhook_config(ca_pem: &str) -> MutatingWebhookConfiguration {
+    let mut config: MutatingWebhookConfiguration =
+        serde_json::from_value(rendered("MutatingWebhookConfiguration")).unwrap();
+    for hook in config.webhooks.iter_mut().flatten() {
+        hook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
+    }
+    config
+}
+
+/// The `--conf` flags of the `spark-submit` block in `sidecar/README.md`.
+fn readme_flags() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## spark-submit flags")
+        .nth(1)
+        .expect("README has a spark-submit flags section");
+    let block = section
+        .split("```")
+        .nth(1)
+        .expect("the section has a code block");
+    let flags: Vec<String> = block
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("--conf "))
+        .map(|c| c.trim_end_matches('\\').trim().to_owned())
+        .collect();
+    for want in [
+        "spark.shuffle.service.enabled=true",
+        "spark.dynamicAllocation.enabled=true",
+        "spark.kubernetes.executor.label.kshuffle.io/inject=true",
+    ] {
+        assert!(flags.iter().any(|f| f == want), "{want} in {flags:?}");
+    }
+    flags
+}
+
+/// The pyspark package of a venv: `SPARK_HOME` of the process kubelet.
+fn pyspark_home(venv: &Path) -> PathBuf {
+    let lib = std::fs::read_dir(venv.join("lib")).unwrap();
+    let py = lib
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
+        })
+        .expect("lib/python3*");
+    py.join("site-packages/pyspark")
+}
+
+/// Polls every 50 ms, for at most `secs`, until `f` returns `Some`.
+async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..secs * 20 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The counters of a sidecar's `/metrics` (admin port 7338 on its pod IP), by name.
+fn counters(ip: &str) -> BTreeMap<String, u64> {
+    let text = http_get(&format!("{ip}:7338"), "/metrics");
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split([' ', '{']).next().unwrap_or_default();
+        if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *out.entry(name.to_owned()).or_default() += v as u64;
+        }
+    }
+    out
+}
+
+fn work_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kshuffle-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status.as_ref().unwrap().pod_ip.clone().unwrap()
+}
+
+fn name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap()
+}
+
+fn terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// Waits for `file` in `work` (written by the job), failing early if spark-submit exits.
+async fn handshake(work: &Path, file: &str, submit: &mut Group) -> Value {
+    let path = work.join(file);
+    eventually(file, 150, || {
+        if let Some(status) = submit.0.try_wait().unwrap() {
+            let stderr = std::fs::read_to_string(work.join("submit.stderr")).unwrap_or_default();
+            panic!(
+                "spark-submit exited ({status}) before {file}:\n{}",
+                common::tail(&stderr, 60)
+            );
+        }
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    })
+    .await
+}
+
+async fn spark_sidecar_scenario(version: &str) {
+    let venv = common::spark_venv(version);
+    let work = work_dir(&format!("spark-k8s-sidecar-{version}"));
+    let env = deployment_env();
+    let image = env["KSHUFFLE_WEBHOOK_IMAGE"].clone();
+    let webhook = start_webhook(&work);
+    let kubelet = ProcessKubelet::new(pyspark_home(&venv), work.join("kubelet"))
+        .image(&image, env!("CARGO_BIN_EXE_kshuffle-sidecar"))
+        .address_env(&image, &["KSHUFFLE_BIND", "KSHUFFLE_ADMIN_BIND"])
+        // The injected probes' period is 10 s.
+        .max_probe_period(Duration::from_millis(500));
+    let server = FakeApiServer::builder()
+        .nodes(NODES.iter().map(|n| Node::new(*n, 4, 8)).collect())
+        .webhook_service("kshuffle-sidecar", "kshuffle-webhook", webhook.addr)
+        .process_kubelet(kubelet.clone())
+        .start()
+        .await
+        .unwrap();
+    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &webhook_config(&webhook.ca_pem))
+        .await
+        .unwrap();
+
+    let flags = readme_flags();
+    let spark_ns = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("spark.kubernetes.namespace="))
+        .unwrap_or("default")
+        .to_owned();
+    let mut cmd = Command::new(venv.join("bin/spark-submit"));
+    cmd.arg("--master")
+        .arg(format!("k8s://{}", server.url()))
+        .args(["--deploy-mode", "client", "--name", "k8s-sidecar-test"]);
+    for conf in flags.iter().map(String::as_str).chain([
+        "spark.kubernetes.container.image=kshuffle/spark-test",
+        "spark.driver.host=127.0.0.1",
+        "spark.ui.enabled=false",
+        "spark.executor.memory=512m",
+        "spark.executor.cores=1",
+        "spark.dynamicAllocation.minExecutors=0",
+        "spark.dynamicAllocation.initialExecutors=0",
+        "spark.dynamicAllocation.maxExecutors=2",
+        "spark.dynamicAllocation.executorIdleTimeout=2s",
+        "spark.dynamicAllocation.schedulerBacklogTimeout=1s",
+        "spark.task.maxFailures=1",
+    ]) {
+        cmd.args(["--conf", conf]);
+    }
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/k8s_sidecar.py"))
+        .args(["--test-pid", &std::process::id().to_string()])
+        .current_dir(&work)
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .env("PYSPARK_PYTHON", venv.join("bin/python"))
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("SPARK_HOME")
+        .env_remove("SPARK_CONF_DIR")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(work.join("submit.stdout")).unwrap())
+        .stderr(std::fs::File::create(work.join("submit.stderr")).unwrap());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut submit = Group(cmd.spawn().expect("start spark-submit"));
+
+    // Phase A ran and Spark removed every executor; their pods must be terminating, not gone.
+    let phase_a = handshake(&work, "phase_a.json", &mut submit).await;
+    assert_eq!(phase_a["executors_gone"], true, "{phase_a}");
+    let writers = eventually("the phase A pods to be terminating", 30, || {
+        let pods = server.pods(&spark_ns);
+        (!pods.is_empty() && pods.iter().all(terminating)).then_some(pods)
+    })
+    .await;
+    let hosts: Vec<&str> = phase_a["phase_a_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    let mut before = BTreeMap::new();
+    for pod in &writers {
+        let ip = pod_ip(pod);
+        // Injected by the webhook, as the pod object says.
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        assert!(
+            annotations.contains_key("kshuffle.io/injected"),
+            "{annotations:?}"
+        );
+        let containers = &pod.spec.as_ref().unwrap().containers;
+        let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["spark-kubernetes-executor", "kshuffle"], "{pod:?}");
+        assert_eq!(containers[1].image.as_deref(), Some(image.as_str()));
+        // The executor JVM has exited; the sidecar still runs (so the pod terminates, slowly).
+        let statuses = pod.status.as_ref().unwrap().container_statuses.clone();
+        let state_of = |c: &str| {
+            statuses
+                .iter()
+                .flatten()
+                .find(|s| s.name == c)
+                .and_then(|s| s.state.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            state_of("spark-kubernetes-executor").terminated.is_some(),
+            "{statuses:?}"
+        );
+        assert!(state_of("kshuffle").running.is_some(), "{statuses:?}");
+        // Its executor was one of phase A's, and registered with this sidecar (podIP:7337).
+        assert!(hosts.contains(&ip.as_str()), "{ip} not in {hosts:?}");
+        let c = counters(&ip);
+        assert_eq!(c["kshuffle_registrations_total"], 1, "{ip}: {c:?}");
+        before.insert(name(pod), (ip, c));
+    }
+    std::fs::write(work.join("go_b"), "").unwrap();
+
+    // Phase B ran on new executors, reading phase A's output from the terminating pods.
+    let phase_b = handshake(&work, "phase_b.json", &mut submit).await;
+    let mut served_chunks = 0;
+    let mut served_bytes = 0;
+    for (pod, (ip, was)) in &before {
+        let stored = server.pod(&spark_ns, pod).expect("still terminating");
+        assert!(terminating(&stored), "{pod}");
+        let now = counters(ip);
+        served_chunks += now["kshuffle_chunks_served_total"] - was["kshuffle_chunks_served_total"];
+        served_bytes += now["kshuffle_served_bytes_total"] - was["kshuffle_served_bytes_total"];
+    }
+    std::fs::write(work.join("go_end"), "").unwrap();
+
+    let status = eventually("spark-submit to exit", 60, || submit.0.try_wait().unwrap()).await;
+    let stdout = std::fs::read_to_string(work.join("submit.stdout")).unwrap();
+    let stderr = std::fs::read_to_string(work.join("submit.stderr")).unwrap();
+    let tail = common::tail(&stderr, 60);
+    assert!(status.success(), "spark-submit: {status}\n{stdout}\n{tail}");
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON line:\n{stdout}\n{tail}"));
+    eprintln!(
+        "{result}\nphase B: {served_chunks} chunks, {served_bytes} bytes from the sidecars of {} deleted pods",
+        before.len()
+    );
+    assert_eq!(result["spark_version"], version, "{result}");
+    assert_eq!(result["phase_a_count"], 200_000, "{result}");
+    assert_eq!(result["phase_b_correct"], true, "{result}");
+    // The map stage ran once: phase B read phase A's output, written by executors whose pods
+    // were deleted.
+    assert_eq!(result["map_records_a"], 200_000, "{result}");
+    assert_eq!(result["map_records_b"], 200_000, "{result}");
+    assert_eq!(phase_b["map_records_b"], 200_000, "{phase_b}");
+    // Phase B's executors are new pods: every block of the shuffle (each reducer's partition
+    // of each map output) was served by the sidecars of the deleted pods.
+    for host in phase_b["phase_b_hosts"].as_array().unwrap() {
+        assert!(
+            !before.values().any(|(ip, _)| host == ip),
+            "{host} is a phase A pod: {phase_b}"
+        );
+    }
+    assert_eq!(served_chunks, MAPS * REDUCES, "{before:?}");
+    assert!(served_bytes > 0);
+
+    // The application ended: no driver pod (client mode) and the driver's endpoint refuses
+    // connections, so every sidecar stops and every executor pod is removed.
+    eventually("every executor pod to be removed", 60, || {
+        server.pods(&spark_ns).is_empty().then_some(())
+    })
+    .await;
+    for pod in before.keys() {
+        let log = std::fs::read_to_string(kubelet.pod_dir(&spark_ns, pod).join("kshuffle.stderr"))
+            .unwrap();
+        for want in [
+            "signal received: serving until the driver pod ends",
+            "driver gone: stopping",
+            "refuses connections",
+        ] {
+            assert!(
+                log.contains(want),
+                "{want:?} not in {pod}'s sidecar log:\n{log}"
+            );
+        }
+    }
+    drop(submit);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_sidecar_4_3_deleted_executor_pods_serve_until_the_driver_ends() {
+    spark_sidecar_scenario("4.3.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_sidecar_3_5_deleted_executor_pods_serve_until_the_driver_ends() {
+    spark_sidecar_scenario("3.5.9").await;
+}
