@@ -56,6 +56,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::Value;
+use sha1::{Digest as _, Sha1};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -232,7 +233,7 @@ fn ready(pod: &Pod) -> bool {
 
 fn template_hash(ds: &DaemonSet) -> String {
     let text = serde_json::to_vec(&ds.spec.template).unwrap_or_default();
-    let d = super::sha1::digest(&text);
+    let d = Sha1::digest(&text);
     let n = d
         .iter()
         .take(8)

@@ -74,6 +74,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, Pod, PodCondition, Probe,
@@ -949,7 +950,7 @@ fn volumes(
             for (k, val) in obj["data"].as_object().into_iter().flatten() {
                 let bytes = val
                     .as_str()
-                    .and_then(super::base64::decode)
+                    .and_then(|s| BASE64_STANDARD.decode(s).ok())
                     .unwrap_or_default();
                 fs::write(p.join(k), bytes).map_err(io)?;
             }
@@ -1059,7 +1060,8 @@ fn key_ref(
         .get(&(resource, ns.to_owned(), name.to_owned()))?;
     let raw = obj["data"].get(key)?.as_str()?;
     if resource == super::Resource::Secrets {
-        super::base64::decode(raw).map(|b| String::from_utf8_lossy(&b).into_owned())
+        let bytes = BASE64_STANDARD.decode(raw).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     } else {
         Some(raw.to_owned())
     }

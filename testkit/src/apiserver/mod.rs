@@ -25,7 +25,6 @@
 
 mod admission;
 mod audit;
-mod base64;
 mod daemonsets;
 mod http;
 mod kubelet;
@@ -34,7 +33,6 @@ mod objects;
 mod quantity;
 mod selector;
 mod serve;
-mod sha1;
 mod sim;
 mod status;
 mod store;

@@ -36,9 +36,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::{Map, Value, json};
 
-use super::base64;
 use super::selector::LabelSelector;
 use super::status::Error;
 use super::store::{State as StoreState, now_time};
@@ -612,7 +612,7 @@ fn check_data(
                 };
                 size += k.len();
                 if is_base64 {
-                    let bytes = base64::decode(s).ok_or_else(|| {
+                    let bytes = BASE64_STANDARD.decode(s).map_err(|_| {
                         Error::BadRequest(format!("{field}[{k}]: illegal base64 data in the value"))
                     })?;
                     size += bytes.len();
@@ -665,7 +665,7 @@ fn validate_secret(obj: &mut Map<String, Value>, causes: &mut Causes) -> Result<
         if let Value::Object(data) = data {
             for (k, v) in strings {
                 let s = v.as_str().unwrap_or_default();
-                data.insert(k, Value::String(base64::encode(s.as_bytes())));
+                data.insert(k, Value::String(BASE64_STANDARD.encode(s.as_bytes())));
             }
         }
     }

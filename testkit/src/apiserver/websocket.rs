@@ -20,9 +20,11 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use futures::{Stream, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use sha1::{Digest as _, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -121,7 +123,7 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeUpgrade {
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &str) -> String {
-    super::base64::encode(&super::sha1::digest(format!("{key}{GUID}").as_bytes()))
+    BASE64_STANDARD.encode(Sha1::digest(format!("{key}{GUID}").as_bytes()))
 }
 
 /// Answers `101 Switching Protocols` and, once hyper hands over the connection, sends every

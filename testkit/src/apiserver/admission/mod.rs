@@ -55,6 +55,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{Namespace, NamespaceStatus, Pod};
 use serde_json::{Value, json};
@@ -356,7 +357,7 @@ async fn call_one(
     if patch.is_empty() {
         return Ok(Outcome::Unchanged);
     }
-    let bytes = super::base64::decode(patch).ok_or_else(|| {
+    let bytes = BASE64_STANDARD.decode(patch).map_err(|_| {
         HookError::Calling(
             "failed to call webhook: unable to decode the response: response.patch is not base64"
                 .into(),
