@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kshuffle_testkit::apiserver::{FakeApiServer, Node, ProcessKubelet};
 use kshuffle_testkit::kube_client;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -247,6 +247,182 @@ async fn an_executor_pod_runs_the_command_of_sparks_image() {
     );
 }
 
+/// A driver pod as Spark 4.3 creates it in cluster mode for a Python application (trimmed),
+/// with `MODE` for the fake spark-submit.
+fn driver_pod(name: &str, app: &str, mode: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "spark-app-selector": app, "spark-role": "driver" } },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "spark-kubernetes-driver",
+                "image": "kshuffle/spark-test",
+                "args": ["driver", "--properties-file", "/opt/spark/conf/spark.properties",
+                         "--class", "org.apache.spark.deploy.PythonRunner",
+                         "local:///jobs/job.py", "--flag", "/opt/spark/conf/not-mapped-as-app-arg"],
+                "env": [
+                    { "name": "MODE", "value": mode },
+                    { "name": "SPARK_USER", "value": "test" },
+                    { "name": "SPARK_APPLICATION_ID", "value": app },
+                    { "name": "SPARK_DRIVER_BIND_ADDRESS",
+                      "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": "status.podIP" } } },
+                    { "name": "SPARK_LOCAL_DIRS", "value": "/var/data/spark-d1" },
+                    { "name": "SPARK_CONF_DIR", "value": "/opt/spark/conf" },
+                ],
+                "ports": [
+                    { "name": "driver-rpc-port", "containerPort": 7078 },
+                    { "name": "blockmanager", "containerPort": 7079 },
+                ],
+                "volumeMounts": [
+                    { "name": "spark-local-dir-1", "mountPath": "/var/data/spark-d1" },
+                    { "name": "spark-conf-volume-driver", "mountPath": "/opt/spark/conf" },
+                ],
+            }],
+            "volumes": [
+                { "name": "spark-local-dir-1", "emptyDir": {} },
+                { "name": "spark-conf-volume-driver",
+                  "configMap": { "name": "spark-drv-conf-map", "defaultMode": 420,
+                                 "items": [{ "key": "spark.properties", "path": "spark.properties" }] } },
+            ],
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_driver_pod_runs_spark_submit_in_client_mode_and_its_service_name_resolves_for_jvms() {
+    let s = setup("driver").await;
+    let submit = s.dir.join("spark/bin/spark-submit");
+    std::fs::create_dir_all(submit.parent().unwrap()).unwrap();
+    std::fs::write(&submit, FAKE_JAVA).unwrap();
+    std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let client = kube_client(&s.server, NS).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "spark-drv-conf-map" },
+        "data": { "spark.properties": "spark.driver.host=app-1-driver-svc.spark.svc\n" },
+    }))
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    create_conf_map(&s.server).await;
+    // Spark's headless driver Service, created before the driver pod.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": { "name": "app-1-driver-svc" },
+        "spec": {
+            "clusterIP": "None",
+            "selector": { "spark-app-selector": "app-1", "spark-role": "driver" },
+            "ports": [{ "name": "driver-rpc-port", "port": 7078, "targetPort": 7078 }],
+        },
+    }))
+    .unwrap();
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, NS);
+    pods.create(&PostParams::default(), &driver_pod("drv", "app-1", "sleep"))
+        .await
+        .unwrap();
+    let pod = wait_phase(&s.server, "drv", "Running").await;
+    let ip = pod.status.unwrap().pod_ip.unwrap();
+
+    // Spark's entrypoint for `driver`: spark-submit of SPARK_HOME in client mode, bound to
+    // the pod IP, then the container's args with the mounted properties file's path mapped.
+    let dir = s.kubelet.pod_dir(NS, "drv");
+    let conf = dir.join("volumes/spark-conf-volume-driver");
+    let args = read_when_there(&dir.join("args")).await;
+    let props = format!("{}/spark.properties", conf.display());
+    let unmapped = format!("{}/not-mapped-as-app-arg", conf.display());
+    let want = [
+        "--conf",
+        &format!("spark.driver.bindAddress={ip}"),
+        "--conf",
+        &format!("spark.executorEnv.SPARK_DRIVER_POD_IP={ip}"),
+        "--deploy-mode",
+        "client",
+        "--properties-file",
+        &props,
+        "--class",
+        "org.apache.spark.deploy.PythonRunner",
+        "local:///jobs/job.py",
+        "--flag",
+        &unmapped,
+    ];
+    assert_eq!(args.lines().collect::<Vec<_>>(), want);
+    assert_eq!(
+        std::fs::read_to_string(conf.join("spark.properties")).unwrap(),
+        "spark.driver.host=app-1-driver-svc.spark.svc\n"
+    );
+    let env = read_when_there(&dir.join("env")).await;
+    let hosts = dir.join("hosts");
+    let has = |line: String| assert!(env.lines().any(|l| l == line), "{line} not in\n{env}");
+    has(format!("SPARK_DRIVER_BIND_ADDRESS={ip}"));
+    has(format!("SPARK_CONF_DIR={}", conf.display()));
+    has(format!("SPARK_HOME={}", s.dir.join("spark").display()));
+    has(format!(
+        "JAVA_TOOL_OPTIONS=-Djdk.net.hosts.file={}",
+        hosts.display()
+    ));
+
+    // An executor of the app resolves the driver's Service name to the driver pod's IP
+    // from its own hosts file (JAVA_TOOL_OPTIONS names it).
+    pods.create(&PostParams::default(), &executor_pod("exec-1", "sleep"))
+        .await
+        .unwrap();
+    let exec = wait_phase(&s.server, "exec-1", "Running").await;
+    let exec_ip = exec.status.unwrap().pod_ip.unwrap();
+    let exec_dir = s.kubelet.pod_dir(NS, "exec-1");
+    let exec_env = read_when_there(&exec_dir.join("env")).await;
+    assert!(
+        exec_env.lines().any(|l| l
+            == format!(
+                "JAVA_TOOL_OPTIONS=-Djdk.net.hosts.file={}",
+                exec_dir.join("hosts").display()
+            )),
+        "{exec_env}"
+    );
+    let resolves = |file: &Path, name: &str| -> Vec<String> {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split_whitespace().skip(1).any(|n| n == name))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let exec_hosts = exec_dir.join("hosts");
+    for name in [
+        "app-1-driver-svc.spark.svc",
+        "app-1-driver-svc.spark.svc.cluster.local",
+        "app-1-driver-svc.spark",
+    ] {
+        assert_eq!(resolves(&exec_hosts, name), [ip.as_str()], "{name}");
+    }
+    assert_eq!(resolves(&exec_hosts, "localhost"), ["127.0.0.1"]);
+    assert_eq!(resolves(&exec_hosts, "exec-1"), [exec_ip.as_str()]);
+    assert_eq!(
+        resolves(&hosts, "app-1-driver-svc.spark.svc"),
+        [ip.as_str()]
+    );
+
+    // The driver ends: its Service has no endpoint left, and the name goes from the files.
+    signal_pid(&read_when_there(&dir.join("pid")).await, "TERM");
+    wait_phase(&s.server, "drv", "Failed").await;
+    within(
+        "the driver's name to leave the executor's hosts file",
+        until(|| {
+            resolves(&exec_hosts, "app-1-driver-svc.spark.svc")
+                .is_empty()
+                .then_some(())
+        }),
+    )
+    .await;
+}
+
+fn signal_pid(pid: &str, sig: &str) {
+    std::process::Command::new("kill")
+        .args([&format!("-{sig}"), pid.trim()])
+        .status()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn the_exit_code_sets_the_phase() {
     let s = setup("exit").await;
@@ -356,10 +532,25 @@ async fn pods_the_kubelet_cannot_run_fail_with_a_reason() {
     let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
     let pp = PostParams::default();
 
-    // The driver convention (cluster mode) is not run yet; neither is anything else.
+    // Spark's image in pass-through mode (args other than driver/executor) is not run.
     let mut driver = executor_pod("driver", "sleep");
-    driver.spec.as_mut().unwrap().containers[0].args = Some(vec!["driver".into()]);
+    driver.spec.as_mut().unwrap().containers[0].args = Some(vec!["/bin/sh".into()]);
     pods.create(&pp, &driver).await.unwrap();
+    // A driver without its bind address cannot start.
+    let mut no_bind = driver_pod("no-bind", "app-2", "sleep");
+    no_bind.spec.as_mut().unwrap().containers[0]
+        .env
+        .as_mut()
+        .unwrap()
+        .retain(|e| e.name != "SPARK_DRIVER_BIND_ADDRESS");
+    let spec = no_bind.spec.as_mut().unwrap();
+    spec.volumes.as_mut().unwrap().truncate(1);
+    spec.containers[0]
+        .volume_mounts
+        .as_mut()
+        .unwrap()
+        .truncate(1);
+    pods.create(&pp, &no_bind).await.unwrap();
     // No ConfigMap for the conf volume.
     pods.create(&pp, &executor_pod("no-conf", "sleep"))
         .await
@@ -368,7 +559,15 @@ async fn pods_the_kubelet_cannot_run_fail_with_a_reason() {
     let failed = wait_phase(&s.server, "driver", "Failed").await;
     let st = failed.status.unwrap();
     assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
-    assert!(st.message.unwrap().contains("args [\"driver\"]"));
+    assert!(st.message.unwrap().contains("args [\"/bin/sh\"]"));
+    let failed = wait_phase(&s.server, "no-bind", "Failed").await;
+    let st = failed.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert!(
+        st.message
+            .unwrap()
+            .contains("SPARK_DRIVER_BIND_ADDRESS is not set")
+    );
     let failed = wait_phase(&s.server, "no-conf", "Failed").await;
     let st = failed.status.unwrap();
     assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));

@@ -7,7 +7,13 @@
 //! `java $SPARK_JAVA_OPT_* (by number) -Xms$SPARK_EXECUTOR_MEMORY -Xmx$SPARK_EXECUTOR_MEMORY
 //! -cp $SPARK_CONF_DIR:$SPARK_HOME/jars/* org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend
 //! --driver-url … --executor-id … --cores … --app-id … --hostname $SPARK_EXECUTOR_POD_IP
-//! --resourceProfileId … --podName …`, with `SPARK_HOME` the pyspark package of a venv. A
+//! --resourceProfileId … --podName …`, with `SPARK_HOME` the pyspark package of a venv; with
+//! args `driver …` (cluster mode) it runs what that entrypoint runs: `$SPARK_HOME/bin/spark-submit
+//! --conf spark.driver.bindAddress=$SPARK_DRIVER_BIND_ADDRESS --conf
+//! spark.executorEnv.SPARK_DRIVER_POD_IP=$SPARK_DRIVER_BIND_ADDRESS --deploy-mode client` and
+//! the container's other args (paths mapped). The JVMs of these containers resolve cluster
+//! names (Spark's driver Service, `<svc>.<ns>.svc`) from a hosts file per pod that the
+//! kubelet keeps up to date (`dns`). A
 //! container whose image was registered ([`ProcessKubelet::image`], e.g. our daemon's) runs
 //! the registered program with the container's args, paths mapped. A container of an image
 //! on the test's "host no-op" allow-list ([`ProcessKubelet::noop_image`], e.g. the
@@ -87,8 +93,14 @@ use tokio::time::Instant;
 use super::Shared;
 use super::store::{Key, State, now_time};
 
+mod dns;
+
 /// The main class Spark's image runs for `executor`.
 const EXECUTOR_MAIN: &str = "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend";
+/// What Spark's image runs for `driver`, under `SPARK_HOME`.
+const DRIVER_SUBMIT: &str = "bin/spark-submit";
+/// The hosts file of a pod running JVMs, in its pod directory.
+const HOSTS_FILE: &str = "hosts";
 /// How often the kubelet looks at pods and processes.
 const TICK: Duration = Duration::from_millis(50);
 /// The first restart back-off, doubled after each restart.
@@ -352,6 +364,38 @@ struct PodRun {
     failed: Option<String>,
     /// Its status must be written.
     dirty: bool,
+    /// The hosts file of its JVMs (Spark containers only; see `dns`).
+    hosts: Option<HostsFile>,
+}
+
+/// A pod's hosts file: where, for which pod name, and what was last written.
+#[derive(Debug)]
+struct HostsFile {
+    path: PathBuf,
+    pod_name: String,
+    written: String,
+}
+
+impl HostsFile {
+    /// Writes the file if its text changed. An error is logged and retried next time.
+    fn refresh(&mut self, pod_ip: &str, services: &BTreeMap<String, Vec<String>>) {
+        let text = dns::hosts_text(pod_ip, &self.pod_name, machine_hostname(), services);
+        if text == self.written {
+            return;
+        }
+        match dns::write_atomically(&self.path, &text) {
+            Ok(()) => self.written = text,
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "cannot write hosts file")
+            }
+        }
+    }
+}
+
+/// The machine's host name, read once.
+fn machine_hostname() -> Option<&'static str> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(dns::machine_hostname).as_deref()
 }
 
 /// The processes of running pods, shared with the server handle so Drop can kill them.
@@ -880,6 +924,17 @@ fn reconcile(
         }
         changed = true;
     }
+
+    // Cluster DNS for the JVMs: every Spark pod's hosts file follows the Services.
+    if procs.values().any(|r| r.hosts.is_some()) {
+        let services = dns::service_addresses(&state);
+        for run in procs.values_mut() {
+            let ip = run.pod_ip.clone();
+            if let Some(h) = &mut run.hosts {
+                h.refresh(&ip, &services);
+            }
+        }
+    }
     drop(procs);
     drop(state);
     if changed {
@@ -1286,6 +1341,35 @@ fn executor_command(
     Ok((cfg.java.clone(), argv))
 }
 
+/// What Spark's image entrypoint runs for `driver` (cluster mode): `$SPARK_HOME/bin/spark-submit
+/// --conf spark.driver.bindAddress=$SPARK_DRIVER_BIND_ADDRESS --conf
+/// spark.executorEnv.SPARK_DRIVER_POD_IP=$SPARK_DRIVER_BIND_ADDRESS --deploy-mode client`
+/// followed by the container's other args (`--properties-file` of the mounted ConfigMap,
+/// `--class`, the primary resource, its arguments), paths under mounts mapped. The
+/// `SPARK_DRIVER_POD_IP` conf is in the entrypoint of Spark's published 3.5 and 4.x images
+/// (apache/spark-docker), not in the one in Spark's own tree.
+fn driver_command(
+    cfg: &ProcessKubelet,
+    env: &BTreeMap<String, String>,
+    c: &Container,
+    mounts: &[(String, PathBuf)],
+) -> Result<(PathBuf, Vec<String>), StartError> {
+    let bind = env
+        .get("SPARK_DRIVER_BIND_ADDRESS")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| config_error("driver env SPARK_DRIVER_BIND_ADDRESS is not set".into()))?;
+    let mut argv = vec![
+        "--conf".to_owned(),
+        format!("spark.driver.bindAddress={bind}"),
+        "--conf".to_owned(),
+        format!("spark.executorEnv.SPARK_DRIVER_POD_IP={bind}"),
+        "--deploy-mode".to_owned(),
+        "client".to_owned(),
+    ];
+    argv.extend(c.args.iter().flatten().skip(1).map(|a| map_arg(a, mounts)));
+    Ok((cfg.spark_home.join(DRIVER_SUBMIT), argv))
+}
+
 /// Resolves a probe: `httpGet` only; a named port is looked up in the container's ports.
 fn probe_spec(
     c: &Container,
@@ -1338,6 +1422,26 @@ fn probe_spec(
     })
 }
 
+/// Spark's image convention: no `command`, and args starting with `executor` or `driver`.
+fn spark_role(c: &Container) -> Option<&'static str> {
+    if c.command.is_some() {
+        return None;
+    }
+    match c.args.as_deref()?.first()?.as_str() {
+        "executor" => Some("executor"),
+        "driver" => Some("driver"),
+        _ => None,
+    }
+}
+
+/// Whether the container runs Spark's JVMs (Spark's convention, not a registered or no-op
+/// image).
+fn runs_spark(cfg: &ProcessKubelet, c: &Container) -> bool {
+    let repo = c.image.as_deref().map(repository);
+    spark_role(c).is_some()
+        && !repo.is_some_and(|r| cfg.images.contains_key(r) || cfg.noop_images.contains(r))
+}
+
 /// Whether the kubelet can run the container: `Ok(false)` for a host no-op image, an error
 /// naming it if it follows no convention the kubelet knows.
 fn check_convention(cfg: &ProcessKubelet, c: &Container) -> Result<bool, StartError> {
@@ -1346,12 +1450,10 @@ fn check_convention(cfg: &ProcessKubelet, c: &Container) -> Result<bool, StartEr
         return Ok(false);
     }
     let registered = repo.is_some_and(|r| cfg.images.contains_key(r));
-    let args = c.args.as_deref().unwrap_or_default();
-    let executor = c.command.is_none() && args.first().map(String::as_str) == Some("executor");
-    if !registered && !executor {
+    if !registered && spark_role(c).is_none() {
         return Err(unsupported(
             c,
-            "follows no convention the process kubelet runs (Spark's image with args [executor], an image registered with ProcessKubelet::image, or a host no-op image)",
+            "follows no convention the process kubelet runs (Spark's image with args [executor] or [driver, ...], an image registered with ProcessKubelet::image, or a host no-op image)",
         ));
     }
     Ok(true)
@@ -1396,6 +1498,14 @@ fn launch(
     env.entry("KUBECONFIG".into())
         .or_insert_with(|| cfg.kubeconfig().display().to_string());
     env.insert("SPARK_HOME".into(), cfg.spark_home.display().to_string());
+    if registered.is_none() {
+        // Spark's JVMs resolve cluster names from the pod's hosts file.
+        let opts = dns::java_tool_options(
+            env.get("JAVA_TOOL_OPTIONS").map(String::as_str),
+            &dir.join(HOSTS_FILE),
+        );
+        env.insert("JAVA_TOOL_OPTIONS".into(), opts);
+    }
     // `$(VAR)` in command and args, from the container's env as written (before paths are
     // mapped: the mapping applies to the expanded words).
     let mut expanded = c.clone();
@@ -1407,9 +1517,10 @@ fn launch(
             *w = expand(w, &unmapped);
         }
     }
-    let (program, argv) = match registered {
-        Some(program) => registered_command(&expanded, program, &mounts)?,
-        None => executor_command(cfg, &env)?,
+    let (program, argv) = match (registered, spark_role(c)) {
+        (Some(program), _) => registered_command(&expanded, program, &mounts)?,
+        (None, Some("driver")) => driver_command(cfg, &env, &expanded, &mounts)?,
+        (None, _) => executor_command(cfg, &env)?,
     };
     Ok(Some(Launch {
         program,
@@ -1534,7 +1645,21 @@ fn prepare(
             ready: false,
         });
     }
+    let hosts = if inits.iter().chain(mains).any(|c| runs_spark(cfg, c)) {
+        let mut h = HostsFile {
+            path: dir.join(HOSTS_FILE),
+            pod_name: key.1.clone(),
+            written: String::new(),
+        };
+        fs::create_dir_all(&dir)
+            .map_err(|e| config_error(format!("pod directory {}: {e}", dir.display())))?;
+        h.refresh(&ips.0, &dns::service_addresses(state));
+        Some(h)
+    } else {
+        None
+    };
     Ok(PodRun {
+        hosts,
         uid: uid(pod),
         pod_ip: ips.0.clone(),
         host_ip: ips.1.clone(),
