@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kshuffle_sidecar::admission::{self, Verdict};
 use kshuffle_sidecar::inject::{self, Config, Decision, Skip, Unsafe};
@@ -48,30 +49,11 @@ fn admit(body: &[u8]) -> (Value, Value, Verdict) {
     let mut pod = request["request"]["object"].clone();
     if let Some(patch) = response.get("patch") {
         assert_eq!(response["patchType"], "JSONPatch");
-        let bytes = base64_decode(patch.as_str().unwrap());
+        let bytes = BASE64_STANDARD.decode(patch.as_str().unwrap()).unwrap();
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
         json_patch::patch(&mut pod, &patch).unwrap();
     }
     (pod, response, reviewed.verdict)
-}
-
-/// Minimal standard base64 decoder (the patch is `[]byte` in Go, so base64 in JSON).
-fn base64_decode(text: &str) -> Vec<u8> {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for byte in text.bytes().filter(|b| *b != b'=') {
-        let value = alphabet.iter().position(|a| *a == byte).unwrap() as u32;
-        acc = (acc << 6) | value;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
 
 fn as_pod(value: &Value) -> Pod {
@@ -646,7 +628,7 @@ fn corrupted_reviews_never_panic_and_every_patch_applies() {
             if let Some(patch) = answer["response"].get("patch") {
                 let request: Value = serde_json::from_slice(&body).unwrap();
                 let mut pod = request["request"]["object"].clone();
-                let bytes = base64_decode(patch.as_str().unwrap());
+                let bytes = BASE64_STANDARD.decode(patch.as_str().unwrap()).unwrap();
                 let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
                 json_patch::patch(&mut pod, &patch).unwrap_or_else(|e| panic!("byte {i}: {e}"));
                 let _: Pod = serde_json::from_value(pod).unwrap();

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use hyper::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -88,36 +89,15 @@ fn answer(mode: Mode, review: &Value) -> Value {
                   "value": { "name": "added", "image": "added:1" } },
             ]);
             json!({ "uid": uid, "allowed": true, "patchType": "JSONPatch",
-                    "patch": b64(&serde_json::to_vec(&patch).unwrap()) })
+                    "patch": BASE64_STANDARD.encode(serde_json::to_vec(&patch).unwrap()) })
         }
         Mode::Allow => json!({ "uid": uid, "allowed": true }),
         Mode::Deny => json!({ "uid": uid, "allowed": false,
                               "status": { "code": 403, "message": "no executors today" } }),
         Mode::BadPatch => json!({ "uid": uid, "allowed": true, "patchType": "JSONPatch",
-                                  "patch": b64(b"{\"not\": \"a patch\"}") }),
+                                  "patch": BASE64_STANDARD.encode(b"{\"not\": \"a patch\"}") }),
     };
     json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response })
-}
-
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 async fn start_hook(pki: &Pki, mode: Mode) -> Hook {
@@ -206,7 +186,7 @@ fn config(
 
 fn url_config(pki: &Pki, addr: SocketAddr) -> Value {
     json!({ "url": format!("https://localhost:{}/mutate", addr.port()),
-            "caBundle": b64(pki.ca_pem.as_bytes()) })
+            "caBundle": BASE64_STANDARD.encode(pki.ca_pem.as_bytes()) })
 }
 
 fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
@@ -369,7 +349,7 @@ async fn a_service_reference_is_called_at_its_mapped_address_under_its_dns_name(
     let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
     namespace(&client, "opted", &[("inject", "enabled")]).await;
     let cc = json!({ "service": { "namespace": "webhooks", "name": "hook", "path": "/inject", "port": 443 },
-                     "caBundle": b64(pki.ca_pem.as_bytes()) });
+                     "caBundle": BASE64_STANDARD.encode(pki.ca_pem.as_bytes()) });
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &config("svc", cc, "Fail", 10))
         .await
