@@ -197,7 +197,14 @@ async fn api_server(webhook: SocketAddr, ca_pem: &str) -> (FakeApiServer, kube::
     (server, client)
 }
 
-async fn namespace(client: &kube::Client, name: &str, labels: Value) {
+/// The labels of a namespace whose executors get the sidecar.
+const OPTED_IN: &[(&str, &str)] = &[("kshuffle.io/inject", "enabled")];
+
+async fn namespace(client: &kube::Client, name: &str, labels: &[(&str, &str)]) {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+        .collect();
     let ns: Namespace =
         serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
     guard(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns))
@@ -267,19 +274,9 @@ async fn only_opted_in_executors_are_sent_to_the_webhook() {
     let _stop = stop.clone().drop_guard();
     let webhook = start_webhook_in_process(&pki, stop).await;
     let (server, client) = api_server(webhook, &pki.ca_pem).await;
-    namespace(
-        &client,
-        "spark-jobs",
-        json!({ "kshuffle.io/inject": "enabled" }),
-    )
-    .await;
-    namespace(&client, "team-a", json!({})).await;
-    namespace(
-        &client,
-        "locked",
-        json!({ "kshuffle.io/inject": "disabled" }),
-    )
-    .await;
+    namespace(&client, "spark-jobs", OPTED_IN).await;
+    namespace(&client, "team-a", &[]).await;
+    namespace(&client, "locked", &[("kshuffle.io/inject", "disabled")]).await;
 
     // Opted in by its namespace: sent to the webhook and injected.
     let created = create(&client, "spark-jobs", executor_pod("exec-1", &[]))
@@ -328,12 +325,7 @@ async fn executor_pods_created_through_the_api_server_are_injected_by_the_real_w
     let pki = pki();
     let webhook = start_webhook_binary(&pki);
     let (server, client) = api_server(webhook.addr, &pki.ca_pem).await;
-    namespace(
-        &client,
-        "spark-jobs",
-        json!({ "kshuffle.io/inject": "enabled" }),
-    )
-    .await;
+    namespace(&client, "spark-jobs", OPTED_IN).await;
 
     let created = create(&client, "spark-jobs", executor_pod("exec-1", &[]))
         .await
@@ -369,12 +361,7 @@ async fn with_the_webhook_down_failure_policy_fail_rejects_opted_in_executors_on
     let pki = pki();
     let webhook = start_webhook_binary(&pki);
     let (server, client) = api_server(webhook.addr, &pki.ca_pem).await;
-    namespace(
-        &client,
-        "spark-jobs",
-        json!({ "kshuffle.io/inject": "enabled" }),
-    )
-    .await;
+    namespace(&client, "spark-jobs", OPTED_IN).await;
     drop(webhook);
 
     // An opted-in executor is refused (Spark's allocator retries) and not stored.
