@@ -3,7 +3,7 @@
 //!
 //! Replies are written in the order requests arrived, which is what Spark's client needs
 //! (`StreamResponse`s are matched first-in first-out). Small frames are batched in a write
-//! buffer. A chunk body of at most [`COPY_BODY_MAX_BYTES`] is read (`pread`) into that batch
+//! buffer. A chunk body of at most `--inline-body-max-bytes` is read (`pread`) into that batch
 //! right after its header, so the replies to a burst of small-block requests leave in a few
 //! large writes instead of a `send` plus a `sendfile` each (two syscalls and a TCP push per
 //! 4 KiB block); a larger body goes from the page cache to the socket with `sendfile(2)`,
@@ -11,6 +11,12 @@
 //! ([`WRITE_BATCH_BYTES`] plus one small body) and flushed before the connection reads again.
 //! A connection reads no further requests while it writes, so a slow reader cannot make the
 //! daemon buffer replies.
+//!
+//! A write (`send` or `sendfile`) that takes fewer bytes than offered means the socket buffer
+//! is full: the connection then waits for the kernel's writable event instead of trying again
+//! at once (which would only fail with `EAGAIN`), as Netty does for Spark's service. In case
+//! a short write had another cause (a signal, a file cut short), that wait is bounded by
+//! [`SHORT_WRITE_RECHECK`] before the write is tried again.
 //!
 //! With `spark.authenticate` on, the first requests must be the auth handshake
 //! ([`crate::auth::ServerAuth`]); anything else before it closes the connection. After it,
@@ -33,6 +39,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -63,6 +70,9 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 const IDLE_WRITE_BUFFER_BYTES: usize = 2 * READ_BUFFER_BYTES;
 /// Piece of a body read at a time when it is copied (encrypted connections, inlined bodies).
 const COPY_PIECE_BYTES: usize = 64 * 1024;
+/// Longest wait for the writable event after a short write before the write is tried again
+/// anyway (a short write not caused by a full socket buffer has no such event coming).
+const SHORT_WRITE_RECHECK: Duration = Duration::from_millis(50);
 
 /// Why a connection was closed by the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +211,8 @@ struct Connection {
     sealed: BytesMut,
     /// Bytes taken from the service's read budget for `rbuf` and `raw`.
     budget_held: usize,
+    /// The last write was short: the socket buffer is full (see the module docs).
+    short_write: AtomicBool,
 }
 
 impl Drop for Connection {
@@ -232,6 +244,7 @@ impl Connection {
             raw: BytesMut::new(),
             sealed: BytesMut::new(),
             budget_held: 0,
+            short_write: AtomicBool::new(false),
         }
     }
 
@@ -603,7 +616,7 @@ impl Connection {
             let step = remaining.min(SENDFILE_MAX_BYTES) as usize;
             let sock = &self.socket;
             let sent = self
-                .with_writable(|| {
+                .with_writable(step, || {
                     rustix::fs::sendfile(sock, file, Some(&mut offset), step)
                         .map_err(io::Error::from)
                 })
@@ -634,7 +647,9 @@ impl Connection {
             let sock = &self.socket;
             let pending = self.wbuf.get(written..).unwrap_or_default();
             let n = self
-                .with_writable(|| rustix::net::send(sock, pending, flags).map_err(io::Error::from))
+                .with_writable(pending.len(), || {
+                    rustix::net::send(sock, pending, flags).map_err(io::Error::from)
+                })
                 .await?;
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
@@ -645,22 +660,62 @@ impl Connection {
         Ok(())
     }
 
-    /// Runs a non-blocking write `op` when the socket is writable, retrying on `EAGAIN`,
-    /// with the write timeout on every wait.
-    async fn with_writable<F>(&self, mut op: F) -> Result<usize, Error>
+    /// Runs a non-blocking write `op` of `offered` bytes when the socket is writable, retrying
+    /// on `EAGAIN`, with the write timeout on every wait. A short write clears the socket's
+    /// writable readiness, so the next write waits for the kernel's event instead of failing
+    /// with `EAGAIN` first; if no event comes within [`SHORT_WRITE_RECHECK`], the write is
+    /// tried anyway (see the module docs).
+    async fn with_writable<F>(&self, offered: usize, mut op: F) -> Result<usize, Error>
     where
         F: FnMut() -> io::Result<usize>,
     {
         let limit = self.service.config.write_timeout;
         loop {
-            timeout(limit, self.socket.writable())
-                .await
-                .map_err(|_| Error::WriteStalled(limit))??;
-            match self.socket.try_io(Interest::WRITABLE, &mut op) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+            let short = self.short_write.load(Ordering::Relaxed);
+            let wait = if short {
+                limit.min(SHORT_WRITE_RECHECK)
+            } else {
+                limit
+            };
+            match timeout(wait, self.socket.writable()).await {
+                Ok(ready) => ready?,
+                Err(_) if short => {
+                    // No event since the short write. Tried directly: tokio's readiness stays
+                    // clear, so the next wait is bounded too until an event comes.
+                    match op() {
+                        Ok(n) => return Ok(n),
+                        // Full after all: the kernel now owes an event.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.short_write.store(false, Ordering::Relaxed);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    continue;
+                }
+                Err(_) => return Err(Error::WriteStalled(limit)),
+            }
+            self.short_write.store(false, Ordering::Relaxed);
+            let mut took = None;
+            let attempt = self.socket.try_io(Interest::WRITABLE, || {
+                let n = op()?;
+                if n > 0 && n < offered {
+                    // Reported as `WouldBlock` so that tokio clears the readiness; the count
+                    // goes out through `took`.
+                    took = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match (attempt, took) {
+                (_, Some(n)) => {
+                    self.short_write.store(true, Ordering::Relaxed);
+                    return Ok(n);
+                }
+                (Ok(n), None) => return Ok(n),
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), None) if e.kind() == io::ErrorKind::Interrupted => continue,
+                (Err(e), None) => return Err(e.into()),
             }
         }
     }

@@ -778,3 +778,108 @@ async fn a_registration_that_cannot_be_persisted_is_refused_with_the_reason() {
     let stats = within(task).await.unwrap();
     assert_eq!(stats.registrations, 0);
 }
+
+/// A reader with a tiny receive window: nearly every `sendfile` (or, with bodies copied into
+/// the write batch, every `send`) of the daemon is short, and the daemon must then wait for
+/// the socket's writable event. Every byte arrives, in order, with the RPC sent in between.
+#[tokio::test]
+async fn a_reader_with_a_tiny_receive_window_gets_every_byte() {
+    for inline in [0, 4 << 20] {
+        let daemon = Daemon::start(|c| c.inline_body_max_bytes = inline).await;
+        let mut c = daemon.client().await;
+        let dirs = ExecutorDirs::create(&daemon.root, "e1", 2, 64).unwrap();
+        let parts: Vec<Vec<u8>> = [1_500_000, 0, 700_001, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| pseudo_random_bytes(i as u64 + 9, len))
+            .collect();
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        dirs.write_map_output(0, 100, &refs).unwrap();
+        c.register(APP, "1", dirs.as_strings(), 64).await.unwrap();
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut raw = socket.connect(daemon.addr).await.unwrap();
+        let mut rbuf = BytesMut::new();
+        let open = fetch("1", vec![100], vec![vec![0, 1, 2, 3]], false).to_bytes();
+        send_frames(
+            &mut raw,
+            &[Frame::RpcRequest {
+                request_id: 1,
+                body: open,
+            }],
+        )
+        .await;
+        let handle = match within(read_frame(&mut raw, &mut rbuf)).await {
+            Frame::RpcResponse { body, .. } => match Message::decode(&body).unwrap() {
+                Message::StreamHandle {
+                    stream_id,
+                    num_chunks,
+                } => (stream_id, num_chunks),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(handle.1, 4);
+        let chunk = |i| {
+            Frame::ChunkFetchRequest(StreamChunkId {
+                stream_id: handle.0,
+                chunk_index: i,
+            })
+        };
+        let dirs_rpc = Frame::RpcRequest {
+            request_id: 2,
+            body: Message::GetLocalDirsForExecutors {
+                app_id: APP.into(),
+                exec_ids: vec!["1".into()],
+            }
+            .to_bytes(),
+        };
+        send_frames(
+            &mut raw,
+            &[chunk(0), chunk(1), dirs_rpc, chunk(2), chunk(3)],
+        )
+        .await;
+        for (i, part) in parts.iter().enumerate() {
+            match within(read_frame(&mut raw, &mut rbuf)).await {
+                Frame::ChunkFetchSuccess { id, body } => {
+                    assert_eq!(id.chunk_index, i as i32, "inline={inline}");
+                    assert!(body[..] == part[..], "chunk {i} bytes, inline={inline}");
+                }
+                other => panic!("chunk {i}, inline={inline}: {other:?}"),
+            }
+            if i == 1 {
+                assert!(matches!(
+                    within(read_frame(&mut raw, &mut rbuf)).await,
+                    Frame::RpcResponse { request_id: 2, .. }
+                ));
+            }
+        }
+        let stats = daemon.stop().await;
+        assert_eq!(stats.chunks_served, 4, "inline={inline}");
+    }
+}
+
+async fn send_frames(socket: &mut tokio::net::TcpStream, frames: &[Frame]) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = BytesMut::new();
+    for frame in frames {
+        kshuffle::wire::encode(frame, &mut out);
+    }
+    socket.write_all(&out).await.unwrap();
+}
+
+/// Reads one frame 4 KiB at a time, letting the daemon's task run between reads.
+async fn read_frame(socket: &mut tokio::net::TcpStream, buf: &mut BytesMut) -> Frame {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(frame) = kshuffle::wire::decode(buf, 16 << 20).unwrap() {
+            return frame;
+        }
+        let mut piece = [0u8; 4096];
+        let n = socket.read(&mut piece).await.unwrap();
+        assert!(n > 0, "closed mid-frame");
+        buf.extend_from_slice(&piece[..n]);
+        tokio::task::yield_now().await;
+    }
+}
