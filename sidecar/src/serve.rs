@@ -8,6 +8,9 @@
 //!   Kubernetes API (`spark-role=driver,spark-app-selector=<app>` in its namespace) every
 //!   `--driver-check-interval`; once no such pod exists, or each one is Succeeded, Failed or
 //!   being deleted, it stops (draining open streams as the daemon does);
+//! - no labelled driver pod listed, but the executor pod is owned by a pod (`--driver-pod`,
+//!   set by the webhook; client mode with `spark.kubernetes.driver.pod.name`, whose pod need
+//!   not carry Spark's labels): that pod, looked up by name, decides the same way;
 //! - in client mode there is no driver pod: when none is listed and the webhook gave the
 //!   driver's RPC endpoint (`--driver-url`, Spark's `SPARK_DRIVER_URL`), a TCP connection to
 //!   it decides: accepted means the driver runs, refused means it has exited (stop);
@@ -60,6 +63,10 @@ pub struct ServeArgs {
     /// `SPARK_DRIVER_URL`; set by the webhook in client mode): asked when no driver pod is listed.
     #[arg(long, env = crate::inject::ENV_DRIVER_URL)]
     pub driver_url: Option<DriverAddr>,
+    /// Name of the pod the executor pod is owned by (its `ownerReference` to a Pod; set by the
+    /// webhook): looked up by name when no labelled driver pod is listed.
+    #[arg(long, env = crate::inject::ENV_DRIVER_POD)]
+    pub driver_pod: Option<String>,
     /// Spark's secret for this application (`_SPARK_AUTH_SECRET`), set by [`ServeArgs::prepare`];
     /// not a flag (a secret on the command line would show in `ps`).
     #[arg(skip)]
@@ -231,6 +238,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         interval: args.driver_check_interval,
         max_backoff: args.driver_check_max_backoff,
         driver_url: args.driver_url.clone(),
+        driver_pod: args.driver_pod.clone().filter(|n| !n.is_empty()),
     };
     daemon::run_with_secrets(&args.daemon, options, args.secrets(), move |running| {
         // Registered here, synchronously, so a SIGTERM from now on reaches the lifecycle even
@@ -252,6 +260,7 @@ struct Lifecycle {
     interval: Duration,
     max_backoff: Duration,
     driver_url: Option<DriverAddr>,
+    driver_pod: Option<String>,
 }
 
 impl Lifecycle {
@@ -317,10 +326,26 @@ impl Lifecycle {
             .list(&ListParams::default().labels(selector))
             .await
             .with_context(|| format!("list pods {selector} in {}", self.namespace))?;
+        if !list.items.is_empty() {
+            return Ok(driver_state(&list.items));
+        }
+        if let Some(name) = &self.driver_pod {
+            // The pod that owns ours, labelled as Spark's driver or not.
+            let by_name = api
+                .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+                .await
+                .with_context(|| format!("list pod {name} in {}", self.namespace))?;
+            return Ok(match driver_state(&by_name.items) {
+                DriverState::Gone(reason) if by_name.items.is_empty() => {
+                    DriverState::Gone(format!("{reason} (neither labelled nor named {name})"))
+                }
+                state => state,
+            });
+        }
         match &self.driver_url {
             // Client mode: no driver pod, ever; its endpoint tells.
-            Some(addr) if list.items.is_empty() => probe_driver(addr, DRIVER_CONNECT_TIMEOUT).await,
-            _ => Ok(driver_state(&list.items)),
+            Some(addr) => probe_driver(addr, DRIVER_CONNECT_TIMEOUT).await,
+            None => Ok(driver_state(&list.items)),
         }
     }
 }

@@ -154,8 +154,15 @@ fn spark_executor_gets_the_sidecar_on_its_local_dir() {
     assert_eq!(field("KSHUFFLE_POD_NAMESPACE"), "metadata.namespace");
     assert_eq!(field("KSHUFFLE_POD_NAME"), "metadata.name");
     assert!(env_value(sidecar, "_SPARK_AUTH_SECRET").is_none());
-    // Cluster mode (an ownerReference to the driver pod): the driver pod is watched, the
-    // driver's endpoint is not given.
+    // Cluster mode (an ownerReference to the driver pod): the driver pod is watched (also by
+    // its name), the driver's endpoint is not given.
+    assert_eq!(
+        env_value(sidecar, "KSHUFFLE_DRIVER_POD")
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("wordcount-8f1c2a9b7d3e4f50-driver")
+    );
     assert!(env_value(sidecar, "KSHUFFLE_DRIVER_URL").is_none());
 
     let ports: Vec<(Option<&str>, i32)> = sidecar
@@ -685,6 +692,7 @@ fn in_client_mode_the_sidecar_gets_the_driver_endpoint() {
             "spark://CoarseGrainedScheduler@wordcount-8f1c2a9b7d3e4f50-driver-svc.spark-jobs.svc:7078"
         )
     );
+    assert!(env_value(container(&pod, "kshuffle"), "KSHUFFLE_DRIVER_POD").is_none());
     // An owner that is not a Pod is no driver pod either.
     let body = review_with(|pod| {
         pod["metadata"]["ownerReferences"][0]["kind"] = json!("ConfigMap");
@@ -692,4 +700,5 @@ fn in_client_mode_the_sidecar_gets_the_driver_endpoint() {
     let (patched, _, _) = admit(&body);
     let pod = as_pod(&patched);
     assert!(env_value(container(&pod, "kshuffle"), "KSHUFFLE_DRIVER_URL").is_some());
+    assert!(env_value(container(&pod, "kshuffle"), "KSHUFFLE_DRIVER_POD").is_none());
 }

@@ -374,6 +374,59 @@ async fn in_client_mode_it_serves_until_the_driver_endpoint_refuses_connections(
     );
 }
 
+/// Client mode with the driver in a pod (`spark.kubernetes.driver.pod.name`): executor pods
+/// are owned by that pod, which carries none of Spark's driver labels; the webhook passes its
+/// name (`--driver-pod`), and the sidecar looks it up by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlabelled_driver_pod_named_by_the_owner_reference_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeApiServer::start().await.unwrap();
+    let mut notebook = driver_pod();
+    notebook.metadata.name = Some("notebook-0".to_owned());
+    notebook.metadata.labels = Some(BTreeMap::from([("app".to_owned(), "jupyter".to_owned())]));
+    server.insert_pod(NS, notebook).unwrap();
+    // Another app's driver pod is never taken for ours.
+    let mut other = driver_pod();
+    other.metadata.name = Some("other-driver".to_owned());
+    other
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("spark-app-selector".to_owned(), "spark-other".to_owned());
+    server.insert_pod(NS, other).unwrap();
+    let (mut sidecar, addr) =
+        Sidecar::start_with(dir.path(), &server, &["--driver-pod", "notebook-0"]);
+    register(dir.path(), addr).await;
+    wait_for("the sidecar to be up", || {
+        sidecar.logged("sidecar serving").is_some()
+    })
+    .await;
+    sidecar.signal("-TERM");
+    // Each check lists by label (nothing) and then by name (the notebook pod).
+    let lists = server.calls().list;
+    wait_for("three driver checks", || server.calls().list >= lists + 6).await;
+    assert!(
+        sidecar.exited().is_none(),
+        "must keep serving while the owner pod runs: {:?}",
+        sidecar.log.lock().unwrap()
+    );
+    assert_eq!(fetch_all(addr).await, expected());
+
+    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, NS);
+    pods.delete("notebook-0", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    let status = sidecar.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+    let gone = sidecar
+        .logged("driver gone: stopping")
+        .expect("logs why it stops");
+    let reason = gone["fields"]["reason"].as_str().unwrap();
+    assert!(reason.contains("notebook-0"), "{gone}");
+}
+
 #[test]
 fn a_driver_url_that_is_not_sparks_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,9 +17,10 @@
 //! - an emptyDir for the daemon's registry journal ([`STATE_VOLUME`]);
 //! - `terminationGracePeriodSeconds` raised to [`Config::grace_period_seconds`] (never lowered);
 //! - the annotation [`ANNOTATION_INJECTED`], which makes injection idempotent;
-//! - in client mode (the pod has no `ownerReference` to a driver Pod), the driver's RPC
-//!   endpoint as [`ENV_DRIVER_URL`], copied from the executor's [`ENV_SPARK_DRIVER_URL`]: with
-//!   no driver pod to list, the sidecar learns that the application ended from it.
+//! - the name of the driver pod the executor pod is owned by, as [`ENV_DRIVER_POD`]; or, in
+//!   client mode (no `ownerReference` to a Pod), the driver's RPC endpoint as
+//!   [`ENV_DRIVER_URL`], copied from the executor's [`ENV_SPARK_DRIVER_URL`]: with no driver
+//!   pod to list, the sidecar learns that the application ended from it.
 //!
 //! Invariant: a pod is either patched completely or not at all; anything that could make the
 //! patch unsafe ([`Unsafe`]) leaves the pod unchanged.
@@ -73,6 +74,10 @@ pub const ENV_POD_NAME: &str = "KSHUFFLE_POD_NAME";
 /// Env var Spark sets on the executor container: the driver's RPC endpoint
 /// (`spark://CoarseGrainedScheduler@host:port`, `BasicExecutorFeatureStep`).
 pub const ENV_SPARK_DRIVER_URL: &str = "SPARK_DRIVER_URL";
+/// Name of the driver pod, from the executor pod's `ownerReference` to a Pod (cluster mode, or
+/// client mode with `spark.kubernetes.driver.pod.name`, where that pod need not carry Spark's
+/// driver labels): `serve` looks it up by name when no labelled driver pod is listed.
+pub const ENV_DRIVER_POD: &str = "KSHUFFLE_DRIVER_POD";
 /// The sidecar's copy of [`ENV_SPARK_DRIVER_URL`], given only to pods without a driver pod
 /// (client mode: no `ownerReference` to a Pod): `serve` then asks the driver's endpoint
 /// whether the application still runs, as there is no driver pod to list.
@@ -311,8 +316,9 @@ fn plan(pod: &Pod, config: &Config) -> Result<Patch, Unsafe> {
         .owner_references
         .iter()
         .flatten()
-        .any(|o| o.kind == "Pod");
-    let sidecar = sidecar_container(spec, exec, &local_mounts, !driver_pod, config);
+        .find(|o| o.kind == "Pod" && !o.name.is_empty())
+        .map(|o| o.name.as_str());
+    let sidecar = sidecar_container(spec, exec, &local_mounts, driver_pod, config);
     let mut volumes_exist = spec.volumes.is_some();
     for volume in &new_volumes {
         ops.push(append(
@@ -402,7 +408,7 @@ fn sidecar_container(
     spec: &PodSpec,
     exec: &Container,
     local_mounts: &[VolumeMount],
-    client_mode: bool,
+    driver_pod: Option<&str>,
     config: &Config,
 ) -> Container {
     let mut args = vec![
@@ -450,9 +456,14 @@ fn sidecar_container(
             .filter(|e| e.name == ENV_AUTH_SECRET)
             .cloned(),
     );
-    // No driver pod to watch: the driver's endpoint tells whether the application runs.
-    if client_mode {
-        env.extend(
+    match driver_pod {
+        Some(name) => env.push(EnvVar {
+            name: ENV_DRIVER_POD.to_owned(),
+            value: Some(name.to_owned()),
+            ..EnvVar::default()
+        }),
+        // No driver pod to watch: the driver's endpoint tells whether the application runs.
+        None => env.extend(
             exec.env
                 .iter()
                 .flatten()
@@ -461,7 +472,7 @@ fn sidecar_container(
                     name: ENV_DRIVER_URL.to_owned(),
                     ..e.clone()
                 }),
-        );
+        ),
     }
 
     let mut mounts = local_mounts.to_vec();
