@@ -8,8 +8,11 @@
 //!   No Kubernetes cluster, container runtime or kube-apiserver runs on our machines; tests of
 //!   code that talks to Kubernetes point the real `kube` client at this server instead
 //!   ([`kube_client`]).
+//! - [`cluster`]: applying manifests and reading `spark-submit` flags files, for the
+//!   `fake-apiserver` binary's simulated cluster (`scripts/sim-cluster.sh`).
 
 pub mod apiserver;
+pub mod cluster;
 
 pub use apiserver::{Calls, FakeApiServer, Latencies, Node, Outage};
 

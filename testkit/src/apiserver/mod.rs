@@ -405,6 +405,20 @@ impl FakeApiServer {
         format!("http://{}", self.addr)
     }
 
+    /// A kubeconfig (YAML text) whose current context points at this server with `namespace`
+    /// as its default namespace and no credentials: what a test writes to a file and passes
+    /// to a binary in `KUBECONFIG`.
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: test\n  user: {{}}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\n    namespace: {namespace}\n\
+             current-context: fake\n",
+            self.url()
+        )
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -449,6 +463,17 @@ impl FakeApiServer {
             .iter()
             .filter(|(k, _)| k.0 == ns)
             .map(|(_, t)| t.pod.clone())
+            .collect()
+    }
+
+    /// The pods of every namespace, sorted by namespace and name (not counted as API calls).
+    pub fn all_pods(&self) -> Vec<Pod> {
+        self.shared
+            .store
+            .lock()
+            .pods
+            .values()
+            .map(|t| t.pod.clone())
             .collect()
     }
 
