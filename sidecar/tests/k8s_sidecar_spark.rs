@@ -439,6 +439,14 @@ async fn spark_sidecar_scenario(version: &str) {
     }
     assert_eq!(served_chunks, MAPS * REDUCES, "{before:?}");
     assert!(served_bytes > 0);
+    // Every executor pod went through the webhook (the pod-label entry; the namespace is not
+    // labelled).
+    let executor_pods = (before.len() + phase_b["phase_b_hosts"].as_array().unwrap().len()) as u64;
+    assert!(
+        server.webhook_calls() >= executor_pods,
+        "{} webhook calls for {executor_pods} executor pods",
+        server.webhook_calls()
+    );
 
     // The application ended: no driver pod (client mode) and the driver's endpoint refuses
     // connections, so every sidecar stops and every executor pod is removed.
