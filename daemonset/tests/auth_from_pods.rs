@@ -2,18 +2,14 @@
 //! (`kshuffle_testkit::FakeApiServer`, real HTTP to the real `kube` client; no Kubernetes
 //! cluster runs here). Executor pods carry Spark's `_SPARK_AUTH_SECRET`; clients speak
 //! Spark's AuthEngine handshake and then the transport cipher, as Spark's executors do
-//! (`kshuffle::client::Client::authenticate`). Every wait polls with a generous deadline; nothing is
-//! asserted from elapsed time.
+//! (`kshuffle::client::Client::authenticate`). The node process and its waits are in
+//! `common/`: every wait polls with a generous deadline; nothing is asserted from elapsed time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
@@ -23,49 +19,25 @@ use kshuffle::fixture::ExecutorDirs;
 use kshuffle::wire::Message;
 use kshuffle_testkit::apiserver::{FakeApiServer, Node};
 use kube::api::{Api, DeleteParams};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod common;
+
+use common::{NodeProcess, eventually, field, message};
 
 const NS: &str = "spark";
 const THIS_NODE: &str = "node-a";
 const OTHER_NODE: &str = "node-b";
-/// How long any expected state may take to appear (a loaded CI machine is slow).
-const DEADLINE: Duration = Duration::from_secs(60);
 
 // === the node process ===
 
-struct NodeProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-fn message(ev: &Value) -> &str {
-    ev.pointer("/fields/message")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
-fn field<'a>(ev: &'a Value, name: &str) -> Option<&'a str> {
-    ev.get("fields")?.get(name)?.as_str()
-}
-
 impl NodeProcess {
-    /// Starts `kshuffle-node --auth-from-pods` for node `THIS_NODE`, confined to `root`.
+    /// Starts `kshuffle-node --auth-from-pods` for node `THIS_NODE`, confined to `root`, and
+    /// waits for its executor pod watch.
     async fn start(kubeconfig: &Path, root: &Path, state: &Path, token: &Path) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
-        for (key, _) in std::env::vars_os() {
-            let key_s = key.to_string_lossy();
-            if key_s.starts_with("KSHUFFLE_") || key_s.starts_with("KUBERNETES_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env_remove("RUST_LOG")
-            .env("HOME", root.parent().unwrap())
-            .env("KUBECONFIG", kubeconfig)
-            .env("NODE_NAME", THIS_NODE)
+        let mut cmd = Self::command(Some(kubeconfig), root.parent().unwrap());
+        cmd.env("NODE_NAME", THIS_NODE)
             .env("KSHUFFLE_AUTH_FROM_PODS", "true")
             .args([
                 "--bind",
@@ -89,70 +61,13 @@ impl NodeProcess {
             .arg("--state-dir")
             .arg(state)
             .arg("--admin-token-file")
-            .arg(token)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start kshuffle-node");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut node = Self {
-            child,
-            lines,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let ev = node
-            .wait_for("listening", |ev| message(ev) == "listening")
-            .await;
-        node.addr = field(&ev, "addr").unwrap().parse().unwrap();
-        node.admin = field(&ev, "admin_addr").unwrap().parse().unwrap();
+            .arg(token);
+        let mut node = Self::spawn(cmd).await;
         node.wait_for("executor pod watch up", |ev| {
             message(ev) == "executor pod watch up"
         })
         .await;
         node
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
-    }
-
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            if let Some(ev) = self.events().into_iter().find(|e| pred(e)) {
-                return ev;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "kshuffle-node exited ({status}) waiting for {what}; log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "no {what} within {DEADLINE:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// Waits until `app`'s secret was learned from a pod.
@@ -163,29 +78,9 @@ impl NodeProcess {
         })
         .await;
     }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 // === the cluster side ===
-
-fn write_kubeconfig(path: &Path, url: &str) {
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
-         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\n    namespace: {NS}\n\
-         current-context: fake\nusers:\n- name: test\n  user: {{}}\n"
-    );
-    std::fs::write(path, text).unwrap();
-}
 
 /// An executor pod of `app` bound to `node`, with `_SPARK_AUTH_SECRET` = `secret`, as
 /// Spark's `BasicExecutorFeatureStep` writes it.
@@ -284,18 +179,6 @@ fn assert_refused(result: Result<Bytes, ClientError>, app: &str, node: &NodeProc
     );
 }
 
-async fn eventually(node: &NodeProcess, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "not {what} within {DEADLINE:?}; log:\n{}",
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// `DELETE /v1/apps/{app}` on the admin port; the HTTP status line.
 async fn delete_app(node: &NodeProcess, token: &str, app: &str) -> String {
     let mut s = TcpStream::connect(node.admin).await.unwrap();
@@ -326,7 +209,7 @@ async fn secrets_from_executor_pods_of_this_node_authenticate_their_app_only() {
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let kubeconfig = tmp.path().join("kubeconfig");
-    write_kubeconfig(&kubeconfig, &server.url());
+    std::fs::write(&kubeconfig, server.kubeconfig(NS)).unwrap();
     let root = tmp.path().join("local");
     let state: PathBuf = tmp.path().join("state");
     let token_file = tmp.path().join("token");

@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -23,53 +22,15 @@ use kshuffle_testkit::apiserver::{FakeApiServer, Latencies, Outage};
 use kube::api::{Api, DeleteParams};
 use serde_json::Value;
 
+mod common;
+
+use common::{NodeProcess, eventually, field, message};
+
 const NS: &str = "spark";
-/// How long any expected state may take to appear (a loaded CI machine is slow).
-const DEADLINE: Duration = Duration::from_secs(60);
 
 // === the node process ===
 
-/// A running `kshuffle-node`, killed on drop; its JSON log collected on a thread.
-struct NodeProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-fn log_event(line: &str) -> Option<Value> {
-    serde_json::from_str::<Value>(line).ok()
-}
-
-fn message(ev: &Value) -> &str {
-    ev.pointer("/fields/message")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
-fn field<'a>(ev: &'a Value, name: &str) -> Option<&'a str> {
-    ev.get("fields")?.get(name)?.as_str()
-}
-
 impl NodeProcess {
-    fn command(kubeconfig: Option<&Path>, home: &Path) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
-        for (key, _) in std::env::vars_os() {
-            let key_s = key.to_string_lossy();
-            if key_s.starts_with("KSHUFFLE_") || key_s.starts_with("KUBERNETES_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env_remove("KUBECONFIG").env_remove("RUST_LOG");
-        // No ~/.kube/config of the machine may leak in.
-        cmd.env("HOME", home);
-        if let Some(path) = kubeconfig {
-            cmd.env("KUBECONFIG", path);
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        cmd
-    }
-
     /// Starts the node confined to `root`, with the driver watch on `kubeconfig`, and waits
     /// for "listening".
     async fn start(kubeconfig: &Path, root: &Path, extra: &[&str]) -> Self {
@@ -89,82 +50,8 @@ impl NodeProcess {
         .arg(root)
         .arg("--state-dir")
         .arg(&state)
-        .args(extra)
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start kshuffle-node");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut node = Self {
-            child,
-            lines,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let ev = node
-            .wait_for("\"listening\"", |ev| message(ev) == "listening")
-            .await;
-        node.addr = field(&ev, "addr").unwrap().parse().unwrap();
-        node.admin = field(&ev, "admin_addr").unwrap().parse().unwrap();
-        node
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| log_event(l))
-            .collect()
-    }
-
-    fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
-        self.events().iter().filter(|e| pred(e)).count()
-    }
-
-    /// Waits (polling, bounded by [`DEADLINE`]) for a log event matching `pred`.
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            if let Some(ev) = self.events().into_iter().find(|e| pred(e)) {
-                return ev;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "kshuffle-node exited ({status}) waiting for {what}; log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "no {what} within {DEADLINE:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until at least `n` events match `pred`.
-    async fn wait_count(&mut self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) {
-        let start = Instant::now();
-        while self.count(&pred) < n {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "fewer than {n} {what} within {DEADLINE:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        .args(extra);
+        Self::spawn(cmd).await
     }
 
     async fn wait_watch_up(&mut self) {
@@ -184,26 +71,6 @@ impl NodeProcess {
     }
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `cond` until true, or fails with `what` and the node's log.
-async fn eventually(node: &NodeProcess, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "not {what} within {DEADLINE:?}; log:\n{}",
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // === the cluster side ===
 
 struct Cluster {
@@ -218,7 +85,7 @@ impl Cluster {
         let server = builder.start().await.unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let kubeconfig = tmp.path().join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &server.url());
+        std::fs::write(&kubeconfig, server.kubeconfig(NS)).unwrap();
         let root = tmp.path().join("local");
         Self {
             server,
@@ -299,15 +166,6 @@ impl Cluster {
         })
         .await;
     }
-}
-
-fn write_kubeconfig(path: &Path, url: &str) {
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
-         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\n    namespace: {NS}\n\
-         current-context: fake\nusers:\n- name: test\n  user: {{}}\n"
-    );
-    std::fs::write(path, text).unwrap();
 }
 
 // === the daemon side ===
@@ -814,7 +672,7 @@ fn without_a_kubernetes_configuration_it_exits_with_usage_status() {
     let mut lines = BufReader::new(stderr).lines();
     let listening = lines.any(|l| {
         l.ok()
-            .and_then(|l| log_event(&l))
+            .and_then(|l| serde_json::from_str::<Value>(&l).ok())
             .is_some_and(|e| message(&e) == "listening")
     });
     let _ = child.kill();

@@ -43,15 +43,6 @@ fn spark_3_5_auth_from_pods_sasl() {
     session("3.5.9", false);
 }
 
-fn kubeconfig(server: &FakeApiServer) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\n    namespace: {NS}\n\
-         current-context: fake\nusers:\n- name: test\n  user: {{}}\n",
-        server.url()
-    )
-}
-
 /// An executor pod of `app` on this node, as Spark's `BasicExecutorFeatureStep` writes it.
 fn executor_pod(app: &str) -> Pod {
     let mut pod = Pod::default();
@@ -95,7 +86,7 @@ fn session(version: &str, crypto: bool) {
         )
         .unwrap();
     let kubeconfig_path = dirs.scratch.join("kubeconfig");
-    std::fs::write(&kubeconfig_path, kubeconfig(&api)).unwrap();
+    std::fs::write(&kubeconfig_path, api.kubeconfig(NS)).unwrap();
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
     cmd.args(Daemon::standard_args(&dirs.allowed))

@@ -90,17 +90,6 @@ fn flags_for_local_cluster() -> Vec<(String, String)> {
     out
 }
 
-fn kubeconfig(server: &FakeApiServer) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters:\n- name: fake\n  cluster:\n    server: {}\n\
-         users:\n- name: fake\n  user: {{}}\n\
-         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\n\
-         current-context: fake\n",
-        server.url()
-    )
-}
-
 fn driver_pod(name: &str, app_id: &str) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -245,7 +234,7 @@ fn node_session(version: &str) {
         .unwrap();
     let api = rt.block_on(FakeApiServer::start()).unwrap();
     let kubeconfig_path = dirs.scratch.join("kubeconfig");
-    std::fs::write(&kubeconfig_path, kubeconfig(&api)).unwrap();
+    std::fs::write(&kubeconfig_path, api.kubeconfig(NS)).unwrap();
     let token_path = dirs.scratch.join("admin-token");
     std::fs::write(&token_path, ADMIN_TOKEN).unwrap();
 

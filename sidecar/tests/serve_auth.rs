@@ -37,16 +37,7 @@ struct Sidecar {
 impl Sidecar {
     fn start(dir: &Path, server: &FakeApiServer, secret: Option<&str>) -> Sidecar {
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-                 users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: fake\n    user: test\n    namespace: {NS}\n\
-                 current-context: test\n",
-                server.url()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&kubeconfig, server.kubeconfig(NS)).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"));
         cmd.arg("serve")
             .args(["--bind", "127.0.0.1", "--port", "0"])

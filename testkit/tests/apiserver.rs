@@ -102,6 +102,35 @@ async fn wait_for_phase(api: &Api<Pod>, name: &str, want: &str) -> Pod {
 }
 
 #[tokio::test]
+async fn the_kubeconfig_points_at_the_server_with_the_namespace() {
+    let server = FakeApiServer::start().await.unwrap();
+    let config: Value = serde_saphyr::from_str(&server.kubeconfig(NS)).unwrap();
+    let current = config["current-context"].as_str().unwrap();
+    let context = config["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == current)
+        .unwrap();
+    assert_eq!(context["context"]["namespace"], NS);
+    let cluster = config["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == context["context"]["cluster"])
+        .unwrap();
+    assert_eq!(cluster["cluster"]["server"], server.url());
+    assert!(
+        config["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == context["context"]["user"]),
+        "the context's user is defined"
+    );
+}
+
+#[tokio::test]
 async fn create_get_list_with_selectors() {
     let server = FakeApiServer::start().await.unwrap();
     let pods = api(&server).await;
