@@ -480,3 +480,113 @@ async fn discovery_lists_what_is_served_and_non_json_bodies_are_415() {
     assert!(out.contains("\"reason\":\"UnsupportedMediaType\""), "{out}");
     assert!(server.objects(Resource::ConfigMaps, NS).is_empty());
 }
+
+#[tokio::test]
+async fn server_side_apply_creates_or_replaces_as_sparks_cluster_mode_client_sends_it() {
+    use kube::api::{Patch, PatchParams};
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kube_client(&server, NS).unwrap();
+    let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+    let cms: Api<ConfigMap> = Api::namespaced(client, NS);
+    // As Spark 4's KubernetesClientApplication: forceConflicts().serverSideApply().
+    let ssa = PatchParams::apply("fabric8").force();
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "app-driver-svc", "labels": { "spark-app-selector": "app-1" } },
+        "spec": {
+            "clusterIP": "None",
+            "selector": { "spark-app-selector": "app-1", "spark-role": "driver" },
+            "ports": [{ "name": "driver-rpc-port", "port": 7078, "targetPort": 7078 }],
+        },
+    }))
+    .unwrap();
+    let created = svcs
+        .patch("app-driver-svc", &ssa, &Patch::Apply(&svc))
+        .await
+        .unwrap();
+    let spec = created.spec.clone().unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.ports.unwrap()[0].protocol.as_deref(), Some("TCP"));
+    assert_eq!(server.objects(Resource::Services, NS).len(), 1);
+
+    // Applied again (Spark adds the driver pod as owner): replaced, same uid, new version.
+    let mut again = svc.clone();
+    again.metadata.owner_references = Some(vec![
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "name": "drv", "uid": "u-1", "controller": true,
+        }))
+        .unwrap(),
+    ]);
+    let applied = svcs
+        .patch("app-driver-svc", &ssa, &Patch::Apply(&again))
+        .await
+        .unwrap();
+    assert_eq!(applied.metadata.uid, created.metadata.uid);
+    assert_eq!(
+        applied.metadata.creation_timestamp,
+        created.metadata.creation_timestamp
+    );
+    let rv = |s: &Service| -> u64 {
+        s.metadata
+            .resource_version
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(rv(&applied) > rv(&created));
+    assert_eq!(applied.metadata.owner_references.unwrap()[0].name, "drv");
+    assert_eq!(
+        svcs.get("app-driver-svc").await.unwrap().metadata.uid,
+        created.metadata.uid
+    );
+
+    // A ConfigMap created by POST and then applied: its data is the applied data.
+    cms.create(&PostParams::default(), &config_map("conf", "app-1"))
+        .await
+        .unwrap();
+    let mut cm = config_map("conf", "app-1");
+    cm.data = Some([("spark.properties".to_owned(), "spark.x=y\n".to_owned())].into());
+    cms.patch("conf", &ssa, &Patch::Apply(&cm)).await.unwrap();
+    let got = cms.get("conf").await.unwrap().data.unwrap();
+    assert_eq!(got["spark.properties"], "spark.x=y\n");
+
+    // Invalid objects are refused as on create, and the stored one stays.
+    let mut bad = config_map("conf", "app-1");
+    bad.data = Some([("a/b".to_owned(), "x".to_owned())].into());
+    let err = api_error(
+        cms.patch("conf", &ssa, &Patch::Apply(&bad))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert_eq!(
+        cms.get("conf").await.unwrap().data.unwrap()["spark.properties"],
+        "spark.x=y\n"
+    );
+    // A name other than the URL's, another patch type, no field manager: refused.
+    let err = api_error(
+        cms.patch("other", &ssa, &Patch::Apply(&cm))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 400);
+    let err = api_error(
+        cms.patch(
+            "conf",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 415);
+    let (code, _) = raw(
+        &server,
+        "PATCH",
+        "/api/v1/namespaces/spark/configmaps/conf",
+        r#"{"metadata":{"name":"conf"}}"#,
+    )
+    .await;
+    assert_eq!(code, 415);
+}

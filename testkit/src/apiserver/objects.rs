@@ -5,7 +5,7 @@
 //! | route | verbs |
 //! |---|---|
 //! | `/api/v1/namespaces/{ns}/{resource}` | GET (list), POST, DELETE (collection) |
-//! | `/api/v1/namespaces/{ns}/{resource}/{name}` | GET, DELETE |
+//! | `/api/v1/namespaces/{ns}/{resource}/{name}` | GET, DELETE, PATCH (server-side apply) |
 //! | `/api/v1/{resource}` | GET (list across namespaces) |
 //!
 //! `{resource}` is `configmaps`, `secrets`, `services` or `persistentvolumeclaims`; any other
@@ -15,8 +15,14 @@
 //! with the real wording; defaults the server fills in are filled in (Secret `type`, Service
 //! `type`, `clusterIP`, port `protocol` and `targetPort`, PVC `status.phase`).
 //!
-//! Not implemented (answered 405, or 400 for `watch=true`, and listed in `testkit/README.md`):
-//! PUT, PATCH, watches of these resources, finalizers (a PVC is deleted at once, without
+//! Server-side apply (`PATCH` as `application/apply-patch+yaml` with a `fieldManager`, as
+//! Spark 4's cluster-mode client sends its driver Service and ConfigMaps) is simplified: there
+//! are no managed fields, so the applied object replaces the stored one (keeping its `uid`,
+//! `creationTimestamp` and a Service's cluster IP) or is created; `force` changes nothing,
+//! as no conflict is ever found.
+//!
+//! Not implemented (answered 405, or 415 for another PATCH type, or 400 for `watch=true`, and
+//! listed in `testkit/README.md`): PUT, other PATCH types, watches of these resources, finalizers (a PVC is deleted at once, without
 //! `kubernetes.io/pvc-protection`), `dryRun`.
 //!
 //! Discovery is served here too (`/api`, `/api/v1`, `/apis`), listing exactly the resources
@@ -179,7 +185,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/api/v1/namespaces/{ns}/{resource}/{name}",
-            get(get_one).delete(delete_one),
+            get(get_one).delete(delete_one).patch(apply),
         )
         .route("/api/v1/{resource}", get(list_all))
         .route("/api", get(api_versions))
@@ -216,7 +222,14 @@ async fn api_resources() -> Response {
             "kind": kind, "verbs": verbs, "shortNames": short,
         })
     };
-    let objects = ["create", "delete", "deletecollection", "get", "list"];
+    let objects = [
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+    ];
     let mut resources = vec![resource(
         "pods",
         "Pod",
@@ -429,6 +442,101 @@ async fn create(
         let obj = parse(r, &body)?;
         let created = insert(&mut s.store.lock(), &ns, r, obj)?;
         Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+    };
+    answer(run.await)
+}
+
+/// Server-side apply, simplified (module docs): creates the object (201) or replaces it with
+/// the applied one (200), validated as a create is.
+async fn apply(
+    State(s): Shr,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    q: Params,
+    body: Bytes,
+) -> Response {
+    let run = async {
+        let r = resource(&plural)?;
+        s.admit(Verb::Patch).await?;
+        let ctype = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ctype.starts_with("application/apply-patch+yaml") {
+            return Err(Error::UnsupportedMediaType("application/apply-patch+yaml").into());
+        }
+        let p = params(q)?;
+        reject_unsupported(r, &p)?;
+        if p.get("fieldManager").is_none_or(|m| m.is_empty()) {
+            return Err(
+                Error::BadRequest("PATCH with apply requires a fieldManager".into()).into(),
+            );
+        }
+        // YAML, of which JSON is a part.
+        let json = match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => v,
+            Err(_) => {
+                let text = std::str::from_utf8(&body)
+                    .map_err(|e| Error::BadRequest(format!("error decoding YAML: {e}")))?;
+                serde_saphyr::from_str::<Value>(text)
+                    .map_err(|e| Error::BadRequest(format!("error decoding YAML: {e}")))?
+            }
+        };
+        let bytes = serde_json::to_vec(&json).map_err(|_| Error::Internal)?;
+        let mut obj = parse(r, &bytes)?;
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(meta) = meta else {
+            return Err(Error::BadRequest("metadata: expected an object".into()).into());
+        };
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(Error::BadRequest(
+                    "the name of the object does not match the name on the URL".into(),
+                )
+                .into());
+            }
+            _ => {
+                meta.insert("name".into(), Value::String(name.clone()));
+            }
+        }
+        let mut state = s.store.lock();
+        let key = (r, ns.clone(), name);
+        let old = state.objects.remove(&key);
+        if let Some(old) = &old
+            && r == Resource::Services
+            && let Some(Value::Object(spec)) = obj.get_mut("spec")
+        {
+            // The cluster IP is immutable; an applied object that omits it keeps it.
+            for field in ["clusterIP", "clusterIPs"] {
+                if let Some(v) = old.pointer(&format!("/spec/{field}"))
+                    && spec.get(field).is_none_or(Value::is_null)
+                {
+                    spec.insert(field.into(), v.clone());
+                }
+            }
+        }
+        match (insert(&mut state, &ns, r, obj), old) {
+            (Ok(created), None) => Ok((StatusCode::CREATED, axum::Json(created)).into_response()),
+            (Ok(mut applied), Some(old)) => {
+                if let Some(Value::Object(meta)) = applied.get_mut("metadata") {
+                    for kept in ["uid", "creationTimestamp"] {
+                        if let Some(v) = old.pointer(&format!("/metadata/{kept}")) {
+                            meta.insert(kept.into(), v.clone());
+                        }
+                    }
+                }
+                state.objects.insert(key, applied.clone());
+                Ok(axum::Json(applied).into_response())
+            }
+            (Err(e), old) => {
+                if let Some(old) = old {
+                    state.objects.insert(key, old);
+                }
+                Err(e)
+            }
+        }
     };
     answer(run.await)
 }
