@@ -189,6 +189,47 @@ fn url_config(pki: &Pki, addr: SocketAddr) -> Value {
             "caBundle": BASE64_STANDARD.encode(pki.ca_pem.as_bytes()) })
 }
 
+/// A fake API server with the namespace "opted" that the test configurations select. Keep
+/// `server` bound (`server: _server` if unused): dropping it stops the API server.
+struct Cluster {
+    server: FakeApiServer,
+    client: kube::Client,
+    configs: Api<MutatingWebhookConfiguration>,
+    /// Pods of "opted".
+    opted: Api<Pod>,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        Self::with(FakeApiServer::builder()).await
+    }
+
+    async fn with(builder: kshuffle_testkit::apiserver::Builder) -> Self {
+        let server = builder.start().await.unwrap();
+        let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
+        namespace(&client, "opted", &[("inject", "enabled")]).await;
+        Cluster {
+            configs: Api::all(client.clone()),
+            opted: Api::namespaced(client.clone(), "opted"),
+            server,
+            client,
+        }
+    }
+}
+
+/// Creates `obj` through `api` (admission included).
+async fn create<K>(api: &Api<K>, obj: &K) -> kube::Result<K>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), obj).await
+}
+
+/// A pod the test configurations select (`spark-role=executor`).
+fn executor(name: &str) -> Pod {
+    pod(name, &[("spark-role", "executor")])
+}
+
 fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>() },
@@ -229,17 +270,18 @@ fn containers(p: &Pod) -> Vec<String> {
 async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
     let pki = pki(&["localhost"]);
     let hook = start_hook(&pki, Mode::Patch).await;
-    let server = FakeApiServer::start().await.unwrap();
-    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
-    namespace(&client, "opted", &[("inject", "enabled")]).await;
-    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let created = configs
-        .create(
-            &PostParams::default(),
-            &config("test", url_config(&pki, hook.addr), "Fail", 5),
-        )
-        .await
-        .unwrap();
+    let Cluster {
+        server,
+        client,
+        configs,
+        opted,
+    } = Cluster::start().await;
+    let created = create(
+        &configs,
+        &config("test", url_config(&pki, hook.addr), "Fail", 5),
+    )
+    .await
+    .unwrap();
     // Stored with the server's defaults.
     let wh = &created.webhooks.as_ref().unwrap()[0];
     assert_eq!(wh.reinvocation_policy.as_deref(), Some("Never"));
@@ -254,14 +296,7 @@ async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
         1
     );
 
-    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
-    let p = opted
-        .create(
-            &PostParams::default(),
-            &pod("exec-1", &[("spark-role", "executor")]),
-        )
-        .await
-        .unwrap();
+    let p = create(&opted, &executor("exec-1")).await.unwrap();
     assert_eq!(containers(&p), ["main", "added"]);
     assert_eq!(p.metadata.labels.as_ref().unwrap()["injected"], "yes");
     // What is stored is what was answered.
@@ -298,11 +333,7 @@ async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
     assert_eq!(req["object"]["metadata"]["namespace"], "opted");
 
     // Not selected by the objectSelector: unchanged, not even called.
-    let p = opted
-        .create(
-            &PostParams::default(),
-            &pod("driver", &[("spark-role", "driver")]),
-        )
+    let p = create(&opted, &pod("driver", &[("spark-role", "driver")]))
         .await
         .unwrap();
     assert_eq!(containers(&p), ["main"]);
@@ -310,10 +341,7 @@ async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
     namespace(&client, "plain", &[]).await;
     for ns in ["plain", "never-created"] {
         let p = Api::<Pod>::namespaced(client.clone(), ns)
-            .create(
-                &PostParams::default(),
-                &pod("exec-1", &[("spark-role", "executor")]),
-            )
+            .create(&PostParams::default(), &executor("exec-1"))
             .await
             .unwrap();
         assert_eq!(containers(&p), ["main"], "{ns}");
@@ -326,13 +354,7 @@ async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
         .delete("test", &DeleteParams::default())
         .await
         .unwrap();
-    let p = opted
-        .create(
-            &PostParams::default(),
-            &pod("exec-2", &[("spark-role", "executor")]),
-        )
-        .await
-        .unwrap();
+    let p = create(&opted, &executor("exec-2")).await.unwrap();
     assert_eq!(containers(&p), ["main"]);
     assert_eq!(api_error(configs.get("test").await.unwrap_err()).code, 404);
 }
@@ -341,41 +363,25 @@ async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
 async fn a_service_reference_is_called_at_its_mapped_address_under_its_dns_name() {
     let pki = pki(&["hook.webhooks.svc"]);
     let hook = start_hook(&pki, Mode::Patch).await;
-    let server = FakeApiServer::builder()
-        .webhook_service("webhooks", "hook", hook.addr)
-        .start()
-        .await
-        .unwrap();
-    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
-    namespace(&client, "opted", &[("inject", "enabled")]).await;
+    let Cluster {
+        server,
+        configs,
+        opted,
+        ..
+    } = Cluster::with(FakeApiServer::builder().webhook_service("webhooks", "hook", hook.addr))
+        .await;
     let cc = json!({ "service": { "namespace": "webhooks", "name": "hook", "path": "/inject", "port": 443 },
                      "caBundle": BASE64_STANDARD.encode(pki.ca_pem.as_bytes()) });
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &config("svc", cc, "Fail", 10))
+    create(&configs, &config("svc", cc, "Fail", 10))
         .await
         .unwrap();
-    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
-    let p = opted
-        .create(
-            &PostParams::default(),
-            &pod("e", &[("spark-role", "executor")]),
-        )
-        .await
-        .unwrap();
+    let p = create(&opted, &executor("e")).await.unwrap();
     assert_eq!(containers(&p), ["main", "added"]);
     assert_eq!(hook.reviews.lock().unwrap()[0].0, "/inject?timeout=10s");
 
     // Another Service name has no address: the call fails, and the policy (Fail) rejects.
     server.set_service_address("webhooks", "hook", "127.0.0.1:9".parse().unwrap());
-    let err = api_error(
-        opted
-            .create(
-                &PostParams::default(),
-                &pod("f", &[("spark-role", "executor")]),
-            )
-            .await
-            .unwrap_err(),
-    );
+    let err = api_error(create(&opted, &executor("f")).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
     assert!(err.message.starts_with(
         "Internal error occurred: failed calling webhook \"pods.test.kshuffle.io\": failed to call webhook: Post \"https://hook.webhooks.svc:443/inject?timeout=10s\":"),
@@ -392,27 +398,16 @@ async fn failure_policy_fail_rejects_and_ignore_admits_unchanged() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let server = FakeApiServer::start().await.unwrap();
-    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
-    namespace(&client, "opted", &[("inject", "enabled")]).await;
-    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
-    configs
-        .create(
-            &PostParams::default(),
-            &config("c", url_config(&pki, down), "Fail", 5),
-        )
+    let Cluster {
+        server,
+        configs,
+        opted,
+        ..
+    } = Cluster::start().await;
+    create(&configs, &config("c", url_config(&pki, down), "Fail", 5))
         .await
         .unwrap();
-    let err = api_error(
-        opted
-            .create(
-                &PostParams::default(),
-                &pod("e", &[("spark-role", "executor")]),
-            )
-            .await
-            .unwrap_err(),
-    );
+    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
     assert!(
         err.message
@@ -424,20 +419,10 @@ async fn failure_policy_fail_rejects_and_ignore_admits_unchanged() {
     assert!(server.pod("opted", "e").is_none());
 
     configs.delete("c", &DeleteParams::default()).await.unwrap();
-    configs
-        .create(
-            &PostParams::default(),
-            &config("c", url_config(&pki, down), "Ignore", 5),
-        )
+    create(&configs, &config("c", url_config(&pki, down), "Ignore", 5))
         .await
         .unwrap();
-    let p = opted
-        .create(
-            &PostParams::default(),
-            &pod("e", &[("spark-role", "executor")]),
-        )
-        .await
-        .unwrap();
+    let p = create(&opted, &executor("e")).await.unwrap();
     assert_eq!(containers(&p), ["main"]);
     assert_eq!(server.webhook_calls(), 2);
 }
@@ -447,51 +432,34 @@ async fn a_certificate_not_from_the_ca_bundle_or_a_slow_webhook_is_a_failed_call
     let pki_good = pki(&["localhost"]);
     let other = pki(&["localhost"]);
     let hook = start_hook(&pki_good, Mode::Slow).await;
-    let server = FakeApiServer::start().await.unwrap();
-    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
-    namespace(&client, "opted", &[("inject", "enabled")]).await;
-    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
+    let Cluster {
+        server: _server,
+        configs,
+        opted,
+        ..
+    } = Cluster::start().await;
 
     // caBundle of another CA: TLS verification fails, nothing reaches the webhook.
-    configs
-        .create(
-            &PostParams::default(),
-            &config("c", url_config(&other, hook.addr), "Fail", 5),
-        )
-        .await
-        .unwrap();
-    let err = api_error(
-        opted
-            .create(
-                &PostParams::default(),
-                &pod("e", &[("spark-role", "executor")]),
-            )
-            .await
-            .unwrap_err(),
-    );
+    create(
+        &configs,
+        &config("c", url_config(&other, hook.addr), "Fail", 5),
+    )
+    .await
+    .unwrap();
+    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
     assert_eq!(err.code, 500);
     assert!(err.message.contains("certificate"), "{}", err.message);
     assert!(hook.reviews.lock().unwrap().is_empty());
 
     // The right CA, but the webhook answers after 5 s and timeoutSeconds is 1.
     configs.delete("c", &DeleteParams::default()).await.unwrap();
-    configs
-        .create(
-            &PostParams::default(),
-            &config("c", url_config(&pki_good, hook.addr), "Fail", 1),
-        )
-        .await
-        .unwrap();
-    let err = api_error(
-        opted
-            .create(
-                &PostParams::default(),
-                &pod("e", &[("spark-role", "executor")]),
-            )
-            .await
-            .unwrap_err(),
-    );
+    create(
+        &configs,
+        &config("c", url_config(&pki_good, hook.addr), "Fail", 1),
+    )
+    .await
+    .unwrap();
+    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
     assert_eq!(err.code, 500);
     assert!(
         err.message.ends_with("context deadline exceeded"),
@@ -505,26 +473,19 @@ async fn a_certificate_not_from_the_ca_bundle_or_a_slow_webhook_is_a_failed_call
 async fn denials_and_bad_patches_reject_the_create_whatever_the_policy() {
     let pki = pki(&["localhost"]);
     let hook = start_hook(&pki, Mode::Deny).await;
-    let server = FakeApiServer::start().await.unwrap();
-    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
-    namespace(&client, "opted", &[("inject", "enabled")]).await;
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &config("c", url_config(&pki, hook.addr), "Ignore", 5),
-        )
-        .await
-        .unwrap();
-    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
-    let err = api_error(
-        opted
-            .create(
-                &PostParams::default(),
-                &pod("e", &[("spark-role", "executor")]),
-            )
-            .await
-            .unwrap_err(),
-    );
+    let Cluster {
+        server,
+        configs,
+        opted,
+        ..
+    } = Cluster::start().await;
+    create(
+        &configs,
+        &config("c", url_config(&pki, hook.addr), "Ignore", 5),
+    )
+    .await
+    .unwrap();
+    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
     assert_eq!(err.code, 403);
     assert_eq!(
         err.message,
@@ -532,15 +493,7 @@ async fn denials_and_bad_patches_reject_the_create_whatever_the_policy() {
     );
 
     *hook.mode.lock().unwrap() = Mode::BadPatch;
-    let err = api_error(
-        opted
-            .create(
-                &PostParams::default(),
-                &pod("e", &[("spark-role", "executor")]),
-            )
-            .await
-            .unwrap_err(),
-    );
+    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
     assert!(server.pod("opted", "e").is_none());
 }
@@ -559,12 +512,7 @@ async fn invalid_configurations_are_refused_with_the_causes() {
     let wh = &mut bad.webhooks.as_mut().unwrap()[0];
     wh.side_effects = "Some".into();
     wh.name = "short".into();
-    let err = api_error(
-        configs
-            .create(&PostParams::default(), &bad)
-            .await
-            .unwrap_err(),
-    );
+    let err = api_error(create(&configs, &bad).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
     for field in [
         "webhooks[0].name",
@@ -594,42 +542,30 @@ async fn if_needed_webhooks_are_called_again_only_after_a_later_change() {
     let pki = pki(&["localhost"]);
     let first = start_hook(&pki, Mode::Patch).await;
     let second = start_hook(&pki, Mode::Allow).await;
-    let server = FakeApiServer::start().await.unwrap();
-    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
-    namespace(&client, "opted", &[("inject", "enabled")]).await;
-    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let Cluster {
+        server: _server,
+        configs,
+        opted,
+        ..
+    } = Cluster::start().await;
     let mut a = config("a", url_config(&pki, first.addr), "Fail", 5);
     a.webhooks.as_mut().unwrap()[0].reinvocation_policy = Some("IfNeeded".into());
-    configs.create(&PostParams::default(), &a).await.unwrap();
-    configs
-        .create(
-            &PostParams::default(),
-            &config("b", url_config(&pki, second.addr), "Fail", 5),
-        )
-        .await
-        .unwrap();
-    let opted = Api::<Pod>::namespaced(client.clone(), "opted");
+    create(&configs, &a).await.unwrap();
+    create(
+        &configs,
+        &config("b", url_config(&pki, second.addr), "Fail", 5),
+    )
+    .await
+    .unwrap();
 
     // The second webhook changes nothing: the first is called once.
-    opted
-        .create(
-            &PostParams::default(),
-            &pod("e1", &[("spark-role", "executor")]),
-        )
-        .await
-        .unwrap();
+    create(&opted, &executor("e1")).await.unwrap();
     assert_eq!(first.reviews.lock().unwrap().len(), 1);
     assert_eq!(second.reviews.lock().unwrap().len(), 1);
 
     // The second webhook patches too: the first is called once more, and sees its patch.
     *second.mode.lock().unwrap() = Mode::Patch;
-    let p = opted
-        .create(
-            &PostParams::default(),
-            &pod("e2", &[("spark-role", "executor")]),
-        )
-        .await
-        .unwrap();
+    let p = create(&opted, &executor("e2")).await.unwrap();
     let reviews = first.reviews.lock().unwrap().clone();
     assert_eq!(reviews.len(), 3);
     assert_eq!(second.reviews.lock().unwrap().len(), 2);
@@ -649,16 +585,18 @@ async fn daemonset_pods_go_through_the_webhooks_as_the_controller() {
     use k8s_openapi::api::apps::v1::DaemonSet;
     let pki = pki(&["localhost"]);
     let hook = start_hook(&pki, Mode::Patch).await;
-    let server = FakeApiServer::start().await.unwrap();
-    let client = kshuffle_testkit::kube_client(&server, "default").unwrap();
-    namespace(&client, "opted", &[("inject", "enabled")]).await;
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &config("c", url_config(&pki, hook.addr), "Fail", 5),
-        )
-        .await
-        .unwrap();
+    let Cluster {
+        server,
+        client,
+        configs,
+        ..
+    } = Cluster::start().await;
+    create(
+        &configs,
+        &config("c", url_config(&pki, hook.addr), "Fail", 5),
+    )
+    .await
+    .unwrap();
     let ds: DaemonSet = serde_json::from_value(json!({
         "metadata": { "name": "daemon" },
         "spec": {
