@@ -9,11 +9,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
@@ -22,15 +20,15 @@ use kshuffle::client::Client;
 use kshuffle::fixture::ExecutorDirs;
 use kshuffle::wire::Message;
 use kshuffle_testkit::{FakeApiServer, Outage};
-use serde_json::Value;
+
+mod common;
+
+use common::{HANG_GUARD, Identity, Sidecar};
 
 const NS: &str = "spark-jobs";
 const APP: &str = "spark-4a1f0c6e2b9d4c7a8e3f5b1d2c6a9e0f";
 const DRIVER: &str = "wordcount-driver";
 const PARTITIONS: [&[u8]; 3] = [b"alpha", b"", b"gamma-gamma-gamma"];
-
-/// Hang guard for waits (asserts nothing about durations).
-const HANG_GUARD: Duration = Duration::from_secs(60);
 
 fn driver_pod() -> Pod {
     let labels = BTreeMap::from([
@@ -70,124 +68,30 @@ fn phase(server: &FakeApiServer) -> Option<String> {
     server.pod(NS, DRIVER)?.status?.phase
 }
 
-/// The sidecar process, its JSON log collected from stderr.
-struct Sidecar {
-    child: Child,
-    log: Arc<Mutex<Vec<Value>>>,
-}
+/// The executor pod the sidecar runs in.
+const POD: Identity<'static> = Identity {
+    namespace: NS,
+    name: "wordcount-exec-1",
+    app: APP,
+};
 
 impl Sidecar {
     fn start(dir: &Path, server: &FakeApiServer) -> (Sidecar, SocketAddr) {
         Self::start_with(dir, server, &[])
     }
 
+    /// Starts it with quick driver checks and `extra` flags.
     fn start_with(dir: &Path, server: &FakeApiServer, extra: &[&str]) -> (Sidecar, SocketAddr) {
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-                 users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: fake\n    user: test\n    namespace: {NS}\n\
-                 current-context: test\n",
-                server.url()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"));
-        cmd.arg("serve")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--admin-bind",
-                "127.0.0.1",
-                "--admin-port",
-                "0",
-            ])
-            .arg("--allowed-root")
-            .arg(dir.join("local"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--log-format", "json", "--log-level", "info"])
-            .args([
-                "--driver-check-interval",
-                "50ms",
-                "--driver-check-max-backoff",
-                "200ms",
-            ])
-            .args(extra);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("KSHUFFLE_") || key == "_SPARK_AUTH_SECRET" || key == "RUST_LOG" {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("KSHUFFLE_APP_ID", APP)
-            .env("KSHUFFLE_POD_NAMESPACE", NS)
-            .env("KSHUFFLE_POD_NAME", "wordcount-exec-1")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("HOME", dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start kshuffle-sidecar");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let event: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if event["fields"]["message"] == "listening" {
-                    let _ = tx.send(event["fields"]["addr"].as_str().unwrap_or("").to_owned());
-                }
-                sink.lock().unwrap().push(event);
-            }
-        });
-        let addr = rx
-            .recv_timeout(HANG_GUARD)
-            .unwrap_or_else(|_| panic!("no \"listening\": {:?}", log.lock().unwrap()));
-        (Sidecar { child, log }, addr.parse().unwrap())
-    }
-
-    fn logged(&self, message: &str) -> Option<Value> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|e| e["fields"]["message"] == message)
-            .cloned()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(HANG_GUARD, async {
-            loop {
-                if let Some(status) = self.exited() {
-                    return status;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("sidecar did not exit: {:?}", self.log.lock().unwrap()))
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut flags = vec![
+            "--driver-check-interval",
+            "50ms",
+            "--driver-check-max-backoff",
+            "200ms",
+        ];
+        flags.extend_from_slice(extra);
+        let sidecar = Self::spawn(dir, server, &POD, None, &flags);
+        let addr = sidecar.addr;
+        (sidecar, addr)
     }
 }
 
@@ -353,8 +257,8 @@ async fn in_client_mode_it_serves_until_the_driver_endpoint_refuses_connections(
     wait_for("three driver checks", || server.calls().list >= lists + 3).await;
     assert!(
         sidecar.exited().is_none(),
-        "must keep serving while the driver's endpoint accepts connections: {:?}",
-        sidecar.log.lock().unwrap()
+        "must keep serving while the driver's endpoint accepts connections: {}",
+        sidecar.log()
     );
     assert_eq!(fetch_all(addr).await, expected());
 
@@ -408,8 +312,8 @@ async fn an_unlabelled_driver_pod_named_by_the_owner_reference_decides() {
     wait_for("three driver checks", || server.calls().list >= lists + 6).await;
     assert!(
         sidecar.exited().is_none(),
-        "must keep serving while the owner pod runs: {:?}",
-        sidecar.log.lock().unwrap()
+        "must keep serving while the owner pod runs: {}",
+        sidecar.log()
     );
     assert_eq!(fetch_all(addr).await, expected());
 

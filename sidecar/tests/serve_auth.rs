@@ -1,18 +1,14 @@
 //! `kshuffle-sidecar serve` with Spark's per-app secret (`_SPARK_AUTH_SECRET`, which the
 //! webhook copies from the executor container): the real binary requires `spark.authenticate`
 //! with exactly that secret, for exactly its own app (`KSHUFFLE_APP_ID`). Clients speak
-//! Spark's AuthEngine handshake and the transport cipher (`kshuffle::client::Client::authenticate`).
-//! The fake API server (`kshuffle_testkit::FakeApiServer`) only stands behind the kubeconfig;
-//! no Kubernetes cluster runs here.
+//! Spark's AuthEngine handshake and the transport cipher
+//! (`kshuffle::client::Client::authenticate`). The fake API server
+//! (`kshuffle_testkit::FakeApiServer`) only stands behind the kubeconfig; no Kubernetes cluster
+//! runs here. The sidecar process helper is in `common/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use kshuffle::auth::Secret;
@@ -20,83 +16,21 @@ use kshuffle::client::{Client, Credentials, Error as ClientError};
 use kshuffle::fixture::ExecutorDirs;
 use kshuffle::wire::Message;
 use kshuffle_testkit::FakeApiServer;
-use serde_json::Value;
+
+mod common;
+
+use common::{Identity, Sidecar};
 
 const NS: &str = "spark-jobs";
 const APP: &str = "spark-7c0ffee5a1b2c3d4e5f60718293a4b5c";
 const SECRET: &str = "6f3c1d0e9a8b7c6d5e4f30211f2e3d4c5b6a79880f1e2d3c4b5a69788796a5b4";
-const HANG_GUARD: Duration = Duration::from_secs(60);
 
-/// The sidecar process (killed on drop), its JSON log collected from stderr.
-struct Sidecar {
-    child: Child,
-    log: Arc<Mutex<Vec<Value>>>,
-    addr: SocketAddr,
-}
-
-impl Sidecar {
-    fn start(dir: &Path, server: &FakeApiServer, secret: Option<&str>) -> Sidecar {
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, server.kubeconfig(NS)).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"));
-        cmd.arg("serve")
-            .args(["--bind", "127.0.0.1", "--port", "0"])
-            .args(["--admin-bind", "127.0.0.1", "--admin-port", "0"])
-            .arg("--allowed-root")
-            .arg(dir.join("local"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--log-format", "json", "--log-level", "info"]);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("KSHUFFLE_") || key == "_SPARK_AUTH_SECRET" || key == "RUST_LOG" {
-                cmd.env_remove(key);
-            }
-        }
-        if let Some(secret) = secret {
-            cmd.env("_SPARK_AUTH_SECRET", secret);
-        }
-        cmd.env("KSHUFFLE_APP_ID", APP)
-            .env("KSHUFFLE_POD_NAMESPACE", NS)
-            .env("KSHUFFLE_POD_NAME", "wordcount-exec-1")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("HOME", dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start kshuffle-sidecar");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let event: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if event["fields"]["message"] == "listening" {
-                    let _ = tx.send(event["fields"]["addr"].as_str().unwrap_or("").to_owned());
-                }
-                sink.lock().unwrap().push(event);
-            }
-        });
-        let addr = rx
-            .recv_timeout(HANG_GUARD)
-            .unwrap_or_else(|_| panic!("no \"listening\": {:?}", log.lock().unwrap()));
-        Sidecar {
-            child,
-            log,
-            addr: addr.parse().unwrap(),
-        }
-    }
-
-    fn log(&self) -> String {
-        format!("{:?}", self.log.lock().unwrap())
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The executor pod the sidecar runs in.
+const POD: Identity<'static> = Identity {
+    namespace: NS,
+    name: "wordcount-exec-1",
+    app: APP,
+};
 
 /// Connects and authenticates as `app` with `secret` (Spark's AuthEngine, then the cipher).
 async fn connect(addr: SocketAddr, app: &str, secret: &str) -> Result<Client, ClientError> {
@@ -122,7 +56,7 @@ async fn fetch(client: &mut Client) -> Result<Bytes, ClientError> {
 async fn with_sparks_secret_only_its_own_app_authenticates() {
     let server = FakeApiServer::start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(tmp.path(), &server, Some(SECRET));
+    let sidecar = Sidecar::spawn(tmp.path(), &server, &POD, Some(SECRET), &[]);
     let dirs = ExecutorDirs::create(&tmp.path().join("local"), "exec1", 2, 8).unwrap();
     dirs.write_map_output(0, 0, &[b"p0", b"partition one"])
         .unwrap();
@@ -170,7 +104,7 @@ async fn with_sparks_secret_only_its_own_app_authenticates() {
 async fn without_sparks_secret_it_serves_unauthenticated_clients() {
     let server = FakeApiServer::start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(tmp.path(), &server, None);
+    let sidecar = Sidecar::spawn(tmp.path(), &server, &POD, None, &[]);
     let dirs = ExecutorDirs::create(&tmp.path().join("local"), "exec1", 2, 8).unwrap();
     dirs.write_map_output(0, 0, &[b"p0", b"partition one"])
         .unwrap();
