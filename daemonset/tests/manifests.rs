@@ -42,29 +42,7 @@ fn deploy_dir() -> PathBuf {
 /// # Panics
 /// With a clear message when kubectl is missing or the base does not render.
 fn render() -> Vec<Value> {
-    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(deploy_dir())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {kubectl:?} ({e}): these tests render the kustomize base with \
-                 `kubectl kustomize`; install kubectl (it works offline, no cluster needed) \
-                 or point KUBECTL at it"
-            )
-        });
-    assert!(
-        out.status.success(),
-        "`kubectl kustomize {}` failed ({}):\n{}",
-        deploy_dir().display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("kustomize writes UTF-8");
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-        .unwrap_or_else(|e| panic!("kustomize output is not YAML ({e}):\n{text}"));
-    docs.into_iter().filter(|d| !d.is_null()).collect()
+    kshuffle_testkit::kustomize::render(&deploy_dir()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every object of the base, typed.

@@ -28,7 +28,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kshuffle_sidecar::inject::Config;
 use kshuffle_sidecar::webhook::{self, Settings, tls::CertStore};
-use kshuffle_testkit::FakeApiServer;
+use kshuffle_testkit::{FakeApiServer, kustomize};
 use kube::Api;
 use kube::api::PostParams;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -80,24 +80,9 @@ fn pki() -> Pki {
 /// webhook's caBundle.
 fn rendered_config(ca_pem: &str) -> MutatingWebhookConfiguration {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {kubectl:?} ({e}); install kubectl or set KUBECTL"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    let doc = docs
-        .into_iter()
-        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
-        .unwrap();
-    let mut config: MutatingWebhookConfiguration = serde_json::from_value(doc).unwrap();
+    let docs = kustomize::render(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let doc = kustomize::one(&docs, "MutatingWebhookConfiguration").unwrap();
+    let mut config: MutatingWebhookConfiguration = serde_json::from_value(doc.clone()).unwrap();
     for hook in config.webhooks.iter_mut().flatten() {
         hook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
     }

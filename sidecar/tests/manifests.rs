@@ -18,6 +18,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kshuffle_testkit::kustomize;
 use serde_json::Value;
 
 const NAMESPACE: &str = "kshuffle-sidecar";
@@ -32,27 +33,12 @@ fn render() -> Vec<Value> {
 }
 
 fn render_dir(dir: &Path) -> Vec<Value> {
-    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {kubectl:?} ({e}); install kubectl or set KUBECTL"));
-    assert!(
-        out.status.success(),
-        "kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
-    docs.into_iter().filter(|d| !d.is_null()).collect()
+    kustomize::render(dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn one<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
-    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
-    assert_eq!(found.len(), 1, "exactly one {kind}");
-    serde_json::from_value(found[0].clone())
-        .unwrap_or_else(|e| panic!("{kind} does not parse: {e}"))
+    let doc = kustomize::one(docs, kind).unwrap();
+    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{kind} does not parse: {e}"))
 }
 
 // === label selectors, as the API server evaluates them ===

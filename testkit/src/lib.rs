@@ -10,9 +10,11 @@
 //!   ([`kube_client`]).
 //! - [`cluster`]: applying manifests and reading `spark-submit` flags files, for the
 //!   `fake-apiserver` binary's simulated cluster (`scripts/sim-cluster.sh`).
+//! - [`kustomize`]: `kubectl kustomize` of a deploy directory, as documents.
 
 pub mod apiserver;
 pub mod cluster;
+pub mod kustomize;
 
 pub use apiserver::{Calls, FakeApiServer, Latencies, Node, Outage};
 

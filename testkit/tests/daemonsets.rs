@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kshuffle_testkit::{FakeApiServer, Node};
+use kshuffle_testkit::{FakeApiServer, Node, kustomize};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::Value;
@@ -23,22 +23,8 @@ const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 /// The rendered manifests of `daemonset/deploy`, by kind.
 fn rendered(kind: &str) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemonset/deploy");
-    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {kubectl:?} ({e}); install kubectl or set KUBECTL"));
-    assert!(
-        out.status.success(),
-        "kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    docs.into_iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} in the rendered manifests"))
+    let docs = kustomize::render(&dir).unwrap_or_else(|e| panic!("{e}"));
+    kustomize::one(&docs, kind).unwrap().clone()
 }
 
 async fn cluster() -> (FakeApiServer, kube::Client) {
