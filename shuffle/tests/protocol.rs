@@ -883,3 +883,76 @@ async fn read_frame(socket: &mut tokio::net::TcpStream, buf: &mut BytesMut) -> F
         tokio::task::yield_now().await;
     }
 }
+
+/// A data file cut short while its body is being sent: `sendfile` stops short at the new
+/// end with room left in the socket buffer, so no writable event follows; the daemon tries
+/// again within its short-write recheck, finds the end and closes the connection (the header
+/// promised more) instead of stalling until the write timeout.
+#[tokio::test]
+async fn a_file_cut_short_mid_send_closes_the_connection_promptly() {
+    // The cut lies beyond what the kernel can have queued when it happens (the socket's send
+    // buffer, at most `tcp_wmem`'s 4 MiB by default, and a tiny receive window).
+    const BODY: usize = 32 << 20;
+    const CUT: usize = 24 << 20;
+    let daemon = Daemon::start(|c| c.write_timeout = Duration::from_secs(600)).await;
+    let mut c = daemon.client().await;
+    let dirs = ExecutorDirs::create(&daemon.root, "e1", 1, 4).unwrap();
+    let body = pseudo_random_bytes(3, BODY);
+    dirs.write_map_output(0, 100, &[&body]).unwrap();
+    c.register(APP, "1", dirs.as_strings(), 4).await.unwrap();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut raw = socket.connect(daemon.addr).await.unwrap();
+    let mut rbuf = BytesMut::new();
+    let open = fetch("1", vec![100], vec![vec![0]], false).to_bytes();
+    send_frames(
+        &mut raw,
+        &[Frame::RpcRequest {
+            request_id: 1,
+            body: open,
+        }],
+    )
+    .await;
+    let stream_id = match within(read_frame(&mut raw, &mut rbuf)).await {
+        Frame::RpcResponse { body, .. } => match Message::decode(&body).unwrap() {
+            Message::StreamHandle { stream_id, .. } => stream_id,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let request = Frame::ChunkFetchRequest(StreamChunkId {
+        stream_id,
+        chunk_index: 0,
+    });
+    send_frames(&mut raw, &[request]).await;
+    // The first bytes of the reply: the daemon is inside the body's `sendfile` loop, held by
+    // the tiny receive window. Then the file loses its last 8 MiB.
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    while received.len() < 4096 {
+        let mut piece = [0u8; 4096];
+        let n = within(raw.read(&mut piece)).await.unwrap();
+        assert!(n > 0, "closed before the body started");
+        received.extend_from_slice(&piece[..n]);
+    }
+    let data = dirs
+        .path(&kshuffle::store::BlockFile::ShuffleData {
+            shuffle_id: 0,
+            map_id: 100,
+        })
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(CUT as u64)
+        .unwrap();
+    // Read to the end: the connection closes after the bytes the file still had.
+    within(raw.read_to_end(&mut received)).await.unwrap();
+    let header = 21;
+    assert_eq!(received.len(), header + CUT, "bytes before the close");
+    assert!(received[header..] == body[..CUT], "body prefix");
+    let stats = daemon.stop().await;
+    assert_eq!(stats.connection_errors, 1);
+}
