@@ -445,7 +445,17 @@ async fn discovery_lists_what_is_served_and_non_json_bodies_are_415() {
         .iter()
         .map(|g| g["preferredVersion"]["groupVersion"].as_str().unwrap())
         .collect();
-    assert_eq!(groups, ["apps/v1", "admissionregistration.k8s.io/v1"]);
+    assert_eq!(
+        groups,
+        [
+            "apps/v1",
+            "admissionregistration.k8s.io/v1",
+            "networking.k8s.io/v1"
+        ]
+    );
+    let (code, body) = raw(&server, "GET", "/apis/networking.k8s.io/v1", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(body["resources"][0]["kind"], "NetworkPolicy");
     let (code, body) = raw(&server, "GET", "/api/v1", "").await;
     assert_eq!(code, 200);
     let names: Vec<&str> = body["resources"]
@@ -589,4 +599,52 @@ async fn server_side_apply_creates_or_replaces_as_sparks_cluster_mode_client_sen
     )
     .await;
     assert_eq!(code, 415);
+
+    // Spark 4.3 applies a NetworkPolicy (networking.k8s.io/v1) per application: stored and
+    // served (never enforced), listed and deleted by label like the rest.
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let nps: Api<NetworkPolicy> = Api::namespaced(kube_client(&server, NS).unwrap(), NS);
+    let np: NetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": { "name": "app-policy", "labels": { "spark-app-selector": "app-1" } },
+        "spec": {
+            "podSelector": { "matchLabels": { "spark-role": "executor", "spark-app-selector": "app-1" } },
+            "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "spark-app-selector": "app-1" } } }] }],
+        },
+    }))
+    .unwrap();
+    let created = nps
+        .patch("app-policy", &ssa, &Patch::Apply(&np))
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert_eq!(
+        nps.get("app-policy").await.unwrap().metadata.uid,
+        created.metadata.uid
+    );
+    let listed = nps
+        .list(&ListParams::default().labels("spark-app-selector=app-1"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let mut no_selector = np.clone();
+    no_selector.spec = Some(Default::default());
+    let mut raw_np = serde_json::to_value(&no_selector).unwrap();
+    raw_np["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("podSelector");
+    let err = api_error(
+        nps.patch("app-policy", &ssa, &Patch::Apply(&raw_np))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    nps.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("spark-app-selector=app-1"),
+    )
+    .await
+    .unwrap();
+    assert!(server.objects(Resource::NetworkPolicies, NS).is_empty());
 }

@@ -1,6 +1,9 @@
 //! core/v1 resources other than pods, kept as JSON documents: ConfigMaps, Secrets, Services
 //! and PersistentVolumeClaims — what Spark's Kubernetes client creates, lists and deletes
-//! around its executor pods.
+//! around its executor pods — and `networking.k8s.io/v1` NetworkPolicies (Spark 4's cluster
+//! mode applies one per application; stored and served, never enforced, with the same verbs
+//! under `/apis/networking.k8s.io/v1/...`, and also answered under `/api/v1/...`, where a
+//! real server has none).
 //!
 //! | route | verbs |
 //! |---|---|
@@ -67,6 +70,8 @@ pub enum Resource {
     Services,
     /// `persistentvolumeclaims`.
     PersistentVolumeClaims,
+    /// `networkpolicies` (`networking.k8s.io/v1`).
+    NetworkPolicies,
 }
 
 impl Resource {
@@ -77,6 +82,7 @@ impl Resource {
             "secrets" => Self::Secrets,
             "services" => Self::Services,
             "persistentvolumeclaims" => Self::PersistentVolumeClaims,
+            "networkpolicies" => Self::NetworkPolicies,
             _ => return None,
         })
     }
@@ -88,6 +94,15 @@ impl Resource {
             Self::Secrets => "secrets",
             Self::Services => "services",
             Self::PersistentVolumeClaims => "persistentvolumeclaims",
+            Self::NetworkPolicies => "networkpolicies",
+        }
+    }
+
+    /// The `apiVersion` of its objects.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Self::NetworkPolicies => "networking.k8s.io/v1",
+            _ => "v1",
         }
     }
 
@@ -98,6 +113,7 @@ impl Resource {
             Self::Secrets => "Secret",
             Self::Services => "Service",
             Self::PersistentVolumeClaims => "PersistentVolumeClaim",
+            Self::NetworkPolicies => "NetworkPolicy",
         }
     }
 }
@@ -188,6 +204,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(get_one).delete(delete_one).patch(apply),
         )
         .route("/api/v1/{resource}", get(list_all))
+        // networking.k8s.io/v1: NetworkPolicies (stored, never enforced).
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/{resource}",
+            get(list).post(create).delete(delete_collection),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/{resource}/{name}",
+            get(get_one).delete(delete_one).patch(apply),
+        )
+        .route("/apis/networking.k8s.io/v1/{resource}", get(list_all))
+        .route("/apis/networking.k8s.io/v1", get(networking_resources))
         .route("/api", get(api_versions))
         .route("/api/v1", get(api_resources))
         .route("/apis", get(api_groups))
@@ -209,9 +236,27 @@ async fn api_groups() -> Response {
         let gv = json!({ "groupVersion": format!("{name}/v1"), "version": "v1" });
         json!({ "name": name, "versions": [gv.clone()], "preferredVersion": gv })
     };
-    let groups = [group("apps"), group("admissionregistration.k8s.io")];
+    let groups = [
+        group("apps"),
+        group("admissionregistration.k8s.io"),
+        group("networking.k8s.io"),
+    ];
     axum::Json(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups }))
         .into_response()
+}
+
+/// networking.k8s.io/v1 as served: NetworkPolicies.
+async fn networking_resources() -> Response {
+    let r = Resource::NetworkPolicies;
+    axum::Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": r.api_version(),
+        "resources": [{
+            "name": r.plural(), "singularName": "networkpolicy", "namespaced": true,
+            "kind": r.kind(), "shortNames": ["netpol"],
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch"],
+        }],
+    }))
+    .into_response()
 }
 
 /// core/v1 as served: pods (see `http.rs`) and the resources of this module.
@@ -360,7 +405,7 @@ impl Filter {
 
 fn list_body(r: Resource, rv: u64, items: Vec<Value>) -> Response {
     axum::Json(json!({
-        "kind": format!("{}List", r.kind()), "apiVersion": "v1",
+        "kind": format!("{}List", r.kind()), "apiVersion": r.api_version(),
         "metadata": { "resourceVersion": rv.to_string() }, "items": items,
     }))
     .into_response()
@@ -631,7 +676,8 @@ async fn delete_collection(
 fn parse(r: Resource, body: &[u8]) -> Result<Map<String, Value>, Error> {
     let cannot = |why: String| {
         Error::BadRequest(format!(
-            "{k} in version \"v1\" cannot be handled as a {k}: {why}",
+            "{k} in version \"{v}\" cannot be handled as a {k}: {why}",
+            v = r.api_version().rsplit('/').next().unwrap_or("v1"),
             k = r.kind()
         ))
     };
@@ -645,7 +691,7 @@ fn parse(r: Resource, body: &[u8]) -> Result<Map<String, Value>, Error> {
         return Err(cannot(format!("wrong kind {kind:?}")));
     }
     if let Some(v) = obj.get("apiVersion").and_then(Value::as_str)
-        && v != "v1"
+        && v != r.api_version()
     {
         return Err(cannot(format!("wrong apiVersion {v:?}")));
     }
@@ -891,6 +937,17 @@ fn validate_pvc(obj: &mut Map<String, Value>, causes: &mut Causes) {
 }
 
 /// Names, validates, defaults and stores a new object.
+/// A NetworkPolicy needs `spec.podSelector` (`{}` selects every pod); nothing is enforced.
+fn validate_network_policy(obj: &Map<String, Value>, causes: &mut Causes) {
+    if !obj
+        .get("spec")
+        .and_then(|s| s.get("podSelector"))
+        .is_some_and(Value::is_object)
+    {
+        causes.add("spec.podSelector", "Required value");
+    }
+}
+
 fn insert(
     state: &mut StoreState,
     ns: &str,
@@ -967,6 +1024,7 @@ fn insert(
         Resource::Secrets => validate_secret(&mut obj, &mut causes)?,
         Resource::Services => validate_service(&mut obj, state, &mut causes)?,
         Resource::PersistentVolumeClaims => validate_pvc(&mut obj, &mut causes),
+        Resource::NetworkPolicies => validate_network_policy(&obj, &mut causes),
     }
     if !causes.0.is_empty() {
         return Err(ObjError::Invalid(r, name, causes.0));
@@ -977,7 +1035,7 @@ fn insert(
     }
     let rv = state.next_rv();
     obj.insert("kind".into(), Value::String(r.kind().into()));
-    obj.insert("apiVersion".into(), Value::String("v1".into()));
+    obj.insert("apiVersion".into(), Value::String(r.api_version().into()));
     if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
         meta.insert(
             "uid".into(),
