@@ -55,13 +55,21 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
     let (_tmp, work) = crate::work_dir(opts.work_dir.as_deref(), "kshuffle-scale-")?;
     let root = work.join("root");
     std::fs::create_dir_all(&root)?;
-    let spec = LayoutSpec {
-        maps: 64,
-        reducers: 512,
-        block_bytes: 4 << 10,
-        skew: 0.0,
-        shuffle_id: 1,
-    };
+    // The small workload's files ([`Options::workloads`] shrinks them for the smoke test).
+    let spec = opts
+        .workloads
+        .as_ref()
+        .and_then(|w| w.iter().find(|w| w.name == "small"))
+        .map_or(
+            LayoutSpec {
+                maps: 64,
+                reducers: 512,
+                block_bytes: 4 << 10,
+                skew: 0.0,
+                shuffle_id: 1,
+            },
+            |w| w.layout,
+        );
     eprintln!("writing layout");
     let layout = Arc::new(Layout::create(&root, "scale", 2, spec)?);
     let mut services = vec![Service::start_kshuffled(
@@ -103,7 +111,11 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
     };
     // Warm-up.
     for s in &services {
-        compare::measure(s, &layout, small(4, Duration::from_secs(2)))?;
+        compare::measure(
+            s,
+            &layout,
+            small(4, opts.duration.min(Duration::from_secs(2))),
+        )?;
     }
     for &c in connections {
         let mut measured = Vec::new();

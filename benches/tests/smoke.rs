@@ -1,7 +1,7 @@
 //! The load generator, the registration driver and the loopback measurement work end to end
 //! on a tiny layout against an in-process `kshuffle` server, and the side-by-side runner
-//! (`kshuffle-bench compare`) works over the real `kshuffled` binary, started and waited for
-//! exactly as `scripts/bench.sh` does. No figures are asserted: only that every block
+//! (`kshuffle-bench compare`) and the scaling curves (`kshuffle-bench scale`) work over the
+//! real `kshuffled` binary, started and waited for exactly as `scripts/bench.sh` does. No figures are asserted: only that every block
 //! arrived, verified, and the reports add up. (The Java service is the bench command's
 //! business, never the tests': the runner is checked with `--baseline`, our binary twice.)
 #![allow(clippy::unwrap_used)]
@@ -16,7 +16,7 @@ use kshuffle_benches::compare::{self, Options, register_layout};
 use kshuffle_benches::layout::{Layout, LayoutSpec};
 use kshuffle_benches::load::{self, LoadSpec};
 use kshuffle_benches::register::{self, RegisterSpec};
-use kshuffle_benches::{loopback, procstat};
+use kshuffle_benches::{loopback, procstat, scale};
 use tokio_util::sync::CancellationToken;
 
 /// Serves `root` on a background runtime until the token is cancelled.
@@ -191,4 +191,51 @@ fn runner_drives_the_real_kshuffled_binary_on_tiny_layouts() {
     ] {
         assert!(table.contains(row), "no `{row}` row in\n{table}");
     }
+}
+
+#[test]
+fn scaling_curves_run_over_the_real_kshuffled_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options {
+        work_dir: Some(tmp.path().to_path_buf()),
+        kshuffled: kshuffled_binary(),
+        spark_home: None,
+        spark_version: "4.3.0".into(),
+        workspace: compare::workspace_root(),
+        duration: Duration::from_millis(200),
+        reps: 1,
+        only: Vec::new(),
+        workloads: Some(compare::tiny_workloads()),
+        registrations: 0,
+        no_java: true,
+        baseline: None,
+        spark_jobs: false,
+        kshuffled_args: Vec::new(),
+    };
+    let curves = scale::run(&opts, &[1, 3], &[5, 10]).unwrap();
+    assert_eq!(curves.names, ["kshuffled"]);
+    let conns: Vec<usize> = curves.connections.iter().map(|p| p.connections).collect();
+    assert_eq!(conns, [1, 3]);
+    for p in &curves.connections {
+        let m = &p.measured[0];
+        assert!(
+            m.report.blocks > 0 && m.peak_rss > 0,
+            "{} connections",
+            p.connections
+        );
+    }
+    // Registrations accumulate level by level.
+    let totals: Vec<u64> = curves.executors.iter().map(|p| p.total).collect();
+    assert_eq!(totals, [5, 15]);
+    for p in &curves.executors {
+        let (per_sec, rss, blocks_per_sec) = p.measured[0];
+        assert!(
+            per_sec > 0.0 && rss > 0 && blocks_per_sec > 0.0,
+            "{} executors",
+            p.total
+        );
+    }
+    let tables = scale::tables(&curves);
+    assert!(tables.contains("| 3 | "), "{tables}");
+    assert!(tables.contains("| 15 | "), "{tables}");
 }
