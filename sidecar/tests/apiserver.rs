@@ -16,10 +16,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +32,10 @@ use kube::api::PostParams;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+mod common;
+
+use common::WebhookProcess;
 
 const REVIEW: &str = include_str!("fixtures/executor-review.json");
 const WEBHOOK_NS: &str = "kshuffle-sidecar";
@@ -91,56 +93,9 @@ fn rendered_config(ca_pem: &str) -> MutatingWebhookConfiguration {
 
 // === the webhook, in-process or as the binary ===
 
-/// `kshuffle-sidecar webhook` (killed on drop).
-struct WebhookProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for WebhookProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_webhook_binary(pki: &Pki) -> WebhookProcess {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
-        .arg("webhook")
-        .arg("--tls-cert-file")
-        .arg(&pki.cert)
-        .arg("--tls-key-file")
-        .arg(&pki.key)
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--image", "ghcr.io/kshuffle/kshuffle-sidecar:0.1.0"])
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the webhook did not log that it listens");
-        if line.contains("webhook listening") {
-            break;
-        }
-    }
-    WebhookProcess {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    }
+    let image = ["--image", "ghcr.io/kshuffle/kshuffle-sidecar:0.1.0"];
+    WebhookProcess::spawn(&pki.cert, &pki.key, &image)
 }
 
 /// Serves the webhook in this process until `stop`; its address.

@@ -20,6 +20,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
+use common::WebhookProcess;
+
 const REVIEW: &str = include_str!("fixtures/executor-review.json");
 
 /// A CA, and a server certificate for localhost/127.0.0.1 that it signed.
@@ -331,51 +335,12 @@ fn unusable_certificate_files_are_refused_with_the_reason() {
 /// SIGTERM stops accepting and exits 0.
 #[tokio::test]
 async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let ca = pki("test CA");
     let (cert, key) = write(dir.path(), &ca);
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
-        .arg("webhook")
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--image",
-            "img:1",
-        ])
-        .args(["--log-format", "json"])
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_line = |needle: &str| loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no {needle:?} logged"));
-        if line.contains(needle) {
-            return line;
-        }
-    };
-    wait_line("webhook listening");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut webhook =
+        WebhookProcess::spawn(&cert, &key, &["--image", "img:1", "--log-format", "json"]);
+    let addr = webhook.addr;
     let (status, _, body) = guard(request(
         addr,
         &ca.ca_der,
@@ -386,20 +351,8 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("JSONPatch"));
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    wait_line("webhook stopped");
-    let status = guard(async {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    webhook.signal("-TERM");
+    webhook.wait_line("webhook stopped");
+    let status = webhook.wait_exit().await;
     assert!(status.success(), "{status:?}");
 }

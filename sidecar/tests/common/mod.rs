@@ -1,7 +1,9 @@
-//! `kshuffle-sidecar serve` as a child process for the end-to-end tests: a clean environment
-//! (no `KSHUFFLE_*`, `_SPARK_AUTH_SECRET` or `RUST_LOG` of the machine), a kubeconfig for the
-//! fake API server, its JSON log collected on a thread, and the port it logs as "listening".
-//! Waits are bounded by [`HANG_GUARD`] and assert nothing about durations.
+//! `kshuffle-sidecar serve` and `kshuffle-sidecar webhook` as child processes for the
+//! end-to-end tests. [`Sidecar`]: a clean environment (no `KSHUFFLE_*`, `_SPARK_AUTH_SECRET`
+//! or `RUST_LOG` of the machine), a kubeconfig for the fake API server, its JSON log collected
+//! on a thread, and the port it logs as "listening". [`WebhookProcess`]: the webhook on a free
+//! port with given certificate files. Waits are bounded by [`HANG_GUARD`] and assert nothing
+//! about durations.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -115,11 +117,7 @@ impl Sidecar {
 
     /// Sends `sig` (as `kill` takes it, e.g. `-TERM`).
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal(&self.child, sig);
     }
 
     /// The exit status, if it exited.
@@ -129,16 +127,10 @@ impl Sidecar {
 
     /// Waits for the process to exit.
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        let waited = tokio::time::timeout(HANG_GUARD, async {
-            loop {
-                if let Some(status) = self.exited() {
-                    return status;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        waited.unwrap_or_else(|_| panic!("sidecar did not exit: {}", self.log()))
+        let log = Arc::clone(&self.log);
+        wait_exit(&mut self.child)
+            .await
+            .unwrap_or_else(|| panic!("sidecar did not exit: {:?}", log.lock().unwrap()))
     }
 }
 
@@ -147,4 +139,104 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `kshuffle-sidecar webhook` (killed on drop), its stderr lines on a channel.
+pub struct WebhookProcess {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Where it serves HTTPS.
+    pub addr: SocketAddr,
+}
+
+impl WebhookProcess {
+    /// Starts the webhook with the certificate `cert` and key `key` on a free port of
+    /// 127.0.0.1, `extra` flags after, and waits for "webhook listening".
+    pub fn spawn(cert: &Path, key: &Path, extra: &[&str]) -> WebhookProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
+            .arg("webhook")
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kshuffle-sidecar webhook");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut webhook = WebhookProcess {
+            child,
+            lines,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        webhook.wait_line("webhook listening");
+        webhook
+    }
+
+    /// Waits for the next stderr line containing `needle` and returns it.
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(HANG_GUARD)
+                .unwrap_or_else(|_| panic!("no {needle:?} logged"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends `sig` (as `kill` takes it, e.g. `-TERM`).
+    pub fn signal(&self, sig: &str) {
+        signal(&self.child, sig);
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child)
+            .await
+            .unwrap_or_else(|| panic!("the webhook did not exit"))
+    }
+}
+
+impl Drop for WebhookProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` (as `kill` takes it, e.g. `-TERM`) to `child`.
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Polls until `child` exits; `None` after [`HANG_GUARD`].
+async fn wait_exit(child: &mut Child) -> Option<ExitStatus> {
+    let poll = async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, poll).await.ok()
 }
