@@ -15,7 +15,9 @@
 //! - [`admin`]: the admin HTTP port (health, metrics, application lifecycle); [`metrics`];
 //! - [`daemon`]: the whole daemon (flags, ports, signals) for the binaries that run it.
 //!
-//! [`fixture`] writes Spark-format files for tests and benchmarks.
+//! [`fixture`] writes Spark-format files for tests and benchmarks; [`client`] is a minimal
+//! protocol client (with Spark's auth handshake and transport cipher) for tests, benchmarks
+//! and tools, never used by the daemon.
 
 pub mod admin;
 pub mod auth;
