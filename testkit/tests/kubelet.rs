@@ -85,7 +85,8 @@ async fn setup(name: &str) -> Setup {
         .image("kshuffle-node", &node_bin)
         .address_env("kshuffle-node", &["KSHUFFLE_BIND"])
         .noop_image("busybox")
-        .max_probe_period(Duration::from_millis(100));
+        .max_probe_period(Duration::from_millis(100))
+        .mount_wait(Duration::from_secs(1));
     let server = FakeApiServer::builder()
         .nodes(vec![Node::new("node-1", 4, 8), Node::new("node-2", 4, 8)])
         .process_kubelet(kubelet.clone())
@@ -276,6 +277,7 @@ fn driver_pod(name: &str, app: &str, mode: &str) -> Pod {
                 "volumeMounts": [
                     { "name": "spark-local-dir-1", "mountPath": "/var/data/spark-d1" },
                     { "name": "spark-conf-volume-driver", "mountPath": "/opt/spark/conf" },
+                    { "name": "pod-template-volume", "mountPath": "/opt/spark/pod-template" },
                 ],
             }],
             "volumes": [
@@ -283,6 +285,9 @@ fn driver_pod(name: &str, app: &str, mode: &str) -> Pod {
                 { "name": "spark-conf-volume-driver",
                   "configMap": { "name": "spark-drv-conf-map", "defaultMode": 420,
                                  "items": [{ "key": "spark.properties", "path": "spark.properties" }] } },
+                { "name": "pod-template-volume",
+                  "configMap": { "name": "podspec-configmap",
+                                 "items": [{ "key": "podspec-configmap-key", "path": "pod-spec-template.yml" }] } },
             ],
         },
     }))
@@ -300,7 +305,18 @@ async fn a_driver_pod_runs_spark_submit_in_client_mode_and_its_service_name_reso
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
     let cm: ConfigMap = serde_json::from_value(json!({
         "metadata": { "name": "spark-drv-conf-map" },
-        "data": { "spark.properties": "spark.driver.host=app-1-driver-svc.spark.svc\n" },
+        "data": {
+            "spark.properties": "spark.driver.host=app-1-driver-svc.spark.svc\n\
+                spark.kubernetes.executor.podTemplateFile=/opt/spark/pod-template/pod-spec-template.yml\n",
+            // Not an item of the volume: not written.
+            "log4j2.properties": "rootLogger.level=info\n",
+        },
+    }))
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "podspec-configmap" },
+        "data": { "podspec-configmap-key": "kind: Pod\n" },
     }))
     .unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
@@ -347,10 +363,19 @@ async fn a_driver_pod_runs_spark_submit_in_client_mode_and_its_service_name_reso
         &unmapped,
     ];
     assert_eq!(args.lines().collect::<Vec<_>>(), want);
+    // The volumes' items are projected at their paths, and the properties file's value
+    // naming the pod template's mount path is mapped like env values are.
+    let template = dir.join("volumes/pod-template-volume/pod-spec-template.yml");
+    assert_eq!(std::fs::read_to_string(&template).unwrap(), "kind: Pod\n");
     assert_eq!(
         std::fs::read_to_string(conf.join("spark.properties")).unwrap(),
-        "spark.driver.host=app-1-driver-svc.spark.svc\n"
+        format!(
+            "spark.driver.host=app-1-driver-svc.spark.svc\n\
+             spark.kubernetes.executor.podTemplateFile={}\n",
+            template.display()
+        )
     );
+    assert!(!conf.join("log4j2.properties").exists());
     let env = read_when_there(&dir.join("env")).await;
     let hosts = dir.join("hosts");
     let has = |line: String| assert!(env.lines().any(|l| l == line), "{line} not in\n{env}");
@@ -421,6 +446,34 @@ fn signal_pid(pid: &str, sig: &str) {
         .args([&format!("-{sig}"), pid.trim()])
         .status()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_pod_waits_pending_for_a_config_map_created_after_it() {
+    let s = setup("mount-wait").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    // As Spark's cluster mode: the pod first, its ConfigMap right after.
+    pods.create(&PostParams::default(), &executor_pod("late-conf", "sleep"))
+        .await
+        .unwrap();
+    within(
+        "the pod to be bound",
+        until(|| {
+            s.server
+                .pod(NS, "late-conf")
+                .and_then(|p| p.spec?.node_name)
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(phase(&s.server, "late-conf").as_deref(), Some("Pending"));
+    create_conf_map(&s.server).await;
+    wait_phase(&s.server, "late-conf", "Running").await;
+    let conf = s
+        .kubelet
+        .pod_dir(NS, "late-conf")
+        .join("volumes/spark-conf-volume-exec/spark.properties");
+    assert!(conf.is_file());
 }
 
 #[tokio::test]

@@ -83,7 +83,7 @@ use std::time::Duration;
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, Probe,
+    ContainerStateWaiting, ContainerStatus, KeyToPath, Pod, PodCondition, Probe,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -101,6 +101,10 @@ const EXECUTOR_MAIN: &str = "org.apache.spark.scheduler.cluster.k8s.KubernetesEx
 const DRIVER_SUBMIT: &str = "bin/spark-submit";
 /// The hosts file of a pod running JVMs, in its pod directory.
 const HOSTS_FILE: &str = "hosts";
+/// How long a pod waits for a missing ConfigMap or Secret of its volumes, by default.
+const MOUNT_WAIT: Duration = Duration::from_secs(20);
+/// The reason of a start error that a later attempt may not have (a missing volume source).
+const FAILED_MOUNT: &str = "FailedMount";
 /// How often the kubelet looks at pods and processes.
 const TICK: Duration = Duration::from_millis(50);
 /// The first restart back-off, doubled after each restart.
@@ -122,6 +126,8 @@ pub struct ProcessKubelet {
     noop_images: HashSet<String>,
     /// The longest period between two probes of a container.
     max_probe_period: Option<Duration>,
+    /// How long a pod waits for a missing ConfigMap or Secret of its volumes.
+    mount_wait: Duration,
     /// The first three bytes of the nodes' addresses.
     node_network: String,
 }
@@ -141,6 +147,7 @@ impl ProcessKubelet {
             address_env: BTreeMap::new(),
             noop_images: HashSet::new(),
             max_probe_period: None,
+            mount_wait: MOUNT_WAIT,
             node_network: "127.0.1".into(),
         }
     }
@@ -192,6 +199,15 @@ impl ProcessKubelet {
     /// test's start by up to that much).
     pub fn max_probe_period(mut self, period: Duration) -> Self {
         self.max_probe_period = Some(period);
+        self
+    }
+
+    /// How long a pod stays `Pending` waiting for a ConfigMap or Secret its volumes name
+    /// (default 20 s) before it fails with `CreateContainerConfigError`. A real kubelet
+    /// retries the mount for ever; Spark's cluster mode creates the driver pod first and its
+    /// ConfigMaps right after.
+    pub fn mount_wait(mut self, wait: Duration) -> Self {
+        self.mount_wait = wait;
         self
     }
 
@@ -452,6 +468,7 @@ pub async fn run(shared: Arc<Shared>, cfg: ProcessKubelet, procs: Arc<Procs>, ap
         tracing::warn!(error = %e, "process kubelet: cannot write its kubeconfig");
     }
     let mut failed: HashSet<String> = HashSet::new();
+    let mut waiting: HashMap<String, (Instant, String)> = HashMap::new();
     let mut next_ip: u32 = 1;
     // Probes run as their own tasks, so a slow one (up to its timeout) holds up nothing;
     // their results are applied on the next tick.
@@ -465,7 +482,12 @@ pub async fn run(shared: Arc<Shared>, cfg: ProcessKubelet, procs: Arc<Procs>, ap
         if !done.is_empty() {
             apply_probes(&procs, done);
         }
-        for p in reconcile(&shared, &cfg, &procs, &mut failed, &mut next_ip) {
+        let mut starts = Starts {
+            failed: &mut failed,
+            waiting: &mut waiting,
+            next_ip: &mut next_ip,
+        };
+        for p in reconcile(&shared, &cfg, &procs, &mut starts) {
             let tx = results_tx.clone();
             let cancel = shared.cancel.clone();
             probes.spawn(async move {
@@ -808,9 +830,13 @@ fn reconcile(
     shared: &Shared,
     cfg: &ProcessKubelet,
     procs: &Procs,
-    failed: &mut HashSet<String>,
-    next_ip: &mut u32,
+    starts: &mut Starts<'_>,
 ) -> Vec<DueProbe> {
+    let Starts {
+        failed,
+        waiting,
+        next_ip,
+    } = starts;
     let nodes = shared
         .nodes
         .lock()
@@ -894,15 +920,44 @@ fn reconcile(
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false);
+        let pod_uid = uid(&pod);
         let pod_ip = if host_network {
             host_ip.clone()
+        } else if let Some((_, ip)) = waiting.get(&pod_uid) {
+            ip.clone()
         } else {
-            let n = *next_ip;
-            *next_ip = next_ip.wrapping_add(1);
+            let n = **next_ip;
+            **next_ip = next_ip.wrapping_add(1);
             nth_address("127.1", u64::from(n))
         };
         let ips = (pod_ip.clone(), host_ip.clone());
-        match prepare(cfg, &state, &pod, &key, &ips) {
+        let prepared = prepare(cfg, &state, &pod, &key, &ips);
+        let since = match &prepared {
+            Err((FAILED_MOUNT, _)) => Some(
+                waiting
+                    .entry(pod_uid.clone())
+                    .or_insert_with(|| (now, pod_ip.clone()))
+                    .0,
+            ),
+            _ => waiting.remove(&pod_uid).map(|(t, _)| t),
+        };
+        match prepared {
+            Err((FAILED_MOUNT, message))
+                if since.is_some_and(|t| now.duration_since(t) < cfg.mount_wait) =>
+            {
+                // Pending, as a real kubelet keeps it while the mount fails; tried again
+                // next tick.
+                tracing::trace!(pod = %key.1, %message, "waiting for a volume source");
+                continue;
+            }
+            Err((FAILED_MOUNT, message)) => {
+                waiting.remove(&pod_uid);
+                tracing::debug!(pod = %key.1, %message, "cannot run pod");
+                failed.insert(pod_uid);
+                state.modify_meta(&key, |t| {
+                    fail(&mut t.pod, &host_ip, "CreateContainerConfigError", message)
+                });
+            }
             Ok(mut run) => {
                 match run.init_at {
                     Some(i) => spawn(&mut run, i, now),
@@ -918,11 +973,17 @@ fn reconcile(
             }
             Err((reason, message)) => {
                 tracing::debug!(pod = %key.1, %reason, %message, "cannot run pod");
-                failed.insert(uid(&pod));
+                failed.insert(pod_uid);
                 state.modify_meta(&key, |t| fail(&mut t.pod, &host_ip, reason, message));
             }
         }
         changed = true;
+    }
+
+    // Waits of pods gone meanwhile.
+    if !waiting.is_empty() {
+        let live: HashSet<String> = state.pods.values().map(|t| uid(&t.pod)).collect();
+        waiting.retain(|u, _| live.contains(u));
     }
 
     // Cluster DNS for the JVMs: every Spark pod's hosts file follows the Services.
@@ -944,6 +1005,15 @@ fn reconcile(
 }
 
 type StartError = (&'static str, String);
+
+/// What the kubelet remembers about pods it could not start (yet), and the next pod address.
+struct Starts<'a> {
+    /// Pods failed for good, by uid.
+    failed: &'a mut HashSet<String>,
+    /// Pods waiting for a volume source, by uid: since when, and their address.
+    waiting: &'a mut HashMap<String, (Instant, String)>,
+    next_ip: &'a mut u32,
+}
 
 fn config_error(message: String) -> StartError {
     ("CreateContainerConfigError", message)
@@ -978,16 +1048,25 @@ fn volumes(
                     .objects
                     .get(&(super::Resource::ConfigMaps, key.0.clone(), cm.name.clone()));
             let Some(obj) = obj else {
-                return Err(config_error(format!(
-                    "configmap \"{}\" not found (volume {:?})",
-                    cm.name, v.name
-                )));
+                return Err((
+                    FAILED_MOUNT,
+                    format!("configmap \"{}\" not found (volume {:?})", cm.name, v.name),
+                ));
             };
             let p = dir.join(&v.name);
-            fs::create_dir_all(&p).map_err(io)?;
-            for (k, val) in obj["data"].as_object().into_iter().flatten() {
-                fs::write(p.join(k), val.as_str().unwrap_or_default()).map_err(io)?;
-            }
+            let files = obj["data"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, val)| {
+                    (
+                        k.clone(),
+                        val.as_str().unwrap_or_default().as_bytes().to_vec(),
+                    )
+                })
+                .collect();
+            let what = format!("configmap \"{}\"", cm.name);
+            project(&p, files, cm.items.as_deref(), &what, &v.name)?;
             p
         } else if let Some(sec) = &v.secret {
             let name = sec.secret_name.clone().unwrap_or_default();
@@ -995,20 +1074,26 @@ fn volumes(
                 .objects
                 .get(&(super::Resource::Secrets, key.0.clone(), name.clone()));
             let Some(obj) = obj else {
-                return Err(config_error(format!(
-                    "secret \"{name}\" not found (volume {:?})",
-                    v.name
-                )));
+                return Err((
+                    FAILED_MOUNT,
+                    format!("secret \"{name}\" not found (volume {:?})", v.name),
+                ));
             };
             let p = dir.join(&v.name);
-            fs::create_dir_all(&p).map_err(io)?;
-            for (k, val) in obj["data"].as_object().into_iter().flatten() {
-                let bytes = val
-                    .as_str()
-                    .and_then(|s| BASE64_STANDARD.decode(s).ok())
-                    .unwrap_or_default();
-                fs::write(p.join(k), bytes).map_err(io)?;
-            }
+            let files = obj["data"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, val)| {
+                    let bytes = val
+                        .as_str()
+                        .and_then(|s| BASE64_STANDARD.decode(s).ok())
+                        .unwrap_or_default();
+                    (k.clone(), bytes)
+                })
+                .collect();
+            let what = format!("secret \"{name}\"");
+            project(&p, files, sec.items.as_deref(), &what, &v.name)?;
             p
         } else {
             return Err(config_error(format!(
@@ -1020,6 +1105,110 @@ fn volumes(
         out.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+/// Writes a ConfigMap's or Secret's keys as files in `dir`: every key under its own name, or
+/// with `items` only those keys, each at its `path` (relative, no `..`; a missing key fails
+/// the pod, as on a real kubelet).
+fn project(
+    dir: &Path,
+    files: Vec<(String, Vec<u8>)>,
+    items: Option<&[KeyToPath]>,
+    what: &str,
+    volume: &str,
+) -> Result<(), StartError> {
+    let io = |e: std::io::Error| config_error(format!("volume {volume:?}: {e}"));
+    fs::create_dir_all(dir).map_err(io)?;
+    let Some(items) = items.filter(|i| !i.is_empty()) else {
+        for (k, bytes) in files {
+            fs::write(dir.join(k), bytes).map_err(io)?;
+        }
+        return Ok(());
+    };
+    for item in items {
+        let Some((_, bytes)) = files.iter().find(|(k, _)| *k == item.key) else {
+            return Err(config_error(format!(
+                "{what} has no key {:?} (volume {volume:?})",
+                item.key
+            )));
+        };
+        let rel = Path::new(&item.path);
+        let inside = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if item.path.is_empty() || !inside {
+            return Err(config_error(format!(
+                "volume {volume:?}: item path {:?} must be relative without '..'",
+                item.path
+            )));
+        }
+        let file = dir.join(rel);
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent).map_err(io)?;
+        }
+        fs::write(&file, bytes).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Rewrites, in the `.properties` files of the ConfigMap and Secret volumes a container
+/// mounts, values naming a mount path of the container (as env values are): Spark's
+/// driver reads `spark.properties` from its conf ConfigMap, where e.g.
+/// `spark.kubernetes.executor.podTemplateFile` names the pod template's mount path.
+fn map_properties_files(
+    pod: &Pod,
+    c: &Container,
+    vols: &HashMap<String, PathBuf>,
+    mounts: &[(String, PathBuf)],
+) -> Result<(), StartError> {
+    let projected: HashSet<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter(|v| v.config_map.is_some() || v.secret.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    for m in c.volume_mounts.iter().flatten() {
+        let Some(dir) = vols
+            .get(&m.name)
+            .filter(|_| projected.contains(m.name.as_str()))
+        else {
+            continue;
+        };
+        let io = |e: std::io::Error| config_error(format!("volume {:?}: {e}", m.name));
+        for entry in fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_none_or(|e| e != "properties") || !path.is_file() {
+                continue;
+            }
+            let text = fs::read_to_string(&path).map_err(io)?;
+            let mapped = map_properties(&text, mounts);
+            if mapped != text {
+                fs::write(&path, mapped).map_err(io)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `key=value` lines of a properties text with paths in the values mapped; other lines
+/// (comments, `key: value`, continuations) unchanged.
+fn map_properties(text: &str, mounts: &[(String, PathBuf)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let end = line.get(body.len()..).unwrap_or_default();
+        match body.split_once('=') {
+            Some((k, v)) if !k.trim_start().starts_with(['#', '!']) => {
+                out.push_str(k);
+                out.push('=');
+                out.push_str(&map_paths(v, mounts));
+            }
+            _ => out.push_str(body),
+        }
+        out.push_str(end);
+    }
+    out
 }
 
 /// Mount path → local directory, for one container.
@@ -1483,6 +1672,9 @@ fn launch(
         )));
     }
     let mounts = mounts(c, vols)?;
+    if runs_spark(cfg, c) {
+        map_properties_files(pod, c, vols, &mounts)?;
+    }
     let mut env = env(state, pod, c, ips)?;
     let unmapped = env.clone();
     for v in env.values_mut() {
@@ -1881,6 +2073,23 @@ mod tests {
         );
         assert_eq!(map_arg("/var/lib/kshuffle/x", &mounts), "/w/root/x");
         assert_eq!(map_arg("--port=7337", &mounts), "--port=7337");
+    }
+
+    #[test]
+    fn properties_values_naming_mount_paths_are_mapped() {
+        let mounts = vec![(
+            "/opt/spark/pod-template".to_owned(),
+            PathBuf::from("/w/tpl"),
+        )];
+        let text = "# /opt/spark/pod-template/x=1\n\
+                    spark.kubernetes.executor.podTemplateFile=/opt/spark/pod-template/pod-spec-template.yml\n\
+                    spark.app.name=x\r\nlast=/opt/spark/pod-template";
+        assert_eq!(
+            map_properties(text, &mounts),
+            "# /opt/spark/pod-template/x=1\n\
+             spark.kubernetes.executor.podTemplateFile=/w/tpl/pod-spec-template.yml\n\
+             spark.app.name=x\r\nlast=/w/tpl"
+        );
     }
 
     #[test]
