@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use serde_json::Value;
@@ -134,6 +135,34 @@ pub fn read_manifests(path: &Path) -> Result<Vec<Manifest>, Error> {
     Ok(out)
 }
 
+impl Manifest {
+    /// Sets `clientConfig.caBundle` of each webhook of a MutatingWebhookConfiguration that
+    /// has none to (the base64 of) `ca_pem`, as cert-manager's CA injector does for the
+    /// configuration of `sidecar/deploy`. Other kinds are left alone; returns whether anything
+    /// changed.
+    pub fn inject_ca_bundle(&mut self, ca_pem: &[u8]) -> bool {
+        if self.kind != "MutatingWebhookConfiguration" {
+            return false;
+        }
+        let encoded = Value::from(BASE64_STANDARD.encode(ca_pem));
+        let mut changed = false;
+        let hooks = self
+            .object
+            .get_mut("webhooks")
+            .and_then(Value::as_array_mut);
+        for hook in hooks.into_iter().flatten() {
+            let Some(config) = hook.get_mut("clientConfig").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if !config.contains_key("caBundle") {
+                config.insert("caBundle".to_owned(), encoded.clone());
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
 /// The kinds the fake serves: (apiVersion, kind, plural, namespaced).
 const SERVED: &[(&str, &str, &str, bool)] = &[
     ("v1", "Namespace", "namespaces", false),
@@ -247,6 +276,24 @@ mod tests {
         let got = read_manifests(&good).unwrap();
         let names: Vec<String> = got.iter().map(Manifest::describe).collect();
         assert_eq!(names, ["Namespace a", "DaemonSet a/d"]);
+        let hooks = dir.join("hooks.yaml");
+        std::fs::write(
+            &hooks,
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\n\
+             metadata:\n  name: m\nwebhooks:\n- name: a\n  clientConfig:\n    url: https://x\n\
+             - name: b\n  clientConfig:\n    caBundle: b2xk\n",
+        )
+        .unwrap();
+        let mut hooks = read_manifests(&hooks).unwrap();
+        assert!(hooks[0].inject_ca_bundle(b"pem"));
+        let bundles: Vec<&Value> = hooks[0].object["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| &h["clientConfig"]["caBundle"])
+            .collect();
+        assert_eq!(bundles, ["cGVt", "b2xk"]);
+        assert!(!hooks[0].inject_ca_bundle(b"pem"));
         let bad = dir.join("bad.yaml");
         std::fs::write(&bad, "apiVersion: v1\nkind: Namespace\n---\nkind: [\n").unwrap();
         let err = read_manifests(&bad).unwrap_err().to_string();

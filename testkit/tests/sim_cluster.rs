@@ -5,7 +5,9 @@
 //! involved. Checked: what it prints (URL, nodes, created/skipped objects, pods), that the URL
 //! serves the API (and `kubectl` reads it through the printed kubeconfig), that a daemon
 //! answers `/readyz` on every node's address, and that SIGTERM or SIGINT stops the binary and
-//! every process its kubelet started.
+//! every process its kubelet started. `sim_cluster_with_the_sidecar_webhook_*`: `--sidecar`'s
+//! part of the binary (`sidecar/deploy` applied, a CA injected, the webhook Service mapped to
+//! the real `kshuffle-sidecar webhook`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -51,6 +53,29 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// Starts the binary, its stdout read line by line on a thread.
+    fn spawn(cmd: &mut Command, work: &Path) -> Cluster {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Cluster {
+            child,
+            lines,
+            seen: Vec::new(),
+            work: work.display().to_string(),
+            signalled: false,
+        }
+    }
+
     /// Waits (at most `secs`) for a printed line matching `f`, keeping every line seen.
     fn line(&mut self, what: &str, secs: u64, f: impl Fn(&str) -> bool) -> String {
         if let Some(l) = self.seen.iter().find(|l| f(l)) {
@@ -158,8 +183,8 @@ async fn scenario(network: &str, signal: &str) {
     );
     let flags =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemonset/deploy/spark/spark-submit.flags");
-    let mut child = Command::new(bin)
-        .args(["--nodes", "3", "--node-network", network])
+    let mut cmd = Command::new(bin);
+    cmd.args(["--nodes", "3", "--node-network", network])
         .arg("--work-dir")
         .arg(work.join("cluster"))
         .arg("--apply")
@@ -172,25 +197,8 @@ async fn scenario(network: &str, signal: &str) {
         .args(["--max-probe-period-ms", "200"])
         .args(["--spark-submit", "/venv/bin/spark-submit"])
         .arg("--submit-flags")
-        .arg(&flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut cluster = Cluster {
-        child,
-        lines,
-        seen: Vec::new(),
-        work: work.display().to_string(),
-        signalled: false,
-    };
+        .arg(&flags);
+    let mut cluster = Cluster::spawn(&mut cmd, &work);
 
     let line = cluster.line("the URL", 30, |l| l.starts_with("fake API server at "));
     let url = line.trim_start_matches("fake API server at ").to_owned();
@@ -304,4 +312,166 @@ async fn sim_cluster_runs_the_daemonset_on_three_nodes_and_stops_everything_on_s
 #[tokio::test]
 async fn sim_cluster_stops_everything_on_sigint() {
     scenario("127.0.12", "INT").await;
+}
+
+/// The webhook Service's DNS name, which its certificate must carry.
+const WEBHOOK_DNS: &str = "kshuffle-webhook.kshuffle-sidecar.svc";
+
+/// `kshuffle-sidecar webhook` (killed on drop) and its address.
+struct Webhook {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the webhook with `env` and a certificate for [`WEBHOOK_DNS`] from a CA made here;
+/// returns it and the CA's PEM file.
+fn start_webhook(dir: &Path, env: &[(String, String)]) -> (Webhook, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![WEBHOOK_DNS.to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (crt, key_file, ca) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = Path::new(env!("CARGO_BIN_EXE_fake-apiserver")).with_file_name("kshuffle-sidecar");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the whole workspace",
+        bin.display()
+    );
+    let mut child = Command::new(bin)
+        .arg("webhook")
+        .arg("--tls-cert-file")
+        .arg(&crt)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if l.contains("webhook listening") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let webhook = Webhook {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the webhook did not log that it listens");
+    (webhook, ca)
+}
+
+/// `--sidecar` of `scripts/sim-cluster.sh`: `sidecar/deploy` applied with a CA injected into
+/// its MutatingWebhookConfiguration and its webhook Service mapped to the real
+/// `kshuffle-sidecar webhook`; an executor pod created through the API comes back with the
+/// sidecar injected.
+#[tokio::test]
+async fn sim_cluster_with_the_sidecar_webhook_injects_executor_pods() {
+    let work: PathBuf = std::env::temp_dir().join(format!(
+        "kshuffle-sim-cluster-sidecar-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sidecar/deploy");
+    let rendered = Command::new(kubectl())
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl (set KUBECTL)");
+    assert!(rendered.status.success(), "{rendered:?}");
+    let manifests = work.join("sidecar.yaml");
+    std::fs::write(&manifests, &rendered.stdout).unwrap();
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(std::str::from_utf8(&rendered.stdout).unwrap()).unwrap();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env: Vec<(String, String)> = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .filter(|(k, _)| k.starts_with("KSHUFFLE_WEBHOOK_"))
+        .collect();
+    let (webhook, ca) = start_webhook(&work, &env);
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fake-apiserver"));
+    cmd.arg("--apply")
+        .arg(&manifests)
+        .arg("--ca-bundle")
+        .arg(&ca)
+        .arg("--webhook-service")
+        .arg(format!(
+            "kshuffle-sidecar/kshuffle-webhook={}",
+            webhook.addr
+        ))
+        .arg("--no-request-log");
+    let mut cluster = Cluster::spawn(&mut cmd, &work);
+    let line = cluster.line("the URL", 30, |l| l.starts_with("fake API server at "));
+    let url = line.trim_start_matches("fake API server at ").to_owned();
+    cluster.line("the webhook configuration", 10, |l| {
+        l == "created MutatingWebhookConfiguration kshuffle-sidecar"
+    });
+    cluster.line("a skipped Deployment", 10, |l| {
+        l.starts_with("skipped Deployment kshuffle-sidecar/kshuffle-webhook")
+    });
+
+    // An executor pod, as Spark creates it, opted in by label.
+    let review: Value = serde_json::from_str(include_str!(
+        "../../sidecar/tests/fixtures/executor-review.json"
+    ))
+    .unwrap();
+    let mut pod = review["request"]["object"].clone();
+    pod["metadata"]["labels"]["kshuffle.io/inject"] = "true".into();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config.default_namespace = "spark-jobs".into();
+    let client = kube::Client::try_from(config).unwrap();
+    let created = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, "spark-jobs")
+        .create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let containers: Vec<String> = created
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(containers, ["spark-kubernetes-executor", "kshuffle"]);
+    drop(cluster);
+    drop(webhook);
+    let _ = std::fs::remove_dir_all(&work);
 }

@@ -59,6 +59,14 @@ struct Args {
     /// skipped and listed).
     #[arg(long = "apply", value_name = "FILE")]
     apply: Vec<PathBuf>,
+    /// Calls of webhooks naming Service NS/NAME in `clientConfig.service` go to ADDR
+    /// (repeatable), e.g. `kshuffle-sidecar/kshuffle-webhook=127.0.0.1:8443`.
+    #[arg(long = "webhook-service", value_name = "NS/NAME=ADDR", value_parser = pair)]
+    webhook_services: Vec<(String, String)>,
+    /// A CA certificate (PEM) put into the `caBundle` of applied MutatingWebhookConfigurations
+    /// that have none, as cert-manager's CA injector would.
+    #[arg(long, value_name = "FILE")]
+    ca_bundle: Option<PathBuf>,
     /// `spark-submit` of the printed example command.
     #[arg(long, value_name = "PATH")]
     spark_submit: Option<PathBuf>,
@@ -114,6 +122,19 @@ async fn main() -> anyhow::Result<()> {
         kubelet_view = Some((work, kubelet.clone()));
         builder = builder.process_kubelet(kubelet);
     }
+    for (service, addr) in &args.webhook_services {
+        let (ns, name) = service
+            .split_once('/')
+            .with_context(|| format!("--webhook-service {service}: expected NS/NAME=ADDR"))?;
+        let addr = addr
+            .parse()
+            .with_context(|| format!("--webhook-service {service}={addr}: not an address"))?;
+        builder = builder.webhook_service(ns, name, addr);
+    }
+    let ca_bundle = match &args.ca_bundle {
+        Some(f) => Some(std::fs::read(f).with_context(|| format!("--ca-bundle {}", f.display()))?),
+        None => None,
+    };
     let server = builder.start().await?;
     println!("fake API server at {}", server.url());
     if let (Some(n), Some((work, kubelet))) = (args.nodes, &kubelet_view) {
@@ -127,7 +148,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = kshuffle_testkit::kube_client(&server, "default")?;
     for file in &args.apply {
-        for manifest in cluster::read_manifests(file)? {
+        for mut manifest in cluster::read_manifests(file)? {
+            if let Some(pem) = &ca_bundle {
+                manifest.inject_ca_bundle(pem);
+            }
             match cluster::apply(&client, &manifest).await? {
                 Applied::Created => println!("created {}", manifest.describe()),
                 Applied::Skipped => println!(
