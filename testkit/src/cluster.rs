@@ -4,15 +4,18 @@
 //! `daemonset/deploy/spark/spark-submit.flags`) for the command it prints.
 //!
 //! Applying is a plain create through the real `kube` client, one object at a time in file
-//! order (as `kubectl create -f` does). Kinds the fake does not serve (ServiceAccounts, RBAC,
-//! PriorityClasses, Deployments, …) are skipped and reported, not failed: they have no effect
-//! on a cluster without authorization or preemption.
+//! order (as `kubectl create -f` does), each kind resolved through the fake's discovery
+//! documents. Kinds it does not serve (ServiceAccounts, RBAC, PriorityClasses, Deployments, …)
+//! are skipped and reported, not failed: they have no effect on a cluster without
+//! authorization or preemption.
 
 use std::path::{Path, PathBuf};
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::api::{DynamicObject, GroupVersionKind, PostParams};
+use kube::discovery::Scope;
+use kube::error::DiscoveryError;
 use serde_json::Value;
 
 /// Why manifests could not be read or applied.
@@ -163,63 +166,41 @@ impl Manifest {
     }
 }
 
-/// The kinds the fake serves: (apiVersion, kind, plural, namespaced).
-const SERVED: &[(&str, &str, &str, bool)] = &[
-    ("v1", "Namespace", "namespaces", false),
-    ("v1", "Pod", "pods", true),
-    ("v1", "ConfigMap", "configmaps", true),
-    ("v1", "Secret", "secrets", true),
-    ("v1", "Service", "services", true),
-    (
-        "v1",
-        "PersistentVolumeClaim",
-        "persistentvolumeclaims",
-        true,
-    ),
-    ("apps/v1", "DaemonSet", "daemonsets", true),
-    (
-        "admissionregistration.k8s.io/v1",
-        "MutatingWebhookConfiguration",
-        "mutatingwebhookconfigurations",
-        false,
-    ),
-];
-
-/// Creates `manifest` in the fake API server through `client`, or skips it when the fake
-/// does not serve its kind.
+/// Creates `manifest` in the fake API server through `client`, or skips it when the server
+/// does not serve its kind: the kind, its plural and scope are looked up in the server's
+/// discovery documents (`/api/v1`, `/apis/<group>/<version>`), as `kubectl` does, so this
+/// follows whatever the fake serves.
 ///
 /// # Errors
 /// When the server refuses the object (already exists, invalid, …) or cannot be reached.
 pub async fn apply(client: &kube::Client, manifest: &Manifest) -> Result<Applied, Error> {
-    let Some(&(_, _, plural, namespaced)) = SERVED
-        .iter()
-        .find(|(v, k, _, _)| *v == manifest.api_version && *k == manifest.kind)
-    else {
-        return Ok(Applied::Skipped);
-    };
-    let (group, version) = manifest
-        .api_version
-        .split_once('/')
-        .unwrap_or(("", manifest.api_version.as_str()));
-    let resource = ApiResource {
-        group: group.to_owned(),
-        version: version.to_owned(),
-        api_version: manifest.api_version.clone(),
-        kind: manifest.kind.clone(),
-        plural: plural.to_owned(),
-    };
     let api_error = |source: kube::Error| Error::Api {
         kind: manifest.kind.clone(),
         name: manifest.describe(),
         source: Box::new(source),
     };
+    let (group, version) = manifest
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", manifest.api_version.as_str()));
+    let gvk = GroupVersionKind::gvk(group, version, &manifest.kind);
+    let (resource, caps) = match kube::discovery::pinned_kind(client, &gvk).await {
+        Ok(found) => found,
+        // The group/version is not served, or does not list the kind.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Applied::Skipped),
+        Err(kube::Error::Discovery(DiscoveryError::MissingKind(_))) => {
+            return Ok(Applied::Skipped);
+        }
+        Err(e) => return Err(api_error(e)),
+    };
     let object: DynamicObject = serde_json::from_value(manifest.object.clone())
         .map_err(|e| api_error(kube::Error::SerdeError(e)))?;
-    let api: Api<DynamicObject> = if namespaced {
-        let ns = manifest.namespace.as_deref().unwrap_or("default");
-        Api::namespaced_with(client.clone(), ns, &resource)
-    } else {
-        Api::all_with(client.clone(), &resource)
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => {
+            let ns = manifest.namespace.as_deref().unwrap_or("default");
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
     };
     api.create(&PostParams::default(), &object)
         .await
