@@ -73,6 +73,9 @@ counters! {
     chunk_failures,
     /// Connections closed because of a protocol error, timeout or I/O error.
     connection_errors,
+    /// Times a connection let the other tasks of its worker run after sending
+    /// `conn::TURN_BYTES` of bodies in a row.
+    turns_yielded,
     /// Connections open now (a gauge).
     connections_open,
     /// Streams open now, over all connections (a gauge).

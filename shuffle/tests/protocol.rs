@@ -956,3 +956,29 @@ async fn a_file_cut_short_mid_send_closes_the_connection_promptly() {
     let stats = daemon.stop().await;
     assert_eq!(stats.connection_errors, 1);
 }
+
+/// A connection yields its worker after every `TURN_BYTES` of bodies, however fast its client
+/// reads (counted: a yield leaves no other trace), and the stream goes on unharmed.
+#[tokio::test]
+async fn a_connection_yields_its_worker_after_each_turn_of_body_bytes() {
+    const PART: usize = 1 << 20;
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let dirs = ExecutorDirs::create(&daemon.root, "e1", 1, 4).unwrap();
+    let parts: Vec<Vec<u8>> = (0..10).map(|i| pseudo_random_bytes(i, PART)).collect();
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    dirs.write_map_output(0, 100, &refs).unwrap();
+    c.register(APP, "1", dirs.as_strings(), 4).await.unwrap();
+    let handle = c
+        .open(&fetch("1", vec![100], vec![(0..10).collect()], false))
+        .await
+        .unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        let body = within(c.chunk(handle.stream_id, i as i32)).await.unwrap();
+        assert!(body[..] == part[..], "chunk {i}");
+    }
+    let stats = daemon.stop().await;
+    let sent = (parts.len() * PART) as u64;
+    assert_eq!(stats.chunk_bytes, sent);
+    assert_eq!(stats.turns_yielded, sent / kshuffle::conn::TURN_BYTES);
+}
