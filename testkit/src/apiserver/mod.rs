@@ -30,6 +30,7 @@ mod http;
 mod kubelet;
 mod merge;
 mod objects;
+mod openapi;
 mod quantity;
 mod selector;
 mod serve;
@@ -318,6 +319,7 @@ impl Builder {
             .merge(objects::router(Arc::clone(&shared)))
             .merge(admission::router(Arc::clone(&shared)))
             .merge(daemonsets::router(Arc::clone(&shared)))
+            .merge(openapi::router())
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&shared),
                 audit::record,
