@@ -19,6 +19,11 @@
 //! result is exact, the map stage ran once, and the terminating pods' sidecars served every
 //! block of it. When the application ends, the sidecars see the driver's endpoint refuse
 //! connections, stop, and the pods are removed.
+//!
+//! `spark_k8s_sidecar_4_3_cluster_mode_*`: the same in cluster mode, the driver run by the
+//! kubelet as a pod (Spark's image convention `driver`): the webhook gives the sidecars the
+//! driver pod's name (the executor pods' ownerReference), and they stop once the driver pod
+//! has Succeeded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -264,16 +269,60 @@ fn terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
-/// Waits for `file` in `work` (written by the job), failing early if spark-submit exits.
-async fn handshake(work: &Path, file: &str, submit: &mut Group) -> Value {
+fn is_executor(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("spark-role"))
+        .is_some_and(|r| r == "executor")
+}
+
+fn driver_pod(server: &FakeApiServer, ns: &str) -> Option<Pod> {
+    server.pods(ns).into_iter().find(|p| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("spark-role"))
+            .is_some_and(|r| r == "driver")
+    })
+}
+
+/// Where Spark's driver runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// `spark-submit` on the test machine is the driver; no driver pod.
+    Client,
+    /// The driver runs in a pod (the kubelet's `driver` convention).
+    Cluster,
+}
+
+/// Waits for `file` in `work` (written by the job), failing early once the application
+/// cannot write it any more (spark-submit exited in client mode, the driver pod failed in
+/// cluster mode).
+async fn handshake(
+    work: &Path,
+    file: &str,
+    submit: &mut Group,
+    server: &FakeApiServer,
+    ns: &str,
+    mode: Mode,
+) -> Value {
     let path = work.join(file);
     eventually(file, 150, || {
-        if let Some(status) = submit.0.try_wait().unwrap() {
+        if mode == Mode::Client
+            && let Some(status) = submit.0.try_wait().unwrap()
+        {
             let stderr = std::fs::read_to_string(work.join("submit.stderr")).unwrap_or_default();
             panic!(
                 "spark-submit exited ({status}) before {file}:\n{}",
                 common::tail(&stderr, 60)
             );
+        }
+        if mode == Mode::Cluster
+            && let Some(driver) = driver_pod(server, ns)
+            && driver.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+        {
+            panic!("the driver pod failed before {file}: {driver:?}");
         }
         std::fs::read_to_string(&path)
             .ok()
@@ -282,9 +331,9 @@ async fn handshake(work: &Path, file: &str, submit: &mut Group) -> Value {
     .await
 }
 
-async fn spark_sidecar_scenario(version: &str) {
+async fn spark_sidecar_scenario(version: &str, mode: Mode) {
     let venv = common::spark_venv(version);
-    let work = work_dir(&format!("spark-k8s-sidecar-{version}"));
+    let work = work_dir(&format!("spark-k8s-sidecar-{version}-{mode:?}"));
     let env = deployment_env();
     let image = env["KSHUFFLE_WEBHOOK_IMAGE"].clone();
     let webhook = start_webhook(&work);
@@ -312,27 +361,52 @@ async fn spark_sidecar_scenario(version: &str) {
         .find_map(|f| f.strip_prefix("spark.kubernetes.namespace="))
         .unwrap_or("default")
         .to_owned();
+    let mut confs: Vec<String> = flags;
+    confs.extend(
+        [
+            "spark.kubernetes.container.image=kshuffle/spark-test",
+            "spark.ui.enabled=false",
+            "spark.executor.memory=512m",
+            "spark.executor.cores=1",
+            "spark.dynamicAllocation.minExecutors=0",
+            "spark.dynamicAllocation.initialExecutors=0",
+            "spark.dynamicAllocation.maxExecutors=2",
+            "spark.dynamicAllocation.executorIdleTimeout=2s",
+            "spark.dynamicAllocation.schedulerBacklogTimeout=1s",
+            "spark.task.maxFailures=1",
+        ]
+        .map(str::to_owned),
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/k8s_sidecar.py");
+    let script = match mode {
+        Mode::Client => {
+            confs.push("spark.driver.host=127.0.0.1".to_owned());
+            script.display().to_string()
+        }
+        Mode::Cluster => {
+            confs.extend([
+                // The driver's API client (in-cluster default: https://kubernetes.default.svc).
+                format!("spark.kubernetes.driver.master={}", server.url()),
+                "spark.kubernetes.submission.waitAppCompletion=false".to_owned(),
+                format!("spark.pyspark.python={}", venv.join("bin/python").display()),
+                "spark.driver.memory=512m".to_owned(),
+            ]);
+            // A path "in the image": the kubelet runs the driver on this machine's files.
+            format!("local://{}", script.display())
+        }
+    };
     let mut cmd = Command::new(venv.join("bin/spark-submit"));
     cmd.arg("--master")
         .arg(format!("k8s://{}", server.url()))
-        .args(["--deploy-mode", "client", "--name", "k8s-sidecar-test"]);
-    for conf in flags.iter().map(String::as_str).chain([
-        "spark.kubernetes.container.image=kshuffle/spark-test",
-        "spark.driver.host=127.0.0.1",
-        "spark.ui.enabled=false",
-        "spark.executor.memory=512m",
-        "spark.executor.cores=1",
-        "spark.dynamicAllocation.minExecutors=0",
-        "spark.dynamicAllocation.initialExecutors=0",
-        "spark.dynamicAllocation.maxExecutors=2",
-        "spark.dynamicAllocation.executorIdleTimeout=2s",
-        "spark.dynamicAllocation.schedulerBacklogTimeout=1s",
-        "spark.task.maxFailures=1",
-    ]) {
+        .args(["--deploy-mode", &format!("{mode:?}").to_lowercase()])
+        .args(["--name", "k8s-sidecar-test"]);
+    for conf in &confs {
         cmd.args(["--conf", conf]);
     }
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/k8s_sidecar.py"))
+    cmd.arg(script)
         .args(["--test-pid", &std::process::id().to_string()])
+        .arg("--dir")
+        .arg(&work)
         .current_dir(&work)
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .env("PYSPARK_PYTHON", venv.join("bin/python"))
@@ -344,12 +418,18 @@ async fn spark_sidecar_scenario(version: &str) {
         .stderr(std::fs::File::create(work.join("submit.stderr")).unwrap());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut submit = Group(cmd.spawn().expect("start spark-submit"));
+    let started = tokio::time::Instant::now();
 
     // Phase A ran and Spark removed every executor; their pods must be terminating, not gone.
-    let phase_a = handshake(&work, "phase_a.json", &mut submit).await;
+    let phase_a = handshake(&work, "phase_a.json", &mut submit, &server, &spark_ns, mode).await;
     assert_eq!(phase_a["executors_gone"], true, "{phase_a}");
+    eprintln!("{:?}: phase A done, its executors gone", started.elapsed());
     let writers = eventually("the phase A pods to be terminating", 30, || {
-        let pods = server.pods(&spark_ns);
+        let pods: Vec<Pod> = server
+            .pods(&spark_ns)
+            .into_iter()
+            .filter(is_executor)
+            .collect();
         (!pods.is_empty() && pods.iter().all(terminating)).then_some(pods)
     })
     .await;
@@ -372,6 +452,19 @@ async fn spark_sidecar_scenario(version: &str) {
         let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["spark-kubernetes-executor", "kshuffle"], "{pod:?}");
         assert_eq!(containers[1].image.as_deref(), Some(image.as_str()));
+        // How the sidecar learns that the application ended: the driver pod that owns the
+        // executor pod (cluster mode), or the driver's endpoint (client mode).
+        let sidecar_env: Vec<&str> = containers[1]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .filter(|n| n.starts_with("KSHUFFLE_DRIVER_"))
+            .collect();
+        match mode {
+            Mode::Client => assert_eq!(sidecar_env, ["KSHUFFLE_DRIVER_URL"]),
+            Mode::Cluster => assert_eq!(sidecar_env, ["KSHUFFLE_DRIVER_POD"]),
+        }
         // The executor JVM has exited; the sidecar still runs (so the pod terminates, slowly).
         let statuses = pod.status.as_ref().unwrap().container_statuses.clone();
         let state_of = |c: &str| {
@@ -387,16 +480,23 @@ async fn spark_sidecar_scenario(version: &str) {
             "{statuses:?}"
         );
         assert!(state_of("kshuffle").running.is_some(), "{statuses:?}");
-        // Its executor was one of phase A's, and registered with this sidecar (podIP:7337).
-        assert!(hosts.contains(&ip.as_str()), "{ip} not in {hosts:?}");
+        // Its executor registered with this sidecar (podIP:7337).
         let c = counters(&ip);
         assert_eq!(c["kshuffle_registrations_total"], 1, "{ip}: {c:?}");
         before.insert(name(pod), (ip, c));
     }
+    // The executors Spark still listed after phase A (an idle one may already have been
+    // removed) ran in these pods: executors' hosts are their pod IPs.
+    for host in &hosts {
+        assert!(
+            before.values().any(|(ip, _)| ip == host),
+            "{host} is not a phase A pod: {before:?}"
+        );
+    }
     std::fs::write(work.join("go_b"), "").unwrap();
 
     // Phase B ran on new executors, reading phase A's output from the terminating pods.
-    let phase_b = handshake(&work, "phase_b.json", &mut submit).await;
+    let phase_b = handshake(&work, "phase_b.json", &mut submit, &server, &spark_ns, mode).await;
     let mut served_chunks = 0;
     let mut served_bytes = 0;
     for (pod, (ip, was)) in &before {
@@ -407,16 +507,16 @@ async fn spark_sidecar_scenario(version: &str) {
         served_bytes += now["kshuffle_served_bytes_total"] - was["kshuffle_served_bytes_total"];
     }
     std::fs::write(work.join("go_end"), "").unwrap();
+    eprintln!("{:?}: phase B done", started.elapsed());
 
+    let result = handshake(&work, "result.json", &mut submit, &server, &spark_ns, mode).await;
     let status = eventually("spark-submit to exit", 60, || submit.0.try_wait().unwrap()).await;
-    let stdout = std::fs::read_to_string(work.join("submit.stdout")).unwrap();
     let stderr = std::fs::read_to_string(work.join("submit.stderr")).unwrap();
-    let tail = common::tail(&stderr, 60);
-    assert!(status.success(), "spark-submit: {status}\n{stdout}\n{tail}");
-    let result: Value = stdout
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON line:\n{stdout}\n{tail}"));
+    assert!(
+        status.success(),
+        "spark-submit: {status}\n{}",
+        common::tail(&stderr, 60)
+    );
     eprintln!(
         "{result}\nphase B: {served_chunks} chunks, {served_bytes} bytes from the sidecars of {} deleted pods",
         before.len()
@@ -428,7 +528,6 @@ async fn spark_sidecar_scenario(version: &str) {
     // were deleted.
     assert_eq!(result["map_records_a"], 200_000, "{result}");
     assert_eq!(result["map_records_b"], 200_000, "{result}");
-    assert_eq!(phase_b["map_records_b"], 200_000, "{phase_b}");
     // Phase B's executors are new pods: every block of the shuffle (each reducer's partition
     // of each map output) was served by the sidecars of the deleted pods.
     for host in phase_b["phase_b_hosts"].as_array().unwrap() {
@@ -448,10 +547,15 @@ async fn spark_sidecar_scenario(version: &str) {
         server.webhook_calls()
     );
 
-    // The application ended: no driver pod (client mode) and the driver's endpoint refuses
-    // connections, so every sidecar stops and every executor pod is removed.
+    // The application ended: the driver pod Succeeded (cluster mode), or there is no driver
+    // pod and the driver's endpoint refuses connections (client mode). Every sidecar stops
+    // and every executor pod is removed.
+    let why = match mode {
+        Mode::Client => "refuses connections",
+        Mode::Cluster => "Succeeded",
+    };
     eventually("every executor pod to be removed", 60, || {
-        server.pods(&spark_ns).is_empty().then_some(())
+        (!server.pods(&spark_ns).iter().any(is_executor)).then_some(())
     })
     .await;
     for pod in before.keys() {
@@ -460,13 +564,22 @@ async fn spark_sidecar_scenario(version: &str) {
         for want in [
             "signal received: serving until the driver pod ends",
             "driver gone: stopping",
-            "refuses connections",
+            why,
         ] {
             assert!(
                 log.contains(want),
                 "{want:?} not in {pod}'s sidecar log:\n{log}"
             );
         }
+    }
+    eprintln!(
+        "{:?}: every sidecar stopped, every executor pod removed",
+        started.elapsed()
+    );
+    if mode == Mode::Cluster {
+        let driver = driver_pod(&server, &spark_ns).expect("the driver pod stays");
+        let phase = driver.status.and_then(|s| s.phase);
+        assert_eq!(phase.as_deref(), Some("Succeeded"));
     }
     drop(submit);
     drop(server);
@@ -475,10 +588,15 @@ async fn spark_sidecar_scenario(version: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_sidecar_4_3_deleted_executor_pods_serve_until_the_driver_ends() {
-    spark_sidecar_scenario("4.3.0").await;
+    spark_sidecar_scenario("4.3.0", Mode::Client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_sidecar_3_5_deleted_executor_pods_serve_until_the_driver_ends() {
-    spark_sidecar_scenario("3.5.9").await;
+    spark_sidecar_scenario("3.5.9", Mode::Client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_sidecar_4_3_cluster_mode_serves_until_the_driver_pod_succeeds() {
+    spark_sidecar_scenario("4.3.0", Mode::Cluster).await;
 }

@@ -10,8 +10,9 @@ output into their pods' emptyDir local dirs; the job then waits until every exec
 A's shuffle output from the sidecars of the deleted pods; `phase_b.json`, then `go_end`.
 Accumulators count the map-side records: if phase B re-ran the map stage they would double.
 
-Prints exactly one JSON line on stdout. The whole process group is killed if the test process
-`--test-pid` goes away.
+Prints exactly one JSON line on stdout, also written to `result.json`. The control files
+live in `--dir` (the driver runs in a pod's directory in cluster mode). The whole process
+group is killed if the test process `--test-pid` goes away.
 """
 
 import argparse
@@ -52,11 +53,16 @@ def executors(sc):
     )
 
 
-def handshake(name, payload, wait_for):
-    """Writes `name` (atomically) and waits for the test to create `wait_for`."""
+def write(name, payload):
+    """Writes the JSON file `name` atomically."""
     with open(name + ".tmp", "w") as f:
         json.dump(payload, f)
     os.rename(name + ".tmp", name)
+
+
+def handshake(name, payload, wait_for):
+    """Writes `name` and waits for the test to create `wait_for`."""
+    write(name, payload)
     deadline = time.monotonic() + TEST_TIMEOUT_S
     while not os.path.exists(wait_for):
         if time.monotonic() > deadline:
@@ -67,8 +73,10 @@ def handshake(name, payload, wait_for):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--test-pid", type=int, required=True)
+    ap.add_argument("--dir", default=".", help="where the control files are")
     args = ap.parse_args()
     exit_with(args.test_pid)
+    os.chdir(args.dir)
 
     from pyspark.sql import SparkSession
 
@@ -108,6 +116,7 @@ def main():
         handshake("phase_b.json", out, "go_end")
     finally:
         spark.stop()
+    write("result.json", out)
     print(json.dumps(out), flush=True)
 
 
