@@ -268,6 +268,43 @@ async fn scenario(network: &str, signal: &str) {
         3,
         "{listed}"
     );
+    // kubectl logs reads a daemon's log from the kubelet's files.
+    let first = listed
+        .lines()
+        .find(|l| l.starts_with("pod/kshuffle-node-"))
+        .unwrap()
+        .trim_start_matches("pod/")
+        .to_owned();
+    let logs = Command::new(kubectl())
+        .args([
+            "logs",
+            "-n",
+            "kshuffle",
+            &first,
+            "--kubeconfig",
+            &kubeconfig,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.status.success(), "{logs:?}");
+    assert!(text.contains("\"registry loaded\""), "{text}");
+    let missing = Command::new(kubectl())
+        .args([
+            "logs",
+            "-n",
+            "kshuffle",
+            "nope",
+            "--kubeconfig",
+            &kubeconfig,
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("pods \"nope\" not found"),
+        "{missing:?}"
+    );
     // Every node's daemon answers on its node's address.
     for i in 1..=3 {
         let ready = http_get(&format!("{network}.{i}:7338"), "/readyz");

@@ -28,6 +28,7 @@ mod audit;
 mod daemonsets;
 mod http;
 mod kubelet;
+mod logs;
 mod merge;
 mod objects;
 mod openapi;
@@ -320,6 +321,7 @@ impl Builder {
             .merge(admission::router(Arc::clone(&shared)))
             .merge(daemonsets::router(Arc::clone(&shared)))
             .merge(openapi::router())
+            .merge(logs::router(Arc::clone(&shared), self.kubelet.clone()))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&shared),
                 audit::record,
