@@ -90,8 +90,9 @@ pub async fn apply(client: &kube::Client) {
     apply_with_args(client, &[]).await;
 }
 
-/// Applies the Namespace and the DaemonSet, the node container's `args` followed by `extra`
-/// (a later flag wins over the manifest's, e.g. `--driver-cleanup-delay=1s`).
+/// Applies the Namespace and the DaemonSet, with `extra` `--flag=value` args for the node
+/// container: each replaces the manifest's arg of the same flag (the daemon refuses a flag
+/// given twice), or is appended. E.g. `--driver-cleanup-delay=1s`.
 pub async fn apply_with_args(client: &kube::Client, extra: &[&str]) {
     let ns: Namespace = serde_json::from_value(rendered("Namespace")).unwrap();
     Api::<Namespace>::all(client.clone())
@@ -102,7 +103,17 @@ pub async fn apply_with_args(client: &kube::Client, extra: &[&str]) {
     let args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array_mut()
         .expect("the node container has args");
-    args.extend(extra.iter().map(|a| Value::from(*a)));
+    for arg in extra {
+        let flag = arg.split('=').next().unwrap_or(arg);
+        let same = |a: &Value| {
+            a.as_str()
+                .is_some_and(|a| a.split('=').next() == Some(flag))
+        };
+        match args.iter_mut().find(|a| same(a)) {
+            Some(a) => *a = Value::from(*arg),
+            None => args.push(Value::from(*arg)),
+        }
+    }
     let ds: DaemonSet = serde_json::from_value(ds).unwrap();
     Api::<DaemonSet>::namespaced(client.clone(), NS)
         .create(&PostParams::default(), &ds)
@@ -143,6 +154,22 @@ pub async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// [`eventually`], with `diagnose()` in the panic message when it times out.
+pub async fn eventually_or<T>(
+    what: &str,
+    secs: u64,
+    diagnose: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    for _ in 0..secs * 20 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}\n{}", diagnose());
 }
 
 /// An HTTP/1.0 GET; the whole answer, status line and headers included.
@@ -277,4 +304,22 @@ pub fn metric(ips: &[String], name: &str) -> u64 {
                 .sum::<f64>() as u64
         })
         .sum()
+}
+
+/// `GET /v1/apps` of the daemon at `ip` with the bearer `token` (the daemon started with
+/// `--admin-token-file`): its registered apps and their executors, as JSON.
+pub fn admin_apps(ip: &str, token: &str) -> Value {
+    let addr = format!("{ip}:7338");
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /v1/apps HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    assert!(head.contains(" 200 "), "GET /v1/apps on {ip}: {out}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("GET /v1/apps on {ip}: {e}: {body}"))
 }

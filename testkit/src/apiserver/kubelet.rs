@@ -130,6 +130,8 @@ pub struct ProcessKubelet {
     mount_wait: Duration,
     /// The first three bytes of the nodes' addresses.
     node_network: String,
+    /// The first two bytes of the pods' own addresses.
+    pod_network: String,
 }
 
 impl ProcessKubelet {
@@ -149,6 +151,7 @@ impl ProcessKubelet {
             max_probe_period: None,
             mount_wait: MOUNT_WAIT,
             node_network: "127.0.1".into(),
+            pod_network: "127.1".into(),
         }
     }
 
@@ -156,6 +159,14 @@ impl ProcessKubelet {
     /// `network` is three bytes of 127.0.0.0/8, e.g. `"127.0.7"`.
     pub fn node_network(mut self, network: &str) -> Self {
         self.node_network = network.trim_end_matches('.').to_owned();
+        self
+    }
+
+    /// Gives pods their own addresses in `<network>.x.y` instead of `127.1.x.y`; `network` is
+    /// two bytes of 127.0.0.0/8, e.g. `"127.21"`. Tests running at once whose pods bind fixed
+    /// ports (Spark drivers: 7078, 7079) use distinct pod networks.
+    pub fn pod_network(mut self, network: &str) -> Self {
+        self.pod_network = network.trim_end_matches('.').to_owned();
         self
     }
 
@@ -928,7 +939,7 @@ fn reconcile(
         } else {
             let n = **next_ip;
             **next_ip = next_ip.wrapping_add(1);
-            nth_address("127.1", u64::from(n))
+            nth_address(&cfg.pod_network, u64::from(n))
         };
         let ips = (pod_ip.clone(), host_ip.clone());
         let prepared = prepare(cfg, &state, &pod, &key, &ips);
