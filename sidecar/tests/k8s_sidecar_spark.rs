@@ -331,7 +331,9 @@ async fn handshake(
     .await
 }
 
-async fn spark_sidecar_scenario(version: &str, mode: Mode) {
+/// One scenario; `pod_network` (two bytes, e.g. `127.31`) is its own, because the sidecars
+/// bind the fixed ports 7337/7338 (and cluster-mode drivers 7078/7079) on their pod IPs.
+async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
     let venv = common::spark_venv(version);
     let work = work_dir(&format!("spark-k8s-sidecar-{version}-{mode:?}"));
     let env = deployment_env();
@@ -340,6 +342,7 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode) {
     let kubelet = ProcessKubelet::new(pyspark_home(&venv), work.join("kubelet"))
         .image(&image, env!("CARGO_BIN_EXE_kshuffle-sidecar"))
         .address_env(&image, &["KSHUFFLE_BIND", "KSHUFFLE_ADMIN_BIND"])
+        .pod_network(pod_network)
         // The injected probes' period is 10 s.
         .max_probe_period(Duration::from_millis(500));
     let server = FakeApiServer::builder()
@@ -588,15 +591,15 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_sidecar_4_3_deleted_executor_pods_serve_until_the_driver_ends() {
-    spark_sidecar_scenario("4.3.0", Mode::Client).await;
+    spark_sidecar_scenario("4.3.0", Mode::Client, "127.31").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_sidecar_3_5_deleted_executor_pods_serve_until_the_driver_ends() {
-    spark_sidecar_scenario("3.5.9", Mode::Client).await;
+    spark_sidecar_scenario("3.5.9", Mode::Client, "127.32").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_sidecar_4_3_cluster_mode_serves_until_the_driver_pod_succeeds() {
-    spark_sidecar_scenario("4.3.0", Mode::Cluster).await;
+    spark_sidecar_scenario("4.3.0", Mode::Cluster, "127.33").await;
 }
