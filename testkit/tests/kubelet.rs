@@ -1173,6 +1173,77 @@ async fn env_from_config_maps_secrets_and_var_references() {
 }
 
 #[tokio::test]
+async fn env_from_config_maps_and_secrets_with_prefixes_under_env() {
+    let s = setup("envfrom").await;
+    let client = kube_client(&s.server, NS).unwrap();
+    let pp = PostParams::default();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "settings" },
+        "data": { "LEVEL": "debug", "SHARED": "from-cm", "1X": "skipped" },
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .create(&pp, &cm)
+        .await
+        .unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "creds" },
+        "data": { "token": "czNjcjN0", "SHARED": "ZnJvbS1zZWNyZXQ=" }, // "s3cr3t", "from-secret"
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(&pp, &secret)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, NS);
+    let mut c = ctr("main", "sleep");
+    c["envFrom"] = json!([
+        { "configMapRef": { "name": "settings" } },
+        { "secretRef": { "name": "creds" }, "prefix": "S_" },
+        // A later source wins over an earlier one for the same name.
+        { "secretRef": { "name": "creds" } },
+        { "configMapRef": { "name": "absent", "optional": true } },
+    ]);
+    c["env"] = json!([
+        { "name": "NAME", "value": "main" },
+        { "name": "MODE", "value": "sleep" },
+        // env overrides envFrom, and may refer to it.
+        { "name": "LEVEL", "value": "info-$(S_token)" },
+    ]);
+    pods.create(&pp, &pod_of("from", "Always", vec![], vec![c.clone()]))
+        .await
+        .unwrap();
+    wait_phase(&s.server, "from", "Running").await;
+    let env = read_when_there(&s.kubelet.pod_dir(NS, "from").join("main.env")).await;
+    for want in [
+        "LEVEL=info-s3cr3t",
+        "S_token=s3cr3t",
+        "S_SHARED=from-secret",
+        "SHARED=from-secret",
+        "token=s3cr3t",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} in\n{env}");
+    }
+    assert!(!env.lines().any(|l| l.starts_with("1X=")), "{env}");
+
+    // A missing source that is not optional fails the pod with a reason.
+    c["envFrom"][3]["configMapRef"]["optional"] = json!(false);
+    pods.create(&pp, &pod_of("from-missing", "Always", vec![], vec![c]))
+        .await
+        .unwrap();
+    let st = wait_phase(&s.server, "from-missing", "Failed")
+        .await
+        .status
+        .unwrap();
+    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert!(
+        st.message
+            .unwrap()
+            .contains("envFrom configmap \"absent\" not found")
+    );
+}
+
+#[tokio::test]
 async fn pre_stop_hooks_run_before_sigterm() {
     let s = setup("prestop").await;
     let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);

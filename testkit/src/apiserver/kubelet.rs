@@ -51,7 +51,9 @@
 //! `secretKeyRef` (`optional` honoured; a missing one fails the pod with
 //! `CreateContainerConfigError`); `$(VAR)` references to earlier entries are expanded in env
 //! values, and to the container's env in `command` and `args` (`$$` is a literal `$`, an
-//! unknown name stays as written). `envFrom` is not supported yet.
+//! unknown name stays as written). `envFrom` (`configMapRef`/`secretRef`, `prefix`,
+//! `optional`) comes first, in order, and `env` entries override it; keys that are not valid
+//! env names are skipped, as the kubelet does.
 //!
 //! Lifecycle: init containers run one at a time, in order, to completion (the pod is
 //! `Pending` meanwhile); then every main container starts, each in its own process group.
@@ -1331,7 +1333,7 @@ fn env(
     ips: &(String, String),
 ) -> Result<BTreeMap<String, String>, StartError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let mut out = BTreeMap::new();
+    let mut out = env_from(state, &ns, c)?;
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (_, Some(from)) => {
@@ -1411,6 +1413,70 @@ fn env(
         out.insert(e.name.clone(), value);
     }
     Ok(out)
+}
+
+/// The container's `envFrom`, in order (a later source wins): every key of each ConfigMap or
+/// Secret, with its `prefix`, that makes a valid env name (others are skipped, as the kubelet
+/// skips them with an event). A missing source fails the pod unless `optional`.
+fn env_from(
+    state: &State,
+    ns: &str,
+    c: &Container,
+) -> Result<BTreeMap<String, String>, StartError> {
+    let mut out = BTreeMap::new();
+    for (i, from) in c.env_from.iter().flatten().enumerate() {
+        let (resource, kind, name, optional) = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), _) => (
+                super::Resource::ConfigMaps,
+                "configmap",
+                &r.name,
+                r.optional,
+            ),
+            (None, Some(r)) => (super::Resource::Secrets, "secret", &r.name, r.optional),
+            (None, None) => {
+                return Err(config_error(format!(
+                    "container {:?}: envFrom[{i}] names neither a configMapRef nor a secretRef",
+                    c.name
+                )));
+            }
+        };
+        let Some(obj) = state.objects.get(&(resource, ns.to_owned(), name.clone())) else {
+            if optional == Some(true) {
+                continue;
+            }
+            return Err(config_error(format!(
+                "container {:?}: envFrom {kind} \"{name}\" not found",
+                c.name
+            )));
+        };
+        let prefix = from.prefix.as_deref().unwrap_or_default();
+        for (key, val) in obj["data"].as_object().into_iter().flatten() {
+            let var = format!("{prefix}{key}");
+            if !is_env_name(&var) {
+                tracing::debug!(container = %c.name, %var, "envFrom: not a valid env name, skipped");
+                continue;
+            }
+            let raw = val.as_str().unwrap_or_default();
+            let value = if resource == super::Resource::Secrets {
+                let bytes = BASE64_STANDARD.decode(raw).unwrap_or_default();
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                raw.to_owned()
+            };
+            out.insert(var, value);
+        }
+    }
+    Ok(out)
+}
+
+/// A C identifier-like env name as the kubelet accepts from `envFrom` (letters, digits,
+/// `_`, `-`, `.`; not starting with a digit).
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// `metadata.labels['KEY']` or `metadata.annotations['KEY']` (the downward API's one-key
@@ -1676,12 +1742,6 @@ fn launch(
         return Ok(None);
     }
     let registered = repo.and_then(|r| cfg.images.get(r));
-    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(config_error(format!(
-            "container {:?}: envFrom is not supported by the process kubelet",
-            c.name
-        )));
-    }
     let mounts = mounts(c, vols)?;
     if runs_spark(cfg, c) {
         map_properties_files(pod, c, vols, &mounts)?;
@@ -2084,6 +2144,16 @@ mod tests {
         );
         assert_eq!(map_arg("/var/lib/kshuffle/x", &mounts), "/w/root/x");
         assert_eq!(map_arg("--port=7337", &mounts), "--port=7337");
+    }
+
+    #[test]
+    fn env_names_from_env_from_are_checked_as_the_kubelet_does() {
+        for ok in ["A", "spark.x", "_X-1", "a.b-c_d"] {
+            assert!(is_env_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "a b", "a=b", "a/b", "é"] {
+            assert!(!is_env_name(bad), "{bad}");
+        }
     }
 
     #[test]
