@@ -24,6 +24,11 @@ const NS: &str = "spark";
 
 const FAKE_JAVA: &str = r#"#!/bin/sh
 p=${NAME:+$NAME.}
+if [ "$1" = probe ]; then
+  echo x >> "${p}probes"
+  test -e "${p}healthy"
+  exit $?
+fi
 if [ "$1" = prestop ]; then
   sleep 0.3
   echo done > "${p}prestop"
@@ -1057,6 +1062,94 @@ async fn readiness_follows_the_http_probe_and_liveness_failures_restart() {
     )
     .await;
     assert_eq!(st.phase.as_deref(), Some("Running"));
+}
+
+#[tokio::test]
+async fn exec_and_tcp_socket_probes() {
+    let s = setup("probes2").await;
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    // A listener on node-1 (hostNetwork pods' address) for the tcpSocket liveness probe.
+    let open = tokio::net::TcpListener::bind("127.0.1.1:0").await.unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let mut c = ctr("probed", "sleep");
+    c["readinessProbe"] = json!({ "exec": { "command": ["kshuffle-node", "probe"] } });
+    c["livenessProbe"] = json!({ "tcpSocket": { "port": open_port }, "failureThreshold": 1 });
+    pods.create(
+        &PostParams::default(),
+        &pod_of("probed", "Always", vec![], vec![c]),
+    )
+    .await
+    .unwrap();
+    wait_phase(&s.server, "probed", "Running").await;
+    let dir = s.kubelet.pod_dir(NS, "probed");
+    // The exec probe runs the registered program with its args, and fails (exit 1) until
+    // the file it tests exists.
+    within(
+        "exec probes",
+        until(|| {
+            let n = std::fs::read_to_string(dir.join("probed.probes")).ok()?;
+            (n.lines().count() >= 2).then_some(())
+        }),
+    )
+    .await;
+    assert_eq!(ready_of(&s.server, "probed"), Some((false, false)));
+    std::fs::write(dir.join("probed.healthy"), "").unwrap();
+    within(
+        "ready",
+        until(|| (ready_of(&s.server, "probed")? == (true, true)).then_some(())),
+    )
+    .await;
+    std::fs::remove_file(dir.join("probed.healthy")).unwrap();
+    within(
+        "unready",
+        until(|| (ready_of(&s.server, "probed")? == (false, false)).then_some(())),
+    )
+    .await;
+    // The tcpSocket liveness probe connects (the listener is open): never restarted.
+    let restarts = status_of(&s.server, "probed")
+        .unwrap()
+        .container_statuses
+        .unwrap()[0]
+        .restart_count;
+    assert_eq!(restarts, 0);
+
+    // A tcpSocket liveness probe to a closed port kills the container; it is restarted.
+    let closed = std::net::TcpListener::bind("127.0.1.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut c = ctr("unlive", "sleep");
+    c["livenessProbe"] = json!({ "tcpSocket": { "port": closed_port }, "failureThreshold": 1 });
+    pods.create(
+        &PostParams::default(),
+        &pod_of("unlive", "Always", vec![], vec![c]),
+    )
+    .await
+    .unwrap();
+    within(
+        "a liveness restart",
+        until(|| {
+            let st = status_of(&s.server, "unlive")?;
+            (st.container_statuses.as_ref()?.first()?.restart_count >= 1).then_some(())
+        }),
+    )
+    .await;
+
+    // An exec probe of anything but the registered program cannot run here.
+    let mut c = ctr("shell", "sleep");
+    c["readinessProbe"] = json!({ "exec": { "command": ["cat", "/tmp/healthy"] } });
+    pods.create(
+        &PostParams::default(),
+        &pod_of("shell", "Always", vec![], vec![c]),
+    )
+    .await
+    .unwrap();
+    let st = wait_phase(&s.server, "shell", "Failed")
+        .await
+        .status
+        .unwrap();
+    assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
+    assert!(st.message.unwrap().contains("exec probe"));
+    drop(open);
 }
 
 #[tokio::test]

@@ -66,8 +66,10 @@
 //! `successThreshold`; periods may be capped with [`ProcessKubelet::max_probe_period`]);
 //! `containerStatuses[].ready` follows readiness (a container without a readiness probe is
 //! ready while it runs) and the pod's `Ready`/`ContainersReady` conditions follow all of them;
-//! a liveness failure kills the container, which is then restarted by policy. Other probe
-//! kinds (`exec`, `tcpSocket`, `grpc`) and startup probes are not run yet.
+//! a liveness failure kills the container, which is then restarted by policy.
+//! `tcpSocket` probes connect to the pod IP (or `host`); `exec` probes run only the
+//! container's registered program (exit 0 = success; other commands make the container
+//! unsupported); `grpc` and startup probes are not run yet.
 //! On deletion each container's `preStop` hook runs first (`httpGet`, or `exec` of the
 //! container's registered program; other `exec` commands are skipped), then its process
 //! group gets SIGTERM; every group still there when the grace period is over gets SIGKILL,
@@ -265,14 +267,23 @@ struct Launch {
 /// One probe of a container, resolved.
 #[derive(Debug, Clone)]
 struct ProbeSpec {
-    host: String,
-    port: u16,
-    path: String,
+    action: ProbeAction,
     initial_delay: Duration,
     period: Duration,
     timeout: Duration,
     failure_threshold: u32,
     success_threshold: u32,
+}
+
+/// What a probe does.
+#[derive(Debug, Clone)]
+enum ProbeAction {
+    /// `httpGet`: host, port, path.
+    Http(String, u16, String),
+    /// `tcpSocket`: host, port.
+    Tcp(String, u16),
+    /// `exec` of the container's registered program.
+    Exec(Box<Launch>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -469,9 +480,7 @@ struct DueProbe {
     uid: String,
     ctr: usize,
     kind: ProbeKind,
-    host: String,
-    port: u16,
-    path: String,
+    action: ProbeAction,
     timeout: Duration,
 }
 
@@ -506,7 +515,7 @@ pub async fn run(shared: Arc<Shared>, cfg: ProcessKubelet, procs: Arc<Procs>, ap
             probes.spawn(async move {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    ok = http_probe(&p.host, p.port, &p.path, p.timeout) => {
+                    ok = send_probe(&p.action, p.timeout) => {
                         let _ = tx.send((p, ok));
                     }
                 }
@@ -527,6 +536,48 @@ fn write_kubeconfig(cfg: &ProcessKubelet, api: SocketAddr) -> std::io::Result<()
         "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{api}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
     );
     fs::write(cfg.kubeconfig(), text)
+}
+
+/// One probe, within `timeout`.
+async fn send_probe(action: &ProbeAction, timeout: Duration) -> bool {
+    match action {
+        ProbeAction::Http(host, port, path) => http_probe(host, *port, path, timeout).await,
+        ProbeAction::Tcp(host, port) => matches!(
+            tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((host.as_str(), *port))
+            )
+            .await,
+            Ok(Ok(_))
+        ),
+        ProbeAction::Exec(launch) => exec_probe(launch, timeout).await,
+    }
+}
+
+/// Runs the probe's command: success is exit code 0 within `timeout` (then its process
+/// group is killed, as a probe timing out).
+async fn exec_probe(launch: &Launch, timeout: Duration) -> bool {
+    let Ok(mut child) = spawn_launch(launch) else {
+        return false;
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                // Whatever the command left in its group goes too.
+                signal_group(child.id(), "KILL");
+                return status.success();
+            }
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                signal_group(child.id(), "KILL");
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
 }
 
 /// An HTTP/1.0 GET: success is a status from 200 to 399, within `timeout`.
@@ -828,9 +879,7 @@ fn step_run(
                     uid: run.uid.clone(),
                     ctr: i,
                     kind,
-                    host: st.spec.host.clone(),
-                    port: st.spec.port,
-                    path: st.spec.path.clone(),
+                    action: st.spec.action.clone(),
                     timeout: st.spec.timeout,
                 });
             }
@@ -1636,20 +1685,9 @@ fn driver_command(
     Ok((cfg.spark_home.join(DRIVER_SUBMIT), argv))
 }
 
-/// Resolves a probe: `httpGet` only; a named port is looked up in the container's ports.
-fn probe_spec(
-    c: &Container,
-    probe: &Probe,
-    pod_ip: &str,
-    cap: Option<Duration>,
-) -> Result<ProbeSpec, StartError> {
-    let Some(get) = &probe.http_get else {
-        return Err(unsupported(
-            c,
-            "has a probe other than httpGet (exec, tcpSocket and grpc probes are not run)",
-        ));
-    };
-    let port = match &get.port {
+/// A container port given by number or by name (looked up in the container's ports).
+fn container_port(c: &Container, port: &IntOrString) -> Option<u16> {
+    match port {
         IntOrString::Int(p) => u16::try_from(*p).ok(),
         IntOrString::String(name) => c
             .ports
@@ -1657,18 +1695,69 @@ fn probe_spec(
             .flatten()
             .find(|p| p.name.as_deref() == Some(name.as_str()))
             .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+/// Resolves a probe: `httpGet` and `tcpSocket` to the pod IP (or `host`), a named port looked
+/// up in the container's ports; `exec` only of the container's registered program (by file
+/// name, with the container's env; there is no image to run anything else in). Other
+/// `exec` commands and `grpc` probes make the container unsupported.
+fn probe_spec(
+    cfg: &ProcessKubelet,
+    c: &Container,
+    probe: &Probe,
+    pod_ip: &str,
+    launch: Option<&Launch>,
+) -> Result<ProbeSpec, StartError> {
+    let port_error = |port: &IntOrString| {
+        config_error(format!(
+            "container {:?}: probe port {port:?} is not a port of the container",
+            c.name
+        ))
     };
-    let Some(port) = port else {
-        return Err(config_error(format!(
-            "container {:?}: probe port {:?} is not a port of the container",
-            c.name, get.port
-        )));
+    let action = if let Some(get) = &probe.http_get {
+        let port = container_port(c, &get.port).ok_or_else(|| port_error(&get.port))?;
+        ProbeAction::Http(
+            get.host.clone().unwrap_or_else(|| pod_ip.to_owned()),
+            port,
+            get.path.clone().unwrap_or_else(|| "/".into()),
+        )
+    } else if let Some(tcp) = &probe.tcp_socket {
+        let port = container_port(c, &tcp.port).ok_or_else(|| port_error(&tcp.port))?;
+        ProbeAction::Tcp(tcp.host.clone().unwrap_or_else(|| pod_ip.to_owned()), port)
+    } else if let Some(exec) = &probe.exec {
+        let command = exec.command.as_deref().unwrap_or_default();
+        let program = c
+            .image
+            .as_deref()
+            .and_then(|i| cfg.images.get(repository(i)));
+        let named = |p: &PathBuf| {
+            command
+                .first()
+                .and_then(|f| Path::new(f).file_name())
+                .is_some_and(|n| Some(n) == p.file_name())
+        };
+        let (Some(launch), true) = (launch, program.is_some_and(named)) else {
+            return Err(unsupported(
+                c,
+                "has an exec probe whose command is not its image's registered program (there is no image to run it in)",
+            ));
+        };
+        let mut l = launch.clone();
+        l.argv = command.iter().skip(1).map(|a| expand(a, &l.env)).collect();
+        l.log = format!("{}.probe.", c.name);
+        ProbeAction::Exec(Box::new(l))
+    } else {
+        return Err(unsupported(
+            c,
+            "has a probe other than httpGet, tcpSocket or exec (grpc probes are not run)",
+        ));
     };
     let secs = |v: Option<i32>, default: u64| {
         Duration::from_secs(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(default))
     };
     let mut period = secs(probe.period_seconds, 10).max(Duration::from_secs(1));
-    if let Some(cap) = cap {
+    if let Some(cap) = cfg.max_probe_period {
         period = period.min(cap);
     }
     let count = |v: Option<i32>, default: u32| {
@@ -1677,9 +1766,7 @@ fn probe_spec(
             .unwrap_or(default)
     };
     Ok(ProbeSpec {
-        host: get.host.clone().unwrap_or_else(|| pod_ip.to_owned()),
-        port,
-        path: get.path.clone().unwrap_or_else(|| "/".into()),
+        action,
         initial_delay: secs(probe.initial_delay_seconds, 0),
         period,
         timeout: secs(probe.timeout_seconds, 1).max(Duration::from_secs(1)),
@@ -1881,7 +1968,7 @@ fn prepare(
         let probe = |p: &Option<Probe>| -> Result<Option<(Probe, ProbeState)>, StartError> {
             match p {
                 Some(p) if !init => {
-                    let spec = probe_spec(c, p, &ips.0, cfg.max_probe_period)?;
+                    let spec = probe_spec(cfg, c, p, &ips.0, launch.as_ref())?;
                     Ok(Some((p.clone(), ProbeState::new(spec, now))))
                 }
                 _ => Ok(None),
