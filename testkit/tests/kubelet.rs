@@ -609,6 +609,19 @@ async fn pods_the_kubelet_cannot_run_fail_with_a_reason() {
         .unwrap()
         .truncate(1);
     pods.create(&pp, &no_bind).await.unwrap();
+    // An item naming a key its ConfigMap does not have.
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "spark-drv-conf-map" },
+        "data": { "other.properties": "a=b\n" },
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(kube_client(&s.server, NS).unwrap(), NS)
+        .create(&pp, &cm)
+        .await
+        .unwrap();
+    pods.create(&pp, &driver_pod("bad-item", "app-3", "sleep"))
+        .await
+        .unwrap();
     // No ConfigMap for the conf volume.
     pods.create(&pp, &executor_pod("no-conf", "sleep"))
         .await
@@ -625,6 +638,14 @@ async fn pods_the_kubelet_cannot_run_fail_with_a_reason() {
         st.message
             .unwrap()
             .contains("SPARK_DRIVER_BIND_ADDRESS is not set")
+    );
+    let failed = wait_phase(&s.server, "bad-item", "Failed").await;
+    let st = failed.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert!(
+        st.message
+            .unwrap()
+            .contains("configmap \"spark-drv-conf-map\" has no key \"spark.properties\""),
     );
     let failed = wait_phase(&s.server, "no-conf", "Failed").await;
     let st = failed.status.unwrap();
