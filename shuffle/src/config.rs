@@ -13,6 +13,13 @@ pub const DEFAULT_READ_BUFFER_BUDGET_BYTES: usize = 512 * 1024 * 1024;
 
 /// Default of [`Config::stream_budget_bytes`].
 pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 512 * 1024 * 1024;
+/// Default of [`Config::inline_body_max_bytes`]: bodies up to 32 KiB are copied into the
+/// reply batch. For a 4 KiB block a `send` of its header plus a `sendfile` of its body cost
+/// more than one `pread` copy, and many such replies then leave in one write; larger bodies
+/// (nearly all the bytes of a real shuffle) still go out with `sendfile`. Measured side by
+/// side with Spark's service (README, Benchmarks): small-block throughput 2.9x -> 5.2x Java's,
+/// p99 open-to-first-byte 0.54 -> 0.24 of Java's, CPU per GB 0.28 -> 0.20.
+pub const DEFAULT_INLINE_BODY_MAX_BYTES: u64 = 32 * 1024;
 
 /// Everything the server needs besides its listener.
 #[derive(Debug, Clone)]
@@ -47,7 +54,7 @@ pub struct Config {
     /// Bound of the cache of parsed index files.
     pub index_cache_bytes: usize,
     /// Chunk bodies up to this size are copied into the write batch instead of being sent
-    /// with `sendfile` (0: always `sendfile`, zero-copy).
+    /// with `sendfile` (0: always `sendfile`, zero-copy); see [`DEFAULT_INLINE_BODY_MAX_BYTES`].
     pub inline_body_max_bytes: u64,
     /// `spark.authenticate`: when set, every connection must authenticate first.
     pub auth: Option<AuthSettings>,
@@ -92,7 +99,7 @@ impl Config {
             stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
             shutdown_grace_period: Duration::from_secs(30),
             index_cache_bytes: 100 * 1024 * 1024,
-            inline_body_max_bytes: 0,
+            inline_body_max_bytes: DEFAULT_INLINE_BODY_MAX_BYTES,
             auth: None,
         }
     }

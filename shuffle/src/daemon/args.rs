@@ -106,8 +106,8 @@ pub struct DaemonArgs {
     #[arg(long, env = "KSHUFFLE_SWEEP_DRY_RUN")]
     pub sweep_dry_run: bool,
     /// Chunk bodies up to this many bytes are copied into the reply batch instead of sent
-    /// with `sendfile` (fewer syscalls for tiny blocks; 0 = always zero-copy).
-    #[arg(long, env = "KSHUFFLE_INLINE_BODY_MAX_BYTES", default_value_t = 0)]
+    /// with `sendfile` (fewer syscalls for small blocks; 0 = always zero-copy).
+    #[arg(long, env = "KSHUFFLE_INLINE_BODY_MAX_BYTES", default_value_t = crate::config::DEFAULT_INLINE_BODY_MAX_BYTES)]
     pub inline_body_max_bytes: u64,
     /// Require `spark.authenticate`: the secret shared by every application (the file holds
     /// the `spark.authenticate.secret` string).
