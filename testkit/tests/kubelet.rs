@@ -1400,3 +1400,69 @@ async fn pre_stop_hooks_run_before_sigterm() {
     assert!(hook_done <= termed, "SIGTERM before the preStop hook ended");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "the httpGet hook");
 }
+
+/// A container that is one long-lived process (`exec`, so no child of its own is left behind).
+const SLEEPER: &str = "#!/bin/sh\necho $$ > pid\nexec sleep 600\n";
+
+/// The process owning the kubelet (here the `fake-apiserver` binary) SIGKILLed: no
+/// `Drop`, no signal handler runs, yet the kernel kills the container it started, because
+/// every container is forked with a parent-death signal on a thread that lives as long as the
+/// process.
+#[tokio::test]
+async fn containers_die_when_the_kubelets_process_is_killed_outright() {
+    let dir = std::env::temp_dir().join(format!("kshuffle-kubelet-sigkill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sleeper = dir.join("sleeper");
+    std::fs::write(&sleeper, SLEEPER).unwrap();
+    std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pod = dir.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: sleeper\n  namespace: default\n\
+         spec:\n  containers:\n  - name: main\n    image: sleeper:1\n",
+    )
+    .unwrap();
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
+        .arg("--work-dir")
+        .arg(&work)
+        .arg("--image")
+        .arg(format!("sleeper={}", sleeper.display()))
+        .arg("--apply")
+        .arg(&pod)
+        .arg("--no-request-log")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // `pod_dir` needs only the work dir; the binary canonicalizes it.
+    let work = std::fs::canonicalize(&work).unwrap();
+    let pid_file = ProcessKubelet::new(&dir, &work)
+        .pod_dir("default", "sleeper")
+        .join("pid");
+    let pid = within("the container to start", read_when_there(&pid_file)).await;
+    let pid = pid.trim().to_owned();
+    assert!(running(&pid));
+
+    daemon.kill().unwrap(); // SIGKILL
+    daemon.wait().unwrap();
+    within(
+        &format!("container process {pid} to die with the kubelet's process"),
+        until(|| (!running(&pid)).then_some(())),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether process `pid` exists and is not a zombie (an orphan killed here is reaped by
+/// whatever adopted it, which may take its time).
+fn running(pid: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S ...`: the state follows the last ')'.
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X') | None)
+}

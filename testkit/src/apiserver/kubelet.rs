@@ -74,7 +74,8 @@
 //! container's registered program; other `exec` commands are skipped), then its process
 //! group gets SIGTERM; every group still there when the grace period is over gets SIGKILL,
 //! and the pod is removed once the processes are gone. Every process group is killed when the
-//! server stops or is dropped (a failing test included).
+//! server stops or is dropped (a failing test included), and every process the kubelet starts
+//! is SIGKILLed by the kernel when this process dies, even killed outright (see `spawner`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -98,6 +99,7 @@ use super::Shared;
 use super::store::{Key, State, now_time};
 
 mod dns;
+mod spawner;
 
 /// The main class Spark's image runs for `executor`.
 const EXECUTOR_MAIN: &str = "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend";
@@ -722,7 +724,9 @@ fn spawn_launch(l: &Launch) -> std::io::Result<Child> {
         .stdout(stdout)
         .stderr(stderr);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.spawn()
+    // Through the one long-lived spawner thread, so the child dies with this process (even
+    // SIGKILLed) and not with the thread that happens to run this.
+    spawner::spawn(cmd)
 }
 
 /// Whether a container that exited with `code` is restarted under `policy`.
