@@ -283,7 +283,12 @@ impl Lifecycle {
             running.shutdown.cancel();
             return;
         }
-        info!(pod = %self.pod_name, app = %self.app_id, "signal received: serving until the driver pod ends");
+        info!(
+            pod = %self.pod_name,
+            app = %self.app_id,
+            check = %driver_check(self.driver_pod.as_deref(), self.driver_url.as_ref()),
+            "signal received: serving until the driver ends"
+        );
         // Built lazily: without Kubernetes credentials the sidecar still serves (until the
         // kubelet's grace period ends), it just cannot learn that the driver is gone.
         let mut client: Option<kube::Client> = None;
@@ -310,7 +315,7 @@ impl Lifecycle {
                 Ok(DriverState::Alive) => delay = self.interval,
                 Err(e) => {
                     delay = (delay * 2).min(self.max_backoff);
-                    warn!(error = %format!("{e:#}"), retry_in = ?delay, "cannot check the driver pod; serving on");
+                    warn!(error = %format!("{e:#}"), retry_in = ?delay, "cannot check whether the driver runs; serving on");
                 }
             }
             tokio::select! {
@@ -347,6 +352,17 @@ impl Lifecycle {
             Some(addr) => probe_driver(addr, DRIVER_CONNECT_TIMEOUT).await,
             None => Ok(driver_state(&list.items)),
         }
+    }
+}
+
+/// What decides that the driver is gone, in the order [`Lifecycle::check`] asks, for the log:
+/// Spark's labelled driver pods, else the pod named by `--driver-pod`, else (client mode) the
+/// driver's endpoint.
+fn driver_check(driver_pod: Option<&str>, driver_url: Option<&DriverAddr>) -> String {
+    match (driver_pod, driver_url) {
+        (Some(name), _) => format!("driver pod (labelled, else named {name})"),
+        (None, Some(addr)) => format!("driver pod (labelled), else driver endpoint {addr}"),
+        (None, None) => "driver pod (labelled)".to_owned(),
     }
 }
 
@@ -427,6 +443,23 @@ mod tests {
             probe_driver(&unknown, Duration::from_secs(2))
                 .await
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn the_logged_check_names_the_pod_or_endpoint_that_decides() {
+        let addr: DriverAddr = "spark://CoarseGrainedScheduler@10.0.0.7:7078"
+            .parse()
+            .unwrap();
+        assert_eq!(driver_check(None, None), "driver pod (labelled)");
+        assert_eq!(
+            driver_check(None, Some(&addr)),
+            "driver pod (labelled), else driver endpoint 10.0.0.7:7078"
+        );
+        // A named pod is asked before the endpoint, which then never decides.
+        assert_eq!(
+            driver_check(Some("notebook-0"), Some(&addr)),
+            "driver pod (labelled, else named notebook-0)"
         );
     }
 

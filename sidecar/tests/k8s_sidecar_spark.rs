@@ -565,7 +565,7 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
         let log = std::fs::read_to_string(kubelet.pod_dir(&spark_ns, pod).join("kshuffle.stderr"))
             .unwrap();
         for want in [
-            "signal received: serving until the driver pod ends",
+            "signal received: serving until the driver ends",
             "driver gone: stopping",
             why,
         ] {

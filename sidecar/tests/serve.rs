@@ -123,6 +123,18 @@ async fn fetch_all(addr: SocketAddr) -> Vec<Vec<u8>> {
     out
 }
 
+/// What the sidecar logs at SIGTERM when something is registered.
+const SERVING_ON: &str = "signal received: serving until the driver ends";
+
+/// The `check` field of that line: what decides that the driver is gone.
+fn check_logged(sidecar: &Sidecar) -> String {
+    let line = sidecar.logged(SERVING_ON).expect("the SIGTERM line");
+    line["fields"]["check"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no check field: {line}"))
+        .to_owned()
+}
+
 async fn register(dir: &Path, addr: SocketAddr) {
     let dirs = ExecutorDirs::create(&dir.join("local"), "exec1", 2, 8).unwrap();
     dirs.write_map_output(0, 0, &PARTITIONS).unwrap();
@@ -157,11 +169,14 @@ async fn after_sigterm_it_serves_until_the_driver_succeeds() {
     .await;
     sidecar.signal("-TERM");
     wait_for("the signal to be handled", || {
-        sidecar
-            .logged("signal received: serving until the driver pod ends")
-            .is_some()
+        sidecar.logged(SERVING_ON).is_some()
     })
     .await;
+    assert_eq!(
+        check_logged(&sidecar),
+        "driver pod (labelled)",
+        "no --driver-pod, no --driver-url"
+    );
     // Several driver checks happen, all "alive": still serving.
     let lists = server.calls().list;
     wait_for("two driver checks", || server.calls().list >= lists + 2).await;
@@ -175,7 +190,7 @@ async fn after_sigterm_it_serves_until_the_driver_succeeds() {
     server.start_outage(Outage::Refuse);
     wait_for("a failed driver check", || {
         sidecar
-            .logged("cannot check the driver pod; serving on")
+            .logged("cannot check whether the driver runs; serving on")
             .is_some()
     })
     .await;
@@ -252,6 +267,15 @@ async fn in_client_mode_it_serves_until_the_driver_endpoint_refuses_connections(
     })
     .await;
     sidecar.signal("-TERM");
+    wait_for("the signal to be handled", || {
+        sidecar.logged(SERVING_ON).is_some()
+    })
+    .await;
+    let port = driver.local_addr().unwrap().port();
+    assert_eq!(
+        check_logged(&sidecar),
+        format!("driver pod (labelled), else driver endpoint 127.0.0.1:{port}")
+    );
     // Several checks: no driver pod listed, the endpoint accepts: still serving.
     let lists = server.calls().list;
     wait_for("three driver checks", || server.calls().list >= lists + 3).await;
@@ -307,6 +331,14 @@ async fn an_unlabelled_driver_pod_named_by_the_owner_reference_decides() {
     })
     .await;
     sidecar.signal("-TERM");
+    wait_for("the signal to be handled", || {
+        sidecar.logged(SERVING_ON).is_some()
+    })
+    .await;
+    assert_eq!(
+        check_logged(&sidecar),
+        "driver pod (labelled, else named notebook-0)"
+    );
     // Each check lists by label (nothing) and then by name (the notebook pod).
     let lists = server.calls().list;
     wait_for("three driver checks", || server.calls().list >= lists + 6).await;
