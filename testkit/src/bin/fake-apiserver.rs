@@ -5,7 +5,8 @@
 //! With `--work-dir` it is a simulated cluster (`scripts/sim-cluster.sh` runs it so): `--nodes`
 //! nodes with testkit's process kubelet running pods as local processes (Spark executors from
 //! `--spark-home`, images mapped to programs by `--image`), the objects of `--apply` files
-//! created, and pod changes printed; on Ctrl-C every process it started is killed.
+//! created, and pod changes printed; on Ctrl-C every process it started is killed (and if
+//! this process is killed outright, the kernel kills the containers' processes).
 //!
 //! Usage: `cargo run -p kshuffle-testkit --bin fake-apiserver -- --help`
 
