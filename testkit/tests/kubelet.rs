@@ -1425,7 +1425,7 @@ async fn containers_die_when_the_kubelets_process_is_killed_outright() {
     .unwrap();
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
+    let daemon = std::process::Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
         .arg("--work-dir")
         .arg(&work)
         .arg("--image")
@@ -1437,6 +1437,7 @@ async fn containers_die_when_the_kubelets_process_is_killed_outright() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut daemon = KillOnDrop(daemon);
     // `pod_dir` needs only the work dir; the binary canonicalizes it.
     let work = std::fs::canonicalize(&work).unwrap();
     let pid_file = ProcessKubelet::new(&dir, &work)
@@ -1446,14 +1447,24 @@ async fn containers_die_when_the_kubelets_process_is_killed_outright() {
     let pid = pid.trim().to_owned();
     assert!(running(&pid));
 
-    daemon.kill().unwrap(); // SIGKILL
-    daemon.wait().unwrap();
+    daemon.0.kill().unwrap(); // SIGKILL
+    daemon.0.wait().unwrap();
     within(
         &format!("container process {pid} to die with the kubelet's process"),
         until(|| (!running(&pid)).then_some(())),
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process SIGKILLed (and reaped) when dropped, a failing test included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Whether process `pid` exists and is not a zombie (an orphan killed here is reaped by
