@@ -55,6 +55,29 @@ def run_with_deadline(fn, seconds, sc):
     return out.get("result"), out.get("error")
 
 
+def stop_and_wait(sc, seconds=60):
+    """Stops `sc` and waits until the JVM has no active SparkContext.
+
+    When the master removes an application (its executors could not register), Spark stops
+    the context from a thread of its own; `sc.stop()` may then fail or return before that
+    thread is done, and a new SparkContext made meanwhile fails with "Only one SparkContext
+    should be running in this JVM".
+    """
+    # SparkContext.getActive (private[spark] in Scala, public in the bytecode) on the
+    # companion object; py4j cannot name it statically.
+    companion = sc._jvm.java.lang.Class.forName("org.apache.spark.SparkContext$")
+    spark_context_object = companion.getField("MODULE$").get(None)
+    try:
+        sc.stop()
+    except Exception as e:  # noqa: BLE001
+        jobs.log("stop failed: %s" % e)
+    deadline = time.time() + seconds
+    while spark_context_object.getActive().isDefined():
+        if time.time() > deadline:
+            raise RuntimeError("the SparkContext did not stop within %d s" % seconds)
+        time.sleep(0.2)
+
+
 def session_auth(args):
     from pyspark import SparkContext
 
@@ -79,10 +102,7 @@ def session_auth(args):
         ok, error = run_with_deadline(lambda: word_job(sc), 60 if name == "wrong_secret" else 240, sc)
         results[name] = {"ok": bool(ok and ok[0]), "error": error}
         jobs.log("%s: %s" % (name, results[name]))
-        try:
-            sc.stop()
-        except Exception as e:  # noqa: BLE001
-            jobs.log("stop failed: %s" % e)
+        stop_and_wait(sc)
     return results
 
 
