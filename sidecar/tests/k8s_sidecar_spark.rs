@@ -56,22 +56,10 @@ const REDUCES: u64 = 4;
 /// The rendered manifests of `sidecar/deploy`, by kind.
 fn rendered(kind: &str) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {kubectl:?} ({e}); install kubectl or set KUBECTL"));
-    assert!(
-        out.status.success(),
-        "kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    docs.into_iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} in the rendered manifests"))
+    let docs = kshuffle_testkit::kustomize::render(&dir).unwrap_or_else(|e| panic!("{e}"));
+    kshuffle_testkit::kustomize::one(&docs, kind)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone()
 }
 
 /// The `KSHUFFLE_WEBHOOK_*` env of the rendered Deployment's webhook container.

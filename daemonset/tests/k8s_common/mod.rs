@@ -34,22 +34,10 @@ pub const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 /// The rendered manifests of `daemonset/deploy`, by kind.
 pub fn rendered(kind: &str) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {kubectl:?} ({e}); install kubectl or set KUBECTL"));
-    assert!(
-        out.status.success(),
-        "kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    docs.into_iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} in the rendered manifests"))
+    let docs = kshuffle_testkit::kustomize::render(&dir).unwrap_or_else(|e| panic!("{e}"));
+    kshuffle_testkit::kustomize::one(&docs, kind)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone()
 }
 
 /// The process kubelet for the rendered DaemonSet: its images mapped to local programs. The
