@@ -1,16 +1,24 @@
 //! One client connection: reads frames, hands requests to the [`Service`], writes replies in
-//! arrival order.
+//! arrival order, except that a stream open may overtake queued chunk requests.
 //!
 //! Replies are written in the order requests arrived, which is what Spark's client needs
-//! (`StreamResponse`s are matched first-in first-out). Small frames are batched in a write
+//! (`StreamResponse`s are matched first-in first-out), with one exception: while bulk bodies
+//! go out, the connection looks for newly arrived requests every [`READ_AHEAD_AFTER_BYTES`]
+//! and answers those that only open a stream (`OpenBlocks`, `FetchShuffleBlocks`,
+//! `GetLocalDirsForExecutors`) at once, ahead of the chunk requests queued before them
+//! (matched by request id, so Spark's client accepts it). An executor shares one connection
+//! among all its tasks, so without this a task's open waits for every body another task
+//! queued, and then its chunk requests wait again. Any other request keeps its place, and
+//! holds back the opens behind it ([`Connection::read_ahead`]). Small frames are batched in a write
 //! buffer. A chunk body of at most `--inline-body-max-bytes` is read (`pread`) into that batch
 //! right after its header, so the replies to a burst of small-block requests leave in a few
 //! large writes instead of a `send` plus a `sendfile` each (two syscalls and a TCP push per
 //! 4 KiB block); a larger body goes from the page cache to the socket with `sendfile(2)`,
 //! never through user memory, after its header is sent with `MSG_MORE`. The batch is bounded
 //! ([`WRITE_BATCH_BYTES`] plus one small body) and flushed before the connection reads again.
-//! A connection reads no further requests while it writes, so a slow reader cannot make the
-//! daemon buffer replies.
+//! A connection reads no further requests while it writes (beyond at most
+//! [`MAX_READ_AHEAD_FRAMES`] read ahead), so a slow reader cannot make the daemon buffer
+//! replies.
 //!
 //! A write (`send` or `sendfile`) that takes fewer bytes than offered means the socket buffer
 //! is full: the connection then waits for the kernel's writable event instead of trying again
@@ -41,6 +49,7 @@
 //! connection goes on; a framing error, a timeout or an I/O error closes this connection only
 //! and is logged once, with the peer address, by [`serve`].
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -82,6 +91,12 @@ pub const TURN_BYTES: u64 = 4 << 20;
 /// Longest wait for the writable event after a short write before the write is tried again
 /// anyway (a short write not caused by a full socket buffer has no such event coming).
 const SHORT_WRITE_RECHECK: Duration = Duration::from_millis(50);
+/// Body bytes sent between looks at the socket for requests to answer out of turn (see the
+/// module docs): small bodies go out in batches between reads anyway.
+const READ_AHEAD_AFTER_BYTES: u64 = 256 << 10;
+/// Frames a connection holds read ahead of their turn; past this it reads no more until
+/// they are served (the client's requests then wait in the kernel's buffers).
+const MAX_READ_AHEAD_FRAMES: usize = 512;
 
 /// Why a connection was closed by the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +239,11 @@ struct Connection {
     short_write: AtomicBool,
     /// Body bytes sent since the connection last yielded to its worker's other tasks.
     turn_sent: u64,
+    /// Body bytes sent since the connection last read from its socket.
+    sent_since_read: u64,
+    /// Requests read ahead while bodies were going out, to be handled in arrival order
+    /// before anything left in `rbuf` (see [`Connection::read_ahead`]).
+    ahead: VecDeque<Frame>,
 }
 
 impl Drop for Connection {
@@ -257,6 +277,8 @@ impl Connection {
             budget_held: 0,
             short_write: AtomicBool::new(false),
             turn_sent: 0,
+            sent_since_read: 0,
+            ahead: VecDeque::new(),
         }
     }
 
@@ -298,7 +320,7 @@ impl Connection {
         let mut partial_since: Option<tokio::time::Instant> = None;
         loop {
             let mut decoded = false;
-            while let Some(frame) = wire::decode(&mut self.rbuf, max_frame)? {
+            while let Some(frame) = self.next_frame(max_frame)? {
                 decoded = true;
                 if !self.handle(frame).await? {
                     self.flush().await?;
@@ -370,10 +392,91 @@ impl Connection {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
             }
+            self.sent_since_read = 0;
             if let Some(cipher) = &mut self.cipher {
                 cipher.open(&mut self.raw, &mut self.rbuf)?;
             }
         }
+    }
+
+    /// The next request to handle: those read ahead first, then what `rbuf` holds.
+    fn next_frame(&mut self, max_frame: usize) -> Result<Option<Frame>, Error> {
+        match self.ahead.pop_front() {
+            Some(frame) => Ok(Some(frame)),
+            None => Ok(wire::decode(&mut self.rbuf, max_frame)?),
+        }
+    }
+
+    /// Before a chunk's reply, once enough body bytes have gone out since the last read,
+    /// reads what the client has sent meanwhile (without waiting) and answers the requests
+    /// that only open a stream ([`Message::is_read_only_open`]) at once, ahead of the
+    /// chunk requests queued before them; everything else is kept in `ahead`, in order.
+    ///
+    /// A client that pipelines bulk chunk requests on one connection (Spark's executors share
+    /// one connection per shuffle service among all their tasks) thus gets a new stream's
+    /// `StreamHandle` without waiting for the bodies already queued, and can send that
+    /// stream's chunk requests sooner. Only `ChunkFetchRequest`s and `StreamRequest`s are
+    /// overtaken: they only read streams that are already open. Any other frame stops the
+    /// reading ahead until it is handled, so registrations, removals, uploads and the like
+    /// keep their place (an `UploadStream`'s body follows it out of frame and is never
+    /// decoded ahead). Replies to chunk requests and streams keep their arrival order, which
+    /// `StreamResponse`s need; an `RpcResponse` is matched by its request id.
+    async fn read_ahead(&mut self) -> Result<(), Error> {
+        let blocked = self.ahead.back().is_some_and(|f| {
+            !matches!(f, Frame::ChunkFetchRequest(_) | Frame::StreamRequest { .. })
+        });
+        if self.auth.is_some()
+            || self.sent_since_read < READ_AHEAD_AFTER_BYTES
+            || blocked
+            || self.ahead.len() >= MAX_READ_AHEAD_FRAMES
+        {
+            return Ok(());
+        }
+        self.sent_since_read = 0;
+        let into = if self.cipher.is_some() {
+            &mut self.raw
+        } else {
+            &mut self.rbuf
+        };
+        if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
+            into.reserve(READ_BUFFER_BYTES);
+        }
+        self.settle_read_budget()?;
+        let into = if self.cipher.is_some() {
+            &mut self.raw
+        } else {
+            &mut self.rbuf
+        };
+        // End of input or an error is left for the main loop, after what is queued; what
+        // `rbuf` already holds is looked at either way.
+        if let Ok(n) = self.socket.try_read_buf(into)
+            && n > 0
+            && let Some(cipher) = &mut self.cipher
+        {
+            cipher.open(&mut self.raw, &mut self.rbuf)?;
+        }
+        let max_frame = self.service.config.max_frame_len_bytes;
+        while self.ahead.len() < MAX_READ_AHEAD_FRAMES {
+            let Some(frame) = wire::decode(&mut self.rbuf, max_frame)? else {
+                break;
+            };
+            match frame {
+                Frame::RpcRequest { request_id, body }
+                    if crate::wire::Message::is_read_only_open(&body) =>
+                {
+                    Stats::inc(&self.service.stats.rpcs_read_ahead);
+                    self.answer_rpc(request_id, body).await?;
+                }
+                frame @ (Frame::ChunkFetchRequest(_) | Frame::StreamRequest { .. }) => {
+                    self.ahead.push_back(frame);
+                }
+                other => {
+                    self.ahead.push_back(other);
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Handles one frame; `Ok(false)` asks to close the connection after flushing.
@@ -449,25 +552,9 @@ impl Connection {
         }
         let started = std::time::Instant::now();
         match frame {
-            Frame::RpcRequest { request_id, body } => {
-                let kind = crate::wire::Message::type_name_of(&body);
-                let client = self.client_id.as_deref();
-                let reply = self.service.rpc(&body, &mut self.streams, client).await;
-                crate::metrics::request_duration(kind, started);
-                let frame = match reply {
-                    Ok(body) => Frame::RpcResponse { request_id, body },
-                    Err(failure) => {
-                        self.log_failure("rpc", &failure);
-                        Stats::inc(&self.service.stats.rpc_failures);
-                        Frame::RpcFailure {
-                            request_id,
-                            error: failure.message,
-                        }
-                    }
-                };
-                self.queue(&frame).await?;
-            }
+            Frame::RpcRequest { request_id, body } => self.answer_rpc(request_id, body).await?,
             Frame::ChunkFetchRequest(id) => {
+                self.read_ahead().await?;
                 match self
                     .service
                     .chunk(&mut self.streams, id.stream_id, i64::from(id.chunk_index))
@@ -480,6 +567,7 @@ impl Connection {
                 }
             }
             Frame::StreamRequest { stream_id } => {
+                self.read_ahead().await?;
                 let chunk = StreamChunkId::parse_stream_request(&stream_id)
                     .map_err(Failure::from)
                     .and_then(|id| {
@@ -536,6 +624,27 @@ impl Connection {
         Ok(true)
     }
 
+    /// Handles an RPC and queues its reply.
+    async fn answer_rpc(&mut self, request_id: i64, body: bytes::Bytes) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        let kind = crate::wire::Message::type_name_of(&body);
+        let client = self.client_id.as_deref();
+        let reply = self.service.rpc(&body, &mut self.streams, client).await;
+        crate::metrics::request_duration(kind, started);
+        let frame = match reply {
+            Ok(body) => Frame::RpcResponse { request_id, body },
+            Err(failure) => {
+                self.log_failure("rpc", &failure);
+                Stats::inc(&self.service.stats.rpc_failures);
+                Frame::RpcFailure {
+                    request_id,
+                    error: failure.message,
+                }
+            }
+        };
+        self.queue(&frame).await
+    }
+
     /// Sends the body of a chunk whose header was just queued, and counts it.
     async fn send_chunk(
         &mut self,
@@ -557,6 +666,7 @@ impl Connection {
         }
         crate::metrics::chunk_duration(matches!(served, Served::Stream), started);
         self.turn_sent += *len;
+        self.sent_since_read += *len;
         if self.turn_sent >= TURN_BYTES {
             self.turn_sent = 0;
             Stats::inc(&self.service.stats.turns_yielded);

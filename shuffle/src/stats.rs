@@ -76,6 +76,9 @@ counters! {
     /// Times a connection let the other tasks of its worker run after sending
     /// `conn::TURN_BYTES` of bodies in a row.
     turns_yielded,
+    /// Stream-opening RPCs answered ahead of chunk requests that arrived before them
+    /// (`conn::Connection::read_ahead`).
+    rpcs_read_ahead,
     /// Connections open now (a gauge).
     connections_open,
     /// Streams open now, over all connections (a gauge).

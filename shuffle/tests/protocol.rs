@@ -840,24 +840,214 @@ async fn a_reader_with_a_tiny_receive_window_gets_every_byte() {
             &[chunk(0), chunk(1), dirs_rpc, chunk(2), chunk(3)],
         )
         .await;
+        // The RPC is read-only, so it may be answered ahead of chunk 1 once chunk 0's body
+        // is out (`Connection::read_ahead`), but never after chunk 2, and the chunks keep
+        // their order.
+        let mut rpc_answered_before = None;
         for (i, part) in parts.iter().enumerate() {
-            match within(read_frame(&mut raw, &mut rbuf)).await {
+            let mut frame = within(read_frame(&mut raw, &mut rbuf)).await;
+            if let Frame::RpcResponse { request_id: 2, .. } = frame {
+                assert!(rpc_answered_before.is_none(), "inline={inline}");
+                rpc_answered_before = Some(i);
+                frame = within(read_frame(&mut raw, &mut rbuf)).await;
+            }
+            match frame {
                 Frame::ChunkFetchSuccess { id, body } => {
                     assert_eq!(id.chunk_index, i as i32, "inline={inline}");
                     assert!(body[..] == part[..], "chunk {i} bytes, inline={inline}");
                 }
                 other => panic!("chunk {i}, inline={inline}: {other:?}"),
             }
-            if i == 1 {
-                assert!(matches!(
-                    within(read_frame(&mut raw, &mut rbuf)).await,
-                    Frame::RpcResponse { request_id: 2, .. }
-                ));
-            }
         }
+        assert!(
+            matches!(rpc_answered_before, Some(1 | 2)),
+            "inline={inline}: RPC answered before chunk {rpc_answered_before:?}"
+        );
         let stats = daemon.stop().await;
         assert_eq!(stats.chunks_served, 4, "inline={inline}");
     }
+}
+
+/// Spark's executors share one connection per shuffle service among all their tasks: a task
+/// opening a stream must not wait for the bulk bodies another task's chunk requests queued.
+/// A `FetchShuffleBlocks` sent after eight pipelined 1 MiB chunk requests is answered before
+/// the last of them, the chunks still arrive whole and in order, and the new stream serves.
+#[tokio::test]
+async fn a_stream_open_is_answered_ahead_of_queued_bulk_chunks() {
+    const PART: usize = 1 << 20;
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let dirs = ExecutorDirs::create(&daemon.root, "e1", 1, 4).unwrap();
+    let parts: Vec<Vec<u8>> = (0..8).map(|i| pseudo_random_bytes(i, PART)).collect();
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    dirs.write_map_output(0, 100, &refs).unwrap();
+    dirs.write_map_output(0, 101, &[&b"second stream"[..]])
+        .unwrap();
+    c.register(APP, "1", dirs.as_strings(), 4).await.unwrap();
+    let first = c
+        .open(&fetch("1", vec![100], vec![(0..8).collect()], false))
+        .await
+        .unwrap();
+    let mut frames: Vec<Frame> = (0..8)
+        .map(|i| {
+            Frame::ChunkFetchRequest(StreamChunkId {
+                stream_id: first.stream_id,
+                chunk_index: i,
+            })
+        })
+        .collect();
+    frames.push(Frame::RpcRequest {
+        request_id: 9,
+        body: fetch("1", vec![101], vec![vec![0]], false).to_bytes(),
+    });
+    send_batch(&mut c, &frames).await;
+    let mut second = None;
+    let mut chunks = 0;
+    while chunks < parts.len() {
+        match within(c.recv()).await.unwrap().0 {
+            Frame::ChunkFetchSuccess { id, body } => {
+                assert_eq!(id.chunk_index, chunks as i32);
+                assert!(body[..] == parts[chunks][..], "chunk {chunks} bytes");
+                chunks += 1;
+            }
+            Frame::RpcResponse {
+                request_id: 9,
+                body,
+            } => {
+                assert!(second.is_none());
+                second = Some((chunks, Message::decode(&body).unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (after_chunks, handle) = second.expect("the open was answered");
+    assert!(
+        after_chunks < parts.len(),
+        "StreamHandle only after all {after_chunks} queued chunks"
+    );
+    let Message::StreamHandle {
+        stream_id,
+        num_chunks: 1,
+    } = handle
+    else {
+        panic!("{handle:?}")
+    };
+    c.send(&Frame::ChunkFetchRequest(StreamChunkId {
+        stream_id,
+        chunk_index: 0,
+    }))
+    .await
+    .unwrap();
+    match within(c.recv()).await.unwrap().0 {
+        Frame::ChunkFetchSuccess { body, .. } => assert_eq!(&body[..], b"second stream"),
+        other => panic!("{other:?}"),
+    }
+    let stats = daemon.stop().await;
+    assert_eq!(stats.rpcs_read_ahead, 1);
+    assert_eq!(stats.chunks_served, 9);
+}
+
+/// Only stream opens overtake chunk requests, and nothing overtakes a request that changes
+/// state: a `RegisterExecutor` queued behind bulk chunks is answered after them, and an open
+/// for that executor sent after it waits for it (and so finds the executor registered).
+#[tokio::test]
+async fn requests_that_change_state_keep_their_place_behind_queued_chunks() {
+    const PART: usize = 1 << 20;
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let dirs = ExecutorDirs::create(&daemon.root, "e1", 1, 4).unwrap();
+    let parts: Vec<Vec<u8>> = (0..6).map(|i| pseudo_random_bytes(i, PART)).collect();
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    dirs.write_map_output(0, 100, &refs).unwrap();
+    let late = ExecutorDirs::create(&daemon.root, "e2", 1, 4).unwrap();
+    late.write_map_output(0, 200, &[&b"late executor"[..]])
+        .unwrap();
+    c.register(APP, "1", dirs.as_strings(), 4).await.unwrap();
+    let first = c
+        .open(&fetch("1", vec![100], vec![(0..6).collect()], false))
+        .await
+        .unwrap();
+    let mut frames: Vec<Frame> = (0..6)
+        .map(|i| {
+            Frame::ChunkFetchRequest(StreamChunkId {
+                stream_id: first.stream_id,
+                chunk_index: i,
+            })
+        })
+        .collect();
+    let register = Message::RegisterExecutor {
+        app_id: APP.into(),
+        exec_id: "2".into(),
+        info: kshuffle::wire::ExecutorShuffleInfo {
+            local_dirs: late.as_strings(),
+            sub_dirs_per_local_dir: 4,
+            shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+        },
+    };
+    frames.insert(
+        3,
+        Frame::RpcRequest {
+            request_id: 5,
+            body: register.to_bytes(),
+        },
+    );
+    frames.push(Frame::RpcRequest {
+        request_id: 6,
+        body: fetch("2", vec![200], vec![vec![0]], false).to_bytes(),
+    });
+    send_batch(&mut c, &frames).await;
+    let mut order = Vec::new();
+    let mut handle = None;
+    while order.len() < frames.len() {
+        match within(c.recv()).await.unwrap().0 {
+            Frame::ChunkFetchSuccess { id, body } => {
+                assert!(body[..] == parts[id.chunk_index as usize][..]);
+                order.push(format!("chunk {}", id.chunk_index));
+            }
+            Frame::RpcResponse { request_id, body } => {
+                if request_id == 6 {
+                    handle = Some(Message::decode(&body).unwrap());
+                }
+                order.push(format!("rpc {request_id}"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let registered_at = order.iter().position(|o| o == "rpc 5").unwrap();
+    let opened_at = order.iter().position(|o| o == "rpc 6").unwrap();
+    assert_eq!(
+        &order[..registered_at],
+        ["chunk 0", "chunk 1", "chunk 2"],
+        "{order:?}"
+    );
+    assert!(opened_at > registered_at, "{order:?}");
+    let chunks: Vec<&str> = order
+        .iter()
+        .map(String::as_str)
+        .filter(|o| o.starts_with("chunk"))
+        .collect();
+    assert_eq!(
+        chunks,
+        [
+            "chunk 0", "chunk 1", "chunk 2", "chunk 3", "chunk 4", "chunk 5"
+        ]
+    );
+    assert!(
+        matches!(handle, Some(Message::StreamHandle { num_chunks: 1, .. })),
+        "{handle:?}"
+    );
+    drop(c);
+    let stats = daemon.stop().await;
+    assert_eq!(stats.registrations, 2);
+}
+
+/// Sends `frames` in one write, as a client pipelining them does.
+async fn send_batch(c: &mut Client, frames: &[Frame]) {
+    let mut out = BytesMut::new();
+    for frame in frames {
+        kshuffle::wire::encode(frame, &mut out);
+    }
+    c.send_raw(&out).await.unwrap();
 }
 
 async fn send_frames(socket: &mut tokio::net::TcpStream, frames: &[Frame]) {

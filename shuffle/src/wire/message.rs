@@ -302,6 +302,14 @@ impl Message {
             .unwrap_or("Unknown")
     }
 
+    /// Whether the message encoded in `body` only opens a stream or reads state
+    /// (`OpenBlocks`, `FetchShuffleBlocks`, `GetLocalDirsForExecutors`), from its type byte
+    /// alone: such a request may be answered ahead of chunk requests that arrived before it,
+    /// since nothing it does changes what those chunks serve.
+    pub fn is_read_only_open(body: &[u8]) -> bool {
+        matches!(body.first(), Some(0 | 9 | 10))
+    }
+
     /// The class name of the message encoded in `body`, from its type byte alone (for
     /// metrics labels before or without decoding); `"Unknown"` for anything else.
     pub fn type_name_of(body: &[u8]) -> &'static str {
