@@ -520,13 +520,18 @@ pub fn table(r: &Results) -> String {
                     ratio(ov, jv)
                 );
             };
-        let small = w.name.starts_with("small");
         row(
             "blocks/s",
             o.blocks_per_sec,
             j.map(|j| j.blocks_per_sec),
             &int,
-            if small { ">= 2" } else { "" },
+            match w.name {
+                "small" => ">= 2",
+                // 64 partitions per chunk: 256 KiB ranges, bound by the loopback's bandwidth
+                // (its row below), which 2x Java's would exceed.
+                "small-batch" => "(bandwidth-bound)",
+                _ => "",
+            },
         );
         row(
             "MiB/s",
@@ -570,17 +575,19 @@ pub fn table(r: &Results) -> String {
             &mib,
             "<= 0.1",
         );
-        if w.name == "large"
+        if w.name != "small"
             && let Some(l) = loop_verified
         {
             let _ = writeln!(
                 s,
-                "| large | % of loopback (sendfile, verified: {l:.0} MiB/s) | {:.0}% | {} | | ours >= 90% |",
+                "| {} | % of loopback (sendfile, verified: {l:.0} MiB/s) | {:.0}% | {} | | {} |",
+                w.name,
                 100.0 * o.mib_per_sec / l,
                 opt(j.map(|j| j.mib_per_sec), |v| format!(
                     "{:.0}%",
                     100.0 * v / l
-                ))
+                )),
+                if w.name == "large" { "ours >= 90%" } else { "" }
             );
         }
     }

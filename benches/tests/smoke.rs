@@ -186,6 +186,7 @@ fn runner_drives_the_real_kshuffled_binary_on_tiny_layouts() {
     for row in [
         "| small | blocks/s |",
         "| large | % of loopback",
+        "| small-batch | % of loopback",
         "| register 20 executors | registrations/s |",
         "| idle | RSS after start |",
     ] {
