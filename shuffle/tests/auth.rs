@@ -184,3 +184,65 @@ async fn nothing_before_authentication_and_wrong_secrets_are_refused() {
     register(&mut a, &env, "app-a", [b"x", b"y"]).await;
     assert_eq!(fetch_all(&mut a, "app-a").await.unwrap().len(), 2);
 }
+
+/// On an encrypted connection too, a stream open sent behind pipelined bulk chunk requests is
+/// answered before the last of them (read ahead through the cipher), and every chunk still
+/// arrives whole and in order.
+#[tokio::test]
+async fn an_encrypted_stream_open_is_answered_ahead_of_queued_chunks() {
+    let env = start(0).await;
+    let mut a = connect(&env, "app-a", "secret-a").await.unwrap();
+    let parts: Vec<Vec<u8>> = (0..4)
+        .map(|i| kshuffle::fixture::pseudo_random_bytes(i, 2 << 20))
+        .collect();
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let dirs = ExecutorDirs::create(&env.root.join("app-a"), "e", 1, 64).unwrap();
+    dirs.write_map_output(0, 1, &refs).unwrap();
+    a.register("app-a", "1", dirs.as_strings(), 64)
+        .await
+        .unwrap();
+    let mut open = fetch("app-a");
+    if let Message::FetchShuffleBlocks { reduce_ids, .. } = &mut open {
+        *reduce_ids = vec![vec![0, 1, 2, 3]];
+    }
+    let stream = a.open(&open).await.unwrap();
+    let mut batch = bytes::BytesMut::new();
+    for chunk_index in 0..4 {
+        let id = StreamChunkId {
+            stream_id: stream.stream_id,
+            chunk_index,
+        };
+        kshuffle::wire::encode(&Frame::ChunkFetchRequest(id), &mut batch);
+    }
+    let second = Frame::RpcRequest {
+        request_id: 42,
+        body: fetch("app-a").to_bytes(),
+    };
+    kshuffle::wire::encode(&second, &mut batch);
+    a.send_raw(&batch).await.unwrap();
+    let (mut chunks, mut answered_after) = (0, None);
+    while chunks < parts.len() {
+        match a.recv().await.unwrap().0 {
+            Frame::ChunkFetchSuccess { id, body } => {
+                assert_eq!(id.chunk_index, chunks as i32);
+                assert!(body[..] == parts[chunks][..], "chunk {chunks}");
+                chunks += 1;
+            }
+            Frame::RpcResponse {
+                request_id: 42,
+                body,
+            } => {
+                assert!(matches!(
+                    Message::decode(&body).unwrap(),
+                    Message::StreamHandle { num_chunks: 2, .. }
+                ));
+                answered_after = Some(chunks);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        answered_after.is_some_and(|n| n < parts.len()),
+        "open answered after {answered_after:?} of the queued chunks"
+    );
+}
