@@ -3,7 +3,8 @@
 driver pod of testkit's process kubelet (driven by `daemonset/tests/k8s_driver_cleanup.rs`).
 
 With `--go`, the driver first waits until that file exists (at most RELEASE_TIMEOUT_S), so
-the test decides when its executors are requested. A group-by count (JVM only: no Python workers on the executors) writes shuffle output on the executors (into the nodes' hostPath, registered
+the test decides when its executors are requested. A group-by count (JVM only: no Python workers on the
+executors) writes shuffle output on the executors (into the nodes' hostPath, registered
 with the node daemons). Then the driver writes one JSON line (app id, result, executor hosts)
 to the file `--marker` and waits until the file `--release` exists (at most
 RELEASE_TIMEOUT_S) before it stops: the test decides when the application ends, or deletes
@@ -11,24 +12,24 @@ the driver pod while it waits.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
+
+# The helpers shared by the simulated-cluster job scripts (testkit/tests/spark).
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "testkit", "tests", "spark"))
+import k8s_jobs_common as common  # noqa: E402
 
 RELEASE_TIMEOUT_S = 150
 N = 50_000
 KEYS = 97
 
 
-def log(msg):
-    print("[k8s_driver_cleanup.py %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
-
-
-def wait_for(path):
-    deadline = time.time() + RELEASE_TIMEOUT_S
-    while not os.path.exists(path) and time.time() < deadline:
-        time.sleep(0.2)
+def wait_for_file(path):
+    """Waits until `path` exists, at most RELEASE_TIMEOUT_S; goes on either way (the test
+    fails on what the application then does)."""
+    if not common.wait_until(lambda: os.path.exists(path), RELEASE_TIMEOUT_S):
+        common.log("%s did not appear within %d s: going on" % (path, RELEASE_TIMEOUT_S))
 
 
 def main():
@@ -38,38 +39,31 @@ def main():
     ap.add_argument("--go")
     args = ap.parse_args()
     if args.go:
-        log("waiting for %s" % args.go)
-        wait_for(args.go)
+        common.log("waiting for %s" % args.go)
+        wait_for_file(args.go)
 
     from pyspark.sql import SparkSession
 
     spark = SparkSession.builder.getOrCreate()
     sc = spark.sparkContext
     app_id = sc.applicationId
-    log("app %s" % app_id)
+    common.log("app %s" % app_id)
     spark.conf.set("spark.sql.shuffle.partitions", "3")
     rows = spark.range(0, N, 1, 4).selectExpr("id %% %d as k" % KEYS).groupBy("k").count().collect()
     counts = {r["k"]: r["count"] for r in rows}
     want = {k: len(range(k, N, KEYS)) for k in range(KEYS)}
-    driver = sc.getConf().get("spark.driver.host")
-    hosts = sorted(
-        e.host() for e in sc._jsc.sc().statusTracker().getExecutorInfos() if e.host() != driver
-    )
     result = {
         "app_id": app_id,
         "spark_version": sc.version,
         "correct": counts == want,
-        "driver_host": driver,
-        "executor_hosts": hosts,
+        "driver_host": sc.getConf().get("spark.driver.host"),
+        "executor_hosts": common.executors(sc),
     }
-    tmp = args.marker + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(result) + "\n")
-    os.rename(tmp, args.marker)
-    log("waiting for %s" % args.release)
-    wait_for(args.release)
+    common.write_json(args.marker, result, newline=True)
+    common.log("waiting for %s" % args.release)
+    wait_for_file(args.release)
     spark.stop()
-    log("stopped")
+    common.log("stopped")
 
 
 if __name__ == "__main__":

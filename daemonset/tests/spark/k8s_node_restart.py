@@ -17,47 +17,16 @@ Prints exactly one JSON line on stdout. The whole process group is killed if the
 
 import argparse
 import json
-import operator
 import os
-import signal
 import sys
-import threading
-import time
+
+# The helpers shared by the simulated-cluster job scripts (testkit/tests/spark).
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "testkit", "tests", "spark"))
+import k8s_jobs_common as common  # noqa: E402
 
 WAIT_S = 90
 N = 200_000
-
-
-def log(msg):
-    print("[k8s_node_restart.py %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
-
-
-def exit_with(pid):
-    def watch():
-        while True:
-            time.sleep(1)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="exit-with-test", daemon=True).start()
-
-
-def executors(sc):
-    """The hosts of every live executor, the driver excluded."""
-    driver = sc.getConf().get("spark.driver.host")
-    return sorted(
-        e.host() for e in sc._jsc.sc().statusTracker().getExecutorInfos() if e.host() != driver
-    )
-
-
-def wait_for(what, pred):
-    deadline = time.monotonic() + WAIT_S
-    while not pred():
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out waiting for " + what)
-        time.sleep(0.2)
 
 
 def main():
@@ -65,49 +34,29 @@ def main():
     ap.add_argument("--test-pid", type=int, required=True)
     ap.add_argument("--signal-dir", required=True)
     args = ap.parse_args()
-    exit_with(args.test_pid)
+    common.exit_with(args.test_pid)
 
     from pyspark.sql import SparkSession
 
     spark = SparkSession.builder.getOrCreate()
     sc = spark.sparkContext
     out = {"app_id": sc.applicationId, "spark_version": spark.version}
-    log("SparkContext up: %s" % sc.applicationId)
+    common.log("SparkContext up: %s" % sc.applicationId)
     try:
-        map_records = sc.accumulator(0)
-
-        def count_map(i):
-            map_records.add(1)
-            return (i % 101, i)
-
         # Both executors (spark.dynamicAllocation.initialExecutors=2) before the map stage, so
         # that both nodes hold map output.
-        wait_for("2 executors", lambda: len(executors(sc)) >= 2)
-        pairs = sc.parallelize(range(N), 6).map(count_map).partitionBy(4)
-        out["phase_a_count"] = pairs.count()
-        out["map_records_a"] = map_records.value
-        out["phase_a_hosts"] = executors(sc)
-        log("phase A done on %s" % out["phase_a_hosts"])
+        common.wait_for("2 executors", lambda: len(common.executors(sc)) >= 2, WAIT_S)
+        job = common.MapThenReduce(sc, N)
+        job.map_stage(out)
 
-        wait_for("every executor to go", lambda: not executors(sc))
-        log("executors gone")
-        with open(os.path.join(args.signal_dir, "phase_a.json.tmp"), "w") as f:
-            json.dump(out, f)
-        os.rename(
-            os.path.join(args.signal_dir, "phase_a.json.tmp"),
-            os.path.join(args.signal_dir, "phase_a.json"),
-        )
-        wait_for("the test's go", lambda: os.path.exists(os.path.join(args.signal_dir, "go")))
-        log("go: phase B")
+        common.wait_for("every executor to go", lambda: not common.executors(sc), WAIT_S)
+        common.log("executors gone")
+        common.write_json(os.path.join(args.signal_dir, "phase_a.json"), out)
+        go = os.path.join(args.signal_dir, "go")
+        common.wait_for("the test's go", lambda: os.path.exists(go), WAIT_S)
+        common.log("go: phase B")
 
-        got = dict(pairs.reduceByKey(operator.add).collect())
-        expected = {}
-        for i in range(N):
-            expected[i % 101] = expected.get(i % 101, 0) + i
-        out["phase_b_correct"] = got == expected
-        out["map_records_b"] = map_records.value
-        out["phase_b_hosts"] = executors(sc)
-        log("phase B done on %s" % out["phase_b_hosts"])
+        job.reduce_stage(out)
     finally:
         spark.stop()
     print(json.dumps(out), flush=True)
