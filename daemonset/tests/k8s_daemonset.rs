@@ -23,11 +23,10 @@ use std::net::TcpStream;
 use std::path::Path;
 
 use k8s_common::{
-    Group, NODES, NS, apply, common, eventually, http_get, kubelet, metric, nodes, pyspark_home,
-    ready, ready_daemons, spark_submit, work_dir,
+    Cluster, Group, NODES, NS, common, eventually, http_get, kubelet, metric, pyspark_home, ready,
+    spark_submit, start_cluster, work_dir,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kshuffle_testkit::{FakeApiServer, Node};
 use kube::Api;
 use serde_json::Value;
 
@@ -36,19 +35,11 @@ async fn the_rendered_daemonset_runs_kshuffle_node_on_three_simulated_nodes() {
     let work = work_dir("k8s-daemonset");
     // No Spark container runs here: the Spark home is never used.
     let kubelet = kubelet(&work.join("no-spark"), &work.join("kubelet"), "127.0.2");
-    let server = FakeApiServer::builder()
-        .nodes(NODES.iter().map(|n| Node::new(*n, 4, 8)).collect())
-        .process_kubelet(kubelet.clone())
-        .start()
-        .await
-        .unwrap();
-    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
-    apply(&client).await;
-    let pods = eventually("3 Ready kshuffle-node pods", 30, || {
-        let pods = server.pods(NS);
-        (pods.len() == 3 && pods.iter().all(ready)).then_some(pods)
-    })
-    .await;
+    let Cluster {
+        server,
+        daemons: pods,
+        ..
+    } = start_cluster(&kubelet, 4000, &[]).await;
     let mut ips: Vec<String> = Vec::new();
     for pod in &pods {
         let st = pod.status.as_ref().unwrap();
@@ -102,19 +93,12 @@ async fn the_rendered_daemonset_runs_kshuffle_node_on_three_simulated_nodes() {
 async fn a_deleted_node_daemon_pod_is_recreated_and_reloads_its_registrations() {
     let work = work_dir("k8s-daemonset-recreate");
     let kubelet = kubelet(&work.join("no-spark"), &work.join("kubelet"), "127.0.3");
-    let server = FakeApiServer::builder()
-        .nodes(NODES.iter().map(|n| Node::new(*n, 4, 8)).collect())
-        .process_kubelet(kubelet.clone())
-        .start()
-        .await
-        .unwrap();
-    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
-    apply(&client).await;
-    let pods = eventually("3 Ready kshuffle-node pods", 30, || {
-        let pods = server.pods(NS);
-        (pods.len() == 3 && pods.iter().all(ready)).then_some(pods)
-    })
-    .await;
+    let Cluster {
+        server,
+        client,
+        daemons: pods,
+        ..
+    } = start_cluster(&kubelet, 4000, &[]).await;
     let on_node_1 = |p: &Pod| p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-1");
     let old = pods.iter().find(|p| on_node_1(p)).unwrap();
     let old_name = old.metadata.name.clone().unwrap();
@@ -166,15 +150,7 @@ async fn spark_daemonset_scenario(version: &str) {
     let kubelet = kubelet(&pyspark_home(&venv), &work.join("kubelet"), "127.0.4");
     // 1.5 CPUs a node: its daemon (250m) and one executor (1 CPU) fit, a second executor
     // goes to another node.
-    let server = FakeApiServer::builder()
-        .nodes(nodes(1500))
-        .process_kubelet(kubelet.clone())
-        .start()
-        .await
-        .unwrap();
-    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
-    apply(&client).await;
-    let (_, ips) = ready_daemons(&server).await;
+    let Cluster { server, ips, .. } = start_cluster(&kubelet, 1500, &[]).await;
 
     let spark_ns = "spark-jobs";
     let confs: Vec<String> = [

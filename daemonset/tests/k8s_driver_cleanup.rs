@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_common::{
-    Group, NS, admin_apps, apply_with_args, common, eventually, eventually_or, kubelet, nodes,
-    pyspark_home, ready_daemons, spark_submit, work_dir,
+    Cluster, Group, admin_apps, common, eventually, eventually_or, kubelet, pyspark_home,
+    spark_submit, start_cluster, work_dir,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kshuffle_testkit::FakeApiServer;
@@ -216,22 +216,20 @@ async fn spark_driver_cleanup_scenario(version: &str, network: &str) {
         kubelet(&pyspark_home(&venv), &work.join("kubelet"), network).pod_network(&pod_network);
     // 1.5 CPUs a node: the daemon (250m), drivers (100m) and executors (600m) are placed
     // first-fit so that one node holds an executor of each app (see below).
-    let server = FakeApiServer::builder()
-        .nodes(nodes(1500))
-        .process_kubelet(kubelet.clone())
-        .start()
-        .await
-        .unwrap();
-    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
-    apply_with_args(
-        &client,
+    let Cluster {
+        server,
+        client,
+        daemons: pods,
+        ..
+    } = start_cluster(
+        &kubelet,
+        1500,
         &[
             "--driver-cleanup-delay=2s",
             &format!("--admin-token-file={}", token.display()),
         ],
     )
     .await;
-    let (pods, _) = ready_daemons(&server).await;
     let daemons: Vec<(String, String)> = pods
         .iter()
         .map(|p| {

@@ -28,11 +28,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_common::{
-    Group, NODES, NS, apply, common, eventually, kubelet, metric, nodes, pyspark_home, ready,
-    ready_daemons, spark_submit, work_dir,
+    Cluster, Group, NODES, NS, common, eventually, kubelet, metric, pyspark_home, ready,
+    spark_submit, start_cluster, work_dir,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kshuffle_testkit::FakeApiServer;
 use kube::Api;
 use kube::api::DeleteParams;
 use serde_json::Value;
@@ -117,15 +116,12 @@ async fn node_restart_scenario(version: &str) {
     let kubelet = kubelet(&pyspark_home(&venv), &work.join("kubelet"), NETWORK);
     // 1.5 CPUs a node: its daemon (250m) and one executor (1 CPU) fit, so the two executors
     // run on two nodes.
-    let server = FakeApiServer::builder()
-        .nodes(nodes(1500))
-        .process_kubelet(kubelet.clone())
-        .start()
-        .await
-        .unwrap();
-    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
-    apply(&client).await;
-    let (_, ips) = ready_daemons(&server).await;
+    let Cluster {
+        server,
+        client,
+        ips,
+        ..
+    } = start_cluster(&kubelet, 1500, &[]).await;
     let node_by_ip = |ip: &str| {
         (0..NODES.len())
             .find(|i| kubelet.node_address(*i) == ip)

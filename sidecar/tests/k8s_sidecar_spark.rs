@@ -31,16 +31,19 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kshuffle_testkit::apiserver::ProcessKubelet;
+use kshuffle_testkit::support::{
+    Group, eventually, pyspark_home, scrape_metrics, spark_submit, work_dir,
+};
 use kshuffle_testkit::{FakeApiServer, Node};
 use kube::Api;
 use kube::api::PostParams;
@@ -49,6 +52,8 @@ use serde_json::Value;
 
 const SERVICE_DNS: &str = "kshuffle-webhook.kshuffle-sidecar.svc";
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+/// The application's name; spark-submit's output is in `<work>/<SUBMIT>.stdout` and `.stderr`.
+const SUBMIT: &str = "k8s-sidecar-test";
 /// Map tasks × reduce tasks of the job's one shuffle (`k8s_sidecar.py`).
 const MAPS: u64 = 6;
 const REDUCES: u64 = 4;
@@ -77,19 +82,6 @@ fn deployment_env() -> BTreeMap<String, String> {
         })
         .filter(|(k, _)| k.starts_with("KSHUFFLE_WEBHOOK_"))
         .collect()
-}
-
-/// A child process leading its own process group; the whole group is killed on drop.
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 /// The real webhook binary with the Deployment's env, serving HTTPS with a certificate for its
@@ -129,9 +121,8 @@ fn start_webhook(dir: &Path) -> Webhook {
         .env_remove("RUST_LOG")
         .envs(deployment_env())
         .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = Group::spawn(&mut cmd);
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let log = dir.join("webhook.log");
     std::thread::spawn(move || {
@@ -143,7 +134,6 @@ fn start_webhook(dir: &Path) -> Webhook {
             }
         }
     });
-    let child = Group(child);
     rx.recv_timeout(Duration::from_secs(30))
         .expect("the webhook did not log that it listens");
     Webhook {
@@ -191,58 +181,9 @@ fn readme_flags() -> Vec<String> {
     flags
 }
 
-/// The pyspark package of a venv: `SPARK_HOME` of the process kubelet.
-fn pyspark_home(venv: &Path) -> PathBuf {
-    let lib = std::fs::read_dir(venv.join("lib")).unwrap();
-    let py = lib
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
-        })
-        .expect("lib/python3*");
-    py.join("site-packages/pyspark")
-}
-
-/// Polls every 50 ms, for at most `secs`, until `f` returns `Some`.
-async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..secs * 20 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The counters of a sidecar's `/metrics` (admin port 7338 on its pod IP), by name.
 fn counters(ip: &str) -> BTreeMap<String, u64> {
-    let text = http_get(&format!("{ip}:7338"), "/metrics");
-    let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let name = line.split([' ', '{']).next().unwrap_or_default();
-        if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            *out.entry(name.to_owned()).or_default() += v as u64;
-        }
-    }
-    out
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kshuffle-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scrape_metrics(&format!("{ip}:7338"))
 }
 
 fn pod_ip(pod: &Pod) -> String {
@@ -300,7 +241,8 @@ async fn handshake(
         if mode == Mode::Client
             && let Some(status) = submit.0.try_wait().unwrap()
         {
-            let stderr = std::fs::read_to_string(work.join("submit.stderr")).unwrap_or_default();
+            let stderr =
+                std::fs::read_to_string(work.join(format!("{SUBMIT}.stderr"))).unwrap_or_default();
             panic!(
                 "spark-submit exited ({status}) before {file}:\n{}",
                 common::tail(&stderr, 60)
@@ -386,29 +328,13 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
             format!("local://{}", script.display())
         }
     };
-    let mut cmd = Command::new(venv.join("bin/spark-submit"));
-    cmd.arg("--master")
-        .arg(format!("k8s://{}", server.url()))
-        .args(["--deploy-mode", &format!("{mode:?}").to_lowercase()])
-        .args(["--name", "k8s-sidecar-test"]);
-    for conf in &confs {
-        cmd.args(["--conf", conf]);
-    }
+    let deploy_mode = format!("{mode:?}").to_lowercase();
+    let mut cmd = spark_submit(&venv, &server, &work, &deploy_mode, SUBMIT, &confs);
     cmd.arg(script)
         .args(["--test-pid", &std::process::id().to_string()])
         .arg("--dir")
-        .arg(&work)
-        .current_dir(&work)
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .env("PYSPARK_PYTHON", venv.join("bin/python"))
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("SPARK_HOME")
-        .env_remove("SPARK_CONF_DIR")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(work.join("submit.stdout")).unwrap())
-        .stderr(std::fs::File::create(work.join("submit.stderr")).unwrap());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut submit = Group(cmd.spawn().expect("start spark-submit"));
+        .arg(&work);
+    let mut submit = Group::spawn(&mut cmd);
     let started = tokio::time::Instant::now();
 
     // Phase A ran and Spark removed every executor; their pods must be terminating, not gone.
@@ -502,7 +428,7 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
 
     let result = handshake(&work, "result.json", &mut submit, &server, &spark_ns, mode).await;
     let status = eventually("spark-submit to exit", 60, || submit.0.try_wait().unwrap()).await;
-    let stderr = std::fs::read_to_string(work.join("submit.stderr")).unwrap();
+    let stderr = std::fs::read_to_string(work.join(format!("{SUBMIT}.stderr"))).unwrap();
     assert!(
         status.success(),
         "spark-submit: {status}\n{}",

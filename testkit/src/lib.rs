@@ -11,10 +11,13 @@
 //! - [`cluster`]: applying manifests and reading `spark-submit` flags files, for the
 //!   `fake-apiserver` binary's simulated cluster (`scripts/sim-cluster.sh`).
 //! - [`kustomize`]: `kubectl kustomize` of a deploy directory, as documents.
+//! - [`support`]: helpers of the tests that run programs on the simulated cluster (bounded
+//!   polling, HTTP GET of admin endpoints, Prometheus counters, process groups killed on drop).
 
 pub mod apiserver;
 pub mod cluster;
 pub mod kustomize;
+pub mod support;
 
 pub use apiserver::{Calls, FakeApiServer, Latencies, Node, Outage};
 

@@ -1,26 +1,31 @@
 //! Helpers shared by the simulated-cluster scenarios of `daemonset/deploy` (`k8s_*.rs`):
 //! the manifests as `kubectl kustomize` renders them, the process kubelet mapping their images
 //! to local programs, applying them to testkit's fake API server (real HTTP, real `kube`
-//! clients; no Kubernetes cluster runs here), polling, the daemons' admin endpoint, and
-//! `spark-submit --master k8s://…` with exactly `deploy/spark/spark-submit.flags`.
+//! clients; no Kubernetes cluster runs here) and waiting for the daemons ([`start_cluster`]),
+//! the daemons' admin endpoint, and `spark-submit --master k8s://…` with exactly
+//! `deploy/spark/spark-submit.flags`. Polling, HTTP, process groups and scratch dirs come from
+//! `kshuffle_testkit::support` (re-exported here), shared with the sidecar's scenarios.
 //!
 //! Included by each scenario file with `mod k8s_common;` (a `mod.rs` in a subdirectory is not
 //! a test binary of its own). Invariants: every wait is bounded, and nothing outlives the
 //! test: a [`Group`] kills its whole process group when dropped.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// Each scenario binary uses its own subset of these helpers and re-exports.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../../shuffle/tests/common/mod.rs"]
 pub mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kshuffle_testkit::apiserver::ProcessKubelet;
+pub use kshuffle_testkit::support::{
+    Group, eventually, eventually_or, http_get, pyspark_home, work_dir,
+};
+use kshuffle_testkit::support::{http_get_with_headers, scrape_metrics};
 use kshuffle_testkit::{FakeApiServer, Node};
 use kube::Api;
 use kube::api::PostParams;
@@ -73,11 +78,6 @@ pub fn nodes(cpu_millis: u64) -> Vec<Node> {
         .collect()
 }
 
-/// Applies the Namespace and the DaemonSet as rendered.
-pub async fn apply(client: &kube::Client) {
-    apply_with_args(client, &[]).await;
-}
-
 /// Applies the Namespace and the DaemonSet, with `extra` `--flag=value` args for the node
 /// container: each replaces the manifest's arg of the same flag (the daemon refuses a flag
 /// given twice), or is appended. E.g. `--driver-cleanup-delay=1s`.
@@ -109,6 +109,43 @@ pub async fn apply_with_args(client: &kube::Client, extra: &[&str]) {
         .unwrap();
 }
 
+/// A simulated cluster with the rendered DaemonSet applied and its daemons Ready.
+pub struct Cluster {
+    /// The fake API server; dropping it stops the kubelet's pods (the daemons with them).
+    pub server: FakeApiServer,
+    /// A `kube` client of the server, default namespace [`NS`].
+    pub client: kube::Client,
+    /// The Ready `kshuffle-node` pods, one per node.
+    pub daemons: Vec<Pod>,
+    /// Their pod IPs (their nodes' addresses: hostNetwork), sorted.
+    pub ips: Vec<String>,
+}
+
+/// Starts the fake API server with [`nodes`]`(cpu_millis)` and `kubelet`, applies the
+/// Namespace and the DaemonSet with `extra_args` for the node container (see
+/// [`apply_with_args`]) and waits for its daemons to be Ready ([`ready_daemons`]).
+pub async fn start_cluster(
+    kubelet: &ProcessKubelet,
+    cpu_millis: u64,
+    extra_args: &[&str],
+) -> Cluster {
+    let server = FakeApiServer::builder()
+        .nodes(nodes(cpu_millis))
+        .process_kubelet(kubelet.clone())
+        .start()
+        .await
+        .unwrap();
+    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
+    apply_with_args(&client, extra_args).await;
+    let (daemons, ips) = ready_daemons(&server).await;
+    Cluster {
+        server,
+        client,
+        daemons,
+        ips,
+    }
+}
+
 /// Whether the pod's Ready condition is True.
 pub fn ready(p: &Pod) -> bool {
     p.status
@@ -131,89 +168,6 @@ pub async fn ready_daemons(server: &FakeApiServer) -> (Vec<Pod>, Vec<String>) {
         .collect();
     ips.sort();
     (pods, ips)
-}
-
-/// Polls every 50 ms, for at most `secs`, until `f` returns `Some`.
-pub async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..secs * 20 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// [`eventually`], with `diagnose()` in the panic message when it times out.
-pub async fn eventually_or<T>(
-    what: &str,
-    secs: u64,
-    diagnose: impl Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    for _ in 0..secs * 20 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}\n{}", diagnose());
-}
-
-/// An HTTP/1.0 GET; the whole answer, status line and headers included.
-pub fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// A fresh directory under the temp dir, named after the test and this process.
-pub fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kshuffle-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A child process leading its own process group; the whole group is killed on drop.
-pub struct Group(pub Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-impl Group {
-    /// Spawns `cmd` as the leader of a new process group.
-    pub fn spawn(cmd: &mut Command) -> Group {
-        std::os::unix::process::CommandExt::process_group(cmd, 0);
-        Group(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
-        )
-    }
-}
-
-/// The pyspark package of a venv: `SPARK_HOME` of the process kubelet.
-pub fn pyspark_home(venv: &Path) -> PathBuf {
-    let lib = std::fs::read_dir(venv.join("lib")).unwrap();
-    let py = lib
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
-        })
-        .expect("lib/python3*");
-    py.join("site-packages/pyspark")
 }
 
 /// The `--conf` flags of `deploy/spark/spark-submit.flags`, the pod template's path made
@@ -245,10 +199,10 @@ pub fn submit_flags() -> Vec<String> {
     out
 }
 
-/// `spark-submit --master k8s://<server> --deploy-mode <mode> --name <name>` of `venv`, with
-/// [`submit_flags`] then `confs` as `--conf`s, run in `work` with stdout and stderr in
-/// `work/<name>.stdout` and `work/<name>.stderr`; the caller adds the application and its
-/// arguments and starts it with [`Group::spawn`].
+/// `kshuffle_testkit::support::spark_submit` with [`submit_flags`] then `confs` as `--conf`s:
+/// `spark-submit --master k8s://<server> --deploy-mode <mode> --name <name>` of `venv`, run in
+/// `work` with stdout and stderr in `work/<name>.stdout` and `work/<name>.stderr`; the caller
+/// adds the application and its arguments and starts it with [`Group::spawn`].
 pub fn spark_submit(
     venv: &Path,
     server: &FakeApiServer,
@@ -257,39 +211,22 @@ pub fn spark_submit(
     name: &str,
     confs: &[String],
 ) -> Command {
-    let mut cmd = Command::new(venv.join("bin/spark-submit"));
-    cmd.arg("--master")
-        .arg(format!("k8s://{}", server.url()))
-        .args(["--deploy-mode", deploy_mode, "--name", name]);
-    for conf in submit_flags().iter().chain(confs) {
-        cmd.arg("--conf").arg(conf);
-    }
-    cmd.current_dir(work)
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .env("PYSPARK_PYTHON", venv.join("bin/python"))
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("SPARK_HOME")
-        .env_remove("SPARK_CONF_DIR")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(work.join(format!("{name}.stdout"))).unwrap())
-        .stderr(std::fs::File::create(work.join(format!("{name}.stderr"))).unwrap());
-    cmd
+    let confs: Vec<String> = submit_flags()
+        .into_iter()
+        .chain(confs.iter().cloned())
+        .collect();
+    kshuffle_testkit::support::spark_submit(venv, server, work, deploy_mode, name, &confs)
 }
 
-/// The text of `/metrics` of the daemon at `ip`.
-pub fn metrics_text(ip: &str) -> String {
-    http_get(&format!("{ip}:7338"), "/metrics")
-}
-
-/// The sum over `ips` of a counter or gauge on the daemons' `/metrics` (all label sets).
+/// The sum over `ips` of a counter or gauge on the daemons' `/metrics` (all label sets;
+/// 0 where a daemon does not have it).
 pub fn metric(ips: &[String], name: &str) -> u64 {
     ips.iter()
         .map(|ip| {
-            metrics_text(ip)
-                .lines()
-                .filter(|l| l.split([' ', '{']).next() == Some(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
+            scrape_metrics(&format!("{ip}:7338"))
+                .get(name)
+                .copied()
+                .unwrap_or(0)
         })
         .sum()
 }
@@ -297,16 +234,11 @@ pub fn metric(ips: &[String], name: &str) -> u64 {
 /// `GET /v1/apps` of the daemon at `ip` with the bearer `token` (the daemon started with
 /// `--admin-token-file`): its registered apps and their executors, as JSON.
 pub fn admin_apps(ip: &str, token: &str) -> Value {
-    let addr = format!("{ip}:7338");
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /v1/apps HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = http_get_with_headers(
+        &format!("{ip}:7338"),
+        "/v1/apps",
+        &[&format!("Authorization: Bearer {token}")],
+    );
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
     assert!(head.contains(" 200 "), "GET /v1/apps on {ip}: {out}");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("GET /v1/apps on {ip}: {e}: {body}"))
