@@ -50,12 +50,8 @@ def main():
     args = ap.parse_args()
     common.exit_with(args.test_pid)
 
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.getOrCreate()
+    spark, out = common.spark_session()
     sc = spark.sparkContext
-    out = {"app_id": sc.applicationId, "spark_version": spark.version}
-    common.log("SparkContext up: %s" % sc.applicationId)
     try:
         job = common.MapThenReduce(sc, N)
         job.map_stage(out)

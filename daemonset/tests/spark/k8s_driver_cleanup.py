@@ -42,23 +42,15 @@ def main():
         common.log("waiting for %s" % args.go)
         wait_for_file(args.go)
 
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.getOrCreate()
+    spark, result = common.spark_session()
     sc = spark.sparkContext
-    app_id = sc.applicationId
-    common.log("app %s" % app_id)
     spark.conf.set("spark.sql.shuffle.partitions", "3")
     rows = spark.range(0, N, 1, 4).selectExpr("id %% %d as k" % KEYS).groupBy("k").count().collect()
     counts = {r["k"]: r["count"] for r in rows}
     want = {k: len(range(k, N, KEYS)) for k in range(KEYS)}
-    result = {
-        "app_id": app_id,
-        "spark_version": sc.version,
-        "correct": counts == want,
-        "driver_host": sc.getConf().get("spark.driver.host"),
-        "executor_hosts": common.executors(sc),
-    }
+    result["correct"] = counts == want
+    result["driver_host"] = sc.getConf().get("spark.driver.host")
+    result["executor_hosts"] = common.executors(sc)
     common.write_json(args.marker, result, newline=True)
     common.log("waiting for %s" % args.release)
     wait_for_file(args.release)

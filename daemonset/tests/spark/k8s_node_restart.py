@@ -36,12 +36,8 @@ def main():
     args = ap.parse_args()
     common.exit_with(args.test_pid)
 
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.getOrCreate()
+    spark, out = common.spark_session()
     sc = spark.sparkContext
-    out = {"app_id": sc.applicationId, "spark_version": spark.version}
-    common.log("SparkContext up: %s" % sc.applicationId)
     try:
         # Both executors (spark.dynamicAllocation.initialExecutors=2) before the map stage, so
         # that both nodes hold map output.

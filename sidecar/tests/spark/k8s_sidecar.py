@@ -49,12 +49,8 @@ def main():
     common.exit_with(args.test_pid)
     os.chdir(args.dir)
 
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.getOrCreate()
+    spark, out = common.spark_session()
     sc = spark.sparkContext
-    out = {"app_id": sc.applicationId, "spark_version": spark.version}
-    common.log("SparkContext up: %s" % sc.applicationId)
     try:
         job = common.MapThenReduce(sc, N, maps=MAPS, reduces=REDUCES)
         job.map_stage(out)

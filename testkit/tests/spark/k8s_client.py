@@ -19,29 +19,12 @@ process `--test-pid` goes away, so nothing outlives a killed test.
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
-import time
+
+# This script's directory is sys.path[0].
+import k8s_jobs_common as common
 
 GO_TIMEOUT_S = 120
-
-
-def log(msg):
-    print("[k8s_client.py] " + msg, file=sys.stderr, flush=True)
-
-
-def exit_with(pid):
-    def watch():
-        while True:
-            time.sleep(1)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                log("test process %d is gone: killing process group %d" % (pid, os.getpgrp()))
-                os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="exit-with-test", daemon=True).start()
 
 
 def main():
@@ -50,14 +33,10 @@ def main():
     ap.add_argument("--shuffle", action="store_true")
     ap.add_argument("--test-pid", type=int, required=True)
     args = ap.parse_args()
-    exit_with(args.test_pid)
+    common.exit_with(args.test_pid)
 
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.getOrCreate()
+    spark, out = common.spark_session()
     sc = spark.sparkContext
-    log("SparkContext up: %s" % sc.applicationId)
-    out = {"app_id": sc.applicationId, "spark_version": spark.version}
     went = True
     if args.shuffle:
         got = sorted(
@@ -68,24 +47,15 @@ def main():
         )
         out["got"] = got
         out["expected"] = [(k, 1000) for k in range(100)]
-        out["executor_hosts"] = sorted(
-            e.host() for e in sc._jsc.sc().statusTracker().getExecutorInfos()
-            if e.host() != sc.getConf().get("spark.driver.host")
-        )
+        out["executor_hosts"] = common.executors(sc)
     if args.go_file:
-        went = False
-        deadline = time.monotonic() + GO_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if os.path.exists(args.go_file):
-                went = True
-                break
-            time.sleep(0.1)
+        went = common.wait_until(lambda: os.path.exists(args.go_file), GO_TIMEOUT_S, 0.1)
     spark.stop()
-    log("SparkContext stopped")
+    common.log("SparkContext stopped")
     out["stopped"] = True
     print(json.dumps(out), flush=True)
     if not went:
-        log("no go file after %d s" % GO_TIMEOUT_S)
+        common.log("no go file after %d s" % GO_TIMEOUT_S)
         sys.exit(3)
 
 

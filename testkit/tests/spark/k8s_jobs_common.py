@@ -48,6 +48,17 @@ def exit_with(pid):
     threading.Thread(target=watch, name="exit-with-test", daemon=True).start()
 
 
+def spark_session():
+    """The SparkSession (as spark-submit configured it), and the start of the script's JSON
+    result: `{"app_id": ..., "spark_version": ...}`."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.getOrCreate()
+    sc = spark.sparkContext
+    log("SparkContext up: %s" % sc.applicationId)
+    return spark, {"app_id": sc.applicationId, "spark_version": spark.version}
+
+
 def executors(sc):
     """The hosts of every live executor, the driver excluded, sorted (on the simulated
     cluster an executor's host is its pod's IP, or its node's with hostNetwork)."""
