@@ -198,14 +198,20 @@ impl Group {
                 .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
         )
     }
-}
 
-impl Drop for Group {
-    fn drop(&mut self) {
+    /// Sends SIGKILL to the whole group (e.g. to close the pipes that processes left in it
+    /// hold open); the leader is reaped on drop. A group already gone is no error.
+    pub fn kill(&self) {
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.0.id())])
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
         let _ = self.0.wait();
     }
 }
@@ -229,6 +235,32 @@ mod tests {
         assert_eq!(sums.get("kshuffle_latency_seconds_sum"), Some(&0));
         assert_eq!(sums.get("garbage"), None);
         assert_eq!(sums.len(), 3, "{sums:?}");
+    }
+
+    /// Whether `pid` is gone or a zombie (killed, not yet reaped by its new parent).
+    fn dead(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_dropped_group_kills_every_process_in_it() {
+        use std::io::BufRead;
+        // The leader's child, not the leader: what a plain Child::kill would leave running.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 600 & echo $!; wait"])
+            .stdout(Stdio::piped());
+        let mut group = Group::spawn(&mut cmd);
+        let mut line = String::new();
+        std::io::BufReader::new(group.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid = line.trim().to_owned();
+        assert!(!dead(&pid), "sleep {pid} runs before the drop");
+        drop(group);
+        eventually("the group's sleep to die", 10, || dead(&pid).then_some(())).await;
     }
 
     #[tokio::test(start_paused = true)]

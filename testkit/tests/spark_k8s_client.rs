@@ -15,11 +15,12 @@
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use kshuffle_testkit::apiserver::{FakeApiServer, Node, ProcessKubelet, Record, Resource};
+use kshuffle_testkit::support::{self, Group, work_dir};
 use serde_json::Value;
 
 const NS: &str = "spark-jobs";
@@ -56,25 +57,6 @@ fn spark_venv(version: &str) -> PathBuf {
     );
     assert!(venv.join("bin/spark-submit").exists(), "{}", venv.display());
     venv
-}
-
-/// A child process leading its own process group; the whole group is killed on drop.
-struct Group(Child);
-
-impl Group {
-    fn kill(&self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
@@ -162,8 +144,7 @@ fn submit(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut group = Group(cmd.spawn().expect("start spark-submit"));
+    let mut group = Group::spawn(&mut cmd);
     let mut stdout = group.0.stdout.take().unwrap();
     let mut stderr = group.0.stderr.take().unwrap();
     Submitted {
@@ -213,13 +194,6 @@ impl Submitted {
             .find_map(|l| serde_json::from_str(l).ok())
             .unwrap_or_else(|| panic!("no JSON line on stdout:\n{stdout}\nstderr:\n{tail}"))
     }
-}
-
-fn work_dir(what: &str) -> PathBuf {
-    let work = std::env::temp_dir().join(format!("kshuffle-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    work
 }
 
 /// Runs the application with Spark `version` and asserts, through the fake, what its
@@ -366,18 +340,9 @@ async fn spark_k8s_client_3_5_in_client_mode() {
     spark_client_mode("3.5.9", "6.7.2").await;
 }
 
-/// The pyspark package of a venv: `SPARK_HOME` of the process kubelet.
+/// The pyspark package of a venv (`SPARK_HOME` of the process kubelet), with Spark's jars.
 fn pyspark_home(venv: &Path) -> PathBuf {
-    let lib = std::fs::read_dir(venv.join("lib")).unwrap();
-    let py = lib
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
-        })
-        .expect("lib/python3*");
-    let home = py.join("site-packages/pyspark");
+    let home = support::pyspark_home(venv);
     assert!(home.join("jars").is_dir(), "{}", home.display());
     home
 }
