@@ -67,6 +67,8 @@ pub fn publish(service: &Service) {
         ("kshuffle_rpc_failures_total", s.rpc_failures),
         ("kshuffle_chunk_failures_total", s.chunk_failures),
         ("kshuffle_connection_errors_total", s.connection_errors),
+        ("kshuffle_turns_yielded_total", s.turns_yielded),
+        ("kshuffle_rpcs_read_ahead_total", s.rpcs_read_ahead),
     ] {
         metrics::counter!(name).absolute(value);
     }

@@ -252,6 +252,8 @@ pub async fn run_with_secrets(
         connections_refused = stats.connections_refused,
         connection_errors = stats.connection_errors,
         diagnoses = stats.diagnoses,
+        turns_yielded = stats.turns_yielded,
+        rpcs_read_ahead = stats.rpcs_read_ahead,
         "stopped"
     );
     Ok(())
