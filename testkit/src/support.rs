@@ -138,13 +138,8 @@ pub fn pyspark_home(venv: &Path) -> PathBuf {
     py.join("site-packages/pyspark")
 }
 
-/// `spark-submit --master k8s://<server> --deploy-mode <deploy_mode> --name <name>` of the
-/// pyspark `venv`, with each of `confs` as a `--conf`, run in `work` with its stdout and stderr
-/// in `work/<name>.stdout` and `work/<name>.stderr` and no stdin. The environment is this
-/// process's, with `SPARK_LOCAL_IP=127.0.0.1` (this host's name may not resolve to an address
-/// of this machine), the venv's Python for PySpark, unbuffered Python output, and no
-/// `SPARK_HOME`/`SPARK_CONF_DIR` (the venv's Spark, with its own defaults). The caller adds
-/// the application and its arguments and starts it, e.g. with [`Group::spawn`].
+/// [`spark_submit_command`] with its stdout and stderr in `work/<name>.stdout` and
+/// `work/<name>.stderr`.
 ///
 /// # Panics
 /// When the output files cannot be created.
@@ -160,6 +155,26 @@ pub fn spark_submit(
         let path = work.join(format!("{name}.{ext}"));
         std::fs::File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
     };
+    let mut cmd = spark_submit_command(venv, server, work, deploy_mode, name, confs);
+    cmd.stdout(output("stdout")).stderr(output("stderr"));
+    cmd
+}
+
+/// `spark-submit --master k8s://<server> --deploy-mode <deploy_mode> --name <name>` of the
+/// pyspark `venv`, with each of `confs` as a `--conf`, run in `work` with no stdin (stdout and
+/// stderr are the caller's to set). The environment is this process's, with
+/// `SPARK_LOCAL_IP=127.0.0.1` (this host's name may not resolve to an address of this
+/// machine), the venv's Python for PySpark, unbuffered Python output, and no
+/// `SPARK_HOME`/`SPARK_CONF_DIR` (the venv's Spark, with its own defaults). The caller adds
+/// the application and its arguments and starts it, e.g. with [`Group::spawn`].
+pub fn spark_submit_command(
+    venv: &Path,
+    server: &FakeApiServer,
+    work: &Path,
+    deploy_mode: &str,
+    name: &str,
+    confs: &[String],
+) -> Command {
     let mut cmd = Command::new(venv.join("bin/spark-submit"));
     cmd.arg("--master")
         .arg(format!("k8s://{}", server.url()))
@@ -173,9 +188,7 @@ pub fn spark_submit(
         .env("PYTHONUNBUFFERED", "1")
         .env_remove("SPARK_HOME")
         .env_remove("SPARK_CONF_DIR")
-        .stdin(Stdio::null())
-        .stdout(output("stdout"))
-        .stderr(output("stderr"));
+        .stdin(Stdio::null());
     cmd
 }
 

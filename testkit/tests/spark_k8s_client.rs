@@ -117,31 +117,22 @@ fn submit(
     confs: &[&str],
     args: &[&str],
 ) -> Submitted {
-    let mut cmd = Command::new(venv.join("bin/spark-submit"));
-    cmd.arg("--master")
-        .arg(format!("k8s://{}", server.url()))
-        .args(["--deploy-mode", "client", "--name", "k8s-client-test"])
-        .args([
-            "--conf",
-            "spark.kubernetes.container.image=kshuffle/spark-test",
-        ])
-        .args(["--conf", &format!("spark.kubernetes.namespace={NS}")])
-        .args(["--conf", "spark.driver.host=127.0.0.1"])
-        .args(["--conf", "spark.executor.instances=2"])
-        .args(["--conf", "spark.ui.enabled=false"]);
-    for conf in confs {
-        cmd.args(["--conf", conf]);
-    }
+    let confs: Vec<String> = [
+        "spark.kubernetes.container.image=kshuffle/spark-test",
+        &format!("spark.kubernetes.namespace={NS}"),
+        "spark.driver.host=127.0.0.1",
+        "spark.executor.instances=2",
+        "spark.ui.enabled=false",
+    ]
+    .iter()
+    .chain(confs)
+    .map(|c| (*c).to_owned())
+    .collect();
+    let mut cmd =
+        support::spark_submit_command(venv, server, work, "client", "k8s-client-test", &confs);
     cmd.arg(workspace_root().join("testkit/tests/spark/k8s_client.py"))
         .args(args)
         .args(["--test-pid", &std::process::id().to_string()])
-        .current_dir(work)
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .env("PYSPARK_PYTHON", venv.join("bin/python"))
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("SPARK_HOME")
-        .env_remove("SPARK_CONF_DIR")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut group = Group::spawn(&mut cmd);
