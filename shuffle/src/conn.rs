@@ -312,6 +312,20 @@ impl Connection {
         Ok(())
     }
 
+    /// Makes room for a socket read in the buffer it goes into (`raw` under a cipher, else
+    /// `rbuf`) and settles the read budget for it.
+    fn prepare_read(&mut self) -> Result<(), Error> {
+        let into = if self.cipher.is_some() {
+            &mut self.raw
+        } else {
+            &mut self.rbuf
+        };
+        if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
+            into.reserve(READ_BUFFER_BYTES);
+        }
+        self.settle_read_budget()
+    }
+
     async fn run(&mut self) -> Result<(), Error> {
         let max_frame = self.service.config.max_frame_len_bytes;
         let idle = self.service.config.idle_timeout;
@@ -345,15 +359,7 @@ impl Connection {
             if self.shutdown.is_cancelled() && self.streams.is_empty() {
                 return Ok(());
             }
-            let into = if self.cipher.is_some() {
-                &mut self.raw
-            } else {
-                &mut self.rbuf
-            };
-            if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
-                into.reserve(READ_BUFFER_BYTES);
-            }
-            self.settle_read_budget()?;
+            self.prepare_read()?;
             let into = if self.cipher.is_some() {
                 &mut self.raw
             } else {
@@ -433,15 +439,7 @@ impl Connection {
             return Ok(());
         }
         self.sent_since_read = 0;
-        let into = if self.cipher.is_some() {
-            &mut self.raw
-        } else {
-            &mut self.rbuf
-        };
-        if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
-            into.reserve(READ_BUFFER_BYTES);
-        }
-        self.settle_read_budget()?;
+        self.prepare_read()?;
         let into = if self.cipher.is_some() {
             &mut self.raw
         } else {
