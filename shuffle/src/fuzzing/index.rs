@@ -33,8 +33,11 @@ fn fixture() -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
     FIXTURE
         .get_or_init(|| {
+            // A static is never dropped, so the directory outlives the process: those of
+            // processes that have ended are removed here instead.
+            remove_dirs_of_ended_processes();
             let root: PathBuf =
-                std::env::temp_dir().join(format!("kshuffle-fuzz-index-{}", std::process::id()));
+                std::env::temp_dir().join(format!("{FIXTURE_DIR_PREFIX}{}", std::process::id()));
             std::fs::create_dir_all(&root).ok()?;
             let root = std::fs::canonicalize(&root).ok()?;
             let registry = Arc::new(MemoryRegistry::new());
@@ -50,6 +53,29 @@ fn fixture() -> Option<&'static Fixture> {
             })
         })
         .as_ref()
+}
+
+/// Name of the per-process fixture directory under the temp dir, before the process id.
+const FIXTURE_DIR_PREFIX: &str = "kshuffle-fuzz-index-";
+
+/// Removes the fixture directories left in the temp dir by processes that no longer run.
+fn remove_dirs_of_ended_processes() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(FIXTURE_DIR_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The reference model of a valid index file: whole `i64`s, at least two, first 0, none
