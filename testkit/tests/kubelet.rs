@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret, Service};
 use kshuffle_testkit::apiserver::{FakeApiServer, Node, ProcessKubelet};
 use kshuffle_testkit::kube_client;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -80,11 +81,9 @@ async fn setup(name: &str) -> Setup {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("spark/jars")).unwrap();
     let java = dir.join("java");
-    std::fs::write(&java, FAKE_JAVA).unwrap();
-    std::fs::set_permissions(&java, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_exe(&java, FAKE_JAVA);
     let node_bin = dir.join("kshuffle-node");
-    std::fs::write(&node_bin, FAKE_JAVA).unwrap();
-    std::fs::set_permissions(&node_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_exe(&node_bin, FAKE_JAVA);
     let kubelet = ProcessKubelet::new(dir.join("spark"), dir.join("work"))
         .java(&java)
         .image("kshuffle-node", &node_bin)
@@ -153,13 +152,58 @@ fn executor_pod(name: &str, mode: &str) -> Pod {
 }
 
 async fn create_conf_map(server: &FakeApiServer) {
-    let cms: Api<ConfigMap> = Api::namespaced(kube_client(server, NS).unwrap(), NS);
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": { "name": "spark-exec-conf-map" },
-        "data": { "spark.properties": "spark.kubernetes.namespace=spark\n" },
-    }))
-    .unwrap();
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    create_json::<ConfigMap>(
+        server,
+        json!({
+            "metadata": { "name": "spark-exec-conf-map" },
+            "data": { "spark.properties": "spark.kubernetes.namespace=spark\n" },
+        }),
+    )
+    .await;
+}
+
+/// The pods of NS, through a real client.
+fn pods_api(server: &FakeApiServer) -> Api<Pod> {
+    Api::namespaced(kube_client(server, NS).unwrap(), NS)
+}
+
+/// Creates `pod` through `pods`.
+async fn create(pods: &Api<Pod>, pod: &Pod) {
+    pods.create(&PostParams::default(), pod).await.unwrap();
+}
+
+/// Creates the object of kind `K` that `value` describes in NS.
+async fn create_json<K>(server: &FakeApiServer, value: serde_json::Value)
+where
+    K: kube::Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let object: K = serde_json::from_value(value).unwrap();
+    Api::<K>::namespaced(kube_client(server, NS).unwrap(), NS)
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+}
+
+/// Writes an executable script at `path`.
+fn write_exe(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A port of node-1 (127.0.1.1) that nobody listens on.
+fn closed_port() -> u16 {
+    let closed = std::net::TcpListener::bind("127.0.1.1:0").unwrap();
+    closed.local_addr().unwrap().port()
+}
+
+/// When `path` was last written.
+fn modified(path: impl AsRef<Path>) -> std::time::SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
 }
 
 fn phase(server: &FakeApiServer, name: &str) -> Option<String> {
@@ -176,6 +220,37 @@ async fn wait_phase(server: &FakeApiServer, name: &str, want: &str) -> Pod {
         }),
     )
     .await
+}
+
+/// The status of pod `name` once it has failed.
+async fn failed(server: &FakeApiServer, name: &str) -> PodStatus {
+    wait_phase(server, name, "Failed").await.status.unwrap()
+}
+
+/// Waits for pod `name` to fail with `reason` and a message that contains `message`.
+async fn fails_with(server: &FakeApiServer, name: &str, reason: &str, message: &str) {
+    let st = failed(server, name).await;
+    assert_eq!(st.reason.as_deref(), Some(reason), "{name}");
+    let got = st.message.unwrap();
+    assert!(got.contains(message), "{name}: {message:?} not in {got:?}");
+}
+
+/// Waits for pod `name` to be gone from the server.
+async fn wait_gone(server: &FakeApiServer, name: &str) {
+    within(
+        "the pod to go",
+        until(|| server.pod(NS, name).is_none().then_some(())),
+    )
+    .await;
+}
+
+/// Waits for pod `name`'s (pod Ready, first container ready) to be `want`.
+async fn wait_ready(server: &FakeApiServer, name: &str, want: (bool, bool), what: &str) {
+    within(
+        what,
+        until(|| (ready_of(server, name)? == want).then_some(())),
+    )
+    .await;
 }
 
 /// Waits for a file the fake java writes (it is written right after start).
@@ -195,10 +270,8 @@ async fn read_when_there(path: &Path) -> String {
 async fn an_executor_pod_runs_the_command_of_sparks_image() {
     let s = setup("command").await;
     create_conf_map(&s.server).await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    pods.create(&PostParams::default(), &executor_pod("exec-7", "sleep"))
-        .await
-        .unwrap();
+    let pods = pods_api(&s.server);
+    create(&pods, &executor_pod("exec-7", "sleep")).await;
     let pod = wait_phase(&s.server, "exec-7", "Running").await;
     let status = pod.status.unwrap();
     let pod_ip = status.pod_ip.unwrap();
@@ -304,11 +377,8 @@ async fn a_driver_pod_runs_spark_submit_in_client_mode_and_its_service_name_reso
     let s = setup("driver").await;
     let submit = s.dir.join("spark/bin/spark-submit");
     std::fs::create_dir_all(submit.parent().unwrap()).unwrap();
-    std::fs::write(&submit, FAKE_JAVA).unwrap();
-    std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let client = kube_client(&s.server, NS).unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
-    let cm: ConfigMap = serde_json::from_value(json!({
+    write_exe(&submit, FAKE_JAVA);
+    create_json::<ConfigMap>(&s.server, json!({
         "metadata": { "name": "spark-drv-conf-map" },
         "data": {
             "spark.properties": "spark.driver.host=app-1-driver-svc.spark.svc\n\
@@ -316,32 +386,31 @@ async fn a_driver_pod_runs_spark_submit_in_client_mode_and_its_service_name_reso
             // Not an item of the volume: not written.
             "log4j2.properties": "rootLogger.level=info\n",
         },
-    }))
-    .unwrap();
-    cms.create(&PostParams::default(), &cm).await.unwrap();
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": { "name": "podspec-configmap" },
-        "data": { "podspec-configmap-key": "kind: Pod\n" },
-    }))
-    .unwrap();
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    })).await;
+    create_json::<ConfigMap>(
+        &s.server,
+        json!({
+            "metadata": { "name": "podspec-configmap" },
+            "data": { "podspec-configmap-key": "kind: Pod\n" },
+        }),
+    )
+    .await;
     create_conf_map(&s.server).await;
     // Spark's headless driver Service, created before the driver pod.
-    let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": { "name": "app-1-driver-svc" },
-        "spec": {
-            "clusterIP": "None",
-            "selector": { "spark-app-selector": "app-1", "spark-role": "driver" },
-            "ports": [{ "name": "driver-rpc-port", "port": 7078, "targetPort": 7078 }],
-        },
-    }))
-    .unwrap();
-    svcs.create(&PostParams::default(), &svc).await.unwrap();
-    let pods: Api<Pod> = Api::namespaced(client, NS);
-    pods.create(&PostParams::default(), &driver_pod("drv", "app-1", "sleep"))
-        .await
-        .unwrap();
+    create_json::<Service>(
+        &s.server,
+        json!({
+            "metadata": { "name": "app-1-driver-svc" },
+            "spec": {
+                "clusterIP": "None",
+                "selector": { "spark-app-selector": "app-1", "spark-role": "driver" },
+                "ports": [{ "name": "driver-rpc-port", "port": 7078, "targetPort": 7078 }],
+            },
+        }),
+    )
+    .await;
+    let pods = pods_api(&s.server);
+    create(&pods, &driver_pod("drv", "app-1", "sleep")).await;
     let pod = wait_phase(&s.server, "drv", "Running").await;
     let ip = pod.status.unwrap().pod_ip.unwrap();
 
@@ -394,9 +463,7 @@ async fn a_driver_pod_runs_spark_submit_in_client_mode_and_its_service_name_reso
 
     // An executor of the app resolves the driver's Service name to the driver pod's IP
     // from its own hosts file (JAVA_TOOL_OPTIONS names it).
-    pods.create(&PostParams::default(), &executor_pod("exec-1", "sleep"))
-        .await
-        .unwrap();
+    create(&pods, &executor_pod("exec-1", "sleep")).await;
     let exec = wait_phase(&s.server, "exec-1", "Running").await;
     let exec_ip = exec.status.unwrap().pod_ip.unwrap();
     let exec_dir = s.kubelet.pod_dir(NS, "exec-1");
@@ -456,11 +523,9 @@ fn signal_pid(pid: &str, sig: &str) {
 #[tokio::test]
 async fn a_pod_waits_pending_for_a_config_map_created_after_it() {
     let s = setup("mount-wait").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pods = pods_api(&s.server);
     // As Spark's cluster mode: the pod first, its ConfigMap right after.
-    pods.create(&PostParams::default(), &executor_pod("late-conf", "sleep"))
-        .await
-        .unwrap();
+    create(&pods, &executor_pod("late-conf", "sleep")).await;
     within(
         "the pod to be bound",
         until(|| {
@@ -485,14 +550,9 @@ async fn a_pod_waits_pending_for_a_config_map_created_after_it() {
 async fn the_exit_code_sets_the_phase() {
     let s = setup("exit").await;
     create_conf_map(&s.server).await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    let pp = PostParams::default();
-    pods.create(&pp, &executor_pod("ok", "exit0"))
-        .await
-        .unwrap();
-    pods.create(&pp, &executor_pod("bad", "exit3"))
-        .await
-        .unwrap();
+    let pods = pods_api(&s.server);
+    create(&pods, &executor_pod("ok", "exit0")).await;
+    create(&pods, &executor_pod("bad", "exit3")).await;
     wait_phase(&s.server, "ok", "Succeeded").await;
     let bad = wait_phase(&s.server, "bad", "Failed").await;
     let cs = &bad.status.unwrap().container_statuses.unwrap()[0];
@@ -506,10 +566,8 @@ async fn the_exit_code_sets_the_phase() {
 async fn delete_sends_sigterm_then_removes_the_pod() {
     let s = setup("term").await;
     create_conf_map(&s.server).await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    pods.create(&PostParams::default(), &executor_pod("exec-1", "sleep"))
-        .await
-        .unwrap();
+    let pods = pods_api(&s.server);
+    create(&pods, &executor_pod("exec-1", "sleep")).await;
     wait_phase(&s.server, "exec-1", "Running").await;
     let dir = s.kubelet.pod_dir(NS, "exec-1");
     let pid = read_when_there(&dir.join("pid")).await;
@@ -519,11 +577,7 @@ async fn delete_sends_sigterm_then_removes_the_pod() {
         .unwrap();
     let pod = deleted.left().expect("a graceful delete returns the pod");
     assert_eq!(pod.metadata.deletion_grace_period_seconds, Some(30));
-    within(
-        "the pod to go",
-        until(|| s.server.pod(NS, "exec-1").is_none().then_some(())),
-    )
-    .await;
+    wait_gone(&s.server, "exec-1").await;
     assert_eq!(
         std::fs::read_to_string(dir.join("signals")).unwrap(),
         "term\n"
@@ -535,20 +589,14 @@ async fn delete_sends_sigterm_then_removes_the_pod() {
 async fn a_process_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let s = setup("stubborn").await;
     create_conf_map(&s.server).await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    pods.create(&PostParams::default(), &executor_pod("exec-1", "stubborn"))
-        .await
-        .unwrap();
+    let pods = pods_api(&s.server);
+    create(&pods, &executor_pod("exec-1", "stubborn")).await;
     wait_phase(&s.server, "exec-1", "Running").await;
     let pid = read_when_there(&s.kubelet.pod_dir(NS, "exec-1").join("pid")).await;
     pods.delete("exec-1", &DeleteParams::default().grace_period(1))
         .await
         .unwrap();
-    within(
-        "the pod to go",
-        until(|| s.server.pod(NS, "exec-1").is_none().then_some(())),
-    )
-    .await;
+    wait_gone(&s.server, "exec-1").await;
     assert!(!alive(pid.trim()));
 }
 
@@ -565,12 +613,10 @@ fn alive(pid: &str) -> bool {
 async fn every_process_is_killed_when_the_server_is_dropped() {
     let s = setup("drop").await;
     create_conf_map(&s.server).await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pods = pods_api(&s.server);
     let mut pids = Vec::new();
     for name in ["a", "b"] {
-        pods.create(&PostParams::default(), &executor_pod(name, "stubborn"))
-            .await
-            .unwrap();
+        create(&pods, &executor_pod(name, "stubborn")).await;
         wait_phase(&s.server, name, "Running").await;
         let pid = read_when_there(&s.kubelet.pod_dir(NS, name).join("pid")).await;
         pids.push(pid.trim().to_owned());
@@ -587,13 +633,12 @@ async fn every_process_is_killed_when_the_server_is_dropped() {
 #[tokio::test]
 async fn pods_the_kubelet_cannot_run_fail_with_a_reason() {
     let s = setup("bad").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    let pp = PostParams::default();
+    let pods = pods_api(&s.server);
 
     // Spark's image in pass-through mode (args other than driver/executor) is not run.
     let mut driver = executor_pod("driver", "sleep");
     driver.spec.as_mut().unwrap().containers[0].args = Some(vec!["/bin/sh".into()]);
-    pods.create(&pp, &driver).await.unwrap();
+    create(&pods, &driver).await;
     // A driver without its bind address cannot start.
     let mut no_bind = driver_pod("no-bind", "app-2", "sleep");
     no_bind.spec.as_mut().unwrap().containers[0]
@@ -608,53 +653,48 @@ async fn pods_the_kubelet_cannot_run_fail_with_a_reason() {
         .as_mut()
         .unwrap()
         .truncate(1);
-    pods.create(&pp, &no_bind).await.unwrap();
+    create(&pods, &no_bind).await;
     // An item naming a key its ConfigMap does not have.
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": { "name": "spark-drv-conf-map" },
-        "data": { "other.properties": "a=b\n" },
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(kube_client(&s.server, NS).unwrap(), NS)
-        .create(&pp, &cm)
-        .await
-        .unwrap();
-    pods.create(&pp, &driver_pod("bad-item", "app-3", "sleep"))
-        .await
-        .unwrap();
+    create_json::<ConfigMap>(
+        &s.server,
+        json!({
+            "metadata": { "name": "spark-drv-conf-map" },
+            "data": { "other.properties": "a=b\n" },
+        }),
+    )
+    .await;
+    create(&pods, &driver_pod("bad-item", "app-3", "sleep")).await;
     // No ConfigMap for the conf volume.
-    pods.create(&pp, &executor_pod("no-conf", "sleep"))
-        .await
-        .unwrap();
+    create(&pods, &executor_pod("no-conf", "sleep")).await;
 
-    let failed = wait_phase(&s.server, "driver", "Failed").await;
-    let st = failed.status.unwrap();
-    assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
-    assert!(st.message.unwrap().contains("args [\"/bin/sh\"]"));
-    let failed = wait_phase(&s.server, "no-bind", "Failed").await;
-    let st = failed.status.unwrap();
-    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
-    assert!(
-        st.message
-            .unwrap()
-            .contains("SPARK_DRIVER_BIND_ADDRESS is not set")
-    );
-    let failed = wait_phase(&s.server, "bad-item", "Failed").await;
-    let st = failed.status.unwrap();
-    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
-    assert!(
-        st.message
-            .unwrap()
-            .contains("configmap \"spark-drv-conf-map\" has no key \"spark.properties\""),
-    );
-    let failed = wait_phase(&s.server, "no-conf", "Failed").await;
-    let st = failed.status.unwrap();
-    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
-    assert!(
-        st.message
-            .unwrap()
-            .contains("configmap \"spark-exec-conf-map\" not found"),
-    );
+    fails_with(
+        &s.server,
+        "driver",
+        "UnsupportedContainer",
+        "args [\"/bin/sh\"]",
+    )
+    .await;
+    fails_with(
+        &s.server,
+        "no-bind",
+        "CreateContainerConfigError",
+        "SPARK_DRIVER_BIND_ADDRESS is not set",
+    )
+    .await;
+    fails_with(
+        &s.server,
+        "bad-item",
+        "CreateContainerConfigError",
+        "configmap \"spark-drv-conf-map\" has no key \"spark.properties\"",
+    )
+    .await;
+    fails_with(
+        &s.server,
+        "no-conf",
+        "CreateContainerConfigError",
+        "configmap \"spark-exec-conf-map\" not found",
+    )
+    .await;
     // Failed pods are deleted at once.
     pods.delete("driver", &DeleteParams::default())
         .await
@@ -703,17 +743,10 @@ fn daemon_pod(name: &str, command: &str, init: bool) -> Pod {
 #[tokio::test]
 async fn a_registered_image_runs_its_program_with_mapped_args_on_the_node_address() {
     let s = setup("image").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    let pp = PostParams::default();
-    pods.create(&pp, &daemon_pod("daemon", "kshuffle-node", false))
-        .await
-        .unwrap();
-    pods.create(&pp, &daemon_pod("other-command", "/bin/sh", false))
-        .await
-        .unwrap();
-    pods.create(&pp, &daemon_pod("with-init", "kshuffle-node", true))
-        .await
-        .unwrap();
+    let pods = pods_api(&s.server);
+    create(&pods, &daemon_pod("daemon", "kshuffle-node", false)).await;
+    create(&pods, &daemon_pod("other-command", "/bin/sh", false)).await;
+    create(&pods, &daemon_pod("with-init", "kshuffle-node", true)).await;
 
     let pod = wait_phase(&s.server, "daemon", "Running").await;
     let status = pod.status.unwrap();
@@ -744,10 +777,13 @@ async fn a_registered_image_runs_its_program_with_mapped_args_on_the_node_addres
         "{env}"
     );
 
-    let other = wait_phase(&s.server, "other-command", "Failed").await;
-    let st = other.status.unwrap();
-    assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
-    assert!(st.message.unwrap().contains("registered program"));
+    fails_with(
+        &s.server,
+        "other-command",
+        "UnsupportedContainer",
+        "registered program",
+    )
+    .await;
     // The busybox init container is on the host no-op list: it succeeds, then the daemon runs.
     let init = wait_phase(&s.server, "with-init", "Running").await;
     let st = init.status.unwrap();
@@ -806,17 +842,16 @@ fn ctr(name: &str, mode: &str) -> serde_json::Value {
     })
 }
 
-fn status_of(server: &FakeApiServer, name: &str) -> Option<k8s_openapi::api::core::v1::PodStatus> {
+fn status_of(server: &FakeApiServer, name: &str) -> Option<PodStatus> {
     server.pod(NS, name).and_then(|p| p.status)
 }
 
 #[tokio::test]
 async fn init_containers_run_in_order_before_the_main_containers() {
     let s = setup("init").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    let pp = PostParams::default();
-    pods.create(
-        &pp,
+    let pods = pods_api(&s.server);
+    create(
+        &pods,
         &pod_of(
             "ordered",
             "Always",
@@ -824,8 +859,7 @@ async fn init_containers_run_in_order_before_the_main_containers() {
             vec![ctr("main-a", "sleep"), ctr("main-b", "sleep")],
         ),
     )
-    .await
-    .unwrap();
+    .await;
     let pod = wait_phase(&s.server, "ordered", "Running").await;
     let dir = s.kubelet.pod_dir(NS, "ordered");
     // Each container wrote its pid file when it started; the init containers had exited
@@ -856,20 +890,14 @@ async fn init_containers_run_in_order_before_the_main_containers() {
     assert_eq!((t(0).exit_code, t(1).exit_code), (0, 0));
     assert!(t(0).finished_at.unwrap().0 <= t(1).finished_at.unwrap().0);
     // The second init container started only after the first had finished.
-    let first = std::fs::metadata(dir.join("first.pid"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let second = std::fs::metadata(dir.join("second.pid"))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let first = modified(dir.join("first.pid"));
+    let second = modified(dir.join("second.pid"));
     assert!(first <= second);
     assert_eq!(st.container_statuses.unwrap().len(), 2);
 
     // A failing init container under Never fails the pod, and no main container starts.
-    pods.create(
-        &pp,
+    create(
+        &pods,
         &pod_of(
             "init-fails",
             "Never",
@@ -877,12 +905,8 @@ async fn init_containers_run_in_order_before_the_main_containers() {
             vec![ctr("main", "sleep")],
         ),
     )
-    .await
-    .unwrap();
-    let st = wait_phase(&s.server, "init-fails", "Failed")
-        .await
-        .status
-        .unwrap();
+    .await;
+    let st = failed(&s.server, "init-fails").await;
     assert!(st.message.unwrap().contains("\"bad\" exited with code 4"));
     assert!(
         !s.kubelet
@@ -895,8 +919,8 @@ async fn init_containers_run_in_order_before_the_main_containers() {
     let mut unknown = ctr("chown", "exit0");
     unknown["image"] = json!("alpine:3");
     unknown["command"] = json!(["sh", "-c", "chown 185 /x"]);
-    pods.create(
-        &pp,
+    create(
+        &pods,
         &pod_of(
             "unknown-init",
             "Always",
@@ -904,22 +928,22 @@ async fn init_containers_run_in_order_before_the_main_containers() {
             vec![ctr("main", "sleep")],
         ),
     )
-    .await
-    .unwrap();
-    let st = wait_phase(&s.server, "unknown-init", "Failed")
-        .await
-        .status
-        .unwrap();
-    assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
-    assert!(st.message.unwrap().contains("\"chown\""));
+    .await;
+    fails_with(
+        &s.server,
+        "unknown-init",
+        "UnsupportedContainer",
+        "\"chown\"",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn restart_policy_always_restarts_a_dead_container_and_counts_it() {
     let s = setup("restart").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    pods.create(
-        &PostParams::default(),
+    let pods = pods_api(&s.server);
+    create(
+        &pods,
         &pod_of(
             "crashy",
             "Always",
@@ -927,8 +951,7 @@ async fn restart_policy_always_restarts_a_dead_container_and_counts_it() {
             vec![ctr("steady", "sleep"), ctr("crash", "exit3")],
         ),
     )
-    .await
-    .unwrap();
+    .await;
     // The first back-off is 1 s: one restart within the bound, the pod stays Running.
     let st = within(
         "a restart",
@@ -956,8 +979,8 @@ async fn restart_policy_always_restarts_a_dead_container_and_counts_it() {
     assert_eq!(steady.restart_count, 0);
     assert!(steady.state.as_ref().unwrap().running.is_some());
     // Under Never the same pod ends Failed with both exit codes, nothing restarted.
-    pods.create(
-        &PostParams::default(),
+    create(
+        &pods,
         &pod_of(
             "once",
             "Never",
@@ -965,12 +988,8 @@ async fn restart_policy_always_restarts_a_dead_container_and_counts_it() {
             vec![ctr("ok", "exit0"), ctr("crash", "exit3")],
         ),
     )
-    .await
-    .unwrap();
-    let st = wait_phase(&s.server, "once", "Failed")
-        .await
-        .status
-        .unwrap();
+    .await;
+    let st = failed(&s.server, "once").await;
     let codes: Vec<(String, i32, i32)> = st
         .container_statuses
         .unwrap()
@@ -1022,7 +1041,7 @@ fn ready_of(server: &FakeApiServer, name: &str) -> Option<(bool, bool)> {
 #[tokio::test]
 async fn readiness_follows_the_http_probe_and_liveness_failures_restart() {
     let s = setup("probes").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pods = pods_api(&s.server);
     // node-1 is 127.0.1.1; a hostNetwork pod's probes go to that address.
     let code = Arc::new(AtomicU16::new(503));
     let hits = Arc::new(AtomicU16::new(0));
@@ -1033,12 +1052,7 @@ async fn readiness_follows_the_http_probe_and_liveness_failures_restart() {
         "httpGet": { "path": "/readyz", "port": "admin" },
         "periodSeconds": 5, "failureThreshold": 2,
     });
-    pods.create(
-        &PostParams::default(),
-        &pod_of("probed", "Always", vec![], vec![c]),
-    )
-    .await
-    .unwrap();
+    create(&pods, &pod_of("probed", "Always", vec![], vec![c])).await;
     wait_phase(&s.server, "probed", "Running").await;
     // Probed and failing: running but not ready.
     within(
@@ -1048,32 +1062,17 @@ async fn readiness_follows_the_http_probe_and_liveness_failures_restart() {
     .await;
     assert_eq!(ready_of(&s.server, "probed"), Some((false, false)));
     code.store(200, Ordering::SeqCst);
-    within(
-        "ready",
-        until(|| (ready_of(&s.server, "probed")? == (true, true)).then_some(())),
-    )
-    .await;
+    wait_ready(&s.server, "probed", (true, true), "ready").await;
     code.store(500, Ordering::SeqCst);
-    within(
-        "unready",
-        until(|| (ready_of(&s.server, "probed")? == (false, false)).then_some(())),
-    )
-    .await;
+    wait_ready(&s.server, "probed", (false, false), "unready").await;
 
     // Liveness: a probe to a port nobody listens on kills the container; it is restarted.
-    let closed = std::net::TcpListener::bind("127.0.1.1:0").unwrap();
-    let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed_port = closed_port();
     let mut c = ctr("unlive", "sleep");
     c["livenessProbe"] = json!({
         "httpGet": { "path": "/healthz", "port": closed_port }, "failureThreshold": 1,
     });
-    pods.create(
-        &PostParams::default(),
-        &pod_of("unlive", "Always", vec![], vec![c]),
-    )
-    .await
-    .unwrap();
+    create(&pods, &pod_of("unlive", "Always", vec![], vec![c])).await;
     let st = within(
         "a liveness restart",
         until(|| {
@@ -1088,19 +1087,14 @@ async fn readiness_follows_the_http_probe_and_liveness_failures_restart() {
 #[tokio::test]
 async fn exec_and_tcp_socket_probes() {
     let s = setup("probes2").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pods = pods_api(&s.server);
     // A listener on node-1 (hostNetwork pods' address) for the tcpSocket liveness probe.
     let open = tokio::net::TcpListener::bind("127.0.1.1:0").await.unwrap();
     let open_port = open.local_addr().unwrap().port();
     let mut c = ctr("probed", "sleep");
     c["readinessProbe"] = json!({ "exec": { "command": ["kshuffle-node", "probe"] } });
     c["livenessProbe"] = json!({ "tcpSocket": { "port": open_port }, "failureThreshold": 1 });
-    pods.create(
-        &PostParams::default(),
-        &pod_of("probed", "Always", vec![], vec![c]),
-    )
-    .await
-    .unwrap();
+    create(&pods, &pod_of("probed", "Always", vec![], vec![c])).await;
     wait_phase(&s.server, "probed", "Running").await;
     let dir = s.kubelet.pod_dir(NS, "probed");
     // The exec probe runs the registered program with its args, and fails (exit 1) until
@@ -1115,17 +1109,9 @@ async fn exec_and_tcp_socket_probes() {
     .await;
     assert_eq!(ready_of(&s.server, "probed"), Some((false, false)));
     std::fs::write(dir.join("probed.healthy"), "").unwrap();
-    within(
-        "ready",
-        until(|| (ready_of(&s.server, "probed")? == (true, true)).then_some(())),
-    )
-    .await;
+    wait_ready(&s.server, "probed", (true, true), "ready").await;
     std::fs::remove_file(dir.join("probed.healthy")).unwrap();
-    within(
-        "unready",
-        until(|| (ready_of(&s.server, "probed")? == (false, false)).then_some(())),
-    )
-    .await;
+    wait_ready(&s.server, "probed", (false, false), "unready").await;
     // The tcpSocket liveness probe connects (the listener is open): never restarted.
     let restarts = status_of(&s.server, "probed")
         .unwrap()
@@ -1135,17 +1121,10 @@ async fn exec_and_tcp_socket_probes() {
     assert_eq!(restarts, 0);
 
     // A tcpSocket liveness probe to a closed port kills the container; it is restarted.
-    let closed = std::net::TcpListener::bind("127.0.1.1:0").unwrap();
-    let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed_port = closed_port();
     let mut c = ctr("unlive", "sleep");
     c["livenessProbe"] = json!({ "tcpSocket": { "port": closed_port }, "failureThreshold": 1 });
-    pods.create(
-        &PostParams::default(),
-        &pod_of("unlive", "Always", vec![], vec![c]),
-    )
-    .await
-    .unwrap();
+    create(&pods, &pod_of("unlive", "Always", vec![], vec![c])).await;
     within(
         "a liveness restart",
         until(|| {
@@ -1158,26 +1137,15 @@ async fn exec_and_tcp_socket_probes() {
     // An exec probe of anything but the registered program cannot run here.
     let mut c = ctr("shell", "sleep");
     c["readinessProbe"] = json!({ "exec": { "command": ["cat", "/tmp/healthy"] } });
-    pods.create(
-        &PostParams::default(),
-        &pod_of("shell", "Always", vec![], vec![c]),
-    )
-    .await
-    .unwrap();
-    let st = wait_phase(&s.server, "shell", "Failed")
-        .await
-        .status
-        .unwrap();
-    assert_eq!(st.reason.as_deref(), Some("UnsupportedContainer"));
-    assert!(st.message.unwrap().contains("exec probe"));
+    create(&pods, &pod_of("shell", "Always", vec![], vec![c])).await;
+    fails_with(&s.server, "shell", "UnsupportedContainer", "exec probe").await;
     drop(open);
 }
 
 #[tokio::test]
 async fn the_scheduler_honours_node_selectors() {
     let s = setup("selector").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
-    let pp = PostParams::default();
+    let pods = pods_api(&s.server);
     let with_selector = |name: &str, selector: serde_json::Value| {
         let mut pod = pod_of(name, "Always", vec![], vec![ctr("main", "sleep")]);
         let spec = pod.spec.as_mut().unwrap();
@@ -1186,15 +1154,16 @@ async fn the_scheduler_honours_node_selectors() {
         pod
     };
     // First fit would be node-1.
-    pods.create(
-        &pp,
+    create(
+        &pods,
         &with_selector("on-2", json!({ "kubernetes.io/hostname": "node-2" })),
     )
-    .await
-    .unwrap();
-    pods.create(&pp, &with_selector("nowhere", json!({ "disktype": "ssd" })))
-        .await
-        .unwrap();
+    .await;
+    create(
+        &pods,
+        &with_selector("nowhere", json!({ "disktype": "ssd" })),
+    )
+    .await;
     let pod = wait_phase(&s.server, "on-2", "Running").await;
     assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node-2"));
     let st = within(
@@ -1215,19 +1184,16 @@ async fn the_scheduler_honours_node_selectors() {
 #[tokio::test]
 async fn env_from_config_maps_secrets_and_var_references() {
     let s = setup("envrefs").await;
-    let client = kube_client(&s.server, NS).unwrap();
-    let pp = PostParams::default();
     create_conf_map(&s.server).await;
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": { "name": "creds" },
-        "data": { "token": "czNjcjN0" }, // "s3cr3t"
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
-        .create(&pp, &secret)
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client, NS);
+    create_json::<Secret>(
+        &s.server,
+        json!({
+            "metadata": { "name": "creds" },
+            "data": { "token": "czNjcjN0" }, // "s3cr3t"
+        }),
+    )
+    .await;
+    let pods = pods_api(&s.server);
     let mut c = ctr("main", "sleep");
     c["args"] = json!(["--node=$(NODE)", "$$(NODE)", "$(UNSET)"]);
     c["env"] = json!([
@@ -1248,7 +1214,7 @@ async fn env_from_config_maps_secrets_and_var_references() {
     ]);
     let mut refs = pod_of("refs", "Always", vec![], vec![c.clone()]);
     refs.metadata.labels = Some([("spark-app-selector".into(), "spark-a1".into())].into());
-    pods.create(&pp, &refs).await.unwrap();
+    create(&pods, &refs).await;
     wait_phase(&s.server, "refs", "Running").await;
     let dir = s.kubelet.pod_dir(NS, "refs");
     let args = read_when_there(&dir.join("main.args")).await;
@@ -1271,45 +1237,36 @@ async fn env_from_config_maps_secrets_and_var_references() {
 
     // A key that is not there (and not optional) fails the pod with a reason.
     c["env"][6]["valueFrom"]["secretKeyRef"]["key"] = json!("missing");
-    pods.create(&pp, &pod_of("missing-key", "Always", vec![], vec![c]))
-        .await
-        .unwrap();
-    let st = wait_phase(&s.server, "missing-key", "Failed")
-        .await
-        .status
-        .unwrap();
-    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
-    assert!(
-        st.message
-            .unwrap()
-            .contains("secret \"creds\" or its key \"missing\"")
-    );
+    create(&pods, &pod_of("missing-key", "Always", vec![], vec![c])).await;
+    fails_with(
+        &s.server,
+        "missing-key",
+        "CreateContainerConfigError",
+        "secret \"creds\" or its key \"missing\"",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn env_from_config_maps_and_secrets_with_prefixes_under_env() {
     let s = setup("envfrom").await;
-    let client = kube_client(&s.server, NS).unwrap();
-    let pp = PostParams::default();
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": { "name": "settings" },
-        "data": { "LEVEL": "debug", "SHARED": "from-cm", "1X": "skipped" },
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), NS)
-        .create(&pp, &cm)
-        .await
-        .unwrap();
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": { "name": "creds" },
-        "data": { "token": "czNjcjN0", "SHARED": "ZnJvbS1zZWNyZXQ=" }, // "s3cr3t", "from-secret"
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
-        .create(&pp, &secret)
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client, NS);
+    create_json::<ConfigMap>(
+        &s.server,
+        json!({
+            "metadata": { "name": "settings" },
+            "data": { "LEVEL": "debug", "SHARED": "from-cm", "1X": "skipped" },
+        }),
+    )
+    .await;
+    create_json::<Secret>(
+        &s.server,
+        json!({
+            "metadata": { "name": "creds" },
+            "data": { "token": "czNjcjN0", "SHARED": "ZnJvbS1zZWNyZXQ=" }, // "s3cr3t", "from-secret"
+        }),
+    )
+    .await;
+    let pods = pods_api(&s.server);
     let mut c = ctr("main", "sleep");
     c["envFrom"] = json!([
         { "configMapRef": { "name": "settings" } },
@@ -1324,9 +1281,7 @@ async fn env_from_config_maps_and_secrets_with_prefixes_under_env() {
         // env overrides envFrom, and may refer to it.
         { "name": "LEVEL", "value": "info-$(S_token)" },
     ]);
-    pods.create(&pp, &pod_of("from", "Always", vec![], vec![c.clone()]))
-        .await
-        .unwrap();
+    create(&pods, &pod_of("from", "Always", vec![], vec![c.clone()])).await;
     wait_phase(&s.server, "from", "Running").await;
     let env = read_when_there(&s.kubelet.pod_dir(NS, "from").join("main.env")).await;
     for want in [
@@ -1342,25 +1297,20 @@ async fn env_from_config_maps_and_secrets_with_prefixes_under_env() {
 
     // A missing source that is not optional fails the pod with a reason.
     c["envFrom"][3]["configMapRef"]["optional"] = json!(false);
-    pods.create(&pp, &pod_of("from-missing", "Always", vec![], vec![c]))
-        .await
-        .unwrap();
-    let st = wait_phase(&s.server, "from-missing", "Failed")
-        .await
-        .status
-        .unwrap();
-    assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
-    assert!(
-        st.message
-            .unwrap()
-            .contains("envFrom configmap \"absent\" not found")
-    );
+    create(&pods, &pod_of("from-missing", "Always", vec![], vec![c])).await;
+    fails_with(
+        &s.server,
+        "from-missing",
+        "CreateContainerConfigError",
+        "envFrom configmap \"absent\" not found",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn pre_stop_hooks_run_before_sigterm() {
     let s = setup("prestop").await;
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s.server, NS).unwrap(), NS);
+    let pods = pods_api(&s.server);
     let code = Arc::new(AtomicU16::new(200));
     let hits = Arc::new(AtomicU16::new(0));
     let port = http_server("127.0.1.1", Arc::clone(&code), Arc::clone(&hits)).await;
@@ -1369,12 +1319,7 @@ async fn pre_stop_hooks_run_before_sigterm() {
         json!({ "preStop": { "exec": { "command": ["kshuffle-node", "prestop"] } } });
     let mut http = ctr("http", "sleep");
     http["lifecycle"] = json!({ "preStop": { "httpGet": { "path": "/drain", "port": port } } });
-    pods.create(
-        &PostParams::default(),
-        &pod_of("hooked", "Always", vec![], vec![exec, http]),
-    )
-    .await
-    .unwrap();
+    create(&pods, &pod_of("hooked", "Always", vec![], vec![exec, http])).await;
     wait_phase(&s.server, "hooked", "Running").await;
     let dir = s.kubelet.pod_dir(NS, "hooked");
     read_when_there(&dir.join("exec.pid")).await;
@@ -1383,20 +1328,10 @@ async fn pre_stop_hooks_run_before_sigterm() {
     pods.delete("hooked", &DeleteParams::default())
         .await
         .unwrap();
-    within(
-        "the pod to go",
-        until(|| s.server.pod(NS, "hooked").is_none().then_some(())),
-    )
-    .await;
+    wait_gone(&s.server, "hooked").await;
     // The exec hook finished (it takes 0.3 s) before the container got SIGTERM.
-    let hook_done = std::fs::metadata(dir.join("exec.prestop"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let termed = std::fs::metadata(dir.join("exec.signals"))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let hook_done = modified(dir.join("exec.prestop"));
+    let termed = modified(dir.join("exec.signals"));
     assert!(hook_done <= termed, "SIGTERM before the preStop hook ended");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "the httpGet hook");
 }
@@ -1414,8 +1349,7 @@ async fn containers_die_when_the_kubelets_process_is_killed_outright() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sleeper = dir.join("sleeper");
-    std::fs::write(&sleeper, SLEEPER).unwrap();
-    std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_exe(&sleeper, SLEEPER);
     let pod = dir.join("pod.yaml");
     std::fs::write(
         &pod,
