@@ -232,7 +232,7 @@ fn executor(name: &str) -> Pod {
 
 fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
     serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>() },
+        "metadata": { "name": name, "labels": label_map(labels) },
         "spec": { "containers": [{ "name": "main", "image": "spark:4" }] },
     }))
     .unwrap()
@@ -240,13 +240,78 @@ fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
 
 async fn namespace(client: &kube::Client, name: &str, labels: &[(&str, &str)]) {
     let ns: Namespace = serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>() },
+        "metadata": { "name": name, "labels": label_map(labels) },
     }))
     .unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
+}
+
+/// `labels` as the map a manifest's `metadata.labels` is.
+fn label_map(labels: &[(&str, &str)]) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Creates the configuration `name`: one webhook at `addr` (URL, `pki`'s CA bundle); returns it as stored.
+async fn add_url_config(
+    configs: &Api<MutatingWebhookConfiguration>,
+    name: &str,
+    pki: &Pki,
+    addr: SocketAddr,
+    failure_policy: &str,
+    timeout: i32,
+) -> MutatingWebhookConfiguration {
+    let cfg = config(name, url_config(pki, addr), failure_policy, timeout);
+    create(configs, &cfg).await.unwrap()
+}
+
+/// A webhook answering as `mode` (certificate for "localhost") and a cluster with the
+/// configuration "c" calling it by URL under `failure_policy`, timeout 5 s.
+async fn hooked(mode: Mode, failure_policy: &str) -> (Hook, Cluster) {
+    let pki = pki(&["localhost"]);
+    let hook = start_hook(&pki, mode).await;
+    let cluster = Cluster::start().await;
+    add_url_config(&cluster.configs, "c", &pki, hook.addr, failure_policy, 5).await;
+    (hook, cluster)
+}
+
+/// Deletes the configuration `name`.
+async fn delete_config(configs: &Api<MutatingWebhookConfiguration>, name: &str) {
+    configs
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// The configurations stored.
+async fn list_configs(
+    configs: &Api<MutatingWebhookConfiguration>,
+) -> Vec<MutatingWebhookConfiguration> {
+    configs.list(&ListParams::default()).await.unwrap().items
+}
+
+/// The API error that creating the executor pod `name` is refused with.
+async fn refused(pods: &Api<Pod>, name: &str) -> kube::core::Status {
+    api_error(create(pods, &executor(name)).await.unwrap_err())
+}
+
+/// `err` is a failed webhook call: 500 InternalError.
+fn assert_internal_error(err: &kube::core::Status) {
+    assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
+}
+
+/// `err`'s message contains `part`.
+fn assert_message_has(err: &kube::core::Status, part: &str) {
+    assert!(
+        err.message.contains(part),
+        "{part:?} not in {}",
+        err.message
+    );
 }
 
 fn api_error(e: kube::Error) -> kube::core::Status {
@@ -276,25 +341,12 @@ async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
         configs,
         opted,
     } = Cluster::start().await;
-    let created = create(
-        &configs,
-        &config("test", url_config(&pki, hook.addr), "Fail", 5),
-    )
-    .await
-    .unwrap();
+    let created = add_url_config(&configs, "test", &pki, hook.addr, "Fail", 5).await;
     // Stored with the server's defaults.
     let wh = &created.webhooks.as_ref().unwrap()[0];
     assert_eq!(wh.reinvocation_policy.as_deref(), Some("Never"));
     assert_eq!(wh.match_policy.as_deref(), Some("Equivalent"));
-    assert_eq!(
-        configs
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    assert_eq!(list_configs(&configs).await.len(), 1);
 
     let p = create(&opted, &executor("exec-1")).await.unwrap();
     assert_eq!(containers(&p), ["main", "added"]);
@@ -350,10 +402,7 @@ async fn matching_pods_are_patched_and_the_review_is_the_real_servers() {
     assert_eq!(server.webhook_calls(), 1);
 
     // Deleted: no longer called.
-    configs
-        .delete("test", &DeleteParams::default())
-        .await
-        .unwrap();
+    delete_config(&configs, "test").await;
     let p = create(&opted, &executor("exec-2")).await.unwrap();
     assert_eq!(containers(&p), ["main"]);
     assert_eq!(api_error(configs.get("test").await.unwrap_err()).code, 404);
@@ -381,8 +430,8 @@ async fn a_service_reference_is_called_at_its_mapped_address_under_its_dns_name(
 
     // Another Service name has no address: the call fails, and the policy (Fail) rejects.
     server.set_service_address("webhooks", "hook", "127.0.0.1:9".parse().unwrap());
-    let err = api_error(create(&opted, &executor("f")).await.unwrap_err());
-    assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
+    let err = refused(&opted, "f").await;
+    assert_internal_error(&err);
     assert!(err.message.starts_with(
         "Internal error occurred: failed calling webhook \"pods.test.kshuffle.io\": failed to call webhook: Post \"https://hook.webhooks.svc:443/inject?timeout=10s\":"),
         "{}", err.message);
@@ -404,24 +453,15 @@ async fn failure_policy_fail_rejects_and_ignore_admits_unchanged() {
         opted,
         ..
     } = Cluster::start().await;
-    create(&configs, &config("c", url_config(&pki, down), "Fail", 5))
-        .await
-        .unwrap();
-    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
-    assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
-    assert!(
-        err.message
-            .contains("failed calling webhook \"pods.test.kshuffle.io\""),
-        "{}",
-        err.message
-    );
-    assert!(err.message.contains("connect"), "{}", err.message);
+    add_url_config(&configs, "c", &pki, down, "Fail", 5).await;
+    let err = refused(&opted, "e").await;
+    assert_internal_error(&err);
+    assert_message_has(&err, "failed calling webhook \"pods.test.kshuffle.io\"");
+    assert_message_has(&err, "connect");
     assert!(server.pod("opted", "e").is_none());
 
-    configs.delete("c", &DeleteParams::default()).await.unwrap();
-    create(&configs, &config("c", url_config(&pki, down), "Ignore", 5))
-        .await
-        .unwrap();
+    delete_config(&configs, "c").await;
+    add_url_config(&configs, "c", &pki, down, "Ignore", 5).await;
     let p = create(&opted, &executor("e")).await.unwrap();
     assert_eq!(containers(&p), ["main"]);
     assert_eq!(server.webhook_calls(), 2);
@@ -440,26 +480,16 @@ async fn a_certificate_not_from_the_ca_bundle_or_a_slow_webhook_is_a_failed_call
     } = Cluster::start().await;
 
     // caBundle of another CA: TLS verification fails, nothing reaches the webhook.
-    create(
-        &configs,
-        &config("c", url_config(&other, hook.addr), "Fail", 5),
-    )
-    .await
-    .unwrap();
-    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
+    add_url_config(&configs, "c", &other, hook.addr, "Fail", 5).await;
+    let err = refused(&opted, "e").await;
     assert_eq!(err.code, 500);
-    assert!(err.message.contains("certificate"), "{}", err.message);
+    assert_message_has(&err, "certificate");
     assert!(hook.reviews.lock().unwrap().is_empty());
 
     // The right CA, but the webhook answers after 5 s and timeoutSeconds is 1.
-    configs.delete("c", &DeleteParams::default()).await.unwrap();
-    create(
-        &configs,
-        &config("c", url_config(&pki_good, hook.addr), "Fail", 1),
-    )
-    .await
-    .unwrap();
-    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
+    delete_config(&configs, "c").await;
+    add_url_config(&configs, "c", &pki_good, hook.addr, "Fail", 1).await;
+    let err = refused(&opted, "e").await;
     assert_eq!(err.code, 500);
     assert!(
         err.message.ends_with("context deadline exceeded"),
@@ -471,21 +501,8 @@ async fn a_certificate_not_from_the_ca_bundle_or_a_slow_webhook_is_a_failed_call
 
 #[tokio::test]
 async fn denials_and_bad_patches_reject_the_create_whatever_the_policy() {
-    let pki = pki(&["localhost"]);
-    let hook = start_hook(&pki, Mode::Deny).await;
-    let Cluster {
-        server,
-        configs,
-        opted,
-        ..
-    } = Cluster::start().await;
-    create(
-        &configs,
-        &config("c", url_config(&pki, hook.addr), "Ignore", 5),
-    )
-    .await
-    .unwrap();
-    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
+    let (hook, Cluster { server, opted, .. }) = hooked(Mode::Deny, "Ignore").await;
+    let err = refused(&opted, "e").await;
     assert_eq!(err.code, 403);
     assert_eq!(
         err.message,
@@ -493,8 +510,8 @@ async fn denials_and_bad_patches_reject_the_create_whatever_the_policy() {
     );
 
     *hook.mode.lock().unwrap() = Mode::BadPatch;
-    let err = api_error(create(&opted, &executor("e")).await.unwrap_err());
-    assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
+    let err = refused(&opted, "e").await;
+    assert_internal_error(&err);
     assert!(server.pod("opted", "e").is_none());
 }
 
@@ -527,14 +544,7 @@ async fn invalid_configurations_are_refused_with_the_causes() {
             err.message
         );
     }
-    assert!(
-        configs
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(list_configs(&configs).await.is_empty());
 }
 
 #[tokio::test]
@@ -551,12 +561,7 @@ async fn if_needed_webhooks_are_called_again_only_after_a_later_change() {
     let mut a = config("a", url_config(&pki, first.addr), "Fail", 5);
     a.webhooks.as_mut().unwrap()[0].reinvocation_policy = Some("IfNeeded".into());
     create(&configs, &a).await.unwrap();
-    create(
-        &configs,
-        &config("b", url_config(&pki, second.addr), "Fail", 5),
-    )
-    .await
-    .unwrap();
+    add_url_config(&configs, "b", &pki, second.addr, "Fail", 5).await;
 
     // The second webhook changes nothing: the first is called once.
     create(&opted, &executor("e1")).await.unwrap();
@@ -583,20 +588,7 @@ async fn if_needed_webhooks_are_called_again_only_after_a_later_change() {
 #[tokio::test]
 async fn daemonset_pods_go_through_the_webhooks_as_the_controller() {
     use k8s_openapi::api::apps::v1::DaemonSet;
-    let pki = pki(&["localhost"]);
-    let hook = start_hook(&pki, Mode::Patch).await;
-    let Cluster {
-        server,
-        client,
-        configs,
-        ..
-    } = Cluster::start().await;
-    create(
-        &configs,
-        &config("c", url_config(&pki, hook.addr), "Fail", 5),
-    )
-    .await
-    .unwrap();
+    let (hook, Cluster { server, client, .. }) = hooked(Mode::Patch, "Fail").await;
     let ds: DaemonSet = serde_json::from_value(json!({
         "metadata": { "name": "daemon" },
         "spec": {
