@@ -145,6 +145,77 @@ async fn register(dir: &Path, addr: SocketAddr) {
         .unwrap();
 }
 
+/// Inserts the driver pod and waits for it to run.
+async fn start_driver(server: &FakeApiServer) {
+    server.insert_pod(NS, driver_pod()).unwrap();
+    wait_for("driver Running", || {
+        phase(server).as_deref() == Some("Running")
+    })
+    .await;
+}
+
+/// Deletes pod `name` through a real client.
+async fn delete_pod(server: &FakeApiServer, name: &str) {
+    let client = kshuffle_testkit::kube_client(server, NS).unwrap();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, NS);
+    pods.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// Sends SIGTERM once the sidecar serves.
+async fn sigterm_when_up(sidecar: &mut Sidecar) {
+    wait_for("the sidecar to be up", || {
+        sidecar.logged("sidecar serving").is_some()
+    })
+    .await;
+    sidecar.signal("-TERM");
+}
+
+/// Sends SIGTERM once the sidecar serves, and waits for it to log that it serves on until
+/// the driver ends (something is registered).
+async fn sigterm_while_registered(sidecar: &mut Sidecar) {
+    sigterm_when_up(sidecar).await;
+    wait_for("the signal to be handled", || {
+        sidecar.logged(SERVING_ON).is_some()
+    })
+    .await;
+}
+
+/// Waits for the sidecar to exit with status 0.
+async fn stops_cleanly(sidecar: &mut Sidecar) {
+    let status = sidecar.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+}
+
+/// Waits for the sidecar to exit with status 0, having logged that the driver is gone for a
+/// reason that contains `reason`.
+async fn stops_because(sidecar: &mut Sidecar, reason: &str) {
+    stops_cleanly(sidecar).await;
+    let gone = sidecar
+        .logged("driver gone: stopping")
+        .expect("logs why it stops");
+    assert!(
+        gone["fields"]["reason"].as_str().unwrap().contains(reason),
+        "{gone}"
+    );
+}
+
+/// Runs `kshuffle-sidecar serve --allowed-root <temp dir> args` without `env` set, checks
+/// that it exits 64 (usage), and returns its stderr.
+fn usage_error(args: &[&str], env: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
+        .args(["serve", "--allowed-root"])
+        .arg(dir.path())
+        .args(args)
+        .env_remove(env)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn expected() -> Vec<Vec<u8>> {
     PARTITIONS.iter().map(|p| p.to_vec()).collect()
 }
@@ -153,25 +224,13 @@ fn expected() -> Vec<Vec<u8>> {
 async fn after_sigterm_it_serves_until_the_driver_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let server = FakeApiServer::start().await.unwrap();
-    server.insert_pod(NS, driver_pod()).unwrap();
-    wait_for("driver Running", || {
-        phase(&server).as_deref() == Some("Running")
-    })
-    .await;
+    start_driver(&server).await;
 
     let (mut sidecar, addr) = Sidecar::start(dir.path(), &server);
     register(dir.path(), addr).await;
     assert_eq!(fetch_all(addr).await, expected());
 
-    wait_for("the sidecar to be up", || {
-        sidecar.logged("sidecar serving").is_some()
-    })
-    .await;
-    sidecar.signal("-TERM");
-    wait_for("the signal to be handled", || {
-        sidecar.logged(SERVING_ON).is_some()
-    })
-    .await;
+    sigterm_while_registered(&mut sidecar).await;
     assert_eq!(
         check_logged(&sidecar),
         "driver pod (labelled)",
@@ -199,18 +258,7 @@ async fn after_sigterm_it_serves_until_the_driver_succeeds() {
     server.end_outage();
 
     assert!(server.exit_pod(NS, DRIVER, 0));
-    let status = sidecar.wait_exit().await;
-    assert!(status.success(), "{status:?}");
-    let gone = sidecar
-        .logged("driver gone: stopping")
-        .expect("logs why it stops");
-    assert!(
-        gone["fields"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("Succeeded"),
-        "{gone}"
-    );
+    stops_because(&mut sidecar, "Succeeded").await;
     // Only `list` was used: the ClusterRole in deploy/rbac.yaml (list pods) is enough.
     let calls = server.calls();
     assert!(calls.list > 0);
@@ -221,30 +269,17 @@ async fn after_sigterm_it_serves_until_the_driver_succeeds() {
 async fn a_deleted_driver_pod_ends_the_sidecar_too() {
     let dir = tempfile::tempdir().unwrap();
     let server = FakeApiServer::start().await.unwrap();
-    server.insert_pod(NS, driver_pod()).unwrap();
-    wait_for("driver Running", || {
-        phase(&server).as_deref() == Some("Running")
-    })
-    .await;
+    start_driver(&server).await;
     let (mut sidecar, addr) = Sidecar::start(dir.path(), &server);
     register(dir.path(), addr).await;
 
-    wait_for("the sidecar to be up", || {
-        sidecar.logged("sidecar serving").is_some()
-    })
-    .await;
-    sidecar.signal("-TERM");
+    sigterm_when_up(&mut sidecar).await;
     let lists = server.calls().list;
     wait_for("a driver check", || server.calls().list > lists).await;
     assert!(sidecar.exited().is_none());
 
-    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
-    let pods: kube::Api<Pod> = kube::Api::namespaced(client, NS);
-    pods.delete(DRIVER, &kube::api::DeleteParams::default())
-        .await
-        .unwrap();
-    let status = sidecar.wait_exit().await;
-    assert!(status.success(), "{status:?}");
+    delete_pod(&server, DRIVER).await;
+    stops_cleanly(&mut sidecar).await;
     assert!(sidecar.logged("driver gone: stopping").is_some());
 }
 
@@ -262,15 +297,7 @@ async fn in_client_mode_it_serves_until_the_driver_endpoint_refuses_connections(
     );
     let (mut sidecar, addr) = Sidecar::start_with(dir.path(), &server, &["--driver-url", &url]);
     register(dir.path(), addr).await;
-    wait_for("the sidecar to be up", || {
-        sidecar.logged("sidecar serving").is_some()
-    })
-    .await;
-    sidecar.signal("-TERM");
-    wait_for("the signal to be handled", || {
-        sidecar.logged(SERVING_ON).is_some()
-    })
-    .await;
+    sigterm_while_registered(&mut sidecar).await;
     let port = driver.local_addr().unwrap().port();
     assert_eq!(
         check_logged(&sidecar),
@@ -288,18 +315,7 @@ async fn in_client_mode_it_serves_until_the_driver_endpoint_refuses_connections(
 
     // The driver exits: its port refuses connections, and the sidecar stops.
     drop(driver);
-    let status = sidecar.wait_exit().await;
-    assert!(status.success(), "{status:?}");
-    let gone = sidecar
-        .logged("driver gone: stopping")
-        .expect("logs why it stops");
-    assert!(
-        gone["fields"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("refuses connections"),
-        "{gone}"
-    );
+    stops_because(&mut sidecar, "refuses connections").await;
 }
 
 /// Client mode with the driver in a pod (`spark.kubernetes.driver.pod.name`): executor pods
@@ -326,15 +342,7 @@ async fn an_unlabelled_driver_pod_named_by_the_owner_reference_decides() {
     let (mut sidecar, addr) =
         Sidecar::start_with(dir.path(), &server, &["--driver-pod", "notebook-0"]);
     register(dir.path(), addr).await;
-    wait_for("the sidecar to be up", || {
-        sidecar.logged("sidecar serving").is_some()
-    })
-    .await;
-    sidecar.signal("-TERM");
-    wait_for("the signal to be handled", || {
-        sidecar.logged(SERVING_ON).is_some()
-    })
-    .await;
+    sigterm_while_registered(&mut sidecar).await;
     assert_eq!(
         check_logged(&sidecar),
         "driver pod (labelled, else named notebook-0)"
@@ -349,33 +357,23 @@ async fn an_unlabelled_driver_pod_named_by_the_owner_reference_decides() {
     );
     assert_eq!(fetch_all(addr).await, expected());
 
-    let client = kshuffle_testkit::kube_client(&server, NS).unwrap();
-    let pods: kube::Api<Pod> = kube::Api::namespaced(client, NS);
-    pods.delete("notebook-0", &kube::api::DeleteParams::default())
-        .await
-        .unwrap();
-    let status = sidecar.wait_exit().await;
-    assert!(status.success(), "{status:?}");
-    let gone = sidecar
-        .logged("driver gone: stopping")
-        .expect("logs why it stops");
-    let reason = gone["fields"]["reason"].as_str().unwrap();
-    assert!(reason.contains("notebook-0"), "{gone}");
+    delete_pod(&server, "notebook-0").await;
+    stops_because(&mut sidecar, "notebook-0").await;
 }
 
 #[test]
 fn a_driver_url_that_is_not_sparks_is_a_usage_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
-        .args(["serve", "--allowed-root"])
-        .arg(dir.path())
-        .args(["--app-id", APP, "--namespace", NS])
-        .args(["--driver-url", "http://driver:7078"])
-        .env_remove("KSHUFFLE_DRIVER_URL")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = usage_error(
+        &[
+            "--app-id",
+            APP,
+            "--namespace",
+            NS,
+            "--driver-url",
+            "http://driver:7078",
+        ],
+        "KSHUFFLE_DRIVER_URL",
+    );
     assert!(stderr.contains("--driver-url"), "{stderr}");
 }
 
@@ -385,13 +383,8 @@ async fn with_nothing_registered_it_stops_at_sigterm() {
     let server = FakeApiServer::start().await.unwrap();
     server.insert_pod(NS, driver_pod()).unwrap();
     let (mut sidecar, _addr) = Sidecar::start(dir.path(), &server);
-    wait_for("the sidecar to be up", || {
-        sidecar.logged("sidecar serving").is_some()
-    })
-    .await;
-    sidecar.signal("-TERM");
-    let status = sidecar.wait_exit().await;
-    assert!(status.success(), "{status:?}");
+    sigterm_when_up(&mut sidecar).await;
+    stops_cleanly(&mut sidecar).await;
     assert!(
         sidecar
             .logged("signal received and nothing registered: stopping")
@@ -402,14 +395,6 @@ async fn with_nothing_registered_it_stops_at_sigterm() {
 
 #[test]
 fn missing_app_id_is_a_usage_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
-        .args(["serve", "--allowed-root"])
-        .arg(dir.path())
-        .args(["--app-id", " ", "--namespace", NS])
-        .env_remove("KSHUFFLE_APP_ID")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--app-id"));
+    let stderr = usage_error(&["--app-id", " ", "--namespace", NS], "KSHUFFLE_APP_ID");
+    assert!(stderr.contains("--app-id"));
 }
