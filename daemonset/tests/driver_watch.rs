@@ -59,6 +59,13 @@ impl NodeProcess {
             .await;
     }
 
+    async fn wait_watch_down(&mut self) {
+        self.wait_for("\"driver watch down\"", |e| {
+            message(e).starts_with("driver watch down")
+        })
+        .await;
+    }
+
     /// The `reason` logged when the app's driver was judged ended.
     fn end_reason(&self, app: &str) -> Option<String> {
         self.events()
@@ -72,6 +79,14 @@ impl NodeProcess {
 }
 
 // === the cluster side ===
+
+/// The labels Spark puts on the driver pod of `app`.
+fn driver_labels(app: &str) -> BTreeMap<String, String> {
+    [("spark-role", "driver"), ("spark-app-selector", app)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
 
 struct Cluster {
     server: FakeApiServer,
@@ -103,24 +118,47 @@ impl Cluster {
         Api::namespaced(kshuffle_testkit::kube_client(&self.server, NS).unwrap(), NS)
     }
 
+    /// A cluster and a node on it that removes apps at once (`--driver-cleanup-delay 0s`).
+    async fn with_node() -> (Self, NodeProcess) {
+        let cluster = Self::start(FakeApiServer::builder()).await;
+        let node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
+        (cluster, node)
+    }
+
+    /// Registers the app `id` (one executor, one map output) with `node`.
+    async fn register(&self, node: &NodeProcess, id: &str) -> App {
+        App::register(node, &self.root, id).await
+    }
+
     /// Creates a driver pod of `app`; `schedulable: false` keeps it Pending for ever.
     fn driver(&self, name: &str, app: &str, schedulable: bool) {
-        let labels: BTreeMap<String, String> =
-            [("spark-role", "driver"), ("spark-app-selector", app)]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
         let cpu = if schedulable { "1" } else { "100000" };
-        self.insert(name, labels, cpu);
+        self.insert(name, driver_labels(app), cpu);
+    }
+
+    /// Creates schedulable driver pods, (name, app) each.
+    fn drivers(&self, drivers: &[(&str, &str)]) {
+        for (name, app) in drivers {
+            self.driver(name, app, true);
+        }
     }
 
     /// A schedulable driver pod of `app` in namespace `ns`.
     fn driver_in(&self, ns: &str, name: &str, app: &str) {
-        let labels = [("spark-role", "driver"), ("spark-app-selector", app)]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        self.insert_in(ns, name, labels, "1");
+        self.insert_in(ns, name, driver_labels(app), "1");
+    }
+
+    /// Waits for `node`'s driver watch to be up and for the pods `names` to be Running.
+    async fn watch_up_and_running(&self, node: &mut NodeProcess, names: &[&str]) {
+        node.wait_watch_up().await;
+        for name in names {
+            self.wait_phase(node, name, "Running").await;
+        }
+    }
+
+    /// Deletes pod `name` through a real client.
+    async fn delete(&self, name: &str, params: &DeleteParams) {
+        self.api().delete(name, params).await.unwrap();
     }
 
     fn insert(&self, name: &str, labels: BTreeMap<String, String>, cpu: &str) {
@@ -269,19 +307,16 @@ impl App {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn succeeded_driver_removes_exactly_its_app() {
-    let cluster = Cluster::start(FakeApiServer::builder()).await;
-    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
-    let a = App::register(&node, &cluster.root, "spark-a").await;
-    let b = App::register(&node, &cluster.root, "spark-b").await;
-    let p = App::register(&node, &cluster.root, "spark-p").await;
-    cluster.driver("a-driver", "spark-a", true);
-    cluster.driver("b-driver", "spark-b", true);
+    let (cluster, mut node) = Cluster::with_node().await;
+    let a = cluster.register(&node, "spark-a").await;
+    let b = cluster.register(&node, "spark-b").await;
+    let p = cluster.register(&node, "spark-p").await;
+    cluster.drivers(&[("a-driver", "spark-a"), ("b-driver", "spark-b")]);
     cluster.driver("p-driver", "spark-p", false);
     cluster.driver("x-driver", "spark-unknown", true);
-    node.wait_watch_up().await;
-    cluster.wait_phase(&node, "a-driver", "Running").await;
-    cluster.wait_phase(&node, "x-driver", "Running").await;
-
+    cluster
+        .watch_up_and_running(&mut node, &["a-driver", "x-driver"])
+        .await;
     // A driver of an app this node never registered ends: ignored.
     assert!(cluster.server.exit_pod(NS, "x-driver", 0));
     node.wait_for("the unknown app ignored", |e| {
@@ -303,19 +338,10 @@ async fn succeeded_driver_removes_exactly_its_app() {
 
     let (status, page) = http_get(node.admin, "/metrics");
     assert_eq!(status, 200);
-    let removed = metric(&page, "kshuffle_driver_watch_apps_removed_total");
-    assert_eq!(removed, Some(1.0), "{page}");
+    assert_metric(&page, "kshuffle_driver_watch_apps_removed_total", 1.0);
     // b-driver (Running) and p-driver (Pending) are live.
-    assert_eq!(
-        metric(&page, "kshuffle_driver_watch_drivers"),
-        Some(2.0),
-        "{page}"
-    );
-    assert_eq!(
-        metric(&page, "kshuffle_driver_watch_up"),
-        Some(1.0),
-        "{page}"
-    );
+    assert_metric(&page, "kshuffle_driver_watch_drivers", 2.0);
+    assert_metric(&page, "kshuffle_driver_watch_up", 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,12 +350,13 @@ async fn watch_namespace_limits_the_watch() {
     let mut node = cluster
         .node(&["--driver-cleanup-delay", "0s", "--watch-namespace", "jobs"])
         .await;
-    let outside = App::register(&node, &cluster.root, "spark-outside").await;
-    let inside = App::register(&node, &cluster.root, "spark-inside").await;
+    let outside = cluster.register(&node, "spark-outside").await;
+    let inside = cluster.register(&node, "spark-inside").await;
     cluster.driver("out-driver", "spark-outside", true);
     cluster.driver_in("jobs", "in-driver", "spark-inside");
-    node.wait_watch_up().await;
-    cluster.wait_phase(&node, "out-driver", "Running").await;
+    cluster
+        .watch_up_and_running(&mut node, &["out-driver"])
+        .await;
     eventually(&node, "in-driver Running", || {
         cluster
             .server
@@ -351,13 +378,10 @@ async fn watch_namespace_limits_the_watch() {
 async fn failed_driver_removes_its_app_after_the_delay() {
     let cluster = Cluster::start(FakeApiServer::builder()).await;
     let mut node = cluster.node(&["--driver-cleanup-delay", "1s"]).await;
-    let a = App::register(&node, &cluster.root, "spark-a").await;
-    let b = App::register(&node, &cluster.root, "spark-b").await;
-    cluster.driver("a-driver", "spark-a", true);
-    cluster.driver("b-driver", "spark-b", true);
-    node.wait_watch_up().await;
-    cluster.wait_phase(&node, "a-driver", "Running").await;
-
+    let a = cluster.register(&node, "spark-a").await;
+    let b = cluster.register(&node, "spark-b").await;
+    cluster.drivers(&[("a-driver", "spark-a"), ("b-driver", "spark-b")]);
+    cluster.watch_up_and_running(&mut node, &["a-driver"]).await;
     assert!(cluster.server.exit_pod(NS, "a-driver", 1));
     // The decision is logged first; the removal follows it (after the delay).
     node.wait_for("the decision", |e| {
@@ -378,21 +402,13 @@ async fn failed_driver_removes_its_app_after_the_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_driver_removes_its_app() {
-    let cluster = Cluster::start(FakeApiServer::builder()).await;
-    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
-    let a = App::register(&node, &cluster.root, "spark-a").await;
-    let b = App::register(&node, &cluster.root, "spark-b").await;
-    cluster.driver("a-driver", "spark-a", true);
-    cluster.driver("b-driver", "spark-b", true);
-    node.wait_watch_up().await;
-    cluster.wait_phase(&node, "a-driver", "Running").await;
-
+    let (cluster, mut node) = Cluster::with_node().await;
+    let a = cluster.register(&node, "spark-a").await;
+    let b = cluster.register(&node, "spark-b").await;
+    cluster.drivers(&[("a-driver", "spark-a"), ("b-driver", "spark-b")]);
+    cluster.watch_up_and_running(&mut node, &["a-driver"]).await;
     // A graceful delete: the pod is terminating (still live) until the kubelet removes it.
-    cluster
-        .api()
-        .delete("a-driver", &DeleteParams::default())
-        .await
-        .unwrap();
+    cluster.delete("a-driver", &DeleteParams::default()).await;
     a.assert_removed(&node).await;
     assert_eq!(node.end_reason("spark-a").as_deref(), Some("deleted"));
     assert!(cluster.server.pod(NS, "a-driver").is_none());
@@ -413,29 +429,23 @@ async fn expired_watch_relists_and_catches_what_happened_in_the_gap() {
     )
     .await;
     let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
-    let deleted = App::register(&node, &cluster.root, "spark-del").await;
-    let finished = App::register(&node, &cluster.root, "spark-fin").await;
-    let running = App::register(&node, &cluster.root, "spark-run").await;
+    let deleted = cluster.register(&node, "spark-del").await;
+    let finished = cluster.register(&node, "spark-fin").await;
+    let running = cluster.register(&node, "spark-run").await;
     // Registered, but its driver is never seen (client mode): never removed by the watch.
-    let no_pod = App::register(&node, &cluster.root, "spark-client-mode").await;
-    cluster.driver("del-driver", "spark-del", true);
-    cluster.driver("fin-driver", "spark-fin", true);
-    cluster.driver("run-driver", "spark-run", true);
-    node.wait_watch_up().await;
-    for name in ["del-driver", "fin-driver", "run-driver"] {
-        cluster.wait_phase(&node, name, "Running").await;
-    }
-
+    let no_pod = cluster.register(&node, "spark-client-mode").await;
+    cluster.drivers(&[
+        ("del-driver", "spark-del"),
+        ("fin-driver", "spark-fin"),
+        ("run-driver", "spark-run"),
+    ]);
     cluster
-        .api()
-        .delete("del-driver", &DeleteParams::default())
-        .await
-        .unwrap();
+        .watch_up_and_running(&mut node, &["del-driver", "fin-driver", "run-driver"])
+        .await;
+
+    cluster.delete("del-driver", &DeleteParams::default()).await;
     cluster.server.start_outage(Outage::Refuse);
-    node.wait_for("\"driver watch down\"", |e| {
-        message(e).starts_with("driver watch down")
-    })
-    .await;
+    node.wait_watch_down().await;
     // In the gap: the deletion completes, the other driver succeeds, and enough else
     // happens that the watch's resourceVersion is compacted away.
     eventually(&node, "del-driver gone", || {
@@ -476,26 +486,19 @@ async fn expired_watch_relists_and_catches_what_happened_in_the_gap() {
         "kshuffle_driver_watch_errors_total{kind=\"expired\"}",
     );
     assert!(expired >= Some(1.0), "{page}");
-    assert_eq!(
-        metric(&page, "kshuffle_driver_watch_apps_removed_total"),
-        Some(2.0),
-        "{page}"
-    );
+    assert_metric(&page, "kshuffle_driver_watch_apps_removed_total", 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_outages_remove_nothing_and_the_watch_recovers() {
-    let cluster = Cluster::start(FakeApiServer::builder()).await;
-    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
-    let a = App::register(&node, &cluster.root, "spark-a").await;
-    let b = App::register(&node, &cluster.root, "spark-b").await;
-    let c = App::register(&node, &cluster.root, "spark-client-mode").await;
-    cluster.driver("a-driver", "spark-a", true);
-    cluster.driver("b-driver", "spark-b", true);
-    node.wait_watch_up().await;
-    cluster.wait_phase(&node, "a-driver", "Running").await;
-    cluster.wait_phase(&node, "b-driver", "Running").await;
-
+    let (cluster, mut node) = Cluster::with_node().await;
+    let a = cluster.register(&node, "spark-a").await;
+    let b = cluster.register(&node, "spark-b").await;
+    let c = cluster.register(&node, "spark-client-mode").await;
+    cluster.drivers(&[("a-driver", "spark-a"), ("b-driver", "spark-b")]);
+    cluster
+        .watch_up_and_running(&mut node, &["a-driver", "b-driver"])
+        .await;
     // Refused connections: the watch fails again and again, and removes nothing.
     cluster.server.start_outage(Outage::Refuse);
     node.wait_count("watch retries", 2, |e| {
@@ -531,11 +534,7 @@ async fn api_outages_remove_nothing_and_the_watch_recovers() {
     b.assert_served(&node).await;
     c.assert_served(&node).await;
     cluster.server.end_outage();
-    cluster
-        .api()
-        .delete("b-driver", &DeleteParams::default())
-        .await
-        .unwrap();
+    cluster.delete("b-driver", &DeleteParams::default()).await;
     b.assert_removed(&node).await;
     c.assert_served(&node).await;
     assert_eq!(node.end_reason("spark-client-mode"), None);
@@ -546,27 +545,25 @@ async fn api_outages_remove_nothing_and_the_watch_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_removes_ended_apps_it_sees_and_keeps_the_rest() {
-    let cluster = Cluster::start(FakeApiServer::builder()).await;
-    let mut node = cluster.node(&["--driver-cleanup-delay", "0s"]).await;
-    let finished = App::register(&node, &cluster.root, "spark-fin").await;
-    let deleted = App::register(&node, &cluster.root, "spark-del").await;
-    let running = App::register(&node, &cluster.root, "spark-run").await;
-    cluster.driver("fin-driver", "spark-fin", true);
-    cluster.driver("del-driver", "spark-del", true);
-    cluster.driver("run-driver", "spark-run", true);
-    node.wait_watch_up().await;
-    for name in ["fin-driver", "del-driver", "run-driver"] {
-        cluster.wait_phase(&node, name, "Running").await;
-    }
+    let (cluster, mut node) = Cluster::with_node().await;
+    let finished = cluster.register(&node, "spark-fin").await;
+    let deleted = cluster.register(&node, "spark-del").await;
+    let running = cluster.register(&node, "spark-run").await;
+    cluster.drivers(&[
+        ("fin-driver", "spark-fin"),
+        ("del-driver", "spark-del"),
+        ("run-driver", "spark-run"),
+    ]);
+    cluster
+        .watch_up_and_running(&mut node, &["fin-driver", "del-driver", "run-driver"])
+        .await;
     drop(node);
 
     // While the node is down: one driver finishes, one is deleted outright.
     assert!(cluster.server.exit_pod(NS, "fin-driver", 0));
     cluster
-        .api()
         .delete("del-driver", &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
+        .await;
     assert!(cluster.server.pod(NS, "del-driver").is_none());
 
     // The restarted node recovers the three apps from its journal. The finished driver is
@@ -601,6 +598,11 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `page` has metric `name` at `want`.
+fn assert_metric(page: &str, name: &str, want: f64) {
+    assert_eq!(metric(page, name), Some(want), "{name} in {page}");
+}
+
 /// The value of an unlabelled metric in a Prometheus text page.
 fn metric(page: &str, name: &str) -> Option<f64> {
     page.lines()
@@ -612,12 +614,9 @@ async fn ready_while_the_api_server_is_unreachable() {
     let cluster = Cluster::start(FakeApiServer::builder()).await;
     cluster.server.start_outage(Outage::Refuse);
     let mut node = cluster.node(&[]).await;
-    node.wait_for("\"driver watch down\"", |e| {
-        message(e).starts_with("driver watch down")
-    })
-    .await;
+    node.wait_watch_down().await;
     assert_eq!(http_get(node.admin, "/readyz").0, 200, "{}", node.log());
-    let a = App::register(&node, &cluster.root, "spark-a").await;
+    let a = cluster.register(&node, "spark-a").await;
     a.assert_served(&node).await;
     // The watch comes up once the API server is back.
     cluster.server.end_outage();
@@ -625,19 +624,28 @@ async fn ready_while_the_api_server_is_unreachable() {
         .await;
 }
 
+/// Runs the node with no Kubernetes configuration, `--allowed-root <tmp>/local` and `args`;
+/// returns its exit code and stderr.
+fn run_unconfigured(tmp: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = NodeProcess::command(None, tmp)
+        .arg("--allowed-root")
+        .arg(tmp.join("local"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn without_a_kubernetes_configuration_it_exits_with_usage_status() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("local");
-    let out = NodeProcess::command(None, tmp.path())
-        .arg("--allowed-root")
-        .arg(&root)
-        .args(["--port", "0", "--admin-port", "0"])
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let (code, stderr) = run_unconfigured(tmp.path(), &["--port", "0", "--admin-port", "0"]);
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("--driver-watch"), "{stderr}");
 
     // Bad values of its own flags are usage errors naming the flag.
@@ -645,15 +653,8 @@ fn without_a_kubernetes_configuration_it_exits_with_usage_status() {
         ("--driver-cleanup-delay", "soon"),
         ("--driver-watch", "maybe"),
     ] {
-        let out = NodeProcess::command(None, tmp.path())
-            .arg("--allowed-root")
-            .arg(&root)
-            .args([flag, value])
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{flag} {value}: {stderr}");
+        let (code, stderr) = run_unconfigured(tmp.path(), &[flag, value]);
+        assert_eq!(code, Some(64), "{flag} {value}: {stderr}");
         assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
     }
 
