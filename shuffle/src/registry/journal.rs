@@ -20,14 +20,15 @@
 //! `JournalRegistry::append`), so a burst of executors starting costs a few syncs, not one
 //! each. A failed append (disk full) truncates the file back to where it was, so a
 //! half-written record never stays behind, and the registration is refused; a failed sync
-//! truncates back to the last synced length and refuses every registration it covered. The file is compacted
-//! (rewritten with only live entries, then renamed over the old one) when dead records
-//! outnumber live ones.
+//! truncates back to the last synced length and refuses every registration it covered. The
+//! file is compacted (rewritten with only live entries, then renamed over the old one) when
+//! dead records outnumber live ones; compaction waits for registrations in progress, so a
+//! record appended but not yet in memory is never compacted away.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
@@ -85,7 +86,8 @@ pub struct Recovery {
 }
 
 struct Journal {
-    file: File,
+    /// Shared so that a sync can run without the lock (see `JournalRegistry::append`).
+    file: Arc<File>,
     /// Bytes in the file, synced or not.
     len: u64,
     records: usize,
@@ -98,8 +100,15 @@ struct Journal {
     /// Sequence ranges whose sync failed: those records were truncated away. Bounded: a
     /// writer checks right after its own write, so only recent failures matter.
     lost: std::collections::VecDeque<std::ops::RangeInclusive<u64>>,
+    /// A writer is syncing (without the lock); the others wait for its outcome.
+    syncing: bool,
+    /// Successful syncs of appended records.
+    syncs: u64,
     #[cfg(test)]
     fail_next_sync: bool,
+    /// Makes the next sync wait for a message first (tests of what happens meanwhile).
+    #[cfg(test)]
+    hold_next_sync: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 /// Failed-sync ranges remembered for writers still waiting on them.
@@ -108,24 +117,43 @@ const LOST_RANGES_KEPT: usize = 64;
 impl Journal {
     fn new(file: File, len: u64, records: usize) -> Self {
         Journal {
-            file,
+            file: Arc::new(file),
             len,
             records,
             written: 0,
             synced: 0,
             synced_len: len,
             lost: std::collections::VecDeque::new(),
+            syncing: false,
+            syncs: 0,
             #[cfg(test)]
             fail_next_sync: false,
+            #[cfg(test)]
+            hold_next_sync: None,
         }
     }
 
-    fn sync_data(&mut self) -> io::Result<()> {
+    /// What syncs the file outside the lock: `fdatasync` on a shared handle (or, in tests, an
+    /// injected failure).
+    fn sync_job(&mut self) -> impl FnOnce() -> io::Result<()> + use<> {
+        let file = Arc::clone(&self.file);
         #[cfg(test)]
-        if std::mem::take(&mut self.fail_next_sync) {
-            return Err(io::Error::other("injected fsync failure"));
+        let (fail, hold) = (
+            std::mem::take(&mut self.fail_next_sync),
+            self.hold_next_sync.take(),
+        );
+        #[cfg(not(test))]
+        let fail = false;
+        move || {
+            #[cfg(test)]
+            if let Some(hold) = hold {
+                let _ = hold.recv();
+            }
+            if fail {
+                return Err(io::Error::other("injected fsync failure"));
+            }
+            file.sync_data()
         }
-        self.file.sync_data()
     }
 }
 
@@ -133,6 +161,12 @@ impl Journal {
 pub struct JournalRegistry {
     memory: MemoryRegistry,
     journal: Mutex<Journal>,
+    /// Signalled when a sync ends (see [`JournalRegistry::append`]).
+    sync_done: Condvar,
+    /// Held shared from a record's append until the in-memory registry has it, and
+    /// exclusively by compaction, which rewrites the file from the in-memory registry: a
+    /// record appended but not yet in memory is never compacted away.
+    compaction: RwLock<()>,
     dir: PathBuf,
 }
 
@@ -322,6 +356,8 @@ impl JournalRegistry {
         let registry = Self {
             memory,
             journal: Mutex::new(journal),
+            sync_done: Condvar::new(),
+            compaction: RwLock::new(()),
             dir: dir.to_path_buf(),
         };
         if recovery.moved_aside.is_none() {
@@ -357,7 +393,8 @@ impl JournalRegistry {
     }
 
     fn maybe_compact(&self) -> io::Result<()> {
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let _exclusive = self.compaction.write().unwrap_or_else(|e| e.into_inner());
+        let mut journal = self.lock();
         let live = self.memory.len();
         if journal.records > 2 * live + 1024 {
             let mut compacted = Self::write_compacted(&self.dir, &self.memory)?;
@@ -365,67 +402,100 @@ impl JournalRegistry {
             compacted.written = journal.written;
             compacted.synced = journal.written;
             compacted.lost = std::mem::take(&mut journal.lost);
+            // No append is in progress (they hold `compaction` shared), so no sync either.
+            compacted.syncing = journal.syncing;
+            compacted.syncs = journal.syncs;
             *journal = compacted;
             info!(live, "registry journal compacted");
         }
         Ok(())
     }
 
-    /// Appends one record durably, or leaves the file as it was.
+    fn lock(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends one record durably, or leaves the file as it was. The caller holds
+    /// `compaction` shared.
     ///
-    /// Group commit: the record is written under the lock, which is then released so other
-    /// writers can append theirs; the first writer to take the lock back syncs everything
-    /// written so far in one `fdatasync`, and the writers it covered return without one. A
-    /// failed sync truncates the file back to the last synced length and fails every record
-    /// it covered, so no acknowledged record can be lost and no refused one stays behind.
+    /// Group commit: the record is written under the lock. If no sync is running, the writer
+    /// leads one: it notes how far the file goes, releases the lock, runs `fdatasync`, and
+    /// takes the lock back to record the outcome, which covers every record written before
+    /// the sync started. Writers that arrive while a sync runs append theirs meanwhile and
+    /// wait; when it ends, those it did not cover elect the next leader, whose one sync covers
+    /// them all. (Syncing under the lock let no one append during a sync, so nearly every
+    /// registration paid its own `fdatasync`.) A failed sync truncates the file back to the
+    /// last synced length and fails every record written since (those appended during the
+    /// sync included: they were cut too), so no acknowledged record can be lost and no refused
+    /// one stays behind.
     fn append(&self, record: &Record) -> Result<(), Error> {
         let bytes = encode(record).map_err(Error::Store)?;
-        let seq = {
-            let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = journal.file.write_all(&bytes) {
-                // Take back whatever part of the record reached the file.
-                let len = journal.len;
-                Self::truncate(&mut journal, len);
-                return Err(Error::Store(e));
-            }
-            journal.len += bytes.len() as u64;
-            journal.records += 1;
-            journal.written += 1;
-            journal.written
-        };
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        if journal.lost.iter().any(|range| range.contains(&seq)) {
-            return Err(Error::Store(io::Error::other(
-                "the journal could not be synced; the record was dropped",
-            )));
+        let mut journal = self.lock();
+        if let Err(e) = (&*journal.file).write_all(&bytes) {
+            // Take back whatever part of the record reached the file.
+            let len = journal.len;
+            Self::truncate(&mut journal, len);
+            return Err(Error::Store(e));
         }
-        if journal.synced >= seq {
-            metrics::counter!("kshuffle_registry_group_commit_followers_total").increment(1);
-            return Ok(());
-        }
-        let (from, through) = (journal.synced + 1, journal.written);
-        match journal.sync_data() {
-            Ok(()) => {
-                journal.synced = through;
-                journal.synced_len = journal.len;
-                metrics::counter!("kshuffle_registry_syncs_total").increment(1);
-                Ok(())
+        journal.len += bytes.len() as u64;
+        journal.records += 1;
+        journal.written += 1;
+        let seq = journal.written;
+        let mut led = false;
+        loop {
+            if journal.lost.iter().any(|range| range.contains(&seq)) {
+                return Err(Error::Store(io::Error::other(
+                    "the journal could not be synced; the record was dropped",
+                )));
             }
-            Err(e) => {
-                error!(error = %e, records = through + 1 - from,
-                    "cannot sync the registry journal; dropping the unsynced records");
-                let synced_len = journal.synced_len;
-                journal.records = journal
-                    .records
-                    .saturating_sub((through + 1 - from) as usize);
-                Self::truncate(&mut journal, synced_len);
-                journal.synced = through;
-                if journal.lost.len() == LOST_RANGES_KEPT {
-                    journal.lost.pop_front();
+            if journal.synced >= seq {
+                if !led {
+                    metrics::counter!("kshuffle_registry_group_commit_followers_total")
+                        .increment(1);
                 }
-                journal.lost.push_back(from..=through);
-                Err(Error::Store(e))
+                return Ok(());
             }
+            if journal.syncing {
+                journal = self
+                    .sync_done
+                    .wait(journal)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            led = true;
+            journal.syncing = true;
+            let (through, through_len) = (journal.written, journal.len);
+            let sync = journal.sync_job();
+            drop(journal);
+            let result = sync();
+            journal = self.lock();
+            journal.syncing = false;
+            match result {
+                Ok(()) => {
+                    journal.synced = journal.synced.max(through);
+                    journal.synced_len = journal.synced_len.max(through_len);
+                    journal.syncs += 1;
+                    metrics::counter!("kshuffle_registry_syncs_total").increment(1);
+                }
+                Err(e) => {
+                    // Everything after the last good sync is cut: what this sync covered and
+                    // what was appended while it ran.
+                    let (from, to) = (journal.synced + 1, journal.written);
+                    error!(error = %e, records = to + 1 - from,
+                        "cannot sync the registry journal; dropping the unsynced records");
+                    let synced_len = journal.synced_len;
+                    journal.records = journal.records.saturating_sub((to + 1 - from) as usize);
+                    Self::truncate(&mut journal, synced_len);
+                    journal.synced = to;
+                    if journal.lost.len() == LOST_RANGES_KEPT {
+                        journal.lost.pop_front();
+                    }
+                    journal.lost.push_back(from..=to);
+                    self.sync_done.notify_all();
+                    return Err(Error::Store(e));
+                }
+            }
+            self.sync_done.notify_all();
         }
     }
 
@@ -439,12 +509,13 @@ impl JournalRegistry {
             error!(error = %t, "cannot truncate the journal after a failed append");
         }
         journal.len = len;
-        let _ = journal.file.seek(SeekFrom::End(0));
+        let _ = (&*journal.file).seek(SeekFrom::End(0));
     }
 }
 
 impl Registry for JournalRegistry {
     fn insert(&self, executor: Arc<Executor>) -> Result<(), Error> {
+        let _shared = self.compaction.read().unwrap_or_else(|e| e.into_inner());
         self.append(&Record::register(&executor))?;
         self.memory.insert(executor)
     }
@@ -461,10 +532,13 @@ impl Registry for JournalRegistry {
         if self.memory.executors_of(app).is_empty() {
             return Ok(Vec::new());
         }
-        self.append(&Record::RemoveApp {
-            app_id: app.to_owned(),
-        })?;
-        let removed = self.memory.remove_app(app)?;
+        let removed = {
+            let _shared = self.compaction.read().unwrap_or_else(|e| e.into_inner());
+            self.append(&Record::RemoveApp {
+                app_id: app.to_owned(),
+            })?;
+            self.memory.remove_app(app)?
+        };
         self.maybe_compact().map_err(Error::Store)?;
         Ok(removed)
     }
@@ -482,8 +556,7 @@ impl Registry for JournalRegistry {
     }
 
     fn flush(&self) -> Result<(), Error> {
-        let journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        journal.file.sync_all().map_err(Error::Store)
+        self.lock().file.sync_all().map_err(Error::Store)
     }
 }
 

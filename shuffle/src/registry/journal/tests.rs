@@ -160,7 +160,7 @@ fn failed_append_leaves_no_partial_record() {
     let good_len = std::fs::metadata(journal_path(tmp.path())).unwrap().len();
     {
         let mut journal = reg.journal.lock().unwrap();
-        journal.file = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        journal.file = Arc::new(OpenOptions::new().append(true).open("/dev/full").unwrap());
     }
     let err = reg.insert(exec("a", "2")).unwrap_err();
     assert!(err.to_string().contains("No space left"), "{err}");
@@ -244,7 +244,7 @@ fn a_failed_sync_drops_every_record_it_covered() {
     let lost_bytes = encode(&Record::register(&exec("b", "2"))).unwrap();
     {
         let mut journal = reg.journal.lock().unwrap();
-        journal.file.write_all(&lost_bytes).unwrap();
+        (&*journal.file).write_all(&lost_bytes).unwrap();
         journal.len += lost_bytes.len() as u64;
         journal.records += 1;
         journal.written += 1;
@@ -268,4 +268,113 @@ fn a_failed_sync_drops_every_record_it_covered() {
     );
     drop(journal);
     assert_eq!(reg.len(), 0);
+}
+
+/// Starts `n` threads that each insert one executor of app `app`, numbered from `first`.
+fn insert_in_threads(
+    reg: &Arc<JournalRegistry>,
+    app: &'static str,
+    first: usize,
+    n: usize,
+) -> Vec<std::thread::JoinHandle<Result<(), Error>>> {
+    (first..first + n)
+        .map(|i| {
+            let reg = Arc::clone(reg);
+            std::thread::spawn(move || reg.insert(exec(app, &i.to_string())))
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `written` records are in the journal file.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "plain threads blocked in the journal, no runtime"
+)]
+fn wait_written(reg: &JournalRegistry, written: u64) {
+    for _ in 0..5000 {
+        if reg.journal.lock().unwrap().written == written {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("never {written} records written");
+}
+
+#[test]
+fn records_appended_during_a_sync_share_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+    let reg = Arc::new(reg);
+    let (release, hold) = std::sync::mpsc::channel();
+    reg.journal.lock().unwrap().hold_next_sync = Some(hold);
+    let leader = insert_in_threads(&reg, "a", 0, 1);
+    wait_written(&reg, 1);
+    // While the first sync runs (held), six more writers append theirs and wait.
+    let followers = insert_in_threads(&reg, "a", 1, 6);
+    wait_written(&reg, 7);
+    {
+        let journal = reg.journal.lock().unwrap();
+        assert!(journal.syncing);
+        assert_eq!((journal.synced, journal.syncs), (0, 0));
+    }
+    release.send(()).unwrap();
+    for t in leader.into_iter().chain(followers) {
+        t.join().unwrap().unwrap();
+    }
+    let journal = reg.journal.lock().unwrap();
+    assert_eq!(journal.synced, 7);
+    assert_eq!(
+        journal.syncs, 2,
+        "the six appended during the first sync share one"
+    );
+    drop(journal);
+    drop(reg);
+    let (_, recovery) = JournalRegistry::open(tmp.path()).unwrap();
+    assert_eq!(recovery.executors, 7);
+}
+
+#[test]
+fn a_failed_sync_also_fails_the_records_appended_while_it_ran() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+    reg.insert(exec("a", "kept")).unwrap();
+    let good_len = std::fs::metadata(journal_path(tmp.path())).unwrap().len();
+    let reg = Arc::new(reg);
+    let (release, hold) = std::sync::mpsc::channel();
+    {
+        let mut journal = reg.journal.lock().unwrap();
+        journal.hold_next_sync = Some(hold);
+        journal.fail_next_sync = true;
+    }
+    let leader = insert_in_threads(&reg, "b", 0, 1);
+    wait_written(&reg, 2);
+    let followers = insert_in_threads(&reg, "b", 1, 3);
+    wait_written(&reg, 5);
+    release.send(()).unwrap();
+    for t in leader.into_iter().chain(followers) {
+        let err = t.join().unwrap().unwrap_err();
+        assert!(
+            err.to_string().contains("injected fsync failure")
+                || err.to_string().contains("could not be synced"),
+            "{err}"
+        );
+    }
+    assert!(
+        reg.executors_of("b").is_empty(),
+        "nothing refused is served"
+    );
+    assert_eq!(
+        std::fs::metadata(journal_path(tmp.path())).unwrap().len(),
+        good_len,
+        "the file is back at the last good sync"
+    );
+    // The journal goes on: the next registration is synced after the good records.
+    reg.insert(exec("c", "1")).unwrap();
+    drop(reg);
+    let (reopened, recovery) = JournalRegistry::open(tmp.path()).unwrap();
+    assert!(!recovery.torn_tail);
+    assert_eq!(
+        sorted_ids(&reopened),
+        [("a".into(), "kept".into()), ("c".into(), "1".into())]
+    );
 }
