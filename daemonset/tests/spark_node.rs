@@ -168,14 +168,22 @@ fn blockmgr_dirs(root: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
-/// Regular files under `dir`, recursively.
+/// Regular files under `dir`, recursively. The app is still running while this walks its
+/// dirs, so an entry that vanishes meanwhile (Spark deletes its temp files and dirs) is
+/// skipped, not an error.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let entry = entry.unwrap();
-            let kind = entry.file_type().unwrap();
+        let entries = match std::fs::read_dir(&d) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            entries => entries.unwrap(),
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 stack.push(entry.path());
             } else if kind.is_file() {
