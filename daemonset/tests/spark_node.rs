@@ -153,41 +153,44 @@ fn blockmgr_dirs(root: &Path) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            if !entry.file_type().unwrap().is_dir() {
+        for (path, kind) in entries(&dir) {
+            if !kind.is_dir() {
                 continue;
             }
-            if entry.file_name().to_string_lossy().starts_with("blockmgr-") {
-                out.insert(entry.path());
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with("blockmgr-") {
+                out.insert(path);
             } else {
-                stack.push(entry.path());
+                stack.push(path);
             }
         }
     }
     out
 }
 
-/// Regular files under `dir`, recursively. The app is still running while this walks its
-/// dirs, so an entry that vanishes meanwhile (Spark deletes its temp files and dirs) is
-/// skipped, not an error.
+/// The entries of `dir` with their types. Spark runs while the tests walk its dirs, so an
+/// entry (or `dir`) that vanishes meanwhile (Spark deletes its temp files and dirs) is
+/// left out, not an error.
+fn entries(dir: &Path) -> Vec<(PathBuf, std::fs::FileType)> {
+    let list = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        list => list.unwrap(),
+    };
+    list.filter_map(Result::ok)
+        .filter_map(|e| Some((e.path(), e.file_type().ok()?)))
+        .collect()
+}
+
+/// Regular files under `dir`, recursively (see [`entries`] for what vanishes meanwhile).
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            entries => entries.unwrap(),
-        };
-        for entry in entries {
-            let Ok(entry) = entry else { continue };
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
+        for (path, kind) in entries(&d) {
             if kind.is_dir() {
-                stack.push(entry.path());
+                stack.push(path);
             } else if kind.is_file() {
-                out.push(entry.path());
+                out.push(path);
             }
         }
     }
