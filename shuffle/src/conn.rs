@@ -98,6 +98,16 @@ const READ_AHEAD_AFTER_BYTES: u64 = 256 << 10;
 /// they are served (the client's requests then wait in the kernel's buffers).
 const MAX_READ_AHEAD_FRAMES: usize = 512;
 
+/// The buffer socket reads go into: `raw` (ciphertext) on an encrypted connection, else
+/// `rbuf`. Takes the fields, not the connection, so the socket stays free to borrow.
+fn read_buffer<'a>(
+    encrypted: bool,
+    raw: &'a mut BytesMut,
+    rbuf: &'a mut BytesMut,
+) -> &'a mut BytesMut {
+    if encrypted { raw } else { rbuf }
+}
+
 /// Why a connection was closed by the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -315,11 +325,7 @@ impl Connection {
     /// Makes room for a socket read in the buffer it goes into (`raw` under a cipher, else
     /// `rbuf`) and settles the read budget for it.
     fn prepare_read(&mut self) -> Result<(), Error> {
-        let into = if self.cipher.is_some() {
-            &mut self.raw
-        } else {
-            &mut self.rbuf
-        };
+        let into = read_buffer(self.cipher.is_some(), &mut self.raw, &mut self.rbuf);
         if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
             into.reserve(READ_BUFFER_BYTES);
         }
@@ -360,11 +366,7 @@ impl Connection {
                 return Ok(());
             }
             self.prepare_read()?;
-            let into = if self.cipher.is_some() {
-                &mut self.raw
-            } else {
-                &mut self.rbuf
-            };
+            let into = read_buffer(self.cipher.is_some(), &mut self.raw, &mut self.rbuf);
             // Wait no longer than the frame in progress has left.
             let wait = match partial_since {
                 Some(since) => idle.min(frame_timeout.saturating_sub(since.elapsed())),
@@ -440,11 +442,7 @@ impl Connection {
         }
         self.sent_since_read = 0;
         self.prepare_read()?;
-        let into = if self.cipher.is_some() {
-            &mut self.raw
-        } else {
-            &mut self.rbuf
-        };
+        let into = read_buffer(self.cipher.is_some(), &mut self.raw, &mut self.rbuf);
         // End of input or an error is left for the main loop, after what is queued; what
         // `rbuf` already holds is looked at either way.
         if let Ok(n) = self.socket.try_read_buf(into)
