@@ -1,16 +1,24 @@
 //! One client connection: reads frames, hands requests to the [`Service`], writes replies in
-//! arrival order, except that a stream open may overtake queued chunk requests.
+//! arrival order, except that stream opens and the chunks of other streams may overtake
+//! queued chunk requests.
 //!
-//! Replies are written in the order requests arrived, which is what Spark's client needs
-//! (`StreamResponse`s are matched first-in first-out), with one exception: while bulk bodies
-//! go out, the connection looks for newly arrived requests every [`READ_AHEAD_AFTER_BYTES`]
-//! and answers those that only open a stream (`OpenBlocks`, `FetchShuffleBlocks`,
-//! `GetLocalDirsForExecutors`) at once, ahead of the chunk requests queued before them
-//! (matched by request id, so Spark's client accepts it). An executor shares one connection
-//! among all its tasks, so without this a task's open waits for every body another task
-//! queued, and then its chunk requests wait again. Any other request keeps its place, and
-//! holds back the opens behind it ([`Connection::read_ahead`]). Small frames are batched in a write
-//! buffer. A chunk body of at most `--inline-body-max-bytes` is read (`pread`) into that batch
+//! Replies are written in the order requests arrived, with two exceptions, both for a
+//! client that pipelines bulk chunk requests (Spark's executors share one connection per
+//! shuffle service among all their tasks, so one task's requests queue behind another's).
+//! While bulk bodies go out, the connection looks for newly arrived requests every
+//! [`READ_AHEAD_AFTER_BYTES`] and answers those that only open a stream (`OpenBlocks`,
+//! `FetchShuffleBlocks`, `GetLocalDirsForExecutors`) at once, ahead of the chunk requests
+//! queued before them (matched by request id, so Spark's client accepts it); any other
+//! request keeps its place, and holds back the opens behind it
+//! ([`Connection::read_ahead`]). And the chunk requests so read ahead are served by shares
+//! of [`SHARE_BYTES`] per stream, the stream with the fewest shares served first, rather
+//! than strictly first come first served ([`Connection::pick_ahead`]): a task's new stream
+//! gets its first chunk after a share of each stream ahead of it, not after every body
+//! queued before it. Spark's client matches chunk replies by stream and chunk index; each
+//! stream's chunks keep their order, and `StreamResponse`s (matched first-in first-out)
+//! keep theirs.
+//!
+//! Small frames are batched in a write buffer. A chunk body of at most `--inline-body-max-bytes` is read (`pread`) into that batch
 //! right after its header, so the replies to a burst of small-block requests leave in a few
 //! large writes instead of a `send` plus a `sendfile` each (two syscalls and a TCP push per
 //! 4 KiB block); a larger body goes from the page cache to the socket with `sendfile(2)`,
@@ -97,6 +105,9 @@ const READ_AHEAD_AFTER_BYTES: u64 = 256 << 10;
 /// Frames a connection holds read ahead of their turn; past this it reads no more until
 /// they are served (the client's requests then wait in the kernel's buffers).
 const MAX_READ_AHEAD_FRAMES: usize = 512;
+/// Body bytes one stream is served in a row before the connection turns to the stream with
+/// the fewest shares of this size served (see [`Connection::pick_ahead`]).
+pub const SHARE_BYTES: u64 = 256 << 10;
 
 /// The buffer socket reads go into: `raw` (ciphertext) on an encrypted connection, else
 /// `rbuf`. Takes the fields, not the connection, so the socket stays free to borrow.
@@ -106,6 +117,37 @@ fn read_buffer<'a>(
     rbuf: &'a mut BytesMut,
 ) -> &'a mut BytesMut {
     if encrypted { raw } else { rbuf }
+}
+
+/// The policy of [`Connection::pick_ahead`], over the stream ids of the chunk requests at
+/// the head of the queue (in arrival order): the first request of `keeps_turn` if it has
+/// one, else the first request of the stream with the fewest `shares`, the earliest among
+/// equals. Returns its position and stream; `None` for an empty run.
+fn pick_by_shares(
+    run: impl Iterator<Item = i64>,
+    keeps_turn: Option<i64>,
+    shares: impl Fn(i64) -> u64,
+) -> Option<(usize, i64)> {
+    let mut best: Option<(u64, usize, i64)> = None;
+    let mut previous = None;
+    for (at, stream_id) in run.enumerate() {
+        if Some(stream_id) == keeps_turn {
+            return Some((at, stream_id));
+        }
+        // A stream's later requests never beat its first one.
+        if previous.replace(stream_id) == Some(stream_id) {
+            continue;
+        }
+        let n = shares(stream_id);
+        if best.is_none_or(|(fewest, _, _)| n < fewest) {
+            best = Some((n, at, stream_id));
+            // Nothing beats it, unless the stream keeping its turn comes later.
+            if n == 0 && keeps_turn.is_none() {
+                break;
+            }
+        }
+    }
+    best.map(|(_, at, stream_id)| (at, stream_id))
 }
 
 /// Why a connection was closed by the daemon.
@@ -251,9 +293,11 @@ struct Connection {
     turn_sent: u64,
     /// Body bytes sent since the connection last read from its socket.
     sent_since_read: u64,
-    /// Requests read ahead while bodies were going out, to be handled in arrival order
-    /// before anything left in `rbuf` (see [`Connection::read_ahead`]).
+    /// Requests read ahead while bodies were going out, to be handled before anything left
+    /// in `rbuf` (see [`Connection::read_ahead`] and [`Connection::pick_ahead`]).
     ahead: VecDeque<Frame>,
+    /// The stream whose chunks were served last, and the body bytes left of its share.
+    serving: Option<(i64, u64)>,
 }
 
 impl Drop for Connection {
@@ -289,6 +333,7 @@ impl Connection {
             turn_sent: 0,
             sent_since_read: 0,
             ahead: VecDeque::new(),
+            serving: None,
         }
     }
 
@@ -407,18 +452,71 @@ impl Connection {
         }
     }
 
-    /// The next request to handle: those read ahead first, then what `rbuf` holds.
+    /// The next request to handle: one of those read ahead ([`Connection::pick_ahead`]),
+    /// else the next in `rbuf`.
     fn next_frame(&mut self, max_frame: usize) -> Result<Option<Frame>, Error> {
-        match self.ahead.pop_front() {
-            Some(frame) => Ok(Some(frame)),
-            None => Ok(wire::decode(&mut self.rbuf, max_frame)?),
+        if self.ahead.is_empty() {
+            return Ok(wire::decode(&mut self.rbuf, max_frame)?);
         }
+        let at = self.pick_ahead();
+        if at > 0 {
+            Stats::inc(&self.service.stats.chunks_out_of_turn);
+        }
+        Ok(self.ahead.remove(at))
+    }
+
+    /// Which of the requests read ahead to handle next: the first, unless it and the ones
+    /// after it are chunk requests of several streams. Those are served by shares of
+    /// [`SHARE_BYTES`]: the stream served last keeps its turn until it has had a share in a
+    /// row, then the turn goes to the stream with the fewest whole shares served so far
+    /// (the one asked for first among equals), starting with its oldest request.
+    ///
+    /// So the tasks of an executor, which share its one connection, progress together: a
+    /// task's new stream gets its first chunk after at most a share of each stream ahead of
+    /// it instead of after every body queued before it, while a stream of small chunks still
+    /// goes out a share at a time (one map output kept open, replies batched). Only
+    /// `ChunkFetchRequest`s trade places, and only among themselves: Spark's client matches
+    /// their replies by stream and chunk index, and the chunks of each stream keep their
+    /// order (required: a stream's chunks are handed out in order). Anything else, a
+    /// `StreamRequest` included (matched first-in first-out), waits for every request that
+    /// arrived before it and holds back every one after it. Costs a scan of at most
+    /// [`MAX_READ_AHEAD_FRAMES`] requests per share, not per chunk.
+    fn pick_ahead(&mut self) -> usize {
+        let run = self.ahead.iter().map_while(|f| match f {
+            Frame::ChunkFetchRequest(id) => Some(id.stream_id),
+            _ => None,
+        });
+        // The stream served last, if its share is not used up and it is still open.
+        let keeps_turn = self
+            .serving
+            .filter(|&(id, left)| left > 0 && self.streams.served(id).is_some())
+            .map(|(id, _)| id);
+        // A stream that is not open (finished, never opened) fails at once: it ranks first.
+        let shares = |id| self.streams.served(id).unwrap_or(0) / SHARE_BYTES;
+        let Some((at, stream_id)) = pick_by_shares(run, keeps_turn, shares) else {
+            return 0;
+        };
+        if Some(stream_id) != keeps_turn {
+            self.serving = Some((stream_id, SHARE_BYTES));
+        }
+        at
+    }
+
+    /// Counts a chunk body of `len` bytes of stream `stream_id` against its share (a new
+    /// one if another stream was served before it).
+    fn served(&mut self, stream_id: i64, len: u64) {
+        self.streams.add_served(stream_id, len);
+        let left = match self.serving {
+            Some((id, left)) if id == stream_id => left,
+            _ => SHARE_BYTES,
+        };
+        self.serving = Some((stream_id, left.saturating_sub(len)));
     }
 
     /// Before a chunk's reply, once enough body bytes have gone out since the last read,
     /// reads what the client has sent meanwhile (without waiting) and answers the requests
     /// that only open a stream ([`Message::is_read_only_open`]) at once, ahead of the
-    /// chunk requests queued before them; everything else is kept in `ahead`, in order.
+    /// chunk requests queued before them; everything else is kept in `ahead`.
     ///
     /// A client that pipelines bulk chunk requests on one connection (Spark's executors share
     /// one connection per shuffle service among all their tasks) thus gets a new stream's
@@ -427,8 +525,8 @@ impl Connection {
     /// overtaken: they only read streams that are already open. Any other frame stops the
     /// reading ahead until it is handled, so registrations, removals, uploads and the like
     /// keep their place (an `UploadStream`'s body follows it out of frame and is never
-    /// decoded ahead). Replies to chunk requests and streams keep their arrival order, which
-    /// `StreamResponse`s need; an `RpcResponse` is matched by its request id.
+    /// decoded ahead). Which chunk request is then served first is up to
+    /// [`Connection::pick_ahead`]; an `RpcResponse` is matched by its request id.
     async fn read_ahead(&mut self) -> Result<(), Error> {
         let blocked = self.ahead.back().is_some_and(|f| {
             !matches!(f, Frame::ChunkFetchRequest(_) | Frame::StreamRequest { .. })
@@ -556,6 +654,7 @@ impl Connection {
                     .chunk(&mut self.streams, id.stream_id, i64::from(id.chunk_index))
                 {
                     Ok(chunk) => {
+                        self.served(id.stream_id, chunk.segment.len);
                         wire::encode_chunk_success_header(id, chunk.segment.len, &mut self.wbuf)?;
                         self.send_chunk(chunk, Served::Chunk, started).await?;
                     }
@@ -842,5 +941,38 @@ impl Connection {
                 (Err(e), None) => return Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_by_shares;
+
+    /// `pick_by_shares` over `run`, with `shares` given per stream id (0 if not listed).
+    fn pick(run: &[i64], keeps_turn: Option<i64>, shares: &[(i64, u64)]) -> Option<(usize, i64)> {
+        let of = |id| shares.iter().find(|(s, _)| *s == id).map_or(0, |(_, n)| *n);
+        pick_by_shares(run.iter().copied(), keeps_turn, of)
+    }
+
+    #[test]
+    fn the_stream_with_the_fewest_shares_goes_first_from_its_oldest_request() {
+        assert_eq!(pick(&[1, 1, 1, 2, 2], None, &[(1, 3)]), Some((3, 2)));
+        assert_eq!(
+            pick(&[1, 2, 3, 3, 2], None, &[(1, 3), (2, 2), (3, 1)]),
+            Some((2, 3))
+        );
+        // Equals: the one asked for first; a stream's later requests never beat its first.
+        assert_eq!(pick(&[1, 2, 1], None, &[(1, 1), (2, 1)]), Some((0, 1)));
+        assert_eq!(pick(&[2, 1, 2, 1], None, &[(1, 0), (2, 1)]), Some((1, 1)));
+        assert_eq!(pick(&[7], None, &[]), Some((0, 7)));
+        assert_eq!(pick(&[], None, &[]), None);
+    }
+
+    #[test]
+    fn the_stream_served_last_keeps_its_turn_until_its_share_is_used() {
+        // Stream 1 has more shares than the new stream 2, but its share is not used up.
+        assert_eq!(pick(&[2, 2, 1, 1], Some(1), &[(1, 4)]), Some((2, 1)));
+        // Nothing of it is queued: the fewest shares decide.
+        assert_eq!(pick(&[3, 2, 2], Some(1), &[(2, 0), (3, 5)]), Some((1, 2)));
     }
 }

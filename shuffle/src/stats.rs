@@ -79,6 +79,9 @@ counters! {
     /// Stream-opening RPCs answered ahead of chunk requests that arrived before them
     /// (`conn::Connection::read_ahead`).
     rpcs_read_ahead,
+    /// Chunk requests served ahead of one that arrived before them, to share the connection
+    /// among its streams (`conn::Connection::pick_ahead`).
+    chunks_out_of_turn,
     /// Connections open now (a gauge).
     connections_open,
     /// Streams open now, over all connections (a gauge).

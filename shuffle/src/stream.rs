@@ -161,6 +161,8 @@ pub struct Stream {
     total: usize,
     /// Bytes taken from the stream budget.
     bytes: usize,
+    /// Body bytes served from it so far ([`Streams::add_served`]).
+    served: u64,
 }
 
 /// Why a chunk cannot be handed out. The text goes to the client.
@@ -361,6 +363,7 @@ impl Streams {
                     next: 0,
                     total,
                     bytes,
+                    served: 0,
                 },
             );
         }
@@ -402,6 +405,18 @@ impl Streams {
         executor
             .map(|e| (e, plan))
             .ok_or(Error::UnknownStream { stream_id })
+    }
+
+    /// Counts `bytes` of body served from stream `stream_id` (nothing if it has ended).
+    pub fn add_served(&mut self, stream_id: i64, bytes: u64) {
+        if let Some(stream) = self.open.get_mut(&stream_id) {
+            stream.served = stream.served.saturating_add(bytes);
+        }
+    }
+
+    /// Body bytes served from stream `stream_id` so far, if it is open.
+    pub fn served(&self, stream_id: i64) -> Option<u64> {
+        self.open.get(&stream_id).map(|s| s.served)
     }
 
     /// Number of open streams.

@@ -1041,6 +1041,112 @@ async fn requests_that_change_state_keep_their_place_behind_queued_chunks() {
     assert_eq!(stats.registrations, 2);
 }
 
+/// The chunk requests an executor's tasks pipeline on their shared connection are served by
+/// shares of `conn::SHARE_BYTES` (256 KiB) per stream, fewest shares first, each stream's
+/// chunks in order: a stream whose requests arrive behind a bulk stream's is served once
+/// the daemon looks ahead, not after all of it; and nothing overtakes a `StreamRequest` (its reply is matched first-in first-out).
+/// (Which request goes next is unit-tested in `conn::tests`.)
+#[tokio::test]
+async fn chunk_requests_of_several_streams_are_served_by_shares() {
+    const MIB: usize = 1 << 20;
+    let daemon = Daemon::start(|_| {}).await;
+    let mut c = daemon.client().await;
+    let dirs = ExecutorDirs::create(&daemon.root, "e1", 1, 4).unwrap();
+    // Map 100: eight 1 MiB partitions. Map 101: one 512 KiB partition, then 4 KiB ones.
+    // Map 102: 4 KiB partitions. Map 103: one 1 MiB partition, read as a stream.
+    let bulk: Vec<Vec<u8>> = (0..8).map(|i| pseudo_random_bytes(i, MIB)).collect();
+    let mut mixed = vec![pseudo_random_bytes(20, MIB / 2)];
+    mixed.extend((0..128).map(|i| pseudo_random_bytes(100 + i, 4096)));
+    let small: Vec<Vec<u8>> = (0..128)
+        .map(|i| pseudo_random_bytes(300 + i, 4096))
+        .collect();
+    let streamed = pseudo_random_bytes(40, MIB);
+    let bodies = [&bulk, &mixed, &small, &vec![streamed]];
+    for (m, parts) in bodies.iter().enumerate() {
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        dirs.write_map_output(0, 100 + m as i64, &refs).unwrap();
+    }
+    c.register(APP, "1", dirs.as_strings(), 4).await.unwrap();
+
+    // Sends `frames` at once and returns the replies as "s<map>c<chunk>", each body checked.
+    async fn replies(
+        c: &mut Client,
+        streams: &[(i64, usize)],
+        bodies: &[&Vec<Vec<u8>>],
+        frames: &[Frame],
+    ) -> Vec<String> {
+        send_batch(c, frames).await;
+        let map_of = |stream_id| streams.iter().position(|&(s, _)| s == stream_id).unwrap();
+        let mut order = Vec::new();
+        while order.len() < frames.len() {
+            let (id, body) = match within(c.recv()).await.unwrap() {
+                (Frame::ChunkFetchSuccess { id, body }, _) => (id, body),
+                (Frame::StreamResponse { stream_id, .. }, Some(body)) => (
+                    StreamChunkId::parse_stream_request(&stream_id).unwrap(),
+                    body,
+                ),
+                other => panic!("{other:?}"),
+            };
+            let m = map_of(id.stream_id);
+            assert!(
+                body[..] == bodies[m][id.chunk_index as usize][..],
+                "bytes of stream {m} chunk {}",
+                id.chunk_index
+            );
+            order.push(format!("s{m}c{}", id.chunk_index));
+        }
+        order
+    }
+    let mut streams = Vec::new();
+    for (m, parts) in bodies.iter().enumerate() {
+        let all = (0..parts.len() as i32).collect();
+        let handle = c
+            .open(&fetch("1", vec![100 + m as i64], vec![all], false))
+            .await;
+        streams.push((handle.unwrap().stream_id, parts.len()));
+    }
+    let chunk = |s: usize, i: i32| {
+        Frame::ChunkFetchRequest(StreamChunkId {
+            stream_id: streams[s].0,
+            chunk_index: i,
+        })
+    };
+    let names = |s: usize, chunks: std::ops::Range<i32>| chunks.map(move |i| format!("s{s}c{i}"));
+
+    // Bulk stream 0 (chunks 0-3), then a StreamRequest, then stream 2's first chunk and
+    // stream 0's 4-7. After chunk 0 the daemon reads ahead; stream 0's chunks 1-3 still go
+    // before the StreamRequest, and stream 2 only after it, though it has had nothing yet.
+    let mut frames: Vec<Frame> = (0..4).map(|i| chunk(0, i)).collect();
+    frames.push(Frame::StreamRequest {
+        stream_id: format!("{}_0", streams[3].0),
+    });
+    frames.push(chunk(2, 0));
+    frames.extend((4..8).map(|i| chunk(0, i)));
+    let order = replies(&mut c, &streams, &bodies, &frames).await;
+    let expected: Vec<String> = names(0, 0..4)
+        .chain(names(3, 0..1))
+        .chain(names(2, 0..1))
+        .chain(names(0, 4..8))
+        .collect();
+    assert_eq!(order, expected);
+
+    // Stream 1's 512 KiB chunk and its 4 KiB ones, then stream 2's. Once chunk 0 is out the
+    // daemon reads ahead: stream 1 has 2 shares served, stream 2 none, so stream 2 goes
+    // next, from its oldest request, and (still having fewer) to its end.
+    let mut frames: Vec<Frame> = (0..129).map(|i| chunk(1, i)).collect();
+    frames.extend((1..128).map(|i| chunk(2, i)));
+    let order = replies(&mut c, &streams, &bodies, &frames).await;
+    let expected: Vec<String> = names(1, 0..2)
+        .chain(names(2, 1..128))
+        .chain(names(1, 2..129))
+        .collect();
+    assert_eq!(order, expected);
+    drop(c);
+    let stats = daemon.stop().await;
+    assert_eq!(stats.chunk_failures, 0);
+    assert_eq!(stats.chunks_out_of_turn, 127);
+}
+
 /// Sends `frames` in one write, as a client pipelining them does.
 async fn send_batch(c: &mut Client, frames: &[Frame]) {
     let mut out = BytesMut::new();

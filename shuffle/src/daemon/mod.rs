@@ -254,6 +254,7 @@ pub async fn run_with_secrets(
         diagnoses = stats.diagnoses,
         turns_yielded = stats.turns_yielded,
         rpcs_read_ahead = stats.rpcs_read_ahead,
+        chunks_out_of_turn = stats.chunks_out_of_turn,
         "stopped"
     );
     Ok(())
