@@ -84,6 +84,7 @@ fn static_jobs(version: &str) {
         "sort_200",
         "sql_join_agg",
         "large_blocks",
+        "medium_blocks",
     ] {
         c.job_exact(&run.result, job);
     }
@@ -110,6 +111,14 @@ fn static_jobs(version: &str) {
         s.streams_served > 0,
         "streams_served = 0: large_blocks has ~18 MB blocks, above \
          spark.network.maxRemoteBlockSizeFetchToMem=8m, which Spark fetches with StreamRequest",
+    );
+    let out_of_turn = s.all.iter().find(|(k, _)| k == "chunks_out_of_turn");
+    c.check(
+        out_of_turn.is_some_and(|(_, n)| *n > 0),
+        format!(
+            "chunks_out_of_turn = {out_of_turn:?}: medium_blocks has each reducer fetch \
+             several streams of ~2.3 MB chunks at once, which the daemon should serve by turns"
+        ),
     );
     c.check(
         s.bytes_served() >= MIN_BYTES_SERVED_STATIC,

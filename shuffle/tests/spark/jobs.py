@@ -23,7 +23,8 @@ jobs of a static session still run. The process exits 0 whenever it printed the 
 Sessions:
   static        reduceByKey, groupByKey, a 200-partition sort, a DataFrame join + aggregation
                 with AQE (batch fetch), and a ~300 MB incompressible shuffle whose blocks exceed
-                `spark.network.maxRemoteBlockSizeFetchToMem` (StreamRequest).
+                `spark.network.maxRemoteBlockSizeFetchToMem` (StreamRequest), then a ~147 MB
+                one of ~2.3 MB blocks (several bulk streams per reducer at once).
   old-protocol  small RDD jobs with `spark.shuffle.useOldFetchProtocol=true` (OpenBlocks).
   dynamic       dynamic allocation: shuffle map output and DISK_ONLY cached blocks are read
                 after every executor that wrote them is gone; accumulators prove that nothing
@@ -419,18 +420,18 @@ LARGE_ROWS = 72_000
 LARGE_DIGESTS_PER_ROW = 64  # 64 x 64-byte SHA-512 digests: 4 KiB incompressible payload per row
 
 
-def large_expected():
+def large_expected(rows):
     sha512, crc32 = hashlib.sha512, zlib.crc32
     crc_sum = 0
-    for i in range(LARGE_ROWS):
+    for i in range(rows):
         crc = 0
         for k in range(LARGE_DIGESTS_PER_ROW):
             crc = crc32(sha512(b"%d-%d" % (i, k)).digest(), crc)
         crc_sum += crc
     return {
-        "rows": LARGE_ROWS,
-        "sum_id": LARGE_ROWS * (LARGE_ROWS - 1) // 2,
-        "payload_bytes": LARGE_ROWS * LARGE_DIGESTS_PER_ROW * 64,
+        "rows": rows,
+        "sum_id": rows * (rows - 1) // 2,
+        "payload_bytes": rows * LARGE_DIGESTS_PER_ROW * 64,
         "sum_crc32": crc_sum,
     }
 
@@ -438,6 +439,22 @@ def large_expected():
 def job_large_blocks(spark):
     """~295 MB of incompressible rows through a 4 x 4 shuffle: ~18 MB blocks, above
     spark.network.maxRemoteBlockSizeFetchToMem, so remote ones come via StreamRequest."""
+    return payload_shuffle(spark, LARGE_ROWS, 4, 4)
+
+
+def job_medium_blocks(spark):
+    """~147 MB of incompressible rows through a 16 x 4 shuffle: ~2.3 MB blocks. A reducer
+    asks for its ~18 MB of remote blocks in three FetchShuffleBlocks sent at once (Spark
+    closes a request at maxSizeInFlight / 5 = 4.8 MB; each stays under
+    maxRemoteBlockSizeFetchToMem, so its blocks come as chunks): streams of bulk chunks
+    share the executor's connection and the daemon serves them by turns (chunk replies out
+    of request order, which Spark's client must accept)."""
+    return payload_shuffle(spark, LARGE_ROWS // 2, 16, 4)
+
+
+def payload_shuffle(spark, n_rows, maps, reducers):
+    """`n_rows` rows of id and a 4 KiB incompressible payload, from `maps` partitions
+    repartitioned by id into `reducers`, aggregated, against the same figures computed here."""
     from pyspark.sql import functions as F
 
     # Plain shuffle: keep AQE (and its batch fetch) out of this job.
@@ -450,9 +467,9 @@ def job_large_blocks(spark):
                 for k in range(LARGE_DIGESTS_PER_ROW)
             ]
         )
-        rows = spark.range(0, LARGE_ROWS, 1, 4).select("id", payload.alias("payload"))
+        rows = spark.range(0, n_rows, 1, maps).select("id", payload.alias("payload"))
         row = (
-            rows.repartition(4, "id")
+            rows.repartition(reducers, "id")
             .agg(
                 F.count(F.lit(1)).alias("rows"),
                 F.sum("id").alias("sum_id"),
@@ -464,7 +481,7 @@ def job_large_blocks(spark):
     finally:
         spark.conf.set("spark.sql.adaptive.enabled", "true")
     got = {k: row[k] for k in ("rows", "sum_id", "payload_bytes", "sum_crc32")}
-    return {"got": got, "expected": large_expected()}
+    return {"got": got, "expected": large_expected(n_rows)}
 
 
 # === sessions ====================================================================================
@@ -473,8 +490,11 @@ def job_large_blocks(spark):
 def session_static(args, out):
     from pyspark.sql import SparkSession
 
-    conf = base_conf(args, "kshuffle-e2e-static").set(
-        "spark.network.maxRemoteBlockSizeFetchToMem", MAX_REMOTE_BLOCK_SIZE_FETCH_TO_MEM
+    conf = (
+        base_conf(args, "kshuffle-e2e-static")
+        .set("spark.network.maxRemoteBlockSizeFetchToMem", MAX_REMOTE_BLOCK_SIZE_FETCH_TO_MEM)
+        # Remote requests of at most 4.8 MB (a fifth of it): see job_medium_blocks.
+        .set("spark.reducer.maxSizeInFlight", "24m")
     )
     spark = SparkSession.builder.config(conf=conf).getOrCreate()
     sc = spark.sparkContext
@@ -490,6 +510,7 @@ def session_static(args, out):
                 ("sort_200", job_sort, sc, 100_000, 8, 200),
                 ("sql_join_agg", job_sql_join_agg, spark),
                 ("large_blocks", job_large_blocks, spark),
+                ("medium_blocks", job_medium_blocks, spark),
             ],
             args.jobs,
         )
