@@ -141,6 +141,8 @@ pub struct Measured {
     pub report: Report,
     /// Server CPU seconds during the run.
     pub cpu_secs: f64,
+    /// The user-mode part of them.
+    pub user_secs: f64,
     /// Server peak RSS during the run.
     pub peak_rss: u64,
 }
@@ -148,7 +150,16 @@ pub struct Measured {
 impl Measured {
     /// Server CPU seconds per GB (10^9 bytes) served.
     pub fn cpu_per_gb(&self) -> f64 {
-        self.cpu_secs / (self.report.bytes as f64 / 1e9).max(1e-12)
+        self.cpu_secs / self.gb()
+    }
+
+    /// Server user-mode CPU seconds per GB served.
+    pub fn user_per_gb(&self) -> f64 {
+        self.user_secs / self.gb()
+    }
+
+    fn gb(&self) -> f64 {
+        (self.report.bytes as f64 / 1e9).max(1e-12)
     }
 }
 
@@ -170,6 +181,7 @@ pub fn measure(
     Ok(Measured {
         report,
         cpu_secs: after.cpu_secs - before.cpu_secs,
+        user_secs: after.user_secs - before.user_secs,
         peak_rss: after.peak_rss,
     })
 }
@@ -219,6 +231,8 @@ pub struct Summary {
     pub chunk_p99: f64,
     /// Median server CPU s per GB.
     pub cpu_per_gb: f64,
+    /// Median server user-mode CPU s per GB.
+    pub user_per_gb: f64,
     /// Largest peak RSS (bytes).
     pub peak_rss: f64,
 }
@@ -234,6 +248,7 @@ impl Summary {
             first_p99: m(&|r| r.report.open_to_first_byte.p99_us as f64),
             chunk_p99: m(&|r| r.report.chunk.p99_us as f64),
             cpu_per_gb: m(&|r| r.cpu_per_gb()),
+            user_per_gb: m(&|r| r.user_per_gb()),
             peak_rss: runs.iter().map(|r| r.peak_rss as f64).fold(0.0, f64::max),
         }
     }
@@ -567,6 +582,13 @@ pub fn table(r: &Results) -> String {
             j.map(|j| j.cpu_per_gb),
             &|v| format!("{v:.2}"),
             "<= 0.5",
+        );
+        row(
+            "server CPU s/GB in user mode (own code; the rest is the kernel's)",
+            o.user_per_gb,
+            j.map(|j| j.user_per_gb),
+            &|v| format!("{v:.3}"),
+            "",
         );
         row(
             "server peak RSS",

@@ -1,4 +1,5 @@
-//! What a server process used, from `/proc`: CPU seconds (user + system, all threads) and
+//! What a server process used, from `/proc`: CPU seconds (user + system, all threads; and
+//! user alone, the process's own code as opposed to the kernel's work for it) and
 //! peak resident memory (`VmHWM`), whose peak can be reset between runs through
 //! `/proc/<pid>/clear_refs` so each run reports its own peak.
 
@@ -9,6 +10,8 @@ use anyhow::Context;
 pub struct Usage {
     /// User + system CPU seconds of all its threads so far.
     pub cpu_secs: f64,
+    /// User-mode CPU seconds of all its threads so far (its own code, no system calls).
+    pub user_secs: f64,
     /// Peak resident set (bytes) since start or the last [`reset_peak`].
     pub peak_rss: u64,
     /// Current resident set (bytes).
@@ -20,10 +23,12 @@ pub struct Usage {
 /// # Errors
 /// When `/proc/thread-self/stat` cannot be read or parsed.
 pub fn thread_cpu_secs() -> anyhow::Result<f64> {
-    cpu_of(&std::fs::read_to_string("/proc/thread-self/stat")?)
+    let (user, system) = cpu_of(&std::fs::read_to_string("/proc/thread-self/stat")?)?;
+    Ok(user + system)
 }
 
-fn cpu_of(stat: &str) -> anyhow::Result<f64> {
+/// User and system CPU seconds from a `/proc` stat line.
+fn cpu_of(stat: &str) -> anyhow::Result<(f64, f64)> {
     // Fields after the command name (which may hold spaces) start at the state, field 3.
     let rest = stat
         .rsplit_once(')')
@@ -35,7 +40,7 @@ fn cpu_of(stat: &str) -> anyhow::Result<f64> {
         Ok(fields.get(i).context("short /proc stat")?.parse()?)
     };
     let hz = rustix::param::clock_ticks_per_second() as f64;
-    Ok((ticks(11)? + ticks(12)?) as f64 / hz)
+    Ok((ticks(11)? as f64 / hz, ticks(12)? as f64 / hz))
 }
 
 /// Reads the usage of `pid`.
@@ -45,7 +50,7 @@ fn cpu_of(stat: &str) -> anyhow::Result<f64> {
 pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let cpu_secs = cpu_of(&stat)?;
+    let (user_secs, system_secs) = cpu_of(&stat)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kib = |key: &str| -> u64 {
@@ -57,7 +62,8 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
             * 1024
     };
     Ok(Usage {
-        cpu_secs,
+        cpu_secs: user_secs + system_secs,
+        user_secs,
         peak_rss: kib("VmHWM:"),
         rss: kib("VmRSS:"),
     })
@@ -79,7 +85,7 @@ mod tests {
         let me = std::process::id();
         super::reset_peak(me)?;
         let u = super::usage(me)?;
-        assert!(u.peak_rss > 0 && u.rss > 0 && u.cpu_secs >= 0.0);
+        assert!(u.peak_rss > 0 && u.rss > 0 && u.cpu_secs >= u.user_secs && u.user_secs >= 0.0);
         Ok(())
     }
 }
