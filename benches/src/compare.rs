@@ -134,6 +134,15 @@ pub fn tiny_workloads() -> Vec<Workload> {
         .collect()
 }
 
+/// One metric row of the table: its name, how to read it from a [`Summary`], how to print
+/// it, and the target.
+type Row<'a> = (
+    &'a str,
+    fn(&Summary) -> f64,
+    &'a dyn Fn(f64) -> String,
+    &'a str,
+);
+
 /// Figures of one service on one workload.
 #[derive(Debug, Clone, Default)]
 pub struct Measured {
@@ -524,79 +533,46 @@ pub fn table(r: &Results) -> String {
     let loop_verified = r.loopback.map(|(v, _)| v.mib_per_sec());
     for (w, o, j) in &r.fetches {
         let j = j.as_ref();
-        let mut row =
-            |metric: &str, ov: f64, jv: Option<f64>, fmt: &dyn Fn(f64) -> String, target: &str| {
-                let _ = writeln!(
-                    s,
-                    "| {} | {metric} | {} | {} | {} | {target} |",
-                    w.name,
-                    fmt(ov),
-                    opt(jv, fmt),
-                    ratio(ov, jv)
-                );
-            };
-        row(
-            "blocks/s",
-            o.blocks_per_sec,
-            j.map(|j| j.blocks_per_sec),
-            &int,
-            match w.name {
-                "small" => ">= 2",
-                // 64 partitions per chunk: 256 KiB ranges, bound by the loopback's bandwidth
-                // (its row below), which 2x Java's would exceed.
-                "small-batch" => "(bandwidth-bound)",
-                _ => "",
-            },
-        );
-        row(
-            "MiB/s",
-            o.mib_per_sec,
-            j.map(|j| j.mib_per_sec),
-            &|v| format!("{v:.0}"),
-            if w.name == "large" { "> 1" } else { "" },
-        );
-        row(
-            "open→first byte p50 (µs)",
-            o.first_p50,
-            j.map(|j| j.first_p50),
-            &int,
-            "",
-        );
-        row(
-            "open→first byte p99 (µs)",
-            o.first_p99,
-            j.map(|j| j.first_p99),
-            &int,
-            "<= 0.5",
-        );
-        row(
-            "chunk p99 (µs)",
-            o.chunk_p99,
-            j.map(|j| j.chunk_p99),
-            &int,
-            "",
-        );
-        row(
-            "server CPU s/GB",
-            o.cpu_per_gb,
-            j.map(|j| j.cpu_per_gb),
-            &|v| format!("{v:.2}"),
-            "<= 0.5",
-        );
-        row(
-            "server CPU s/GB in user mode (own code; the rest is the kernel's)",
-            o.user_per_gb,
-            j.map(|j| j.user_per_gb),
-            &|v| format!("{v:.3}"),
-            "",
-        );
-        row(
-            "server peak RSS",
-            o.peak_rss,
-            j.map(|j| j.peak_rss),
-            &mib,
-            "<= 0.1",
-        );
+        let cpu = |v: f64| format!("{v:.2}");
+        let user = |v: f64| format!("{v:.3}");
+        let blocks_target = match w.name {
+            "small" => ">= 2",
+            // 64 partitions per chunk: 256 KiB ranges, bound by the loopback's bandwidth
+            // (its row below), which 2x Java's would exceed.
+            "small-batch" => "(bandwidth-bound)",
+            _ => "",
+        };
+        let rows: &[Row<'_>] = &[
+            ("blocks/s", |x| x.blocks_per_sec, &int, blocks_target),
+            (
+                "MiB/s",
+                |x| x.mib_per_sec,
+                &int,
+                if w.name == "large" { "> 1" } else { "" },
+            ),
+            ("open→first byte p50 (µs)", |x| x.first_p50, &int, ""),
+            ("open→first byte p99 (µs)", |x| x.first_p99, &int, "<= 0.5"),
+            ("chunk p99 (µs)", |x| x.chunk_p99, &int, ""),
+            ("server CPU s/GB", |x| x.cpu_per_gb, &cpu, "<= 0.5"),
+            (
+                "server CPU s/GB in user mode (own code; the rest is the kernel's)",
+                |x| x.user_per_gb,
+                &user,
+                "",
+            ),
+            ("server peak RSS", |x| x.peak_rss, &mib, "<= 0.1"),
+        ];
+        for &(metric, get, fmt, target) in rows {
+            let (ov, jv) = (get(o), j.map(get));
+            let _ = writeln!(
+                s,
+                "| {} | {metric} | {} | {} | {} | {target} |",
+                w.name,
+                fmt(ov),
+                opt(jv, fmt),
+                ratio(ov, jv)
+            );
+        }
         if w.name != "small"
             && let Some(l) = loop_verified
         {

@@ -821,12 +821,7 @@ async fn a_reader_with_a_tiny_receive_window_gets_every_byte() {
             other => panic!("{other:?}"),
         };
         assert_eq!(handle.1, 4);
-        let chunk = |i| {
-            Frame::ChunkFetchRequest(StreamChunkId {
-                stream_id: handle.0,
-                chunk_index: i,
-            })
-        };
+        let chunk = |i| chunk_requests(handle.0, [i]).remove(0);
         let dirs_rpc = Frame::RpcRequest {
             request_id: 2,
             body: Message::GetLocalDirsForExecutors {
@@ -888,14 +883,7 @@ async fn a_stream_open_is_answered_ahead_of_queued_bulk_chunks() {
         .open(&fetch("1", vec![100], vec![(0..8).collect()], false))
         .await
         .unwrap();
-    let mut frames: Vec<Frame> = (0..8)
-        .map(|i| {
-            Frame::ChunkFetchRequest(StreamChunkId {
-                stream_id: first.stream_id,
-                chunk_index: i,
-            })
-        })
-        .collect();
+    let mut frames = chunk_requests(first.stream_id, 0..8);
     frames.push(Frame::RpcRequest {
         request_id: 9,
         body: fetch("1", vec![101], vec![vec![0]], false).to_bytes(),
@@ -967,14 +955,7 @@ async fn requests_that_change_state_keep_their_place_behind_queued_chunks() {
         .open(&fetch("1", vec![100], vec![(0..6).collect()], false))
         .await
         .unwrap();
-    let mut frames: Vec<Frame> = (0..6)
-        .map(|i| {
-            Frame::ChunkFetchRequest(StreamChunkId {
-                stream_id: first.stream_id,
-                chunk_index: i,
-            })
-        })
-        .collect();
+    let mut frames = chunk_requests(first.stream_id, 0..6);
     let register = Message::RegisterExecutor {
         app_id: APP.into(),
         exec_id: "2".into(),
@@ -1044,8 +1025,9 @@ async fn requests_that_change_state_keep_their_place_behind_queued_chunks() {
 /// The chunk requests an executor's tasks pipeline on their shared connection are served by
 /// shares of `conn::SHARE_BYTES` (256 KiB) per stream, fewest shares first, each stream's
 /// chunks in order: a stream whose requests arrive behind a bulk stream's is served once
-/// the daemon looks ahead, not after all of it; and nothing overtakes a `StreamRequest` (its reply is matched first-in first-out).
-/// (Which request goes next is unit-tested in `conn::tests`.)
+/// the daemon looks ahead, not after all of it; and nothing overtakes a `StreamRequest` (its
+/// reply is matched first-in first-out). Which request goes next is unit-tested in
+/// `conn::tests`.
 #[tokio::test]
 async fn chunk_requests_of_several_streams_are_served_by_shares() {
     const MIB: usize = 1 << 20;
@@ -1105,23 +1087,18 @@ async fn chunk_requests_of_several_streams_are_served_by_shares() {
             .await;
         streams.push((handle.unwrap().stream_id, parts.len()));
     }
-    let chunk = |s: usize, i: i32| {
-        Frame::ChunkFetchRequest(StreamChunkId {
-            stream_id: streams[s].0,
-            chunk_index: i,
-        })
-    };
+    let chunks = |s: usize, indexes: std::ops::Range<i32>| chunk_requests(streams[s].0, indexes);
     let names = |s: usize, chunks: std::ops::Range<i32>| chunks.map(move |i| format!("s{s}c{i}"));
 
     // Bulk stream 0 (chunks 0-3), then a StreamRequest, then stream 2's first chunk and
     // stream 0's 4-7. After chunk 0 the daemon reads ahead; stream 0's chunks 1-3 still go
     // before the StreamRequest, and stream 2 only after it, though it has had nothing yet.
-    let mut frames: Vec<Frame> = (0..4).map(|i| chunk(0, i)).collect();
+    let mut frames = chunks(0, 0..4);
     frames.push(Frame::StreamRequest {
         stream_id: format!("{}_0", streams[3].0),
     });
-    frames.push(chunk(2, 0));
-    frames.extend((4..8).map(|i| chunk(0, i)));
+    frames.extend(chunks(2, 0..1));
+    frames.extend(chunks(0, 4..8));
     let order = replies(&mut c, &streams, &bodies, &frames).await;
     let expected: Vec<String> = names(0, 0..4)
         .chain(names(3, 0..1))
@@ -1133,8 +1110,8 @@ async fn chunk_requests_of_several_streams_are_served_by_shares() {
     // Stream 1's 512 KiB chunk and its 4 KiB ones, then stream 2's. Once chunk 0 is out the
     // daemon reads ahead: stream 1 has 2 shares served, stream 2 none, so stream 2 goes
     // next, from its oldest request, and (still having fewer) to its end.
-    let mut frames: Vec<Frame> = (0..129).map(|i| chunk(1, i)).collect();
-    frames.extend((1..128).map(|i| chunk(2, i)));
+    let mut frames = chunks(1, 0..129);
+    frames.extend(chunks(2, 1..128));
     let order = replies(&mut c, &streams, &bodies, &frames).await;
     let expected: Vec<String> = names(1, 0..2)
         .chain(names(2, 1..128))
@@ -1145,6 +1122,19 @@ async fn chunk_requests_of_several_streams_are_served_by_shares() {
     let stats = daemon.stop().await;
     assert_eq!(stats.chunk_failures, 0);
     assert_eq!(stats.chunks_out_of_turn, 127);
+}
+
+/// `ChunkFetchRequest`s for chunks `indexes` of stream `stream_id`.
+fn chunk_requests(stream_id: i64, indexes: impl IntoIterator<Item = i32>) -> Vec<Frame> {
+    indexes
+        .into_iter()
+        .map(|chunk_index| {
+            Frame::ChunkFetchRequest(StreamChunkId {
+                stream_id,
+                chunk_index,
+            })
+        })
+        .collect()
 }
 
 /// Sends `frames` in one write, as a client pipelining them does.
