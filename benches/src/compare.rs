@@ -303,8 +303,19 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     let want_registration = opts.only.is_empty() || opts.only.iter().any(|o| o == "register");
     let want_loopback = selected.iter().any(|w| w.name == "large");
 
-    // Layouts, shared by workloads with the same file shape.
+    // Layouts, shared by workloads with the same file shape. Registration alone needs one
+    // too (its executors' local dirs): a single small map output.
     let mut layouts: Vec<(LayoutSpec, Arc<Layout>)> = Vec::new();
+    if selected.is_empty() && want_registration {
+        let spec = LayoutSpec {
+            maps: 1,
+            reducers: 1,
+            block_bytes: 4096,
+            skew: 0.0,
+            shuffle_id: 0,
+        };
+        layouts.push((spec, Arc::new(Layout::create(&root, "reg", 2, spec)?)));
+    }
     for w in &selected {
         if layouts.iter().any(|(s, _)| *s == w.layout) {
             continue;
