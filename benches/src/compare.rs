@@ -271,8 +271,8 @@ pub type Registered = (RegisterReport, u64);
 pub struct Results {
     /// Per workload: (workload, ours, Java if run).
     pub fetches: Vec<(Workload, Summary, Option<Summary>)>,
-    /// Registration: (ours, Java), with RSS after (bytes).
-    pub registration: Option<(Registered, Option<Registered>)>,
+    /// Registration, per shape: (shape, ours, Java), with RSS after (bytes).
+    pub registrations: Vec<(&'static str, Registered, Option<Registered>)>,
     /// Loopback with verification, and raw, over the large layout.
     pub loopback: Option<(LoopbackReport, LoopbackReport)>,
     /// Idle RSS after start (ours, Java).
@@ -455,32 +455,41 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
             .first()
             .map(|(_, l)| l.local_dirs())
             .context("no layout for registration dirs")?;
-        let mut out = Vec::new();
-        for s in &services {
-            let spec = RegisterSpec {
-                app_id: "app-register".into(),
-                count: opts.registrations,
-                local_dirs: dirs.clone(),
-                connections: 4,
-                inflight: 32,
-                io_timeout: Duration::from_secs(120),
-            };
-            let r = register::run(s.addr, spec)
-                .with_context(|| format!("registration at {}", s.name))?;
-            let rss = procstat::usage(s.pid())?.rss;
-            eprintln!(
-                "register     {:<12} {} executors: {:.0}/s, p99 {} us, RSS after {:.1} MiB",
-                s.name,
-                r.registered,
-                r.per_sec(),
-                r.latency.p99_us,
-                rss as f64 / 1048576.0
-            );
-            out.push((r, rss));
-        }
-        let mut it = out.into_iter();
-        if let Some(o) = it.next() {
-            results.registration = Some((o, it.next()));
+        // Pipelined on a few connections, then one connection per executor (as executors
+        // starting on a node register), each service in turn, under a fresh app each.
+        let shapes: [(&'static str, usize, usize, bool); 2] = [
+            ("pipelined: 4 conns × 32 in flight", 4, 32, false),
+            ("one connection each, 128 at a time", 128, 1, true),
+        ];
+        for (shape, connections, inflight, one_per_connection) in shapes {
+            let mut out = Vec::new();
+            for s in &services {
+                let spec = RegisterSpec {
+                    app_id: format!("app-register-{}", results.registrations.len()),
+                    count: opts.registrations,
+                    local_dirs: dirs.clone(),
+                    connections,
+                    inflight,
+                    one_per_connection,
+                    io_timeout: Duration::from_secs(120),
+                };
+                let r = register::run(s.addr, spec)
+                    .with_context(|| format!("registration ({shape}) at {}", s.name))?;
+                let rss = procstat::usage(s.pid())?.rss;
+                eprintln!(
+                    "register     {:<12} {} executors, {shape}: {:.0}/s, p99 {} us, RSS after {:.1} MiB",
+                    s.name,
+                    r.registered,
+                    r.per_sec(),
+                    r.latency.p99_us,
+                    rss as f64 / 1048576.0
+                );
+                out.push((r, rss));
+            }
+            let mut it = out.into_iter();
+            if let Some(o) = it.next() {
+                results.registrations.push((shape, o, it.next()));
+            }
         }
     }
     if opts.spark_jobs {
@@ -617,20 +626,19 @@ pub fn table(r: &Results) -> String {
             v.sender_cpu_per_gb()
         );
     }
-    if let Some(((o, orss), j)) = &r.registration {
+    for (shape, (o, orss), j) in &r.registrations {
         let j = j.as_ref();
+        let what = format!("register {} executors, {shape}", o.registered);
         let _ = writeln!(
             s,
-            "| register {} executors | registrations/s | {:.0} | {} | {} | |",
-            o.registered,
+            "| {what} | registrations/s | {:.0} | {} | {} | |",
             o.per_sec(),
             opt(j.map(|(j, _)| j.per_sec()), int),
             ratio(o.per_sec(), j.map(|(j, _)| j.per_sec()))
         );
         let _ = writeln!(
             s,
-            "| register {} executors | p99 latency (µs) | {} | {} | {} | |",
-            o.registered,
+            "| {what} | p99 latency (µs) | {} | {} | {} | |",
             o.latency.p99_us,
             opt(j.map(|(j, _)| j.latency.p99_us as f64), int),
             ratio(
@@ -640,8 +648,7 @@ pub fn table(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| register {} executors | RSS after | {} | {} | {} | |",
-            o.registered,
+            "| {what} | RSS after | {} | {} | {} | |",
             mib(*orss as f64),
             opt(j.map(|(_, r)| *r as f64), mib),
             ratio(*orss as f64, j.map(|(_, r)| *r as f64))

@@ -1,7 +1,9 @@
-//! Many-executor registration: `RegisterExecutor` for `count` executors of one app, spread
-//! over `connections` connections with `inflight` RPCs outstanding on each, as a cluster of
-//! many executors starting at once would send. Every executor registers the same local dirs
-//! (those of a real layout), so the service's path checks do real work.
+//! Many-executor registration: `RegisterExecutor` for `count` executors of one app, in one
+//! of two shapes. Pipelined: spread over `connections` connections with `inflight` RPCs
+//! outstanding on each. One per connection: each executor connects, registers and
+//! disconnects, `connections` of them at a time, as executors starting on a node do (a
+//! Spark executor registers once, on its own connection). Every executor registers the same
+//! local dirs (those of a real layout), so the service's path checks do real work.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +50,9 @@ pub struct RegisterSpec {
     pub connections: usize,
     /// RPCs outstanding per connection.
     pub inflight: usize,
+    /// Each registration on a connection of its own (`connections` at a time; `inflight`
+    /// unused).
+    pub one_per_connection: bool,
     /// Longest wait for any reply.
     pub io_timeout: Duration,
 }
@@ -65,7 +70,14 @@ pub fn run(addr: SocketAddr, spec: RegisterSpec) -> anyhow::Result<RegisterRepor
     runtime.block_on(async move {
         let start = Instant::now();
         let tasks: Vec<_> = (0..spec.connections.max(1))
-            .map(|_| tokio::spawn(conn(addr, Arc::clone(&spec), Arc::clone(&next))))
+            .map(|_| {
+                let (spec, next) = (Arc::clone(&spec), Arc::clone(&next));
+                if spec.one_per_connection {
+                    tokio::spawn(one_per_connection(addr, spec, next))
+                } else {
+                    tokio::spawn(conn(addr, spec, next))
+                }
+            })
             .collect();
         let mut hist = crate::load::new_histogram();
         let mut registered = 0;
@@ -80,6 +92,80 @@ pub fn run(addr: SocketAddr, spec: RegisterSpec) -> anyhow::Result<RegisterRepor
             latency: Latency::of(&hist),
         })
     })
+}
+
+/// The registration of executor `k`.
+fn register_message(spec: &RegisterSpec, k: u64) -> bytes::Bytes {
+    Message::RegisterExecutor {
+        app_id: spec.app_id.clone(),
+        exec_id: k.to_string(),
+        info: ExecutorShuffleInfo {
+            local_dirs: spec.local_dirs.clone(),
+            sub_dirs_per_local_dir: 64,
+            shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+        },
+    }
+    .to_bytes()
+}
+
+/// The request id of a reply, or the service's refusal.
+fn reply_id(frame: Frame) -> anyhow::Result<i64> {
+    match frame {
+        Frame::RpcResponse { request_id, .. } => Ok(request_id),
+        Frame::RpcFailure { request_id, error } => bail!(
+            "registration {request_id} refused: {}",
+            error.lines().next().unwrap_or_default()
+        ),
+        other => bail!("unexpected reply {}", other.type_name()),
+    }
+}
+
+/// Executors registering one per connection until `spec.count` are; latency from connect
+/// to reply.
+async fn one_per_connection(
+    addr: SocketAddr,
+    spec: Arc<RegisterSpec>,
+    next: Arc<AtomicU64>,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hist = crate::load::new_histogram();
+    let mut done = 0u64;
+    let (mut rbuf, mut wbuf) = (BytesMut::with_capacity(4096), BytesMut::new());
+    loop {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        if k >= spec.count {
+            return Ok((done, hist));
+        }
+        let started = Instant::now();
+        let request_id = k as i64 + 1;
+        let body = register_message(&spec, k);
+        wire::encode(&Frame::RpcRequest { request_id, body }, &mut wbuf);
+        let registered = async {
+            let mut socket = TcpStream::connect(addr).await?;
+            socket.set_nodelay(true)?;
+            // Closed with a reset, not a FIN: thousands of short connections leave no
+            // TIME_WAIT behind to use up loopback ports. A zero linger never blocks.
+            #[allow(deprecated)]
+            socket.set_linger(Some(Duration::ZERO))?;
+            socket.write_all(&wbuf).await?;
+            loop {
+                if let Some(frame) = wire::decode(&mut rbuf, 1 << 20)? {
+                    return reply_id(frame);
+                }
+                if socket.read_buf(&mut rbuf).await? == 0 {
+                    bail!("connection closed by the server");
+                }
+            }
+        };
+        let id = tokio::time::timeout(spec.io_timeout, registered)
+            .await
+            .context("registration made no progress")??;
+        ensure!(id == request_id, "reply to request {id}, sent {request_id}");
+        hist.record(crate::load::micros(started.elapsed()))?;
+        done += 1;
+        rbuf.clear();
+        wbuf.clear();
+    }
 }
 
 async fn conn(
@@ -101,16 +187,7 @@ async fn conn(
                 exhausted = true;
                 break;
             }
-            let body = Message::RegisterExecutor {
-                app_id: spec.app_id.clone(),
-                exec_id: k.to_string(),
-                info: ExecutorShuffleInfo {
-                    local_dirs: spec.local_dirs.clone(),
-                    sub_dirs_per_local_dir: 64,
-                    shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
-                },
-            }
-            .to_bytes();
+            let body = register_message(&spec, k);
             let request_id = k as i64 + 1;
             wire::encode(&Frame::RpcRequest { request_id, body }, &mut wbuf);
             outstanding.push((request_id, Instant::now()));
@@ -144,17 +221,7 @@ async fn conn(
             Err(e) => return Err(e.into()),
         }
         while let Some(frame) = wire::decode(&mut rbuf, 1 << 20)? {
-            let (id, ok) = match frame {
-                Frame::RpcResponse { request_id, .. } => (request_id, None),
-                Frame::RpcFailure { request_id, error } => (request_id, Some(error)),
-                other => bail!("unexpected reply {}", other.type_name()),
-            };
-            if let Some(error) = ok {
-                bail!(
-                    "registration {id} refused: {}",
-                    error.lines().next().unwrap_or_default()
-                );
-            }
+            let id = reply_id(frame)?;
             let at = outstanding
                 .iter()
                 .position(|(r, _)| *r == id)

@@ -148,6 +148,7 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
                     local_dirs: layout.local_dirs(),
                     connections: 4,
                     inflight: 32,
+                    one_per_connection: false,
                     io_timeout: Duration::from_secs(300),
                 },
             )?;

@@ -91,20 +91,23 @@ fn tiny_layout_fetched_and_verified_every_way() {
     let err = load::run(addr, Arc::clone(&layout), unknown).unwrap_err();
     assert!(format!("{err:#}").contains("failed"), "{err:#}");
 
-    let reg = register::run(
-        addr,
-        RegisterSpec {
-            app_id: "app-many".into(),
-            count: 50,
-            local_dirs: layout.local_dirs(),
-            connections: 2,
-            inflight: 4,
-            io_timeout: Duration::from_secs(60),
-        },
-    )
-    .unwrap();
-    assert_eq!(reg.registered, 50);
-    assert_eq!(reg.latency.count, 50);
+    // Pipelined, then one connection per executor.
+    for (app, one_per_connection) in [("app-many", false), ("app-fresh", true)] {
+        let reg = register::run(
+            addr,
+            RegisterSpec {
+                app_id: app.into(),
+                count: 50,
+                local_dirs: layout.local_dirs(),
+                connections: 2,
+                inflight: 4,
+                one_per_connection,
+                io_timeout: Duration::from_secs(60),
+            },
+        )
+        .unwrap();
+        assert_eq!((reg.registered, reg.latency.count), (50, 50), "{app}");
+    }
 
     // Each connection sends at least its first data file (maps 0 and 1), verified.
     let lo = loopback::run(Arc::clone(&layout), 2, Duration::ZERO, true).unwrap();
@@ -176,10 +179,12 @@ fn runner_drives_the_real_kshuffled_binary_on_tiny_layouts() {
     }
     let (verified, raw) = results.loopback.unwrap();
     assert!(verified.bytes > 0 && raw.bytes > 0);
-    let ((ours, ours_rss), baseline) = results.registration.as_ref().unwrap();
-    let (theirs, _) = baseline.as_ref().unwrap();
-    assert_eq!((ours.registered, theirs.registered), (20, 20));
-    assert!(*ours_rss > 0);
+    assert_eq!(results.registrations.len(), 2);
+    for (shape, (ours, ours_rss), baseline) in &results.registrations {
+        let (theirs, _) = baseline.as_ref().unwrap();
+        assert_eq!((ours.registered, theirs.registered), (20, 20), "{shape}");
+        assert!(*ours_rss > 0);
+    }
     assert!(results.idle_rss.0 > 0 && results.idle_rss.1.is_some_and(|r| r > 0));
 
     let table = compare::table(&results);
@@ -187,7 +192,8 @@ fn runner_drives_the_real_kshuffled_binary_on_tiny_layouts() {
         "| small | blocks/s |",
         "| large | % of loopback",
         "| small-batch | % of loopback",
-        "| register 20 executors | registrations/s |",
+        "| register 20 executors, pipelined: 4 conns × 32 in flight | registrations/s |",
+        "| register 20 executors, one connection each, 128 at a time | registrations/s |",
         "| idle | RSS after start |",
     ] {
         assert!(table.contains(row), "no `{row}` row in\n{table}");
