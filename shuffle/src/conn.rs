@@ -102,6 +102,9 @@ const SHORT_WRITE_RECHECK: Duration = Duration::from_millis(50);
 /// Body bytes sent between looks at the socket for requests to answer out of turn (see the
 /// module docs): small bodies go out in batches between reads anyway.
 const READ_AHEAD_AFTER_BYTES: u64 = 256 << 10;
+/// `RegisterExecutor` requests pipelined back to back that a connection handles together
+/// (see [`Connection::register_batch`]).
+const MAX_REGISTER_BATCH: usize = 64;
 /// Frames a connection holds read ahead of their turn; past this it reads no more until
 /// they are served (the client's requests then wait in the kernel's buffers).
 const MAX_READ_AHEAD_FRAMES: usize = 512;
@@ -646,6 +649,11 @@ impl Connection {
         }
         let started = std::time::Instant::now();
         match frame {
+            Frame::RpcRequest { request_id, body }
+                if crate::wire::Message::is_register_executor(&body) && self.ahead.is_empty() =>
+            {
+                self.register_batch(request_id, body).await?;
+            }
             Frame::RpcRequest { request_id, body } => self.answer_rpc(request_id, body).await?,
             Frame::ChunkFetchRequest(id) => {
                 self.read_ahead().await?;
@@ -726,6 +734,15 @@ impl Connection {
         let client = self.client_id.as_deref();
         let reply = self.service.rpc(&body, &mut self.streams, client).await;
         crate::metrics::request_duration(kind, started);
+        self.queue_reply(request_id, reply).await
+    }
+
+    /// Queues the reply to RPC `request_id`, counting and logging a failure.
+    async fn queue_reply(
+        &mut self,
+        request_id: i64,
+        reply: Result<bytes::Bytes, Failure>,
+    ) -> Result<(), Error> {
         let frame = match reply {
             Ok(body) => Frame::RpcResponse { request_id, body },
             Err(failure) => {
@@ -738,6 +755,81 @@ impl Connection {
             }
         };
         self.queue(&frame).await
+    }
+
+    /// Handles a `RegisterExecutor` together with the ones pipelined right behind it (up to
+    /// [`MAX_REGISTER_BATCH`], those already received), concurrently, so they share the
+    /// registry's `fdatasync` instead of each waiting for its own in turn; the replies go
+    /// out in request order, before anything that arrived after them is handled. (Spark's
+    /// executors register once each, on their own connections, which share syncs anyway;
+    /// this is for a client pipelining many.) Only when nothing is held read ahead, so the
+    /// frame that ends the batch can be put back first in line.
+    async fn register_batch(&mut self, request_id: i64, body: bytes::Bytes) -> Result<(), Error> {
+        // The executors in the batch: a second registration of one of them must follow the
+        // first (the later one replaces it, in the journal as in memory), so it ends the batch.
+        let executor = |body: &[u8]| match crate::wire::Message::decode(body) {
+            Ok(crate::wire::Message::RegisterExecutor {
+                app_id, exec_id, ..
+            }) => Some((app_id, exec_id)),
+            _ => None,
+        };
+        let mut executors = vec![executor(&body)];
+        let mut batch = vec![(request_id, body)];
+        let max_frame = self.service.config.max_frame_len_bytes;
+        // A framing error after some registrations is reported once they are answered.
+        let mut bad_frame = None;
+        while batch.len() < MAX_REGISTER_BATCH {
+            match wire::decode(&mut self.rbuf, max_frame) {
+                Ok(Some(Frame::RpcRequest { request_id, body }))
+                    if crate::wire::Message::is_register_executor(&body) =>
+                {
+                    let e = executor(&body);
+                    if e.is_none() || executors.contains(&e) {
+                        self.ahead
+                            .push_front(Frame::RpcRequest { request_id, body });
+                        break;
+                    }
+                    executors.push(e);
+                    batch.push((request_id, body));
+                }
+                Ok(Some(other)) => {
+                    self.ahead.push_front(other);
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    bad_frame = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut running = tokio::task::JoinSet::new();
+        for (at, (request_id, body)) in batch.into_iter().enumerate() {
+            let service = Arc::clone(&self.service);
+            let client = self.client_id.clone();
+            running.spawn(async move {
+                let started = std::time::Instant::now();
+                // A registration opens no stream: this table stays empty.
+                let mut none = Streams::new(0);
+                let reply = service.rpc(&body, &mut none, client.as_deref()).await;
+                crate::metrics::request_duration("RegisterExecutor", started);
+                (at, request_id, reply)
+            });
+        }
+        let mut replies = Vec::with_capacity(running.len());
+        while let Some(done) = running.join_next().await {
+            replies.push(done.map_err(|e| {
+                Error::Io(io::Error::other(format!("registration task failed: {e}")))
+            })?);
+        }
+        replies.sort_unstable_by_key(|(at, _, _)| *at);
+        for (_, request_id, reply) in replies {
+            self.queue_reply(request_id, reply).await?;
+        }
+        match bad_frame {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Sends the body of a chunk whose header was just queued, and counts it.

@@ -30,12 +30,19 @@ struct Daemon {
 
 impl Daemon {
     async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_registry(tweak, Arc::new(MemoryRegistry::new())).await
+    }
+
+    async fn with_registry(
+        tweak: impl FnOnce(&mut Config),
+        registry: Arc<dyn kshuffle::registry::Registry>,
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(tmp.path()).unwrap().join("root");
         std::fs::create_dir(&root).unwrap();
         let mut config = Config::new(vec![root.clone()]);
         tweak(&mut config);
-        let server = Server::new(config, Arc::new(MemoryRegistry::new())).unwrap();
+        let server = Server::new(config, registry).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -713,58 +720,66 @@ async fn pipelined_requests_are_answered_in_order() {
     daemon.stop().await;
 }
 
-/// A registry whose disk is full: every write fails with ENOSPC, as the journal's does.
-struct FullDisk(MemoryRegistry);
+/// A registry in memory whose writes fail with ENOSPC (a full disk, as the journal's do)
+/// when `full`, or else take `delay` each (as a sync does), counting how many run at once.
+#[derive(Default)]
+struct TestRegistry {
+    memory: MemoryRegistry,
+    full: bool,
+    delay: Duration,
+    running: std::sync::atomic::AtomicUsize,
+    most_at_once: std::sync::atomic::AtomicUsize,
+}
 
-impl kshuffle::registry::Registry for FullDisk {
+impl kshuffle::registry::Registry for TestRegistry {
     fn insert(
         &self,
-        _: Arc<kshuffle::registry::Executor>,
+        executor: Arc<kshuffle::registry::Executor>,
     ) -> Result<(), kshuffle::registry::Error> {
-        Err(kshuffle::registry::Error::Store(
-            std::io::Error::from_raw_os_error(28),
-        ))
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.full {
+            return Err(kshuffle::registry::Error::Store(
+                std::io::Error::from_raw_os_error(28),
+            ));
+        }
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most_at_once.fetch_max(now, SeqCst);
+        std::thread::sleep(self.delay);
+        self.running.fetch_sub(1, SeqCst);
+        self.memory.insert(executor)
     }
     fn get(&self, app: &str, exec: &str) -> Option<Arc<kshuffle::registry::Executor>> {
-        self.0.get(app, exec)
+        self.memory.get(app, exec)
     }
     fn executors_of(&self, app: &str) -> Vec<Arc<kshuffle::registry::Executor>> {
-        self.0.executors_of(app)
+        self.memory.executors_of(app)
     }
     fn remove_app(
         &self,
         app: &str,
     ) -> Result<Vec<Arc<kshuffle::registry::Executor>>, kshuffle::registry::Error> {
-        self.0.remove_app(app)
+        self.memory.remove_app(app)
     }
     fn apps(&self) -> Vec<kshuffle::registry::AppId> {
-        self.0.apps()
+        self.memory.apps()
     }
     fn all(&self) -> Vec<Arc<kshuffle::registry::Executor>> {
-        self.0.all()
+        self.memory.all()
     }
     fn len(&self) -> usize {
-        self.0.len()
+        self.memory.len()
     }
 }
 
 #[tokio::test]
 async fn a_registration_that_cannot_be_persisted_is_refused_with_the_reason() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = std::fs::canonicalize(tmp.path()).unwrap();
-    let server = Server::new(
-        Config::new(vec![root.clone()]),
-        Arc::new(FullDisk(MemoryRegistry::new())),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move { server.run(listener, token).await });
-
-    let dirs = ExecutorDirs::create(&root, "e", 1, 64).unwrap();
-    let mut c = Client::connect(addr).await.unwrap();
+    let registry = TestRegistry {
+        full: true,
+        ..TestRegistry::default()
+    };
+    let daemon = Daemon::with_registry(|_| {}, Arc::new(registry)).await;
+    let dirs = ExecutorDirs::create(&daemon.root, "e", 1, 64).unwrap();
+    let mut c = daemon.client().await;
     let err = failure(c.register(APP, "1", dirs.as_strings(), 64).await);
     assert!(
         err.contains("registry store failed") && err.contains("No space left on device"),
@@ -774,9 +789,76 @@ async fn a_registration_that_cannot_be_persisted_is_refused_with_the_reason() {
     let err = failure(c.open(&fetch("1", vec![1], vec![vec![0]], false)).await);
     assert!(err.contains("not registered"), "{err}");
     drop(c);
-    shutdown.cancel();
-    let stats = within(task).await.unwrap();
+    let stats = daemon.stop().await;
     assert_eq!(stats.registrations, 0);
+}
+
+/// `RegisterExecutor`s pipelined on one connection are handled together (their registry
+/// writes overlap, so a durable registry shares its syncs among them) and answered in
+/// request order; a second registration of an executor in the pipeline waits for the first
+/// and replaces it; a request behind them sees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_registrations_are_handled_together_and_answered_in_order() {
+    let registry = Arc::new(TestRegistry {
+        delay: Duration::from_millis(50),
+        ..TestRegistry::default()
+    });
+    let daemon = Daemon::with_registry(|_| {}, Arc::clone(&registry) as _).await;
+    let first = ExecutorDirs::create(&daemon.root, "first", 1, 4).unwrap();
+    let second = ExecutorDirs::create(&daemon.root, "second", 1, 4).unwrap();
+    let register = |request_id: i64, exec: &str, dirs: &ExecutorDirs| Frame::RpcRequest {
+        request_id,
+        body: Message::RegisterExecutor {
+            app_id: APP.into(),
+            exec_id: exec.into(),
+            info: kshuffle::wire::ExecutorShuffleInfo {
+                local_dirs: dirs.as_strings(),
+                sub_dirs_per_local_dir: 4,
+                shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+            },
+        }
+        .to_bytes(),
+    };
+    // Executors 0-19, executor 3 again (other dirs), then a lookup of executor 3's dirs.
+    let mut frames: Vec<Frame> = (0..20)
+        .map(|i| register(i + 1, &i.to_string(), &first))
+        .collect();
+    frames.push(register(21, "3", &second));
+    frames.push(Frame::RpcRequest {
+        request_id: 22,
+        body: Message::GetLocalDirsForExecutors {
+            app_id: APP.into(),
+            exec_ids: vec!["3".into()],
+        }
+        .to_bytes(),
+    });
+    let mut c = daemon.client().await;
+    send_batch(&mut c, &frames).await;
+    for want in 1..=22 {
+        match within(c.recv()).await.unwrap().0 {
+            Frame::RpcResponse { request_id, body } => {
+                assert_eq!(request_id, want);
+                if want == 22 {
+                    let Message::LocalDirsForExecutors { all_local_dirs, .. } =
+                        Message::decode(&body).unwrap()
+                    else {
+                        panic!("{body:?}")
+                    };
+                    assert_eq!(all_local_dirs, second.as_strings());
+                }
+            }
+            other => panic!("reply {want}: {other:?}"),
+        }
+    }
+    // Sent in one write, the first 20 were in hand together (the daemon may have read
+    // them in more than one piece, so not necessarily all 20 at once).
+    let most = registry
+        .most_at_once
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most > 1, "registrations ran one at a time");
+    drop(c);
+    let stats = daemon.stop().await;
+    assert_eq!(stats.registrations, 21);
 }
 
 /// A reader with a tiny receive window: nearly every `sendfile` (or, with bodies copied into

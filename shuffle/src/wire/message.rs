@@ -310,6 +310,11 @@ impl Message {
         matches!(body.first(), Some(0 | 9 | 10))
     }
 
+    /// Whether the message encoded in `body` is a `RegisterExecutor`, from its type byte.
+    pub fn is_register_executor(body: &[u8]) -> bool {
+        body.first() == Some(&2)
+    }
+
     /// The class name of the message encoded in `body`, from its type byte alone (for
     /// metrics labels before or without decoding); `"Unknown"` for anything else.
     pub fn type_name_of(body: &[u8]) -> &'static str {
