@@ -18,10 +18,10 @@
 //! stream's chunks keep their order, and `StreamResponse`s (matched first-in first-out)
 //! keep theirs.
 //!
-//! Small frames are batched in a write buffer. A chunk body of at most `--inline-body-max-bytes` is read (`pread`) into that batch
-//! right after its header, so the replies to a burst of small-block requests leave in a few
-//! large writes instead of a `send` plus a `sendfile` each (two syscalls and a TCP push per
-//! 4 KiB block); a larger body goes from the page cache to the socket with `sendfile(2)`,
+//! Small frames are batched in a write buffer. A chunk body of at most
+//! `--inline-body-max-bytes` is read (`pread`) into that batch right after its header, so
+//! the replies to a burst of small-block requests leave in a few large writes instead of a
+//! `send` plus a `sendfile` each (two syscalls and a TCP push per 4 KiB block); a larger body goes from the page cache to the socket with `sendfile(2)`,
 //! never through user memory, after its header is sent with `MSG_MORE`. The batch is bounded
 //! ([`WRITE_BATCH_BYTES`] plus one small body) and flushed before the connection reads again.
 //! A connection reads no further requests while it writes (beyond at most
@@ -765,32 +765,41 @@ impl Connection {
     /// this is for a client pipelining many.) Only when nothing is held read ahead, so the
     /// frame that ends the batch can be put back first in line.
     async fn register_batch(&mut self, request_id: i64, body: bytes::Bytes) -> Result<(), Error> {
-        // The executors in the batch: a second registration of one of them must follow the
-        // first (the later one replaces it, in the journal as in memory), so it ends the batch.
-        let executor = |body: &[u8]| match crate::wire::Message::decode(body) {
-            Ok(crate::wire::Message::RegisterExecutor {
-                app_id, exec_id, ..
-            }) => Some((app_id, exec_id)),
-            _ => None,
+        use crate::wire::Message;
+        // Which executor a registration is for: a second registration of one already in the
+        // batch must follow the first (the later one replaces it, in the journal as in
+        // memory), so it ends the batch.
+        fn executor(m: &Message) -> Option<(&str, &str)> {
+            match m {
+                Message::RegisterExecutor {
+                    app_id, exec_id, ..
+                } => Some((app_id, exec_id)),
+                _ => None,
+            }
+        }
+        // One that does not decode is answered alone, with the failure `rpc` gives it.
+        let Ok(first) = Message::decode(&body) else {
+            return self.answer_rpc(request_id, body).await;
         };
-        let mut executors = vec![executor(&body)];
-        let mut batch = vec![(request_id, body)];
+        let mut batch = vec![(request_id, first)];
         let max_frame = self.service.config.max_frame_len_bytes;
         // A framing error after some registrations is reported once they are answered.
         let mut bad_frame = None;
         while batch.len() < MAX_REGISTER_BATCH {
             match wire::decode(&mut self.rbuf, max_frame) {
                 Ok(Some(Frame::RpcRequest { request_id, body }))
-                    if crate::wire::Message::is_register_executor(&body) =>
+                    if Message::is_register_executor(&body) =>
                 {
-                    let e = executor(&body);
-                    if e.is_none() || executors.contains(&e) {
-                        self.ahead
-                            .push_front(Frame::RpcRequest { request_id, body });
-                        break;
+                    match Message::decode(&body) {
+                        Ok(m) if !batch.iter().any(|(_, b)| executor(b) == executor(&m)) => {
+                            batch.push((request_id, m));
+                        }
+                        _ => {
+                            self.ahead
+                                .push_front(Frame::RpcRequest { request_id, body });
+                            break;
+                        }
                     }
-                    executors.push(e);
-                    batch.push((request_id, body));
                 }
                 Ok(Some(other)) => {
                     self.ahead.push_front(other);
@@ -804,14 +813,16 @@ impl Connection {
             }
         }
         let mut running = tokio::task::JoinSet::new();
-        for (at, (request_id, body)) in batch.into_iter().enumerate() {
+        for (at, (request_id, message)) in batch.into_iter().enumerate() {
             let service = Arc::clone(&self.service);
             let client = self.client_id.clone();
             running.spawn(async move {
                 let started = std::time::Instant::now();
                 // A registration opens no stream: this table stays empty.
                 let mut none = Streams::new(0);
-                let reply = service.rpc(&body, &mut none, client.as_deref()).await;
+                let reply = service
+                    .rpc_message(message, &mut none, client.as_deref())
+                    .await;
                 crate::metrics::request_duration("RegisterExecutor", started);
                 (at, request_id, reply)
             });

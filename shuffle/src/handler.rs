@@ -96,7 +96,20 @@ impl Service {
         streams: &mut Streams,
         client: Option<&str>,
     ) -> Result<Bytes, Failure> {
-        let message = Message::decode(body)?;
+        self.rpc_message(Message::decode(body)?, streams, client)
+            .await
+    }
+
+    /// [`Service::rpc`] for a message already decoded.
+    ///
+    /// # Errors
+    /// Every refusal, as the `RpcFailure` to send.
+    pub async fn rpc_message(
+        self: &Arc<Self>,
+        message: Message,
+        streams: &mut Streams,
+        client: Option<&str>,
+    ) -> Result<Bytes, Failure> {
         // With authentication, a connection may only act for the app it authenticated as.
         if let (Some(client), Some(app)) = (client, message.app_id())
             && client != app
