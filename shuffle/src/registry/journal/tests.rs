@@ -218,20 +218,35 @@ fn failed_sync_drops_the_unsynced_records_and_keeps_serving() {
         reg.get("a", "2").is_none(),
         "an unsynced registration is not served"
     );
+    goes_on_from_the_last_good_sync(reg, tmp.path(), good_len, ("a", "3"), &[("a", "1")]);
+}
+
+/// After a failed sync: the file is back at `good_len` (the unsynced records truncated
+/// away), and the journal goes on: registration `next` is written after the good records
+/// and synced, so a reopen finds `kept` and `next`, and no torn tail.
+fn goes_on_from_the_last_good_sync(
+    reg: impl std::borrow::Borrow<JournalRegistry>,
+    dir: &Path,
+    good_len: u64,
+    next: (&str, &str),
+    kept: &[(&str, &str)],
+) {
     assert_eq!(
-        std::fs::metadata(journal_path(tmp.path())).unwrap().len(),
+        std::fs::metadata(journal_path(dir)).unwrap().len(),
         good_len,
-        "the unsynced record was truncated away"
+        "the file is back at the last good sync"
     );
-    // The next registration is written after the good records and synced.
-    reg.insert(exec("a", "3")).unwrap();
+    reg.borrow().insert(exec(next.0, next.1)).unwrap();
     drop(reg);
-    let (reopened, recovery) = JournalRegistry::open(tmp.path()).unwrap();
+    let (reopened, recovery) = JournalRegistry::open(dir).unwrap();
     assert!(!recovery.torn_tail);
-    assert_eq!(
-        sorted_ids(&reopened),
-        [("a".into(), "1".into()), ("a".into(), "3".into())]
-    );
+    let mut want: Vec<(String, String)> = kept
+        .iter()
+        .chain([&next])
+        .map(|(a, e)| ((*a).to_owned(), (*e).to_owned()))
+        .collect();
+    want.sort();
+    assert_eq!(sorted_ids(&reopened), want);
 }
 
 #[test]
@@ -363,18 +378,5 @@ fn a_failed_sync_also_fails_the_records_appended_while_it_ran() {
         reg.executors_of("b").is_empty(),
         "nothing refused is served"
     );
-    assert_eq!(
-        std::fs::metadata(journal_path(tmp.path())).unwrap().len(),
-        good_len,
-        "the file is back at the last good sync"
-    );
-    // The journal goes on: the next registration is synced after the good records.
-    reg.insert(exec("c", "1")).unwrap();
-    drop(reg);
-    let (reopened, recovery) = JournalRegistry::open(tmp.path()).unwrap();
-    assert!(!recovery.torn_tail);
-    assert_eq!(
-        sorted_ids(&reopened),
-        [("a".into(), "kept".into()), ("c".into(), "1".into())]
-    );
+    goes_on_from_the_last_good_sync(reg, tmp.path(), good_len, ("c", "1"), &[("a", "kept")]);
 }
