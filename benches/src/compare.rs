@@ -50,8 +50,10 @@ pub struct Options {
     /// Compare against this other `kshuffled` binary instead of the Java service (A/B of a
     /// change; the ratio column is then new / baseline).
     pub baseline: Option<PathBuf>,
-    /// Also run the real-Spark test session (`jobs.py static`) once against each service.
-    pub spark_jobs: bool,
+    /// Real-Spark test sessions (`jobs.py static`) per service, 0 for none. The services'
+    /// order swaps every round, so neither always goes first (a session runs slower right
+    /// after the one before it: its files' writeback, a colder cache for the other JVM's).
+    pub spark_sessions: usize,
     /// Extra flags for `kshuffled` (not for a baseline binary).
     pub kshuffled_args: Vec<String>,
 }
@@ -216,13 +218,15 @@ pub fn register_layout(
     .with_context(|| format!("registering {app}/{exec} at {addr}"))
 }
 
-/// Median of `xs` (0 for none).
+/// Median of `xs` (the mean of the middle two for an even count; 0 for none).
 fn median(mut xs: Vec<f64>) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    let n = xs.len();
+    match (xs.get(n / 2), n % 2) {
+        (None, _) => 0.0,
+        (Some(&m), 1) => m,
+        (Some(&m), _) => (m + xs.get(n / 2 - 1).copied().unwrap_or(m)) / 2.0,
+    }
 }
 
 /// The figures of one service on one workload, over the repetitions.
@@ -279,8 +283,9 @@ pub struct Results {
     pub idle_rss: (u64, Option<u64>),
     /// The Java service's name.
     pub java_name: String,
-    /// Real-Spark session per service, in start order.
-    pub spark: Vec<SparkRun>,
+    /// Real-Spark sessions in the order they ran, each with its service (0: ours, 1: Java
+    /// or the baseline).
+    pub spark: Vec<(usize, SparkRun)>,
 }
 
 /// Runs the comparison, printing progress to stderr.
@@ -492,33 +497,45 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
             }
         }
     }
-    if opts.spark_jobs {
+    if opts.spark_sessions > 0 {
         let python = services::spark_venv(&opts.workspace, &opts.spark_version)?.join("bin/python");
         let jobs_py = opts.workspace.join("shuffle/tests/spark/jobs.py");
-        for (i, s) in services.iter().enumerate() {
-            eprintln!("real-Spark session against {} ...", s.name);
-            let run = sparkjobs::run_static(
-                &python,
-                &jobs_py,
-                s.addr.port(),
-                &root.join(format!("spark-local-{i}")),
-                &work.join(format!("spark-scratch-{i}")),
-            );
-            // A failed Spark session is reported, not allowed to discard the other figures.
-            let run = match run {
-                Ok(run) => run,
-                Err(e) => {
-                    eprintln!("real-Spark session against {} failed: {e:#}", s.name);
-                    break;
-                }
-            };
-            eprintln!(
-                "real-Spark session against {}: {:.1} s wall, {:.1} s session",
-                s.name,
-                run.wall.as_secs_f64(),
-                run.session_secs
-            );
-            results.spark.push(run);
+        'rounds: for round in 0..opts.spark_sessions {
+            let mut order: Vec<usize> = (0..services.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let Some(s) = services.get(i) else { continue };
+                eprintln!("real-Spark session {} against {} ...", round + 1, s.name);
+                let local = root.join(format!("spark-local-{i}-{round}"));
+                let run = sparkjobs::run_static(
+                    &python,
+                    &jobs_py,
+                    s.addr.port(),
+                    &local,
+                    &work.join(format!("spark-scratch-{i}-{round}")),
+                );
+                // The session's shuffle files go (and their unwritten pages with them), so
+                // the next session does not wait behind their writeback.
+                let _ = std::fs::remove_dir_all(&local);
+                // A failed Spark session is reported, not allowed to discard the other figures.
+                let run = match run {
+                    Ok(run) => run,
+                    Err(e) => {
+                        eprintln!("real-Spark session against {} failed: {e:#}", s.name);
+                        break 'rounds;
+                    }
+                };
+                eprintln!(
+                    "real-Spark session {} against {}: {:.1} s wall, {:.1} s session",
+                    round + 1,
+                    s.name,
+                    run.wall.as_secs_f64(),
+                    run.session_secs
+                );
+                results.spark.push((i, run));
+            }
         }
     }
     Ok(results)
@@ -654,26 +671,55 @@ pub fn table(r: &Results) -> String {
             ratio(*orss as f64, j.map(|(_, r)| *r as f64))
         );
     }
-    if let Some(o) = r.spark.first() {
-        let j = r.spark.get(1);
-        let wall = |x: &SparkRun| x.wall.as_secs_f64();
+    let sessions = |service: usize| -> Vec<&SparkRun> {
+        r.spark
+            .iter()
+            .filter(|(i, _)| *i == service)
+            .map(|(_, run)| run)
+            .collect()
+    };
+    let (ours, theirs) = (sessions(0), sessions(1));
+    if !ours.is_empty() {
+        // Medians over each service's sessions, per job as well.
+        let wall = |runs: &[&SparkRun]| median(runs.iter().map(|x| x.wall.as_secs_f64()).collect());
+        let job = |runs: &[&SparkRun], name: &str| {
+            let times: Vec<f64> = runs
+                .iter()
+                .filter_map(|x| x.jobs.iter().find(|(n, _, _)| n == name))
+                .map(|(_, secs, _)| *secs)
+                .collect();
+            let failed = runs
+                .iter()
+                .filter_map(|x| x.jobs.iter().find(|(n, _, _)| n == name))
+                .any(|(_, _, err)| err.is_some());
+            (!times.is_empty()).then(|| (median(times), failed))
+        };
+        let j = (!theirs.is_empty()).then(|| wall(&theirs));
         let _ = writeln!(
             s,
-            "| real Spark (jobs.py static) | session wall time (s) | {:.1} | {} | {} | |",
-            wall(o),
-            opt(j.map(wall), |v| format!("{v:.1}")),
-            ratio(wall(o), j.map(wall))
+            "| real Spark (jobs.py static, median of {} / {} sessions) | session wall time (s) | {:.1} | {} | {} | |",
+            ours.len(),
+            theirs.len(),
+            wall(&ours),
+            opt(j, |v| format!("{v:.1}")),
+            ratio(wall(&ours), j)
         );
-        for (name, secs, err) in &o.jobs {
-            let js = j.and_then(|j| j.jobs.iter().find(|(n, _, _)| n == name));
-            let mark = |e: &Option<String>| if e.is_some() { " (failed)" } else { "" };
+        let mark = |failed: bool| if failed { " (failed)" } else { "" };
+        let names = ours
+            .first()
+            .map(|x| x.jobs.iter().map(|(n, _, _)| n.as_str()));
+        for name in names.into_iter().flatten() {
+            let Some((secs, failed)) = job(&ours, name) else {
+                continue;
+            };
+            let js = job(&theirs, name);
             let _ = writeln!(
                 s,
                 "| real Spark (jobs.py static) | job {name} (s) | {secs:.1}{} | {} | {} | |",
-                mark(err),
-                js.map(|(_, v, e)| format!("{v:.1}{}", mark(e)))
+                mark(failed),
+                js.map(|(v, f)| format!("{v:.1}{}", mark(f)))
                     .unwrap_or_else(|| "-".into()),
-                ratio(*secs, js.map(|(_, v, _)| *v))
+                ratio(secs, js.map(|(v, _)| v))
             );
         }
     }
@@ -698,4 +744,58 @@ pub fn default_kshuffled() -> Option<PathBuf> {
 /// The workspace root of this crate (`benches/..`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0]), 3.0);
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 9.0]), 3.0);
+    }
+
+    fn session(wall: f64, jobs: &[(&str, f64)]) -> SparkRun {
+        SparkRun {
+            wall: Duration::from_secs_f64(wall),
+            session_secs: wall - 5.0,
+            jobs: jobs
+                .iter()
+                .map(|(n, s)| ((*n).to_owned(), *s, None))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn spark_rows_are_medians_of_each_services_sessions_whatever_the_order() {
+        let results = Results {
+            // Rounds alternate: ours first, then the other first.
+            spark: vec![
+                (0, session(50.0, &[("sort", 10.0)])),
+                (1, session(40.0, &[("sort", 8.0)])),
+                (1, session(44.0, &[("sort", 9.0)])),
+                (0, session(54.0, &[("sort", 12.0)])),
+            ],
+            ..Results::default()
+        };
+        let table = table(&results);
+        let row = |prefix: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} row in\n{table}"))
+                .to_owned()
+        };
+        assert_eq!(
+            row("session wall time"),
+            "| real Spark (jobs.py static, median of 2 / 2 sessions) | session wall time (s) | 52.0 | 42.0 | 1.24 | |"
+        );
+        assert_eq!(
+            row("job sort"),
+            "| real Spark (jobs.py static) | job sort (s) | 11.0 | 8.5 | 1.29 | |"
+        );
+    }
 }

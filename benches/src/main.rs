@@ -108,9 +108,13 @@ enum Cmd {
         /// Another kshuffled binary to compare against instead of the Java service.
         #[arg(long)]
         baseline: Option<PathBuf>,
-        /// Also run the real-Spark test session (jobs.py static) once against each service.
+        /// Also run the real-Spark test session (jobs.py static) against each service.
         #[arg(long)]
         spark_jobs: bool,
+        /// Real-Spark sessions per service with --spark-jobs, the services' order swapped
+        /// every round (ours, Java; Java, ours; ...).
+        #[arg(long, default_value_t = 2)]
+        spark_reps: usize,
         /// Extra flag for kshuffled (repeat; e.g. --kshuffled-arg=--inline-body-max-bytes=32768).
         #[arg(long = "kshuffled-arg", allow_hyphen_values = true)]
         kshuffled_args: Vec<String>,
@@ -233,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             no_java,
             baseline,
             spark_jobs,
+            spark_reps,
             kshuffled_args,
         } => {
             let kshuffled = kshuffled
@@ -251,7 +256,7 @@ fn main() -> anyhow::Result<()> {
                 registrations,
                 no_java,
                 baseline,
-                spark_jobs,
+                spark_sessions: if spark_jobs { spark_reps.max(1) } else { 0 },
                 kshuffled_args,
             };
             let results = compare::run(&opts)?;
@@ -284,7 +289,7 @@ fn main() -> anyhow::Result<()> {
                 registrations: 0,
                 no_java,
                 baseline: None,
-                spark_jobs: false,
+                spark_sessions: 0,
                 kshuffled_args,
             };
             let curves = kshuffle_benches::scale::run(&opts, &connections, &executors)?;

@@ -161,7 +161,7 @@ fn runner_drives_the_real_kshuffled_binary_on_tiny_layouts() {
         // filter, `listening` event), registration and measurement, as the Java service
         // would (but without it).
         baseline: Some(binary),
-        spark_jobs: false,
+        spark_sessions: 0,
         kshuffled_args: Vec::new(),
     };
     let results = compare::run(&opts).unwrap();
@@ -216,7 +216,7 @@ fn scaling_curves_run_over_the_real_kshuffled_binary() {
         registrations: 0,
         no_java: true,
         baseline: None,
-        spark_jobs: false,
+        spark_sessions: 0,
         kshuffled_args: Vec::new(),
     };
     let curves = scale::run(&opts, &[1, 3], &[5, 10]).unwrap();
