@@ -5,7 +5,8 @@
 //!
 //! Replies are values ([`Failure`] carries the text Spark shows its user); the connection
 //! layer turns them into frames. Requests that touch the disk beyond one open (registration,
-//! removal, diagnosis) run on tokio's blocking pool.
+//! removal, diagnosis) run on tokio's blocking pool; a registration then waits for its journal
+//! sync without holding a thread.
 
 use std::sync::Arc;
 
@@ -129,9 +130,11 @@ impl Service {
                 exec_id,
                 info,
             } => {
+                // Validation and the write run on the blocking pool (they touch the file
+                // system); the wait for the journal's sync holds no thread.
                 let service = Arc::clone(self);
-                let executor = tokio::task::spawn_blocking(move || {
-                    service.store.register(
+                let (executor, pending) = tokio::task::spawn_blocking(move || {
+                    service.store.begin_register(
                         &app_id,
                         &exec_id,
                         &info.local_dirs,
@@ -143,6 +146,7 @@ impl Service {
                 .map_err(|e| {
                     Failure::new("internal", format!("registration task failed: {e}"))
                 })??;
+                pending.durable().await.map_err(store::Error::from)?;
                 Stats::inc(&self.stats.registrations);
                 debug!(app = %executor.app_id, exec = %executor.exec_id,
                     dirs = ?executor.local_dirs, "executor registered");

@@ -16,21 +16,30 @@
 //!   kept and written to a fresh journal, and the loss is logged as an error and counted
 //!   (`kshuffle_registry_recovered_with_loss`).
 //!
-//! Concurrent registrations share their `fdatasync` (group commit: see
-//! `JournalRegistry::append`), so a burst of executors starting costs a few syncs, not one
-//! each. A failed append (disk full) truncates the file back to where it was, so a
-//! half-written record never stays behind, and the registration is refused; a failed sync
-//! truncates back to the last synced length and refuses every registration it covered. The
-//! file is compacted (rewritten with only live entries, then renamed over the old one) when
-//! dead records outnumber live ones; compaction waits for registrations in progress, so a
-//! record appended but not yet in memory is never compacted away.
+//! Registrations do not each pay an `fdatasync`: a writer appends its record under the lock
+//! and returns a [`Pending`]; one syncer thread per journal syncs whatever has been written
+//! since its last sync, then applies those changes to the in-memory registry (so a
+//! registration is served only once it is durable) and wakes their writers: async ones
+//! through a `watch` channel (a registration holds no thread while its record is synced),
+//! blocking ones through a condition variable. Writers that arrive during a sync share the
+//! next one (group commit), so a burst of executors starting costs a few syncs, not one each.
+//! A failed append (disk full) truncates the file back to where it was, so a half-written
+//! record never stays behind, and the registration is refused; a failed sync truncates back
+//! to the last synced length and refuses every change written since, none of which ever
+//! reached memory. The file is compacted (rewritten with the live entries, then the changes
+//! not yet synced, and renamed over the old one) when dead records outnumber live ones;
+//! compaction runs under the lock, between syncs, so nothing written is ever compacted away.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::{AppId, Error, ExecId, Executor, MemoryRegistry, Registry};
@@ -85,23 +94,48 @@ pub struct Recovery {
     pub moved_aside: Option<PathBuf>,
 }
 
+/// A change written to the file and not yet synced: applied to memory once a sync covers it.
+enum Change {
+    Register(Arc<Executor>),
+    RemoveApp(AppId),
+}
+
+impl Change {
+    fn record(&self) -> Record {
+        match self {
+            Change::Register(e) => Record::register(e),
+            Change::RemoveApp(app) => Record::RemoveApp {
+                app_id: app.0.clone(),
+            },
+        }
+    }
+}
+
 struct Journal {
-    /// Shared so that a sync can run without the lock (see `JournalRegistry::append`).
+    /// Shared so that a sync can run without the lock (see [`Shared::sync`]).
     file: Arc<File>,
     /// Bytes in the file, synced or not.
     len: u64,
     records: usize,
     /// Sequence number of the last record written (not necessarily synced).
     written: u64,
-    /// Every record up to this sequence number is durable (or was lost, see `lost`).
+    /// Every record up to this sequence number is settled: durable, or lost (see `lost`).
     synced: u64,
     /// The file length when `synced` was reached: where a failed sync truncates back to.
     synced_len: u64,
     /// Sequence ranges whose sync failed: those records were truncated away. Bounded: a
-    /// writer checks right after its own write, so only recent failures matter.
-    lost: std::collections::VecDeque<std::ops::RangeInclusive<u64>>,
-    /// A writer is syncing (without the lock); the others wait for its outcome.
+    /// writer checks as soon as its record is settled, so only recent failures matter.
+    lost: VecDeque<(RangeInclusive<u64>, Arc<str>)>,
+    /// The changes written after `synced`, in sequence order, not yet in memory (a record
+    /// written by tests alone has none).
+    unsynced: VecDeque<(u64, Change)>,
+    /// What each synced `RemoveApp` removed from memory, by sequence, until its writer
+    /// takes it.
+    removed: HashMap<u64, Vec<Arc<Executor>>>,
+    /// The syncer is syncing (without the lock).
     syncing: bool,
+    /// The registry is being dropped: the syncer stops once everything written is settled.
+    closing: bool,
     /// Successful syncs of appended records.
     syncs: u64,
     #[cfg(test)]
@@ -123,8 +157,11 @@ impl Journal {
             written: 0,
             synced: 0,
             synced_len: len,
-            lost: std::collections::VecDeque::new(),
+            lost: VecDeque::new(),
+            unsynced: VecDeque::new(),
+            removed: HashMap::new(),
             syncing: false,
+            closing: false,
             syncs: 0,
             #[cfg(test)]
             fail_next_sync: false,
@@ -159,23 +196,103 @@ impl Journal {
 
 /// Registrations in memory, made durable by the journal.
 pub struct JournalRegistry {
+    shared: Arc<Shared>,
+    /// The syncer thread (see the module docs); joined on drop.
+    syncer: Option<JoinHandle<()>>,
+}
+
+/// What the registry, its syncer thread and the writers waiting on a [`Pending`] share.
+struct Shared {
+    /// Exactly the synced changes: a change reaches memory only once its record is durable.
     memory: MemoryRegistry,
     journal: Mutex<Journal>,
-    /// Signalled when a sync ends (see [`JournalRegistry::append`]).
+    /// Signalled when a record is written, and when the registry closes (the syncer waits).
+    written: Condvar,
+    /// Signalled when a sync ends (blocking writers and compaction wait).
     sync_done: Condvar,
-    /// Held shared from a record's append until the in-memory registry has it, and
-    /// exclusively by compaction, which rewrites the file from the in-memory registry: a
-    /// record appended but not yet in memory is never compacted away.
-    compaction: RwLock<()>,
+    /// `synced` after each sync, for async writers.
+    synced_tx: watch::Sender<u64>,
     dir: PathBuf,
 }
 
 impl std::fmt::Debug for JournalRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JournalRegistry")
-            .field("dir", &self.dir)
+            .field("dir", &self.shared.dir)
             .finish_non_exhaustive()
     }
+}
+
+/// A change written to a registry, settled (durable and applied, or refused) once
+/// [`Pending::durable`] or [`Pending::durable_blocking`] returns `Ok` (or an error).
+#[must_use = "a change is acknowledged only once it is durable"]
+pub struct Pending(Option<(Arc<Shared>, u64)>);
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Pending")
+            .field(&self.0.as_ref().map(|(_, seq)| seq))
+            .finish()
+    }
+}
+
+impl Pending {
+    /// A change that is already durable (or needs no durability).
+    pub fn done() -> Self {
+        Pending(None)
+    }
+
+    /// Waits, without holding a thread, until the change is durable and served.
+    ///
+    /// # Errors
+    /// When the sync that covered it failed: the change was dropped.
+    pub async fn durable(self) -> Result<(), Error> {
+        let Some((shared, seq)) = self.0 else {
+            return Ok(());
+        };
+        let mut synced = shared.synced_tx.subscribe();
+        // The sender lives in `shared`, which this holds: the wait cannot fail.
+        let _ = synced.wait_for(|&synced| synced >= seq).await;
+        let journal = shared.lock();
+        settled(&journal, seq).unwrap_or_else(|| Err(not_synced("the registry closed")))
+    }
+
+    /// Blocks until the change is durable and served.
+    ///
+    /// # Errors
+    /// When the sync that covered it failed: the change was dropped.
+    pub fn durable_blocking(self) -> Result<(), Error> {
+        let Some((shared, seq)) = self.0 else {
+            return Ok(());
+        };
+        let mut journal = shared.lock();
+        loop {
+            if let Some(outcome) = settled(&journal, seq) {
+                return outcome;
+            }
+            journal = shared
+                .sync_done
+                .wait(journal)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The outcome of the change with sequence `seq`, once a sync has settled it.
+fn settled(journal: &Journal, seq: u64) -> Option<Result<(), Error>> {
+    if journal.synced < seq {
+        return None;
+    }
+    match journal.lost.iter().find(|(range, _)| range.contains(&seq)) {
+        Some((_, why)) => Some(Err(not_synced(why))),
+        None => Some(Ok(())),
+    }
+}
+
+fn not_synced(why: &str) -> Error {
+    Error::Store(io::Error::other(format!(
+        "the journal could not be synced ({why}); the record was dropped"
+    )))
 }
 
 fn crc(payload: &[u8]) -> u32 {
@@ -344,7 +461,7 @@ impl JournalRegistry {
             error!(reason = %why, moved_to = %aside.display(), recovered = recovery.executors,
                 "registry journal is corrupt before its tail: registrations after the corruption are LOST; the file was moved aside for inspection");
             recovery.moved_aside = Some(aside);
-            journal = Self::write_compacted(dir, &memory)?;
+            journal = Self::write_compacted(dir, &memory, std::iter::empty())?;
         } else if recovery.torn_tail {
             warn!(
                 offset = valid_end,
@@ -353,29 +470,45 @@ impl JournalRegistry {
             journal.file.set_len(valid_end).map_err(ctx)?;
             journal.file.sync_all().map_err(ctx)?;
         }
-        let registry = Self {
+        let shared = Arc::new(Shared {
             memory,
             journal: Mutex::new(journal),
+            written: Condvar::new(),
             sync_done: Condvar::new(),
-            compaction: RwLock::new(()),
+            synced_tx: watch::Sender::new(0),
             dir: dir.to_path_buf(),
-        };
+        });
         if recovery.moved_aside.is_none() {
-            registry.maybe_compact()?;
+            shared.maybe_compact()?;
         }
+        let syncer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("registry-sync".into())
+                .spawn(move || shared.run_syncer())?
+        };
+        let registry = Self {
+            shared,
+            syncer: Some(syncer),
+        };
         info!(executors = recovery.executors, records = recovery.records, dir = %dir.display(), "registry loaded");
         Ok((registry, recovery))
     }
 
-    /// Writes a journal holding exactly the live entries of `memory` and renames it into
-    /// place.
-    fn write_compacted(dir: &Path, memory: &MemoryRegistry) -> io::Result<Journal> {
+    /// Writes a journal holding the live entries of `memory`, then `changes`, and renames it
+    /// into place.
+    fn write_compacted<'a>(
+        dir: &Path,
+        memory: &MemoryRegistry,
+        changes: impl Iterator<Item = &'a Change>,
+    ) -> io::Result<Journal> {
         let tmp = dir.join(format!("{FILE_NAME}.tmp"));
         let mut out = Vec::with_capacity(MAGIC.len() + memory.len() * 256);
         out.extend_from_slice(MAGIC);
         let mut records = 0;
-        for executor in memory.all() {
-            out.extend_from_slice(&encode(&Record::register(&executor))?);
+        let live = memory.all().into_iter().map(|e| Record::register(&e));
+        for record in live.chain(changes.map(Change::record)) {
+            out.extend_from_slice(&encode(&record)?);
             records += 1;
         }
         {
@@ -391,172 +524,214 @@ impl JournalRegistry {
             .open(dir.join(FILE_NAME))?;
         Ok(Journal::new(file, out.len() as u64, records))
     }
+}
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Compacts the file when dead records dominate. Runs under the lock between syncs, so
+    /// the new file holds exactly what the old one did: memory (every synced change), then
+    /// the changes written since, all of them durable once it is in place.
     fn maybe_compact(&self) -> io::Result<()> {
-        let _exclusive = self.compaction.write().unwrap_or_else(|e| e.into_inner());
         let mut journal = self.lock();
-        let live = self.memory.len();
+        while journal.syncing {
+            journal = self
+                .sync_done
+                .wait(journal)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        let live = self.memory.len() + journal.unsynced.len();
         if journal.records > 2 * live + 1024 {
-            let mut compacted = Self::write_compacted(&self.dir, &self.memory)?;
-            // Everything live is in the new file, synced: so is every record written so far.
+            let changes = journal.unsynced.iter().map(|(_, change)| change);
+            let mut compacted = JournalRegistry::write_compacted(&self.dir, &self.memory, changes)?;
             compacted.written = journal.written;
-            compacted.synced = journal.written;
+            compacted.synced = journal.synced;
             compacted.lost = std::mem::take(&mut journal.lost);
-            // No append is in progress (they hold `compaction` shared), so no sync either.
-            compacted.syncing = journal.syncing;
+            compacted.unsynced = std::mem::take(&mut journal.unsynced);
+            compacted.removed = std::mem::take(&mut journal.removed);
+            compacted.closing = journal.closing;
             compacted.syncs = journal.syncs;
             *journal = compacted;
+            let through = journal.written;
+            self.settle(&mut journal, through);
+            self.sync_done.notify_all();
+            self.synced_tx.send_replace(journal.synced);
             info!(live, "registry journal compacted");
         }
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Journal> {
-        self.journal.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Appends one record durably, or leaves the file as it was. The caller holds
-    /// `compaction` shared.
-    ///
-    /// Group commit: the record is written under the lock. If no sync is running, the writer
-    /// leads one: it notes how far the file goes, releases the lock, runs `fdatasync`, and
-    /// takes the lock back to record the outcome, which covers every record written before
-    /// the sync started. Writers that arrive while a sync runs append theirs meanwhile and
-    /// wait; when it ends, those it did not cover elect the next leader, whose one sync covers
-    /// them all. (Syncing under the lock let no one append during a sync, so nearly every
-    /// registration paid its own `fdatasync`.) A failed sync truncates the file back to the
-    /// last synced length and fails every record written since (those appended during the
-    /// sync included: they were cut too), so no acknowledged record can be lost and no refused
-    /// one stays behind.
-    fn append(&self, record: &Record) -> Result<(), Error> {
-        let bytes = encode(record).map_err(Error::Store)?;
+    /// Appends the record of `change` and queues the change for the syncer; returns its
+    /// sequence number. On a failed write the file is cut back to where it was.
+    fn write(&self, change: Change) -> Result<u64, Error> {
+        let bytes = encode(&change.record()).map_err(Error::Store)?;
         let mut journal = self.lock();
         if let Err(e) = (&*journal.file).write_all(&bytes) {
             // Take back whatever part of the record reached the file.
             let len = journal.len;
-            Self::truncate(&mut journal, len);
+            truncate(&mut journal, len);
             return Err(Error::Store(e));
         }
         journal.len += bytes.len() as u64;
         journal.records += 1;
         journal.written += 1;
         let seq = journal.written;
-        let mut led = false;
+        journal.unsynced.push_back((seq, change));
+        self.written.notify_one();
+        Ok(seq)
+    }
+
+    /// The syncer thread: syncs whatever was written since the last sync, until the registry
+    /// closes with everything settled.
+    fn run_syncer(&self) {
+        let mut journal = self.lock();
         loop {
-            if journal.lost.iter().any(|range| range.contains(&seq)) {
-                return Err(Error::Store(io::Error::other(
-                    "the journal could not be synced; the record was dropped",
-                )));
-            }
-            if journal.synced >= seq {
-                if !led {
-                    metrics::counter!("kshuffle_registry_group_commit_followers_total")
-                        .increment(1);
-                }
-                return Ok(());
-            }
-            if journal.syncing {
+            if journal.written > journal.synced {
+                journal = self.sync(journal);
+            } else if journal.closing {
+                return;
+            } else {
                 journal = self
-                    .sync_done
+                    .written
                     .wait(journal)
                     .unwrap_or_else(|e| e.into_inner());
-                continue;
             }
-            led = true;
-            journal.syncing = true;
-            let (through, through_len) = (journal.written, journal.len);
-            let sync = journal.sync_job();
-            drop(journal);
-            let result = sync();
-            journal = self.lock();
-            journal.syncing = false;
-            match result {
-                Ok(()) => {
-                    journal.synced = journal.synced.max(through);
-                    journal.synced_len = journal.synced_len.max(through_len);
-                    journal.syncs += 1;
-                    metrics::counter!("kshuffle_registry_syncs_total").increment(1);
-                }
-                Err(e) => {
-                    // Everything after the last good sync is cut: what this sync covered and
-                    // what was appended while it ran.
-                    let (from, to) = (journal.synced + 1, journal.written);
-                    error!(error = %e, records = to + 1 - from,
-                        "cannot sync the registry journal; dropping the unsynced records");
-                    let synced_len = journal.synced_len;
-                    journal.records = journal.records.saturating_sub((to + 1 - from) as usize);
-                    Self::truncate(&mut journal, synced_len);
-                    journal.synced = to;
-                    if journal.lost.len() == LOST_RANGES_KEPT {
-                        journal.lost.pop_front();
-                    }
-                    journal.lost.push_back(from..=to);
-                    self.sync_done.notify_all();
-                    return Err(Error::Store(e));
-                }
-            }
-            self.sync_done.notify_all();
         }
     }
 
-    /// Cuts the file back to `len` (what is known good) and moves the write position there.
-    fn truncate(journal: &mut Journal, len: u64) {
-        if let Err(t) = journal
-            .file
-            .set_len(len)
-            .and_then(|()| journal.file.sync_all())
-        {
-            error!(error = %t, "cannot truncate the journal after a failed append");
+    /// One sync, covering every record written when it starts: `fdatasync` without the
+    /// lock, then, under it, the covered changes applied to memory, or, if the sync failed,
+    /// the file cut back to the last good sync and every change written since refused
+    /// (those written while it ran included: they were cut too). Wakes every writer.
+    fn sync<'a>(&'a self, mut journal: MutexGuard<'a, Journal>) -> MutexGuard<'a, Journal> {
+        journal.syncing = true;
+        let (through, through_len) = (journal.written, journal.len);
+        let sync = journal.sync_job();
+        drop(journal);
+        let result = sync();
+        let mut journal = self.lock();
+        journal.syncing = false;
+        match result {
+            Ok(()) => {
+                journal.synced_len = journal.synced_len.max(through_len);
+                journal.syncs += 1;
+                metrics::counter!("kshuffle_registry_syncs_total").increment(1);
+                metrics::counter!("kshuffle_registry_synced_records_total")
+                    .increment(through.saturating_sub(journal.synced));
+                self.settle(&mut journal, through);
+            }
+            Err(e) => {
+                let (from, to) = (journal.synced + 1, journal.written);
+                error!(error = %e, records = to + 1 - from,
+                    "cannot sync the registry journal; dropping the unsynced records");
+                let synced_len = journal.synced_len;
+                journal.records = journal.records.saturating_sub((to + 1 - from) as usize);
+                truncate(&mut journal, synced_len);
+                journal.unsynced.clear();
+                journal.synced = to;
+                if journal.lost.len() == LOST_RANGES_KEPT {
+                    journal.lost.pop_front();
+                }
+                journal.lost.push_back((from..=to, e.to_string().into()));
+            }
         }
-        journal.len = len;
-        let _ = (&*journal.file).seek(SeekFrom::End(0));
+        self.sync_done.notify_all();
+        self.synced_tx.send_replace(journal.synced);
+        journal
+    }
+
+    /// Applies the changes through sequence `through` (now durable) to memory, in order.
+    fn settle(&self, journal: &mut Journal, through: u64) {
+        while let Some((seq, _)) = journal.unsynced.front()
+            && *seq <= through
+        {
+            let Some((seq, change)) = journal.unsynced.pop_front() else {
+                break;
+            };
+            match change {
+                // In-memory changes cannot fail.
+                Change::Register(executor) => {
+                    let _ = self.memory.insert(executor);
+                }
+                Change::RemoveApp(app) => {
+                    let removed = self.memory.remove_app(&app.0).unwrap_or_default();
+                    journal.removed.insert(seq, removed);
+                }
+            }
+        }
+        journal.synced = journal.synced.max(through);
+    }
+}
+
+/// Cuts the file back to `len` (what is known good) and moves the write position there.
+fn truncate(journal: &mut Journal, len: u64) {
+    if let Err(t) = journal
+        .file
+        .set_len(len)
+        .and_then(|()| journal.file.sync_all())
+    {
+        error!(error = %t, "cannot truncate the journal after a failed write");
+    }
+    journal.len = len;
+    let _ = (&*journal.file).seek(SeekFrom::End(0));
+}
+
+impl Drop for JournalRegistry {
+    /// Lets the syncer settle what was written, then stops it.
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.written.notify_all();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
     }
 }
 
 impl Registry for JournalRegistry {
     fn insert(&self, executor: Arc<Executor>) -> Result<(), Error> {
-        let _shared = self.compaction.read().unwrap_or_else(|e| e.into_inner());
-        self.append(&Record::register(&executor))?;
-        self.memory.insert(executor)
+        self.begin_insert(executor)?.durable_blocking()
+    }
+
+    fn begin_insert(&self, executor: Arc<Executor>) -> Result<Pending, Error> {
+        let seq = self.shared.write(Change::Register(executor))?;
+        Ok(Pending(Some((Arc::clone(&self.shared), seq))))
     }
 
     fn get(&self, app: &str, exec: &str) -> Option<Arc<Executor>> {
-        self.memory.get(app, exec)
+        self.shared.memory.get(app, exec)
     }
 
     fn executors_of(&self, app: &str) -> Vec<Arc<Executor>> {
-        self.memory.executors_of(app)
+        self.shared.memory.executors_of(app)
     }
 
     fn remove_app(&self, app: &str) -> Result<Vec<Arc<Executor>>, Error> {
-        if self.memory.executors_of(app).is_empty() {
+        if self.shared.memory.executors_of(app).is_empty() {
             return Ok(Vec::new());
         }
-        let removed = {
-            let _shared = self.compaction.read().unwrap_or_else(|e| e.into_inner());
-            self.append(&Record::RemoveApp {
-                app_id: app.to_owned(),
-            })?;
-            self.memory.remove_app(app)?
-        };
-        self.maybe_compact().map_err(Error::Store)?;
+        let seq = self.shared.write(Change::RemoveApp(AppId::from(app)))?;
+        Pending(Some((Arc::clone(&self.shared), seq))).durable_blocking()?;
+        let removed = self.shared.lock().removed.remove(&seq).unwrap_or_default();
+        self.shared.maybe_compact().map_err(Error::Store)?;
         Ok(removed)
     }
 
     fn apps(&self) -> Vec<AppId> {
-        self.memory.apps()
+        self.shared.memory.apps()
     }
 
     fn all(&self) -> Vec<Arc<Executor>> {
-        self.memory.all()
+        self.shared.memory.all()
     }
 
     fn len(&self) -> usize {
-        self.memory.len()
+        self.shared.memory.len()
     }
 
     fn flush(&self) -> Result<(), Error> {
-        self.lock().file.sync_all().map_err(Error::Store)
+        self.shared.lock().file.sync_all().map_err(Error::Store)
     }
 }
 

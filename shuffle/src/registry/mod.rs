@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use journal::{JournalRegistry, Recovery};
+pub use journal::{JournalRegistry, Pending, Recovery};
 pub use memory::MemoryRegistry;
 
 /// A Spark application id as sent by executors (`spark-application-…`, `app-…`).
@@ -77,6 +77,18 @@ pub trait Registry: Send + Sync + 'static {
     /// # Errors
     /// When the registration cannot be recorded (a durable store failing to write).
     fn insert(&self, executor: Arc<Executor>) -> Result<(), Error>;
+
+    /// Writes a registration like [`Registry::insert`] without waiting for it to be
+    /// durable: it is served, and may be acknowledged, once the returned [`Pending`]
+    /// resolves, which an async caller awaits without holding a thread. By default the
+    /// registration is made whole at once (for stores where it costs no wait).
+    ///
+    /// # Errors
+    /// When the registration cannot be written.
+    fn begin_insert(&self, executor: Arc<Executor>) -> Result<Pending, Error> {
+        self.insert(executor)?;
+        Ok(Pending::done())
+    }
 
     /// The registration of `exec` in `app`, if any.
     fn get(&self, app: &str, exec: &str) -> Option<Arc<Executor>>;

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use crate::registry::{self, AppId, ExecId, Executor, Registry};
+use crate::registry::{self, AppId, ExecId, Executor, Pending, Registry};
 use checksum::Checksum;
 use index::{FileIdentity, IndexCache};
 pub use layout::{BlockFile, ChecksumAlgorithm};
@@ -358,12 +358,12 @@ impl Store {
         &self.registry
     }
 
-    /// Validates and records `RegisterExecutor`. Blocking (canonicalizes every dir).
+    /// Validates and records `RegisterExecutor`, waiting until the registration is durable.
+    /// Blocking; see [`Store::begin_register`].
     ///
     /// # Errors
-    /// `InvalidRegistration` for empty/oversized ids or dir lists, relative or missing dirs,
-    /// a bad sub-dir count; `LocalDirOutsideRoots` for a dir outside every root (after
-    /// resolving symlinks) or equal to a root; `Registry` when recording fails.
+    /// As [`Store::begin_register`], and `Registry` when the registration cannot be made
+    /// durable.
     pub fn register(
         &self,
         app_id: &str,
@@ -372,6 +372,33 @@ impl Store {
         sub_dirs_per_local_dir: i32,
         shuffle_manager: &str,
     ) -> Result<Arc<Executor>, Error> {
+        let (executor, pending) = self.begin_register(
+            app_id,
+            exec_id,
+            local_dirs,
+            sub_dirs_per_local_dir,
+            shuffle_manager,
+        )?;
+        pending.durable_blocking()?;
+        Ok(executor)
+    }
+
+    /// Validates `RegisterExecutor` and writes it to the registry. Blocking (canonicalizes
+    /// every dir), but returns without waiting for the registration to be durable: it is
+    /// served, and may be acknowledged, once the returned [`Pending`] resolves.
+    ///
+    /// # Errors
+    /// `InvalidRegistration` for empty/oversized ids or dir lists, relative or missing dirs,
+    /// a bad sub-dir count; `LocalDirOutsideRoots` for a dir outside every root (after
+    /// resolving symlinks) or equal to a root; `Registry` when it cannot be written.
+    pub fn begin_register(
+        &self,
+        app_id: &str,
+        exec_id: &str,
+        local_dirs: &[String],
+        sub_dirs_per_local_dir: i32,
+        shuffle_manager: &str,
+    ) -> Result<(Arc<Executor>, Pending), Error> {
         let invalid = |reason: String| Error::InvalidRegistration { reason };
         check_id("appId", app_id).map_err(invalid)?;
         check_id("execId", exec_id).map_err(invalid)?;
@@ -398,8 +425,8 @@ impl Store {
             sub_dirs_per_local_dir: sub_dirs_per_local_dir.unsigned_abs(),
             shuffle_manager: shuffle_manager.to_owned(),
         });
-        self.registry.insert(Arc::clone(&executor))?;
-        Ok(executor)
+        let pending = self.registry.begin_insert(Arc::clone(&executor))?;
+        Ok((executor, pending))
     }
 
     /// Resolves one registered local dir: absolute, existing, canonical form strictly inside

@@ -129,7 +129,7 @@ fn compacts_when_dead_records_dominate() {
         reg.insert(exec(&app, "1")).unwrap();
         reg.remove_app(&app).unwrap();
     }
-    let records = reg.journal.lock().unwrap().records;
+    let records = reg.shared.lock().records;
     assert!(
         records < 1100,
         "journal was never compacted: {records} records"
@@ -159,7 +159,7 @@ fn failed_append_leaves_no_partial_record() {
     reg.insert(exec("a", "1")).unwrap();
     let good_len = std::fs::metadata(journal_path(tmp.path())).unwrap().len();
     {
-        let mut journal = reg.journal.lock().unwrap();
+        let mut journal = reg.shared.lock();
         journal.file = Arc::new(OpenOptions::new().append(true).open("/dev/full").unwrap());
     }
     let err = reg.insert(exec("a", "2")).unwrap_err();
@@ -194,7 +194,7 @@ fn concurrent_registrations_are_all_durable() {
         t.join().unwrap();
     }
     {
-        let journal = reg.journal.lock().unwrap();
+        let journal = reg.shared.lock();
         assert_eq!(journal.written, 640);
         assert_eq!(journal.synced, 640, "every acknowledged record was synced");
     }
@@ -211,7 +211,7 @@ fn failed_sync_drops_the_unsynced_records_and_keeps_serving() {
     let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
     reg.insert(exec("a", "1")).unwrap();
     let good_len = std::fs::metadata(journal_path(tmp.path())).unwrap().len();
-    reg.journal.lock().unwrap().fail_next_sync = true;
+    reg.shared.lock().fail_next_sync = true;
     let err = reg.insert(exec("a", "2")).unwrap_err();
     assert!(err.to_string().contains("injected fsync failure"), "{err}");
     assert!(
@@ -258,7 +258,7 @@ fn a_failed_sync_drops_every_record_it_covered() {
     // too when it checks (see `append`), instead of an acknowledgement.
     let lost_bytes = encode(&Record::register(&exec("b", "2"))).unwrap();
     {
-        let mut journal = reg.journal.lock().unwrap();
+        let mut journal = reg.shared.lock();
         (&*journal.file).write_all(&lost_bytes).unwrap();
         journal.len += lost_bytes.len() as u64;
         journal.records += 1;
@@ -268,12 +268,12 @@ fn a_failed_sync_drops_every_record_it_covered() {
     // Sequence 1 is the hand-written record above; this insert is sequence 2 and its sync
     // fails, dropping both.
     assert!(reg.insert(exec("b", "3")).is_err());
-    let journal = reg.journal.lock().unwrap();
+    let journal = reg.shared.lock();
     assert!(
         journal
             .lost
             .iter()
-            .any(|r| r.contains(&1) && r.contains(&2))
+            .any(|(r, why)| r.contains(&1) && r.contains(&2) && why.contains("injected"))
     );
     assert_eq!(journal.synced, 2);
     assert_eq!(journal.len, journal.synced_len);
@@ -301,18 +301,25 @@ fn insert_in_threads(
 }
 
 /// Waits (bounded) until `written` records are in the journal file.
+fn wait_written(reg: &JournalRegistry, written: u64) {
+    wait_until(reg, &format!("{written} records written"), |j| {
+        j.written == written
+    });
+}
+
+/// Waits (bounded) until `check` holds of the journal.
 #[allow(
     clippy::disallowed_methods,
     reason = "plain threads blocked in the journal, no runtime"
 )]
-fn wait_written(reg: &JournalRegistry, written: u64) {
+fn wait_until(reg: &JournalRegistry, what: &str, check: impl Fn(&Journal) -> bool) {
     for _ in 0..5000 {
-        if reg.journal.lock().unwrap().written == written {
+        if check(&reg.shared.lock()) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    panic!("never {written} records written");
+    panic!("never {what}");
 }
 
 #[test]
@@ -321,14 +328,14 @@ fn records_appended_during_a_sync_share_the_next_one() {
     let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
     let reg = Arc::new(reg);
     let (release, hold) = std::sync::mpsc::channel();
-    reg.journal.lock().unwrap().hold_next_sync = Some(hold);
+    reg.shared.lock().hold_next_sync = Some(hold);
     let leader = insert_in_threads(&reg, "a", 0, 1);
-    wait_written(&reg, 1);
+    wait_until(&reg, "the first sync started", |j| j.syncing);
     // While the first sync runs (held), six more writers append theirs and wait.
     let followers = insert_in_threads(&reg, "a", 1, 6);
     wait_written(&reg, 7);
     {
-        let journal = reg.journal.lock().unwrap();
+        let journal = reg.shared.lock();
         assert!(journal.syncing);
         assert_eq!((journal.synced, journal.syncs), (0, 0));
     }
@@ -336,7 +343,7 @@ fn records_appended_during_a_sync_share_the_next_one() {
     for t in leader.into_iter().chain(followers) {
         t.join().unwrap().unwrap();
     }
-    let journal = reg.journal.lock().unwrap();
+    let journal = reg.shared.lock();
     assert_eq!(journal.synced, 7);
     assert_eq!(
         journal.syncs, 2,
@@ -357,7 +364,7 @@ fn a_failed_sync_also_fails_the_records_appended_while_it_ran() {
     let reg = Arc::new(reg);
     let (release, hold) = std::sync::mpsc::channel();
     {
-        let mut journal = reg.journal.lock().unwrap();
+        let mut journal = reg.shared.lock();
         journal.hold_next_sync = Some(hold);
         journal.fail_next_sync = true;
     }
@@ -379,4 +386,89 @@ fn a_failed_sync_also_fails_the_records_appended_while_it_ran() {
         "nothing refused is served"
     );
     goes_on_from_the_last_good_sync(reg, tmp.path(), good_len, ("c", "1"), &[("a", "kept")]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_registration_is_served_once_durable_and_its_wait_holds_no_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+    let (release, hold) = std::sync::mpsc::channel();
+    reg.shared.lock().hold_next_sync = Some(hold);
+    let pending = reg.begin_insert(exec("a", "1")).unwrap();
+    wait_until(&reg, "the sync started", |j| j.syncing);
+    // The sync is held: written, not durable, so not served.
+    let waiter = tokio::spawn(pending.durable());
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+    assert!(
+        reg.get("a", "1").is_none(),
+        "not served before it is durable"
+    );
+    // This runtime's only thread is free meanwhile: another registration is written and
+    // queued behind the held sync.
+    let second = reg.begin_insert(exec("a", "2")).unwrap();
+    assert_eq!(reg.shared.lock().written, 2);
+    release.send(()).unwrap();
+    waiter.await.unwrap().unwrap();
+    assert!(reg.get("a", "1").is_some());
+    second.durable().await.unwrap();
+    assert!(reg.get("a", "2").is_some());
+    assert_eq!(reg.shared.lock().syncs, 2);
+}
+
+#[test]
+fn a_registration_written_before_drop_is_still_made_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+    let pending = reg.begin_insert(exec("a", "1")).unwrap();
+    drop(reg);
+    pending.durable_blocking().unwrap();
+    let (reopened, recovery) = JournalRegistry::open(tmp.path()).unwrap();
+    assert_eq!(recovery.executors, 1);
+    assert!(reopened.get("a", "1").is_some());
+}
+
+#[test]
+fn compaction_keeps_the_changes_not_yet_synced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
+    for i in 0..1100 {
+        reg.insert(exec("old", &i.to_string())).unwrap();
+    }
+    reg.insert(exec("live", "1")).unwrap();
+    // Drop "old" without compacting yet: its records are dead weight in the file.
+    let seq = reg
+        .shared
+        .write(Change::RemoveApp(AppId::from("old")))
+        .unwrap();
+    Pending(Some((Arc::clone(&reg.shared), seq)))
+        .durable_blocking()
+        .unwrap();
+    // A registration written to the file (as `write` does) but not synced: the syncer is
+    // not told, so compaction finds it unsynced, and must carry it into the new file.
+    let late = Change::Register(exec("live", "2"));
+    {
+        let mut journal = reg.shared.lock();
+        let bytes = encode(&late.record()).unwrap();
+        (&*journal.file).write_all(&bytes).unwrap();
+        journal.len += bytes.len() as u64;
+        journal.records += 1;
+        journal.written += 1;
+        let seq = journal.written;
+        journal.unsynced.push_back((seq, late));
+    }
+    reg.shared.maybe_compact().unwrap();
+    {
+        let journal = reg.shared.lock();
+        assert_eq!(journal.records, 2, "compacted to the live entries");
+        assert_eq!(journal.synced, journal.written, "all of it durable");
+        assert!(journal.unsynced.is_empty());
+    }
+    assert!(reg.get("live", "2").is_some(), "the late change is applied");
+    drop(reg);
+    let (reopened, _) = JournalRegistry::open(tmp.path()).unwrap();
+    assert_eq!(
+        sorted_ids(&reopened),
+        vec![("live".into(), "1".into()), ("live".into(), "2".into())]
+    );
 }
