@@ -639,7 +639,7 @@ pub fn table(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| loopback | sendfile sender CPU s/GB (floor for large blocks) | {:.2} | | | |",
+            "| loopback | sendfile sender CPU s/GB (always ahead of its reader, whose ACKs then send most bytes: not a floor for serving requests) | {:.2} | | | |",
             v.sender_cpu_per_gb()
         );
     }

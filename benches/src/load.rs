@@ -25,7 +25,7 @@ use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use kshuffle::wire::{self, Frame, Message, StreamChunkId};
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::layout::{Layout, RangeVerifier, map_id};
 
@@ -64,6 +64,10 @@ pub struct LoadSpec {
     pub client_threads: usize,
     /// Longest wait for any progress on a connection.
     pub io_timeout: Duration,
+    /// `SO_RCVBUF` of each connection, set before it connects (Spark's
+    /// `spark.shuffle.io.receiveBuffer`); `None` leaves the kernel's autotuning, as Spark
+    /// does by default.
+    pub receive_buffer: Option<u32>,
 }
 
 impl LoadSpec {
@@ -81,6 +85,7 @@ impl LoadSpec {
             exec_id: "0".into(),
             client_threads: 1,
             io_timeout: Duration::from_secs(60),
+            receive_buffer: None,
         }
     }
 }
@@ -334,9 +339,19 @@ struct Conn {
 
 impl Conn {
     async fn run(addr: SocketAddr, plan: Arc<Plan>) -> anyhow::Result<Conn> {
-        let socket = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+        let socket = match plan.spec.receive_buffer {
+            None => TcpStream::connect(addr).await,
+            Some(bytes) => {
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.set_recv_buffer_size(bytes)?;
+                socket.connect(addr).await
+            }
+        }
+        .with_context(|| format!("connecting to {addr}"))?;
         socket.set_nodelay(true)?;
         let mut conn = Conn {
             plan,

@@ -21,8 +21,11 @@ pub struct LoopbackReport {
     pub bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
-    /// CPU seconds of the sending threads (the floor of what a server spends to send these
-    /// bytes with `sendfile`; on loopback it includes the receive path's softirq work).
+    /// CPU seconds of the sending threads. Not a floor for a server: these senders always
+    /// have more to send than the reader's window takes, so the bytes queue in their socket
+    /// buffers and go out when the reader's ACKs open the window, in the reader's context,
+    /// with the loopback receive path's softirq work. A server paced by requests sends into
+    /// an open window and runs that path itself (README, "CPU per GB").
     pub sender_cpu_secs: f64,
 }
 

@@ -72,6 +72,10 @@ enum Cmd {
         /// count syscalls, allocations or instructions per block); `--secs` still bounds it.
         #[arg(long)]
         max_requests: Option<u64>,
+        /// SO_RCVBUF of each client connection in bytes, like Spark's
+        /// spark.shuffle.io.receiveBuffer (default: the kernel's autotuning, as Spark's).
+        #[arg(long)]
+        receive_buffer: Option<u32>,
         /// Server pid, to report its CPU and peak RSS.
         #[arg(long)]
         pid: Option<u32>,
@@ -179,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             secs,
             client_threads,
             max_requests,
+            receive_buffer,
             pid,
         } => {
             let layout = Arc::new(Layout::create(&root, "load", 2, layout_spec(&shape))?);
@@ -189,6 +194,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs_f64(secs),
                 client_threads,
                 max_requests,
+                receive_buffer,
                 ..LoadSpec::new(maps_per_request, reduces_per_request, batch)
             };
             let before = pid.map(procstat::usage).transpose()?;

@@ -61,13 +61,15 @@ fn tiny_layout_fetched_and_verified_every_way() {
     register_layout(addr, &layout, "app-bench", "0").unwrap();
 
     // 2 maps x 3 partitions per request: 3 x 3 requests cover the grid exactly once (edges
-    // included), so the bytes must add up to the layout's.
-    for batch in [false, true] {
+    // included), so the bytes must add up to the layout's. The batch run reads through a
+    // tiny receive buffer (`--receive-buffer`): many short reads, the same bytes.
+    for (batch, receive_buffer) in [(false, None), (true, Some(4096))] {
         let run = LoadSpec {
             connections: 2,
             inflight: 2,
             max_requests: Some(9),
             duration: Duration::from_secs(120),
+            receive_buffer,
             ..LoadSpec::new(2, 3, batch)
         };
         let r = load::run(addr, Arc::clone(&layout), run).unwrap();

@@ -252,7 +252,7 @@ impl Pending {
         };
         let mut synced = shared.synced_tx.subscribe();
         // The sender lives in `shared`, which this holds: the wait cannot fail.
-        let _ = synced.wait_for(|&synced| synced >= seq).await;
+        let _ = synced.wait_for(|&through| through >= seq).await;
         let journal = shared.lock();
         settled(&journal, seq).unwrap_or_else(|| Err(not_synced("the registry closed")))
     }
