@@ -53,6 +53,9 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     /// Bound of the cache of parsed index files.
     pub index_cache_bytes: usize,
+    /// Data-file descriptors kept open between requests (0: none); see
+    /// [`crate::store::OpenFiles`].
+    pub open_data_files: usize,
     /// Chunk bodies up to this size are copied into the write batch instead of being sent
     /// with `sendfile` (0: always `sendfile`, zero-copy); see [`DEFAULT_INLINE_BODY_MAX_BYTES`].
     pub inline_body_max_bytes: u64,
@@ -99,6 +102,7 @@ impl Config {
             stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
             shutdown_grace_period: Duration::from_secs(30),
             index_cache_bytes: 100 * 1024 * 1024,
+            open_data_files: 1024,
             inline_body_max_bytes: DEFAULT_INLINE_BODY_MAX_BYTES,
             auth: None,
         }

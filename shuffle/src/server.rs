@@ -40,7 +40,12 @@ impl Server {
     /// # Errors
     /// When an allowed root is missing or cannot be canonicalized.
     pub fn new(config: Config, registry: Arc<dyn Registry>) -> io::Result<Self> {
-        let store = Store::new(registry, &config.allowed_roots, config.index_cache_bytes)?;
+        let store = Store::new(
+            registry,
+            &config.allowed_roots,
+            config.index_cache_bytes,
+            config.open_data_files,
+        )?;
         let service = Service {
             store,
             stats: Stats::default(),
@@ -113,6 +118,10 @@ impl Server {
         let config = &self.service.config;
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let tracker = TaskTracker::new();
+        let closer = tokio::spawn(close_idle_files(
+            Arc::clone(&self.service),
+            shutdown.clone(),
+        ));
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
@@ -164,9 +173,38 @@ impl Server {
                 "grace period over; dropping remaining connections"
             );
         }
+        closer.abort();
         if let Err(e) = self.service.store.registry().flush() {
             warn!(error = %e, "cannot flush the registry");
         }
         self.service.stats.snapshot()
+    }
+}
+
+/// How long a kept data-file descriptor may go unused before it is closed (an open
+/// descriptor of a file Spark deleted holds its disk space).
+pub const OPEN_FILE_IDLE: Duration = Duration::from_secs(10);
+
+/// Closes kept data files unused for [`OPEN_FILE_IDLE`], checking every half of it, until
+/// `shutdown`. On the blocking pool: closing the last descriptor of a deleted file frees
+/// its blocks, which can take a while for a large one.
+async fn close_idle_files(service: Arc<Service>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(OPEN_FILE_IDLE / 2);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let service = Arc::clone(&service);
+        let closed = tokio::task::spawn_blocking(move || {
+            service.store.open_files().evict_idle(OPEN_FILE_IDLE)
+        })
+        .await;
+        if let Ok(n) = closed
+            && n > 0
+        {
+            tracing::debug!(closed = n, "closed idle data files");
+        }
     }
 }

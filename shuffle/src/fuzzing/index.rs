@@ -41,7 +41,7 @@ fn fixture() -> Option<&'static Fixture> {
             std::fs::create_dir_all(&root).ok()?;
             let root = std::fs::canonicalize(&root).ok()?;
             let registry = Arc::new(MemoryRegistry::new());
-            let store = Store::new(registry, std::slice::from_ref(&root), 1 << 20).ok()?;
+            let store = Store::new(registry, std::slice::from_ref(&root), 1 << 20, 16).ok()?;
             let dirs = ExecutorDirs::create(&root, "fuzz", 1, 4).ok()?;
             let executor = store
                 .register("app-fuzz", "0", &dirs.as_strings(), 4, "sort")

@@ -21,6 +21,7 @@ pub mod cleanup;
 pub mod fsio;
 pub mod index;
 pub mod layout;
+pub mod open_files;
 mod removal;
 
 use std::fs::File;
@@ -34,6 +35,7 @@ use crate::registry::{self, AppId, ExecId, Executor, Pending, Registry};
 use checksum::Checksum;
 use index::{FileIdentity, IndexCache};
 pub use layout::{BlockFile, ChecksumAlgorithm};
+pub use open_files::OpenFiles;
 pub use removal::{AppRemoval, SweepOptions, SweepReport};
 
 /// Most local dirs one executor may register.
@@ -307,6 +309,7 @@ pub struct Store {
     registry: Arc<dyn Registry>,
     roots: Vec<PathBuf>,
     index: IndexCache,
+    files: OpenFiles,
 }
 
 impl std::fmt::Debug for Store {
@@ -326,6 +329,7 @@ impl Store {
         registry: Arc<dyn Registry>,
         roots: &[PathBuf],
         index_cache_bytes: usize,
+        open_files: usize,
     ) -> io::Result<Self> {
         if roots.is_empty() {
             return Err(io::Error::new(
@@ -345,7 +349,13 @@ impl Store {
             registry,
             roots,
             index: IndexCache::new(index_cache_bytes),
+            files: OpenFiles::new(open_files),
         })
+    }
+
+    /// Data-file descriptors kept open between requests (see [`OpenFiles`]).
+    pub fn open_files(&self) -> &OpenFiles {
+        &self.files
     }
 
     /// The canonical allowed roots.
@@ -507,7 +517,8 @@ impl Store {
     }
 
     /// Opens map output (`shuffle_id`, `map_id`) for serving: its data file (kept open), the
-    /// file's length and its index (from the cache). Costs one `open` and one `fstat`; a
+    /// file's length and its index (from the cache). Costs one `statx` when the data file's
+    /// descriptor is kept ([`OpenFiles`]), else one `open` and one `fstat`; a
     /// [`MapOutput::segment`] of it costs no system call, and checking that it is still
     /// current ([`MapOutput::is_current`]) one `fstat`.
     ///
@@ -527,26 +538,17 @@ impl Store {
         name.clear();
         let data_file = BlockFile::ShuffleData { shuffle_id, map_id };
         let data_path = Self::path_with(executor, &data_file, &mut name);
-        let data = match fsio::open_no_symlinks(&data_path) {
-            Ok(file) => {
-                let meta = file.metadata().map_err(|source| Error::DataUnreadable {
-                    path: data_path.clone(),
-                    source,
-                })?;
-                Some((file, meta))
-            }
-            Err(e) if fsio::is_not_found(&e) => None,
-            Err(source) => {
-                return Err(Error::DataUnreadable {
-                    path: data_path,
-                    source,
-                });
-            }
-        };
-        let identity = data.as_ref().map(|(_, meta)| FileIdentity::of(meta));
+        let data = self
+            .files
+            .open(&data_path)
+            .map_err(|source| Error::DataUnreadable {
+                path: data_path.clone(),
+                source,
+            })?;
+        let identity = data.as_ref().map(|d| d.identity);
         let index = self.index.get(&index_path, identity)?;
         let (data, data_len) = match data {
-            Some((file, meta)) => (Some(Arc::new(file)), meta.len()),
+            Some(d) => (Some(d.file), d.len),
             None => (None, 0),
         };
         Ok(MapOutput {
@@ -617,6 +619,7 @@ impl Store {
             if matches!(file, BlockFile::ShuffleIndex { .. }) {
                 self.index.invalidate(&path);
             }
+            self.files.invalidate(&path);
             // `remove_file` unlinks the entry itself and never follows a final symlink; the
             // parent (a hashed sub-dir) must not be a symlink either.
             match path.parent().map(std::fs::symlink_metadata) {

@@ -94,6 +94,7 @@ impl Store {
         std::fs::remove_dir(dir)?;
         reclaimed.dirs += 1;
         self.index.invalidate_under(dir);
+        self.files.invalidate_under(dir);
         Ok(reclaimed)
     }
 

@@ -18,6 +18,7 @@ fn env() -> Env {
         Arc::new(MemoryRegistry::new()),
         std::slice::from_ref(&root),
         1 << 20,
+        64,
     )
     .unwrap();
     Env {
@@ -446,7 +447,7 @@ fn registrations_outside_the_current_roots_are_not_served() {
     // The same registry, opened by a daemon whose only root is elsewhere.
     let other_root = env.root.parent().unwrap().join("other-root");
     std::fs::create_dir(&other_root).unwrap();
-    let other = Store::new(Arc::clone(env.store.registry()), &[other_root], 1 << 20).unwrap();
+    let other = Store::new(Arc::clone(env.store.registry()), &[other_root], 1 << 20, 64).unwrap();
     assert!(matches!(
         other.executor("app", "1"),
         Err(Error::UnknownExecutor { .. })
