@@ -17,7 +17,7 @@
 //! | `numActiveConnections` | `kshuffle_connections_open` |
 //! | `numRegisteredConnections` | `kshuffle_connections_total` |
 //! | `numCaughtExceptions` | `kshuffle_errors_total{kind}` |
-//! | – | `kshuffle_registered_apps`, `kshuffle_streams_open`, `kshuffle_apps_removed_total`, `kshuffle_cleanup_reclaimed_bytes_total`, `kshuffle_orphan_dirs_reclaimed_total`, `kshuffle_registry_recovered_with_loss`, `kshuffle_turns_yielded_total`, `kshuffle_rpcs_read_ahead_total`, `kshuffle_chunks_out_of_turn_total`, `kshuffle_registry_syncs_total` and `kshuffle_registry_synced_records_total` (their ratio: registrations per journal sync) |
+//! | – | `kshuffle_registered_apps`, `kshuffle_streams_open`, `kshuffle_data_files_kept_open`, `kshuffle_apps_removed_total`, `kshuffle_cleanup_reclaimed_bytes_total`, `kshuffle_orphan_dirs_reclaimed_total`, `kshuffle_registry_recovered_with_loss`, `kshuffle_turns_yielded_total`, `kshuffle_rpcs_read_ahead_total`, `kshuffle_chunks_out_of_turn_total`, `kshuffle_registry_syncs_total` and `kshuffle_registry_synced_records_total` (their ratio: registrations per journal sync) |
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -43,6 +43,7 @@ pub fn publish(service: &Service) {
         .set(service.stats.connections_open.load(Ordering::Relaxed) as f64);
     metrics::gauge!("kshuffle_streams_open")
         .set(service.stats.streams_open.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("kshuffle_data_files_kept_open").set(service.store.open_files().len() as f64);
     for (name, value) in [
         ("kshuffle_connections_total", s.connections),
         ("kshuffle_connections_refused_total", s.connections_refused),

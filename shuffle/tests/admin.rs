@@ -161,6 +161,8 @@ async fn health_readiness_and_metrics() {
         "kshuffle_chunks_served_total 1",
         "kshuffle_served_bytes_total 5",
         "kshuffle_connections_open 1",
+        // The one map output served keeps its data file open.
+        "kshuffle_data_files_kept_open 1",
         "kshuffle_request_duration_seconds_count{type=\"FetchShuffleBlocks\"}",
         "kshuffle_request_duration_seconds_count{type=\"RegisterExecutor\"}",
         // A histogram of fixed buckets (bounded memory), not a summary of raw samples.

@@ -249,8 +249,10 @@ fn remove_files_counts_exactly_what_was_deleted() {
     dirs.write_map_output(0, 5, &[b"a", b"b"]).unwrap();
     dirs.write_rdd_block(1, 2, b"r").unwrap();
     let exec = register(&env, &dirs);
-    // Served once, so its index is cached; removal must invalidate it.
+    // Served once, so its index is cached and its data file kept open; removal must drop
+    // both (a kept descriptor would hold the deleted file's space).
     env.store.shuffle_segment(&exec, 0, 5, 0, 1).unwrap();
+    assert_eq!(env.store.open_files().len(), 1);
     let names: Vec<String> = [
         "shuffle_0_5_0.index",
         "shuffle_0_5_0.data",
@@ -262,6 +264,7 @@ fn remove_files_counts_exactly_what_was_deleted() {
     .map(String::from)
     .to_vec();
     assert_eq!(env.store.remove_files(&exec, &names), 3);
+    assert!(env.store.open_files().is_empty());
     let err = env.store.shuffle_segment(&exec, 0, 5, 0, 1).unwrap_err();
     assert!(matches!(err, Error::IndexMissing { .. }), "{err}");
 }
@@ -332,8 +335,18 @@ fn remove_app_deletes_exactly_its_dirs() {
         .unwrap();
     // A symlink inside app A's dir pointing at app B's files must not be followed.
     std::os::unix::fs::symlink(&b.dirs[0], a.dirs[0].join("evil")).unwrap();
+    // Both served once: their data files are kept open.
+    let exec_a = env.store.registry().get("app-a", "1").unwrap();
+    env.store.shuffle_segment(&exec_a, 0, 1, 0, 1).unwrap();
+    env.store.shuffle_segment(&exec_b, 0, 1, 0, 1).unwrap();
+    assert_eq!(env.store.open_files().len(), 2);
 
     let removal = env.store.remove_app("app-a").unwrap().unwrap();
+    assert_eq!(
+        env.store.open_files().len(),
+        1,
+        "only app B's file stays open"
+    );
     assert_eq!(removal.executors, 1);
     assert!(removal.errors.is_empty(), "{:?}", removal.errors);
     assert_eq!(
