@@ -25,7 +25,7 @@ pub struct LoopbackReport {
     /// have more to send than the reader's window takes, so the bytes queue in their socket
     /// buffers and go out when the reader's ACKs open the window, in the reader's context,
     /// with the loopback receive path's softirq work. A server paced by requests sends into
-    /// an open window and runs that path itself (README, "CPU per GB").
+    /// an open window and runs that path itself (README, Benchmarks, "What is met").
     pub sender_cpu_secs: f64,
 }
 
