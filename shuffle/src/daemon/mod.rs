@@ -121,13 +121,19 @@ pub async fn run_with_secrets(
     match limits::raise_open_files_limit() {
         Ok(files) => {
             info!(before = ?files.before, now = ?files.now, "open-files limit raised to the hard limit");
-            let needed = u64::try_from(settings.config.max_connections).unwrap_or(u64::MAX);
+            // Each connection is a descriptor, and so is each data file kept open.
+            let config = &settings.config;
+            let needed = config
+                .max_connections
+                .saturating_add(config.open_data_files);
+            let needed = u64::try_from(needed).unwrap_or(u64::MAX);
             if files
                 .now
                 .is_some_and(|soft| soft < needed.saturating_add(64))
             {
-                warn!(limit = ?files.now, max_connections = needed,
-                    "the open-files limit is below --max-connections: accepts will fail before the cap");
+                warn!(limit = ?files.now, max_connections = config.max_connections,
+                    open_data_files = config.open_data_files,
+                    "the open-files limit is below --max-connections plus --open-data-files: accepts or opens will fail before those caps");
             }
         }
         Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
