@@ -76,15 +76,19 @@ impl OpenFiles {
     /// # Errors
     /// A refused or failed open, or a failed `fstat` of the new descriptor.
     pub fn open(&self, path: &Path) -> io::Result<Option<OpenFile>> {
-        if let Some(hit) = self.entries.get(path) {
+        // Taken out first: no map shard stays locked across the `statx`.
+        let kept = self.entries.get(path).map(|hit| {
+            hit.last_used.store(self.now_ms(), Ordering::Relaxed);
+            hit.open.clone()
+        });
+        if let Some(kept) = kept {
             let same = std::fs::symlink_metadata(path)
-                .is_ok_and(|meta| FileIdentity::of(&meta) == hit.open.identity);
+                .is_ok_and(|meta| FileIdentity::of(&meta) == kept.identity);
             if same {
-                hit.last_used.store(self.now_ms(), Ordering::Relaxed);
-                return Ok(Some(hit.open.clone()));
+                return Ok(Some(kept));
             }
-            drop(hit);
-            self.entries.remove(path);
+            self.entries
+                .remove_if(path, |_, e| Arc::ptr_eq(&e.open.file, &kept.file));
         }
         let file = match fsio::open_no_symlinks(path) {
             Ok(file) => file,
