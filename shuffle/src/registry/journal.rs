@@ -361,29 +361,39 @@ fn read_record(reader: &mut impl Read, pos: u64, file_len: u64) -> io::Result<Ne
     }
 }
 
-fn apply(memory: &MemoryRegistry, record: Record) {
-    match record {
-        Record::Register {
-            app_id,
-            exec_id,
-            local_dirs,
-            resolved_dirs,
-            sub_dirs_per_local_dir,
-            shuffle_manager,
-        } => {
-            // In-memory inserts cannot fail.
-            let _ = memory.insert(Arc::new(Executor {
+impl From<Record> for Change {
+    fn from(record: Record) -> Self {
+        match record {
+            Record::Register {
+                app_id,
+                exec_id,
+                local_dirs,
+                resolved_dirs,
+                sub_dirs_per_local_dir,
+                shuffle_manager,
+            } => Change::Register(Arc::new(Executor {
                 app_id: AppId(app_id),
                 exec_id: ExecId(exec_id),
                 local_dirs,
                 resolved_dirs,
                 sub_dirs_per_local_dir,
                 shuffle_manager,
-            }));
+            })),
+            Record::RemoveApp { app_id } => Change::RemoveApp(AppId(app_id)),
         }
-        Record::RemoveApp { app_id } => {
-            let _ = memory.remove_app(&app_id);
+    }
+}
+
+/// Applies `change` to `memory` (replayed at start, or just synced); returns what a
+/// `RemoveApp` removed, `None` for a registration.
+fn apply(memory: &MemoryRegistry, change: Change) -> Option<Vec<Arc<Executor>>> {
+    // In-memory changes cannot fail.
+    match change {
+        Change::Register(executor) => {
+            let _ = memory.insert(executor);
+            None
         }
+        Change::RemoveApp(app) => Some(memory.remove_app(&app.0).unwrap_or_default()),
     }
 }
 
@@ -430,7 +440,7 @@ impl JournalRegistry {
                 loop {
                     match read_record(&mut reader, valid_end, file_len).map_err(ctx)? {
                         Next::Record(record, end) => {
-                            apply(&memory, record);
+                            apply(&memory, record.into());
                             recovery.records += 1;
                             valid_end = end;
                         }
@@ -556,8 +566,7 @@ impl Shared {
             *journal = compacted;
             let through = journal.written;
             self.settle(&mut journal, through);
-            self.sync_done.notify_all();
-            self.synced_tx.send_replace(journal.synced);
+            self.wake_writers(&journal);
             info!(live, "registry journal compacted");
         }
         Ok(())
@@ -637,9 +646,20 @@ impl Shared {
                 journal.lost.push_back((from..=to, e.to_string().into()));
             }
         }
+        self.wake_writers(&journal);
+        journal
+    }
+
+    /// Tells every writer waiting for a sync (blocking or async) how far `journal` is now
+    /// settled.
+    fn wake_writers(&self, journal: &Journal) {
         self.sync_done.notify_all();
         self.synced_tx.send_replace(journal.synced);
-        journal
+    }
+
+    /// The [`Pending`] of the change with sequence `seq`.
+    fn pending(self: &Arc<Self>, seq: u64) -> Pending {
+        Pending(Some((Arc::clone(self), seq)))
     }
 
     /// Applies the changes through sequence `through` (now durable) to memory, in order.
@@ -650,15 +670,8 @@ impl Shared {
             let Some((seq, change)) = journal.unsynced.pop_front() else {
                 break;
             };
-            match change {
-                // In-memory changes cannot fail.
-                Change::Register(executor) => {
-                    let _ = self.memory.insert(executor);
-                }
-                Change::RemoveApp(app) => {
-                    let removed = self.memory.remove_app(&app.0).unwrap_or_default();
-                    journal.removed.insert(seq, removed);
-                }
+            if let Some(removed) = apply(&self.memory, change) {
+                journal.removed.insert(seq, removed);
             }
         }
         journal.synced = journal.synced.max(through);
@@ -696,7 +709,7 @@ impl Registry for JournalRegistry {
 
     fn begin_insert(&self, executor: Arc<Executor>) -> Result<Pending, Error> {
         let seq = self.shared.write(Change::Register(executor))?;
-        Ok(Pending(Some((Arc::clone(&self.shared), seq))))
+        Ok(self.shared.pending(seq))
     }
 
     fn get(&self, app: &str, exec: &str) -> Option<Arc<Executor>> {
@@ -712,7 +725,7 @@ impl Registry for JournalRegistry {
             return Ok(Vec::new());
         }
         let seq = self.shared.write(Change::RemoveApp(AppId::from(app)))?;
-        Pending(Some((Arc::clone(&self.shared), seq))).durable_blocking()?;
+        self.shared.pending(seq).durable_blocking()?;
         let removed = self.shared.lock().removed.remove(&seq).unwrap_or_default();
         self.shared.maybe_compact().map_err(Error::Store)?;
         Ok(removed)

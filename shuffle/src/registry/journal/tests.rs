@@ -441,9 +441,7 @@ fn compaction_keeps_the_changes_not_yet_synced() {
         .shared
         .write(Change::RemoveApp(AppId::from("old")))
         .unwrap();
-    Pending(Some((Arc::clone(&reg.shared), seq)))
-        .durable_blocking()
-        .unwrap();
+    reg.shared.pending(seq).durable_blocking().unwrap();
     // A registration written to the file (as `write` does) but not synced: the syncer is
     // not told, so compaction finds it unsynced, and must carry it into the new file.
     let late = Change::Register(exec("live", "2"));
