@@ -683,16 +683,13 @@ pub fn table(r: &Results) -> String {
         // Medians over each service's sessions, per job as well.
         let wall = |runs: &[&SparkRun]| median(runs.iter().map(|x| x.wall.as_secs_f64()).collect());
         let job = |runs: &[&SparkRun], name: &str| {
-            let times: Vec<f64> = runs
+            let found: Vec<_> = runs
                 .iter()
                 .filter_map(|x| x.jobs.iter().find(|(n, _, _)| n == name))
-                .map(|(_, secs, _)| *secs)
                 .collect();
-            let failed = runs
-                .iter()
-                .filter_map(|x| x.jobs.iter().find(|(n, _, _)| n == name))
-                .any(|(_, _, err)| err.is_some());
-            (!times.is_empty()).then(|| (median(times), failed))
+            let failed = found.iter().any(|(_, _, err)| err.is_some());
+            let times = found.iter().map(|(_, secs, _)| *secs).collect();
+            (!found.is_empty()).then(|| (median(times), failed))
         };
         let j = (!theirs.is_empty()).then(|| wall(&theirs));
         let _ = writeln!(
