@@ -21,8 +21,9 @@
 //! Small frames are batched in a write buffer. A chunk body of at most
 //! `--inline-body-max-bytes` is read (`pread`) into that batch right after its header, so
 //! the replies to a burst of small-block requests leave in a few large writes instead of a
-//! `send` plus a `sendfile` each (two syscalls and a TCP push per 4 KiB block); a larger body goes from the page cache to the socket with `sendfile(2)`,
-//! never through user memory, after its header is sent with `MSG_MORE`. The batch is bounded
+//! `send` plus a `sendfile` each (two syscalls and a TCP push per 4 KiB block); a larger
+//! body goes from the page cache to the socket with `sendfile(2)`, never through user
+//! memory, after its header is sent with `MSG_MORE`. The batch is bounded
 //! ([`WRITE_BATCH_BYTES`] plus one small body) and flushed before the connection reads again.
 //! A connection reads no further requests while it writes (beyond at most
 //! [`MAX_READ_AHEAD_FRAMES`] read ahead), so a slow reader cannot make the daemon buffer
