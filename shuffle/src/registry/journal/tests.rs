@@ -253,9 +253,16 @@ fn goes_on_from_the_last_good_sync(
 fn a_failed_sync_drops_every_record_it_covered() {
     let tmp = tempfile::tempdir().unwrap();
     let (reg, _) = JournalRegistry::open(tmp.path()).unwrap();
-    // Another writer's record is written but not yet synced when this insert's sync fails:
-    // both are dropped from the file and remembered as lost, so that writer gets an error
-    // too when it checks (see `append`), instead of an acknowledgement.
+    // The first sync (sequence 1) is held, so that nothing below can be synced on its own:
+    // the syncer only starts the next sync once it is released, and that one covers both
+    // the hand-written record and the insert.
+    let (release, hold) = std::sync::mpsc::channel();
+    reg.shared.lock().hold_next_sync = Some(hold);
+    let kept = reg.begin_insert(exec("a", "kept")).unwrap();
+    wait_until(&reg, "the first sync started", |j| j.syncing);
+    // Another writer's record (sequence 2) is written but not yet synced when this insert's
+    // sync fails: both are dropped from the file and remembered as lost, so that writer
+    // gets an error too when it checks (see `append`), instead of an acknowledgement.
     let lost_bytes = encode(&Record::register(&exec("b", "2"))).unwrap();
     {
         let mut journal = reg.shared.lock();
@@ -265,24 +272,28 @@ fn a_failed_sync_drops_every_record_it_covered() {
         journal.written += 1;
         journal.fail_next_sync = true;
     }
-    // Sequence 1 is the hand-written record above; this insert is sequence 2 and its sync
-    // fails, dropping both.
-    assert!(reg.insert(exec("b", "3")).is_err());
+    // This insert is sequence 3.
+    let refused = reg.begin_insert(exec("b", "3")).unwrap();
+    release.send(()).unwrap();
+    kept.durable_blocking().unwrap();
+    assert!(refused.durable_blocking().is_err());
     let journal = reg.shared.lock();
     assert!(
         journal
             .lost
             .iter()
-            .any(|(r, why)| r.contains(&1) && r.contains(&2) && why.contains("injected"))
+            .any(|(r, why)| r.contains(&2) && r.contains(&3) && why.contains("injected")),
+        "{:?}",
+        journal.lost
     );
-    assert_eq!(journal.synced, 2);
+    assert_eq!(journal.synced, 3);
     assert_eq!(journal.len, journal.synced_len);
     assert_eq!(
         std::fs::metadata(journal_path(tmp.path())).unwrap().len(),
         journal.len
     );
     drop(journal);
-    assert_eq!(reg.len(), 0);
+    assert_eq!(sorted_ids(&reg), [("a".to_owned(), "kept".to_owned())]);
 }
 
 /// Starts `n` threads that each insert one executor of app `app`, numbered from `first`.
