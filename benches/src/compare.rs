@@ -509,6 +509,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 let Some(s) = services.get(i) else { continue };
                 eprintln!("real-Spark session {} against {} ...", round + 1, s.name);
                 let local = root.join(format!("spark-local-{i}-{round}"));
+                let before = procstat::usage(s.pid()).ok();
                 let run = sparkjobs::run_static(
                     &python,
                     &jobs_py,
@@ -521,7 +522,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 let _ = std::fs::remove_dir_all(&local);
                 // A failed Spark session is reported, not allowed to discard the other figures.
                 let run = match run {
-                    Ok(run) => run,
+                    Ok(mut run) => {
+                        let after = procstat::usage(s.pid()).ok();
+                        run.service_cpu_secs =
+                            before.zip(after).map(|(b, a)| a.cpu_secs - b.cpu_secs);
+                        run
+                    }
                     Err(e) => {
                         eprintln!("real-Spark session against {} failed: {e:#}", s.name);
                         break 'rounds;
@@ -701,6 +707,19 @@ pub fn table(r: &Results) -> String {
             opt(j, |v| format!("{v:.1}")),
             ratio(wall(&ours), j)
         );
+        let cpu = |runs: &[&SparkRun]| -> Option<f64> {
+            let v: Vec<f64> = runs.iter().filter_map(|x| x.service_cpu_secs).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        if let Some(o) = cpu(&ours) {
+            let j = cpu(&theirs);
+            let _ = writeln!(
+                s,
+                "| real Spark (jobs.py static) | service CPU during the session (s) | {o:.2} | {} | {} | |",
+                opt(j, |v| format!("{v:.2}")),
+                ratio(o, j)
+            );
+        }
         let mark = |failed: bool| if failed { " (failed)" } else { "" };
         let names = ours
             .first()
@@ -717,6 +736,29 @@ pub fn table(r: &Results) -> String {
                 js.map(|(v, f)| format!("{v:.1}{}", mark(f)))
                     .unwrap_or_else(|| "-".into()),
                 ratio(secs, js.map(|(v, _)| v))
+            );
+        }
+        let phase = |runs: &[&SparkRun], name: &str| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter_map(|x| x.phases.iter().find(|(n, _)| n == name).map(|(_, s)| *s))
+                .collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let names = ours
+            .first()
+            .map(|x| x.phases.iter().map(|(n, _)| n.as_str()));
+        for name in names.into_iter().flatten() {
+            let Some(secs) = phase(&ours, name) else {
+                continue;
+            };
+            let js = phase(&theirs, name);
+            let _ = writeln!(
+                s,
+                "| real Spark (jobs.py static) | {} (s) | {secs:.1} | {} | {} | |",
+                name.replace('_', " "),
+                opt(js, |v| format!("{v:.1}")),
+                ratio(secs, js)
             );
         }
     }
@@ -763,6 +805,9 @@ mod tests {
                 .iter()
                 .map(|(n, s)| ((*n).to_owned(), *s, None))
                 .collect(),
+            phases: vec![("executors_up".to_owned(), wall / 5.0)],
+            // A tenth of the wall time, so each session's figure is its own.
+            service_cpu_secs: Some(wall / 10.0),
         }
     }
 
@@ -793,6 +838,14 @@ mod tests {
         assert_eq!(
             row("job sort"),
             "| real Spark (jobs.py static) | job sort (s) | 11.0 | 8.5 | 1.29 | |"
+        );
+        assert_eq!(
+            row("service CPU"),
+            "| real Spark (jobs.py static) | service CPU during the session (s) | 5.20 | 4.20 | 1.24 | |"
+        );
+        assert_eq!(
+            row("executors up"),
+            "| real Spark (jobs.py static) | executors up (s) | 10.4 | 8.4 | 1.24 | |"
         );
     }
 }

@@ -20,6 +20,11 @@ pub struct SparkRun {
     pub session_secs: f64,
     /// Per job: (name, seconds, error if any).
     pub jobs: Vec<(String, f64, Option<String>)>,
+    /// The session's other steps (context start, executors up, stop): (name, seconds).
+    pub phases: Vec<(String, f64)>,
+    /// CPU seconds (user + system) the shuffle service used during the session, when the
+    /// caller measured it.
+    pub service_cpu_secs: Option<f64>,
 }
 
 /// Runs the `static` session of `jobs.py` with the venv's `python` against the service on
@@ -82,9 +87,20 @@ pub fn run_static(
             jobs.push((name.clone(), secs, err));
         }
     }
+    let phases = v
+        .get("phases")
+        .and_then(Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(name, secs)| Some((name.clone(), secs.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(SparkRun {
         wall,
         session_secs: v.get("seconds").and_then(Value::as_f64).unwrap_or(0.0),
         jobs,
+        phases,
+        service_cpu_secs: None,
     })
 }

@@ -15,7 +15,10 @@ never by Spark) plus facts the caller asserts on. The script prints exactly ONE 
 stdout (everything else goes to stderr):
 
     {"session": ..., "spark_version": ..., "app_id": ..., "executors": [...],
-     "jobs": {name: {"got": ..., "expected": ..., "seconds": ..., "error": null, ...}}}
+     "jobs": {name: {"got": ..., "expected": ..., "seconds": ..., "error": null, ...}},
+     "seconds": ..., "phases": {"context_start": ..., "executors_up": ..., "stop": ...}}
+
+(`phases`, the seconds of the static session's other steps, only in that session.)
 
 A job that raises gets `"error": "<message>"` (the full trace is on stderr) and the other
 jobs of a static session still run. The process exits 0 whenever it printed the JSON line.
@@ -255,7 +258,9 @@ def warm_up(sc, n, timeout_s):
                 "only %s of %d executors up after %ds" % (live_executor_ids(sc), n, timeout_s)
             )
         time.sleep(0.25)
-    log("%d executors up after %.1fs" % (n, time.time() - start))
+    took = time.time() - start
+    log("%d executors up after %.1fs" % (n, took))
+    return took
 
 
 def now_ms():
@@ -496,12 +501,16 @@ def session_static(args, out):
         # Remote requests of at most 4.8 MB (a fifth of it): see job_medium_blocks.
         .set("spark.reducer.maxSizeInFlight", "24m")
     )
+    # Where a session's time goes besides its jobs (the benchmark runner prints these).
+    phases = out.setdefault("phases", {})
+    start = time.time()
     spark = SparkSession.builder.config(conf=conf).getOrCreate()
     sc = spark.sparkContext
+    phases["context_start"] = round(time.time() - start, 2)
     describe(sc, out)
     jobs = out["jobs"]
     try:
-        warm_up(sc, 2, EXECUTORS_UP_TIMEOUT_S)
+        phases["executors_up"] = round(warm_up(sc, 2, EXECUTORS_UP_TIMEOUT_S), 2)
         run_jobs(
             jobs,
             [
@@ -516,7 +525,9 @@ def session_static(args, out):
         )
         out["executors"] = executor_timeline(sc)
     finally:
+        start = time.time()
         spark.stop()
+        phases["stop"] = round(time.time() - start, 2)
 
 
 def session_old_protocol(args, out):
