@@ -136,6 +136,12 @@ impl Server {
                 }
                 Err(e) => {
                     warn!(error = %e, ?backoff, "accept failed; backing off");
+                    if crate::store::open_files::out_of_descriptors(&e) {
+                        // Kept data files give way to connections (closed on the blocking
+                        // pool: the last close of a deleted file frees its blocks).
+                        let service = Arc::clone(&self.service);
+                        tokio::task::spawn_blocking(move || service.store.open_files().shed());
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(backoff) => {}

@@ -78,3 +78,78 @@ fn bad_flags_exit_with_usage_status() {
         );
     }
 }
+
+/// A daemon that runs out of file descriptors while data files are kept open closes the
+/// kept ones and serves on: its open-files limit is cut (soft and hard, `prlimit(2)` on the
+/// running process) to what it holds plus 16, then it serves 100 map outputs in turn, each
+/// data file kept open after its fetch (`--open-data-files 1024`).
+#[tokio::test]
+async fn out_of_descriptors_the_kept_data_files_give_way() {
+    use rustix::process::{Pid, Resource, Rlimit, prlimit};
+
+    const MAPS: i64 = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mut args = Daemon::standard_args(&root);
+    args.extend(["--open-data-files".into(), "1024".into()]);
+    let daemon = Daemon::start(args);
+    let dirs = ExecutorDirs::create(&root, "e", 1, 64).unwrap();
+    let block = |map: i64| format!("block of map {map}").into_bytes();
+    for map in 0..MAPS {
+        dirs.write_map_output(0, map, &[&block(map)]).unwrap();
+    }
+    let mut client = Client::connect(daemon.addr()).await.unwrap();
+    client
+        .register("app-1", "1", dirs.as_strings(), 64)
+        .await
+        .unwrap();
+
+    let in_use = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count() as u64;
+    let limit = in_use + 16;
+    let pid = Pid::from_raw(i32::try_from(daemon.pid()).unwrap());
+    prlimit(
+        pid,
+        Resource::Nofile,
+        Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        },
+    )
+    .unwrap();
+
+    for map in 0..MAPS {
+        let handle = client
+            .open(&kshuffle::wire::Message::FetchShuffleBlocks {
+                app_id: "app-1".into(),
+                exec_id: "1".into(),
+                shuffle_id: 0,
+                map_ids: vec![map],
+                reduce_ids: vec![vec![0]],
+                batch_fetch_enabled: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("map {map}: {e}\n{}", daemon.log_text()));
+        let got = client
+            .chunk(handle.stream_id, 0)
+            .await
+            .unwrap_or_else(|e| panic!("map {map}: {e}\n{}", daemon.log_text()));
+        assert_eq!(got, block(map), "map {map}");
+    }
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count() as u64;
+    assert!(fds <= limit, "{fds} descriptors open, limit {limit}");
+    assert!(
+        daemon
+            .warnings()
+            .iter()
+            .any(|w| w.message.contains("out of file descriptors")),
+        "no warning about shedding in\n{}",
+        daemon.log_text()
+    );
+    drop(client);
+    let stats = daemon.stop();
+    assert_eq!(stats.chunks_served, MAPS as u64, "{stats}");
+}

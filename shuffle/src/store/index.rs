@@ -14,6 +14,7 @@
 //! on a stage retry), the index is read again. Removal of files through the daemon
 //! invalidates entries explicitly.
 
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -137,16 +138,23 @@ impl IndexCache {
     /// The index at `path`, valid for the data file whose identity is `data` (or for a
     /// missing data file when `None`). Reads the file on a miss or when stale.
     ///
+    /// `open` opens the file (see [`super::OpenFiles::open_uncached`]).
+    ///
     /// # Errors
     /// `IndexMissing`, `IndexUnreadable` or `IndexCorrupt`.
-    pub fn get(&self, path: &Path, data: Option<FileIdentity>) -> Result<Arc<Index>, Error> {
+    pub fn get(
+        &self,
+        path: &Path,
+        data: Option<FileIdentity>,
+        open: impl FnOnce(&Path) -> std::io::Result<File>,
+    ) -> Result<Arc<Index>, Error> {
         if let Some(hit) = self.entries.get(path)
             && hit.data == data
         {
             return Ok(Arc::clone(&hit));
         }
         let index = Arc::new(Index {
-            offsets: read_index(path)?,
+            offsets: read_index(path, open)?,
             data,
         });
         if let Some(old) = self.entries.insert(path.to_path_buf(), Arc::clone(&index)) {
@@ -210,8 +218,11 @@ impl IndexCache {
     }
 }
 
-fn read_index(path: &Path) -> Result<Box<[u64]>, Error> {
-    let file = fsio::open_no_symlinks(path).map_err(|source| {
+fn read_index(
+    path: &Path,
+    open: impl FnOnce(&Path) -> std::io::Result<File>,
+) -> Result<Box<[u64]>, Error> {
+    let file = open(path).map_err(|source| {
         if fsio::is_not_found(&source) {
             Error::IndexMissing {
                 path: path.to_path_buf(),
@@ -290,18 +301,42 @@ mod tests {
         std::fs::write(&p, index_bytes(&[0, 3])).unwrap();
         let meta = std::fs::metadata(&p).unwrap();
         let id1 = Some(FileIdentity::of(&meta));
-        assert_eq!(cache.get(&p, id1).unwrap().data_len(), 3);
+        assert_eq!(
+            cache
+                .get(&p, id1, fsio::open_no_symlinks)
+                .unwrap()
+                .data_len(),
+            3
+        );
         // Rewritten on disk: same identity = cached value; new identity = re-read.
         std::fs::write(&p, index_bytes(&[0, 7])).unwrap();
-        assert_eq!(cache.get(&p, id1).unwrap().data_len(), 3);
-        assert_eq!(cache.get(&p, None).unwrap().data_len(), 7);
+        assert_eq!(
+            cache
+                .get(&p, id1, fsio::open_no_symlinks)
+                .unwrap()
+                .data_len(),
+            3
+        );
+        assert_eq!(
+            cache
+                .get(&p, None, fsio::open_no_symlinks)
+                .unwrap()
+                .data_len(),
+            7
+        );
         cache.invalidate(&p);
         assert!(cache.is_empty());
 
         for i in 0..200 {
             let p = root.join(format!("{i}.index"));
             std::fs::write(&p, index_bytes(&[0, i])).unwrap();
-            assert_eq!(cache.get(&p, None).unwrap().data_len(), i as u64);
+            assert_eq!(
+                cache
+                    .get(&p, None, fsio::open_no_symlinks)
+                    .unwrap()
+                    .data_len(),
+                i as u64
+            );
         }
         assert!(
             cache.bytes.load(Ordering::Relaxed) <= 10 * 1024,
@@ -313,12 +348,12 @@ mod tests {
         assert_eq!(cache.bytes.load(Ordering::Relaxed), 0);
 
         assert!(matches!(
-            cache.get(&root.join("none"), None),
+            cache.get(&root.join("none"), None, fsio::open_no_symlinks),
             Err(Error::IndexMissing { .. })
         ));
         std::fs::write(root.join("bad"), [1, 2, 3]).unwrap();
         assert!(matches!(
-            cache.get(&root.join("bad"), None),
+            cache.get(&root.join("bad"), None, fsio::open_no_symlinks),
             Err(Error::IndexCorrupt { .. })
         ));
     }

@@ -546,7 +546,9 @@ impl Store {
                 source,
             })?;
         let identity = data.as_ref().map(|d| d.identity);
-        let index = self.index.get(&index_path, identity)?;
+        let index = self
+            .index
+            .get(&index_path, identity, |p| self.files.open_uncached(p))?;
         let (data, data_len) = match data {
             Some(d) => (Some(d.file), d.len),
             None => (None, 0),
@@ -580,7 +582,7 @@ impl Store {
                 split_index,
             },
         );
-        let file = fsio::open_no_symlinks(&path).map_err(|source| {
+        let file = self.files.open_uncached(&path).map_err(|source| {
             if fsio::is_not_found(&source) {
                 Error::DataMissing { path: path.clone() }
             } else {
@@ -677,7 +679,7 @@ impl Store {
             map_id,
             algorithm,
         };
-        let mut sums = fsio::open_no_symlinks(&Self::path_of(executor, &file))?;
+        let mut sums = self.files.open_uncached(&Self::path_of(executor, &file))?;
         let entry = u64::try_from(reduce_id)? * 8;
         sums.seek(SeekFrom::Start(entry))?;
         let mut be = [0u8; 8];

@@ -15,7 +15,11 @@
 //! [`OpenFiles::invalidate_under`]), and entries unused for [`OpenFiles::evict_idle`]'s
 //! bound go (files Spark's executors delete themselves are released that way). At most
 //! `capacity` descriptors are kept; when full, entries idle for a second make room, and if
-//! none is, the file is served without being kept.
+//! none is, the file is served without being kept. An open that fails because the process
+//! is out of descriptors (`EMFILE`, `ENFILE`) closes every kept one and is tried once more
+//! ([`OpenFiles::shed`]; so do the store's other opens, through [`OpenFiles::open_uncached`],
+//! and the accept loop sheds them when `accept` fails that way), so the cache never stands
+//! between a request and the file it names.
 
 use std::fs::File;
 use std::io;
@@ -90,7 +94,7 @@ impl OpenFiles {
             self.entries
                 .remove_if(path, |_, e| Arc::ptr_eq(&e.open.file, &kept.file));
         }
-        let file = match fsio::open_no_symlinks(path) {
+        let file = match self.open_uncached(path) {
             Ok(file) => file,
             Err(e) if fsio::is_not_found(&e) => return Ok(None),
             Err(e) => return Err(e),
@@ -111,6 +115,16 @@ impl OpenFiles {
             );
         }
         Ok(Some(open))
+    }
+
+    /// `path` opened afresh (refusing symlinks anywhere on the path) and not kept: for the
+    /// daemon's other files (index, RDD block, checksum), which also get a second try after
+    /// [`OpenFiles::shed`] when the process is out of descriptors.
+    ///
+    /// # Errors
+    /// A refused or failed open.
+    pub fn open_uncached(&self, path: &Path) -> io::Result<File> {
+        retry_after_shedding(|| fsio::open_no_symlinks(path), || self.shed())
     }
 
     /// Whether there is room for one more entry, after dropping entries idle for a second
@@ -135,6 +149,13 @@ impl OpenFiles {
         before.saturating_sub(self.entries.len())
     }
 
+    /// Closes every kept descriptor (the process ran out of them); returns how many.
+    pub fn shed(&self) -> usize {
+        let before = self.entries.len();
+        self.entries.clear();
+        before
+    }
+
     /// Forgets the descriptor of `path` (the file is being removed).
     pub fn invalidate(&self, path: &Path) {
         self.entries.remove(path);
@@ -153,6 +174,36 @@ impl OpenFiles {
     /// Whether none is kept.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// Whether `e` says the process (`EMFILE`) or the system (`ENFILE`) has no file
+/// descriptor left.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error().is_some_and(|code| {
+        code == Errno::MFILE.raw_os_error() || code == Errno::NFILE.raw_os_error()
+    })
+}
+
+/// `open`, tried once more after `shed` closed some descriptors if it failed for want of
+/// them.
+fn retry_after_shedding<T>(
+    mut open: impl FnMut() -> io::Result<T>,
+    shed: impl FnOnce() -> usize,
+) -> io::Result<T> {
+    match open() {
+        Err(e) if out_of_descriptors(&e) => {
+            let closed = shed();
+            if closed == 0 {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, closed,
+                "out of file descriptors: closed the kept data files and opening again (raise the open-files limit or lower --open-data-files)");
+            metrics::counter!("kshuffle_data_files_shed_total").increment(closed as u64);
+            open()
+        }
+        other => other,
     }
 }
 
@@ -257,5 +308,71 @@ mod tests {
         let none = OpenFiles::new(0);
         none.open(&paths[0]).unwrap().unwrap();
         assert!(none.is_empty(), "capacity 0 keeps nothing");
+    }
+
+    #[test]
+    fn an_open_out_of_descriptors_closes_the_kept_ones_and_is_tried_once_more() {
+        let emfile = || io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let enfile = || io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
+        assert!(out_of_descriptors(&emfile()) && out_of_descriptors(&enfile()));
+        assert!(!out_of_descriptors(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
+
+        // Out of descriptors once: shed, then the second try succeeds.
+        let mut tries = 0;
+        let mut shed = 0;
+        let got = retry_after_shedding(
+            || {
+                tries += 1;
+                if tries == 1 { Err(emfile()) } else { Ok(tries) }
+            },
+            || {
+                shed += 1;
+                3
+            },
+        );
+        assert_eq!(got.unwrap(), 2);
+        assert_eq!(shed, 1);
+
+        // Nothing to shed: the error as it was, no second try.
+        let mut tries = 0;
+        let err = retry_after_shedding::<()>(
+            || {
+                tries += 1;
+                Err(enfile())
+            },
+            || 0,
+        )
+        .unwrap_err();
+        assert!(out_of_descriptors(&err));
+        assert_eq!(tries, 1);
+
+        // Any other error: not retried, nothing shed.
+        let mut tries = 0;
+        let err = retry_after_shedding::<()>(
+            || {
+                tries += 1;
+                Err(io::Error::from(io::ErrorKind::PermissionDenied))
+            },
+            || panic!("shed for another error"),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(tries, 1);
+
+        // Shedding closes every kept descriptor; streams holding one keep theirs.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(tmp.path()).unwrap();
+        let files = OpenFiles::new(8);
+        let mut held = Vec::new();
+        for i in 0..3 {
+            let p = dir.join(format!("shuffle_0_{i}_0.data"));
+            std::fs::write(&p, b"x").unwrap();
+            held.push(files.open(&p).unwrap().unwrap());
+        }
+        assert_eq!(files.shed(), 3);
+        assert!(files.is_empty());
+        assert!(held.iter().all(|open| contents(open) == b"x"));
     }
 }
