@@ -56,6 +56,9 @@ pub struct Config {
     /// Data-file descriptors kept open between requests (0: none); see
     /// [`crate::store::OpenFiles`].
     pub open_data_files: usize,
+    /// TCP congestion control set on every shuffle connection (`None`: the node's
+    /// default); see [`crate::daemon::congestion`].
+    pub tcp_congestion_control: Option<String>,
     /// Chunk bodies up to this size are copied into the write batch instead of being sent
     /// with `sendfile` (0: always `sendfile`, zero-copy); see [`DEFAULT_INLINE_BODY_MAX_BYTES`].
     pub inline_body_max_bytes: u64,
@@ -103,6 +106,7 @@ impl Config {
             shutdown_grace_period: Duration::from_secs(30),
             index_cache_bytes: 100 * 1024 * 1024,
             open_data_files: 1024,
+            tcp_congestion_control: None,
             inline_body_max_bytes: DEFAULT_INLINE_BODY_MAX_BYTES,
             auth: None,
         }

@@ -76,6 +76,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{AuthStep, ServerAuth, TransportCipher};
+use crate::config::Config;
 use crate::handler::{Chunk, Failure, Service};
 use crate::stats::Stats;
 use crate::store::Segment;
@@ -222,6 +223,19 @@ impl Error {
     }
 }
 
+/// Socket options of a shuffle connection: no Nagle delay (replies are whole frames), and
+/// the configured congestion control. A failure is logged and the connection served as is.
+pub fn tune(socket: &TcpStream, config: &Config) {
+    if let Err(e) = socket.set_nodelay(true) {
+        debug!(error = %e, "set_nodelay failed");
+    }
+    if let Some(algorithm) = &config.tcp_congestion_control
+        && let Err(e) = rustix::net::sockopt::set_tcp_congestion(socket, algorithm)
+    {
+        debug!(error = %e, algorithm, "setting the TCP congestion control failed");
+    }
+}
+
 /// Serves one connection until it closes, logging its end once.
 pub async fn serve(
     socket: TcpStream,
@@ -231,9 +245,7 @@ pub async fn serve(
 ) {
     let span = info_span!("conn", %peer);
     async move {
-        if let Err(e) = socket.set_nodelay(true) {
-            debug!(error = %e, "set_nodelay failed");
-        }
+        tune(&socket, &service.config);
         Stats::inc(&service.stats.connections_open);
         let mut conn = Connection::new(socket, service, shutdown);
         let result = conn.run().await;
@@ -1051,6 +1063,25 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::pick_by_shares;
+
+    #[tokio::test]
+    async fn a_connection_gets_no_delay_and_the_configured_congestion_control() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let config = super::Config {
+            tcp_congestion_control: Some("reno".to_owned()),
+            ..super::Config::new(vec![])
+        };
+        super::tune(&socket, &config);
+        assert!(socket.nodelay().unwrap());
+        assert_eq!(
+            rustix::net::sockopt::tcp_congestion(&socket).unwrap(),
+            "reno"
+        );
+    }
 
     /// `pick_by_shares` over `run`, with `shares` given per stream id (0 if not listed).
     fn pick(run: &[i64], keeps_turn: Option<i64>, shares: &[(i64, u64)]) -> Option<(usize, i64)> {

@@ -68,6 +68,15 @@ fn bad_flags_exit_with_usage_status() {
             vec!["--allowed-root", &root, "--log-format", "xml"],
             "--log-format",
         ),
+        (
+            vec![
+                "--allowed-root",
+                &root,
+                "--tcp-congestion-control",
+                "no-such-algorithm",
+            ],
+            "--tcp-congestion-control no-such-algorithm: No such file or directory (os error 2): not available in this kernel",
+        ),
     ] {
         let out = Command::new(Daemon::bin()).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -152,4 +161,27 @@ async fn out_of_descriptors_the_kept_data_files_give_way() {
     drop(client);
     let stats = daemon.stop();
     assert_eq!(stats.chunks_served, MAPS as u64, "{stats}");
+}
+
+/// The congestion control the daemon sets on its connections is logged at start: the named
+/// one, or nothing with `system`.
+#[test]
+fn the_tcp_congestion_control_in_use_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let chosen = |flag: Option<&str>| -> Option<String> {
+        let mut args = Daemon::standard_args(&root);
+        if let Some(flag) = flag {
+            args.extend(["--tcp-congestion-control".into(), flag.into()]);
+        }
+        let daemon = Daemon::start(args);
+        let event = daemon
+            .events()
+            .into_iter()
+            .find(|e| e.message == "TCP congestion control of shuffle connections");
+        daemon.stop();
+        event.and_then(|e| e.str_field("algorithm"))
+    };
+    assert_eq!(chosen(Some("reno")).as_deref(), Some("reno"));
+    assert_eq!(chosen(Some("system")), None);
 }

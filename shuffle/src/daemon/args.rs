@@ -94,6 +94,12 @@ pub struct DaemonArgs {
     /// Each is one file descriptor; one unused for 10 s is closed.
     #[arg(long, env = "KSHUFFLE_OPEN_DATA_FILES", default_value_t = 1024)]
     pub open_data_files: usize,
+    /// TCP congestion control of the shuffle connections: an algorithm of the kernel
+    /// (`cubic`, `reno`, `bbr`, ...), or `system` for the node's default
+    /// (`net.ipv4.tcp_congestion_control`). Default: cubic, or the node's default with a
+    /// warning if this process may not use cubic.
+    #[arg(long, env = "KSHUFFLE_TCP_CONGESTION_CONTROL")]
+    pub tcp_congestion_control: Option<String>,
     /// How often the orphan sweep runs (0 disables it).
     #[arg(long, env = "KSHUFFLE_SWEEP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub sweep_interval: Duration,
@@ -240,6 +246,7 @@ impl DaemonArgs {
             shutdown_grace,
             index_cache_bytes,
             open_data_files,
+            tcp_congestion_control: _,
             sweep_interval,
             orphan_grace,
             app_idle_timeout,
@@ -363,6 +370,8 @@ impl DaemonArgs {
                 shutdown_grace_period: *shutdown_grace,
                 index_cache_bytes: *index_cache_bytes,
                 open_data_files: *open_data_files,
+                // Resolved when the daemon starts (it tries the algorithm on a socket).
+                tcp_congestion_control: None,
                 inline_body_max_bytes: *inline_body_max_bytes,
                 auth,
             },

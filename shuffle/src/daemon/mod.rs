@@ -7,6 +7,7 @@
 //! handle to add its tasks. Process concerns (parsing, exit codes) stay in the binaries.
 
 mod args;
+pub mod congestion;
 pub mod limits;
 
 use std::net::SocketAddr;
@@ -118,6 +119,8 @@ pub async fn run_with_secrets(
     let settings = args
         .settings_with_secrets(secrets)
         .map_err(|e| anyhow::Error::new(InvalidConfig(e)))?;
+    let tcp_congestion_control = congestion::resolve(args.tcp_congestion_control.as_deref())
+        .map_err(|e| anyhow::Error::new(InvalidConfig(e)))?;
     match limits::raise_open_files_limit() {
         Ok(files) => {
             info!(before = ?files.before, now = ?files.now, "open-files limit raised to the hard limit");
@@ -171,7 +174,9 @@ pub async fn run_with_secrets(
             0.0
         },
     );
-    let server = Server::new(settings.config, Arc::new(registry))?;
+    let mut config = settings.config;
+    config.tcp_congestion_control = tcp_congestion_control;
+    let server = Server::new(config, Arc::new(registry))?;
 
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
