@@ -58,6 +58,42 @@ pub struct Options {
     pub kshuffled_args: Vec<String>,
 }
 
+impl Options {
+    /// The TCP congestion control of ours: its `--tcp-congestion-control` among
+    /// [`Options::kshuffled_args`], else its default (`None`: the node's default). The
+    /// loopback limit is measured with it.
+    pub fn congestion_control(&self) -> Option<String> {
+        congestion_control_of(&self.kshuffled_args)
+    }
+}
+
+/// See [`Options::congestion_control`].
+fn congestion_control_of(args: &[String]) -> Option<String> {
+    let named = args.iter().enumerate().find_map(|(i, arg)| {
+        if arg == "--tcp-congestion-control" {
+            args.get(i + 1).cloned()
+        } else {
+            arg.strip_prefix("--tcp-congestion-control=")
+                .map(str::to_owned)
+        }
+    });
+    match named.as_deref() {
+        Some("system") => None,
+        Some(other) => Some(other.to_owned()),
+        None => Some(DEFAULT_CONGESTION_CONTROL.to_owned()),
+    }
+}
+
+/// `kshuffled`'s default TCP congestion control (`--tcp-congestion-control`).
+pub const DEFAULT_CONGESTION_CONTROL: &str = "cubic";
+
+/// The node's default TCP congestion control, if readable.
+pub fn system_congestion_control() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
 /// One workload: a layout and how to fetch it.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -277,8 +313,14 @@ pub struct Results {
     pub fetches: Vec<(Workload, Summary, Option<Summary>)>,
     /// Registration, per shape: (shape, ours, Java), with RSS after (bytes).
     pub registrations: Vec<(&'static str, Registered, Option<Registered>)>,
-    /// Loopback with verification, and raw, over the large layout.
+    /// Loopback with verification, and raw, over the large layout, with ours' congestion
+    /// control.
     pub loopback: Option<(LoopbackReport, LoopbackReport)>,
+    /// Loopback with verification with the node's default congestion control (what the
+    /// Java service uses), when that is another one.
+    pub loopback_system: Option<LoopbackReport>,
+    /// TCP congestion control: (ours, the node's default, which the Java service uses).
+    pub congestion: (Option<String>, Option<String>),
     /// Idle RSS after start (ours, Java).
     pub idle_rss: (u64, Option<u64>),
     /// The Java service's name.
@@ -381,6 +423,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 .transpose()?
                 .map(|u| u.rss),
         ),
+        congestion: (opts.congestion_control(), system_congestion_control()),
         ..Results::default()
     };
     for s in &services {
@@ -444,15 +487,26 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         )?;
         let conns = 2;
         let warm = opts.duration.min(Duration::from_secs(1));
-        loopback::run(Arc::clone(&layout), conns, warm, true)?;
-        let verified = loopback::run(Arc::clone(&layout), conns, opts.duration, true)?;
-        let raw = loopback::run(layout, conns, opts.duration, false)?;
+        let ours = results.congestion.0.clone();
+        let cc = ours.as_deref();
+        loopback::run(Arc::clone(&layout), conns, warm, true, cc)?;
+        let verified = loopback::run(Arc::clone(&layout), conns, opts.duration, true, cc)?;
+        let raw = loopback::run(Arc::clone(&layout), conns, opts.duration, false, cc)?;
         eprintln!(
-            "loopback sendfile: {:.1} MiB/s verified, {:.1} MiB/s raw",
+            "loopback sendfile ({}): {:.1} MiB/s verified, {:.1} MiB/s raw",
+            cc.unwrap_or("node's default"),
             verified.mib_per_sec(),
             raw.mib_per_sec()
         );
         results.loopback = Some((verified, raw));
+        if ours.is_some() && ours != results.congestion.1 {
+            let system = loopback::run(layout, conns, opts.duration, true, None)?;
+            eprintln!(
+                "loopback sendfile (node's default): {:.1} MiB/s verified",
+                system.mib_per_sec()
+            );
+            results.loopback_system = Some(system);
+        }
     }
 
     if want_registration && opts.registrations > 0 {
@@ -632,12 +686,29 @@ pub fn table(r: &Results) -> String {
             );
         }
     }
+    let (ours_cc, node_cc) = &r.congestion;
+    let cc_name = |cc: &Option<String>| cc.clone().unwrap_or_else(|| "node's default".into());
+    let _ = writeln!(
+        s,
+        "| TCP | congestion control | {} | {} (the node's default) | | |",
+        cc_name(ours_cc),
+        cc_name(node_cc)
+    );
     if let Some((v, raw)) = r.loopback {
         let _ = writeln!(
             s,
-            "| loopback | sendfile → read+verify, 2 connections (MiB/s) | {:.0} | | | |",
+            "| loopback | sendfile → read+verify, 2 connections, {} (MiB/s) | {:.0} | | | |",
+            cc_name(ours_cc),
             v.mib_per_sec()
         );
+        if let Some(system) = r.loopback_system {
+            let _ = writeln!(
+                s,
+                "| loopback | the same with the node's default, {} (MiB/s) | {:.0} | | | |",
+                cc_name(node_cc),
+                system.mib_per_sec()
+            );
+        }
         let _ = writeln!(
             s,
             "| loopback | sendfile → read, discard, 2 connections (MiB/s) | {:.0} | | | |",
@@ -788,6 +859,28 @@ pub fn workspace_root() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ours_congestion_control_is_its_flag_or_its_default() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(congestion_control_of(&[]).as_deref(), Some("cubic"));
+        assert_eq!(
+            congestion_control_of(&args(&["--open-data-files", "0"])).as_deref(),
+            Some("cubic")
+        );
+        assert_eq!(
+            congestion_control_of(&args(&["--tcp-congestion-control", "reno"])).as_deref(),
+            Some("reno")
+        );
+        assert_eq!(
+            congestion_control_of(&args(&["--tcp-congestion-control=bbr"])).as_deref(),
+            Some("bbr")
+        );
+        assert_eq!(
+            congestion_control_of(&args(&["--tcp-congestion-control", "system"])),
+            None
+        );
+    }
 
     #[test]
     fn median_of_an_even_count_is_the_mean_of_the_middle_two() {

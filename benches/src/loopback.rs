@@ -43,15 +43,17 @@ impl LoopbackReport {
 
 /// Sends whole data files of `layout` over `connections` loopback connections for about
 /// `duration` (at least one file per connection); the reader verifies every byte when
-/// `verify`.
+/// `verify`. The senders use TCP congestion control `congestion` (`None`: the node's
+/// default), as a service would on its connections.
 ///
 /// # Errors
-/// Socket errors, or bytes that do not verify.
+/// Socket errors, an algorithm the kernel refuses, or bytes that do not verify.
 pub fn run(
     layout: Arc<Layout>,
     connections: usize,
     duration: Duration,
     verify: bool,
+    congestion: Option<&str>,
 ) -> anyhow::Result<LoopbackReport> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -63,6 +65,10 @@ pub fn run(
     for c in 0..connections {
         let reader = TcpStream::connect(addr)?;
         let (writer, _) = listener.accept()?;
+        if let Some(algorithm) = congestion {
+            rustix::net::sockopt::set_tcp_congestion(&writer, algorithm)
+                .with_context(|| format!("TCP congestion control {algorithm}"))?;
+        }
         let files = Arc::clone(&files);
         threads.push(std::thread::spawn(move || {
             send(writer, &files, c, connections, deadline)

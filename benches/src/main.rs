@@ -166,6 +166,9 @@ enum Cmd {
         /// Read and discard instead of verifying.
         #[arg(long)]
         raw: bool,
+        /// TCP congestion control of the senders (default: the node's).
+        #[arg(long)]
+        congestion_control: Option<String>,
     },
 }
 
@@ -306,10 +309,17 @@ fn main() -> anyhow::Result<()> {
             connections,
             secs,
             raw,
+            congestion_control,
         } => {
             let tmp = tempfile::tempdir()?;
             let layout = Arc::new(Layout::create(tmp.path(), "loop", 2, layout_spec(&shape))?);
-            let r = loopback::run(layout, connections, Duration::from_secs_f64(secs), !raw)?;
+            let r = loopback::run(
+                layout,
+                connections,
+                Duration::from_secs_f64(secs),
+                !raw,
+                congestion_control.as_deref(),
+            )?;
             println!(
                 "{} bytes in {:.2} s: {:.1} MiB/s, sender {:.2} CPU s/GB",
                 r.bytes,

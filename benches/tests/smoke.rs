@@ -112,7 +112,7 @@ fn tiny_layout_fetched_and_verified_every_way() {
     }
 
     // Each connection sends at least its first data file (maps 0 and 1), verified.
-    let lo = loopback::run(Arc::clone(&layout), 2, Duration::ZERO, true).unwrap();
+    let lo = loopback::run(Arc::clone(&layout), 2, Duration::ZERO, true, Some("reno")).unwrap();
     assert_eq!(
         lo.bytes,
         layout.range_len(0, 0, 7) + layout.range_len(1, 0, 7)
