@@ -32,7 +32,7 @@ use crate::layout::{Layout, RangeVerifier, map_id};
 /// Bytes read from the socket at a time: large, so a 4 MiB body takes ~4 `recvfrom`s
 /// instead of ~16 (the client shares the cores with the server it measures). The buffer is
 /// allocated once per connection; bodies are verified in place in it and never copied.
-const READ_CHUNK_BYTES: usize = 1024 * 1024;
+pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest non-chunk reply frame accepted.
 const MAX_REPLY_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Frame type of `ChunkFetchSuccess` and its header length (8 length + 1 type + 12 id).

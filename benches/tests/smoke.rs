@@ -111,11 +111,15 @@ fn tiny_layout_fetched_and_verified_every_way() {
         assert_eq!((reg.registered, reg.latency.count), (50, 50), "{app}");
     }
 
-    // Each connection sends at least its first data file (maps 0 and 1), verified.
+    // With no time to run, each reader gets the pieces it asked for first, verified: 4
+    // whole files (a piece is up to 8 MiB of whole partitions), cycling over its maps,
+    // 0, 2, 4, 0 and 1, 3, 1, 3.
+    assert_eq!(loopback::PIECES_IN_FLIGHT, 4);
     let lo = loopback::run(Arc::clone(&layout), 2, Duration::ZERO, true, Some("reno")).unwrap();
+    let file = |m: u32| layout.range_len(m, 0, 7);
     assert_eq!(
         lo.bytes,
-        layout.range_len(0, 0, 7) + layout.range_len(1, 0, 7)
+        2 * file(0) + file(2) + file(4) + 2 * file(1) + 2 * file(3)
     );
 
     let me = procstat::usage(std::process::id()).unwrap();
