@@ -58,35 +58,6 @@ pub struct Options {
     pub kshuffled_args: Vec<String>,
 }
 
-impl Options {
-    /// The TCP congestion control of ours: its `--tcp-congestion-control` among
-    /// [`Options::kshuffled_args`], else its default (`None`: the node's default). The
-    /// loopback limit is measured with it.
-    pub fn congestion_control(&self) -> Option<String> {
-        congestion_control_of(&self.kshuffled_args)
-    }
-}
-
-/// See [`Options::congestion_control`].
-fn congestion_control_of(args: &[String]) -> Option<String> {
-    let named = args.iter().enumerate().find_map(|(i, arg)| {
-        if arg == "--tcp-congestion-control" {
-            args.get(i + 1).cloned()
-        } else {
-            arg.strip_prefix("--tcp-congestion-control=")
-                .map(str::to_owned)
-        }
-    });
-    match named.as_deref() {
-        Some("system") => None,
-        Some(other) => Some(other.to_owned()),
-        None => Some(DEFAULT_CONGESTION_CONTROL.to_owned()),
-    }
-}
-
-/// `kshuffled`'s default TCP congestion control (`--tcp-congestion-control`).
-pub const DEFAULT_CONGESTION_CONTROL: &str = "cubic";
-
 /// The node's default TCP congestion control, if readable.
 pub fn system_congestion_control() -> Option<String> {
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
@@ -425,7 +396,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 .transpose()?
                 .map(|u| u.rss),
         ),
-        congestion: (opts.congestion_control(), system_congestion_control()),
+        congestion: (ours.congestion.clone(), system_congestion_control()),
         ..Results::default()
     };
     for s in &services {
@@ -863,28 +834,6 @@ pub fn workspace_root() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ours_congestion_control_is_its_flag_or_its_default() {
-        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(congestion_control_of(&[]).as_deref(), Some("cubic"));
-        assert_eq!(
-            congestion_control_of(&args(&["--open-data-files", "0"])).as_deref(),
-            Some("cubic")
-        );
-        assert_eq!(
-            congestion_control_of(&args(&["--tcp-congestion-control", "reno"])).as_deref(),
-            Some("reno")
-        );
-        assert_eq!(
-            congestion_control_of(&args(&["--tcp-congestion-control=bbr"])).as_deref(),
-            Some("bbr")
-        );
-        assert_eq!(
-            congestion_control_of(&args(&["--tcp-congestion-control", "system"])),
-            None
-        );
-    }
 
     #[test]
     fn median_of_an_even_count_is_the_mean_of_the_middle_two() {

@@ -21,6 +21,9 @@ pub struct Service {
     pub name: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The TCP congestion control it sets on its connections, as it logged it (`None`: it
+    /// leaves the node's default, or it is not `kshuffled`).
+    pub congestion: Option<String>,
     child: Child,
 }
 
@@ -64,9 +67,13 @@ impl Service {
         let stderr = child.stderr.take().context("no stderr pipe")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut congestion = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(CONGESTION_EVENT) {
+                    congestion = field(&line, "algorithm");
+                }
                 if line.contains("\"listening\"") {
-                    let _ = tx.send(parse_addr(&line));
+                    let _ = tx.send((field(&line, "addr"), congestion.take()));
                 }
                 // Keep draining so the daemon never blocks on a full pipe.
             }
@@ -74,11 +81,17 @@ impl Service {
         let mut service = Self {
             name: "kshuffled".into(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            congestion: None,
             child,
         };
         match rx.recv_timeout(wait) {
-            Ok(Some(addr)) => service.addr = addr,
-            Ok(None) => bail!("kshuffled logged `listening` without a parsable addr"),
+            Ok((Some(addr), congestion)) => {
+                service.addr = addr
+                    .parse()
+                    .with_context(|| format!("kshuffled logged `listening` at {addr}"))?;
+                service.congestion = congestion;
+            }
+            Ok((None, _)) => bail!("kshuffled logged `listening` without an addr"),
             Err(_) => bail!("kshuffled did not log `listening` within {wait:?}"),
         }
         Ok(service)
@@ -117,6 +130,7 @@ impl Service {
         let mut service = Self {
             name: name.into(),
             addr,
+            congestion: None,
             child,
         };
         let deadline = Instant::now() + wait;
@@ -154,10 +168,15 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// `"addr":"127.0.0.1:1234"` out of a JSON log line.
-fn parse_addr(line: &str) -> Option<SocketAddr> {
-    let at = line.find("\"addr\":\"")? + 8;
+/// The message of `kshuffled`'s event naming the congestion control of its connections.
+const CONGESTION_EVENT: &str = "\"TCP congestion control of shuffle connections\"";
+
+/// The string field `name` of a JSON log line (no escapes in the values looked for).
+fn field(line: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\":\"");
+    let at = line.find(&key)? + key.len();
     let rest = line.get(at..)?;
-    rest.get(..rest.find('"')?)?.parse().ok()
+    Some(rest.get(..rest.find('"')?)?.to_owned())
 }
 
 /// The pinned pyspark venv of `version`, installing it if needed with
@@ -206,8 +225,15 @@ pub fn spark_home(workspace: &Path, version: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn parses_the_listening_event() {
+    fn parses_the_listening_and_congestion_events() {
         let line = r#"{"level":"INFO","fields":{"message":"listening","addr":"127.0.0.1:4321","roots":"[]"}}"#;
-        assert_eq!(super::parse_addr(line), Some(([127, 0, 0, 1], 4321).into()));
+        assert_eq!(
+            super::field(line, "addr").as_deref(),
+            Some("127.0.0.1:4321")
+        );
+        assert_eq!(super::field(line, "algorithm"), None);
+        let line = r#"{"level":"INFO","fields":{"message":"TCP congestion control of shuffle connections","algorithm":"reno","system_default":"Some("bbr")"}}"#;
+        assert!(line.contains(super::CONGESTION_EVENT));
+        assert_eq!(super::field(line, "algorithm").as_deref(), Some("reno"));
     }
 }

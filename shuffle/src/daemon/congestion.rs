@@ -9,16 +9,20 @@
 //!
 //! The choice is tried once at start on a scratch socket: an algorithm the kernel lacks, or
 //! may not give this process (one outside `net.ipv4.tcp_allowed_congestion_control` needs
-//! `CAP_NET_ADMIN`), is an error when named on the command line, and a warning (connections
-//! keep the node's default) when it is only the default.
+//! `CAP_NET_ADMIN`), is an error when named on the command line. Without the flag the
+//! daemon takes the first of [`DEFAULTS`] it may use: a daemon without privileges on a node
+//! whose default is BBR typically may not pick CUBIC (the allowed list is then `reno bbr`),
+//! and Reno, always allowed, behaves like CUBIC at a cluster's round-trip times (CUBIC
+//! grows its window as Reno does there). If none is usable, a warning, and connections keep
+//! the node's default.
 
 use anyhow::bail;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType, socket, sockopt};
 use tracing::{info, warn};
 
-/// The algorithm used when the flag is not given.
-pub const DEFAULT: &str = "cubic";
+/// The algorithms tried, in order, when the flag is not given.
+pub const DEFAULTS: [&str; 2] = ["cubic", "reno"];
 /// The flag's value that leaves connections on the node's default.
 pub const SYSTEM: &str = "system";
 
@@ -28,26 +32,32 @@ pub const SYSTEM: &str = "system";
 /// # Errors
 /// An algorithm named on the command line that this process cannot use.
 pub fn resolve(flag: Option<&str>) -> anyhow::Result<Option<String>> {
-    resolve_with(flag, DEFAULT)
+    resolve_with(flag, &DEFAULTS)
 }
 
-fn resolve_with(flag: Option<&str>, default: &str) -> anyhow::Result<Option<String>> {
-    let (name, named) = match flag {
-        Some(SYSTEM) => return Ok(None),
-        Some(name) => (name, true),
-        None => (default, false),
-    };
+fn resolve_with(flag: Option<&str>, defaults: &[&str]) -> anyhow::Result<Option<String>> {
     let system = system_default();
-    match try_on_a_socket(name) {
-        Ok(()) => {
-            info!(algorithm = name, system_default = ?system,
-                "TCP congestion control of shuffle connections");
-            Ok(Some(name.to_owned()))
-        }
-        Err(e) if named => bail!("--tcp-congestion-control {name}: {}", explain(e)),
-        Err(e) => {
-            warn!(algorithm = name, system_default = ?system, reason = %explain(e),
-                "cannot use the default TCP congestion control; connections keep the node's default (set --tcp-congestion-control to one this process may use, or to system)");
+    let chosen = |name: &str| {
+        info!(algorithm = name, system_default = ?system,
+            "TCP congestion control of shuffle connections");
+        Some(name.to_owned())
+    };
+    match flag {
+        Some(SYSTEM) => Ok(None),
+        Some(name) => match try_on_a_socket(name) {
+            Ok(()) => Ok(chosen(name)),
+            Err(e) => bail!("--tcp-congestion-control {name}: {}", explain(e)),
+        },
+        None => {
+            let mut refused = Vec::new();
+            for name in defaults {
+                match try_on_a_socket(name) {
+                    Ok(()) => return Ok(chosen(name)),
+                    Err(e) => refused.push(format!("{name}: {}", explain(e))),
+                }
+            }
+            warn!(system_default = ?system, refused = ?refused,
+                "cannot use any default TCP congestion control; connections keep the node's default (set --tcp-congestion-control to one this process may use, or to system)");
             Ok(None)
         }
     }
@@ -96,8 +106,14 @@ mod tests {
     }
 
     #[test]
-    fn an_unusable_default_only_warns() {
-        assert_eq!(resolve_with(None, "no-such-algorithm").unwrap(), None);
-        assert_eq!(resolve_with(None, "reno").unwrap().as_deref(), Some("reno"));
+    fn the_first_usable_default_is_taken_and_none_usable_only_warns() {
+        assert_eq!(
+            resolve_with(None, &["no-such-algorithm", "reno"])
+                .unwrap()
+                .as_deref(),
+            Some("reno")
+        );
+        assert_eq!(resolve_with(None, &["no-such-algorithm"]).unwrap(), None);
+        assert_eq!(DEFAULTS, ["cubic", "reno"]);
     }
 }
