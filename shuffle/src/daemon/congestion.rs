@@ -10,11 +10,10 @@
 //! The choice is tried once at start on a scratch socket: an algorithm the kernel lacks, or
 //! may not give this process (one outside `net.ipv4.tcp_allowed_congestion_control` needs
 //! `CAP_NET_ADMIN`), is an error when named on the command line. Without the flag the
-//! daemon takes the first of [`DEFAULTS`] it may use: a daemon without privileges on a node
-//! whose default is BBR typically may not pick CUBIC (the allowed list is then `reno bbr`),
-//! and Reno, always allowed, behaves like CUBIC at a cluster's round-trip times (CUBIC
-//! grows its window as Reno does there). If none is usable, a warning, and connections keep
-//! the node's default.
+//! daemon takes the first of [`DEFAULTS`] it may use: should CUBIC be refused to a daemon
+//! without privileges (as the DaemonSet's is), Reno, always allowed, behaves like CUBIC at
+//! a cluster's round-trip times (CUBIC grows its window as Reno does there). If none is
+//! usable, a warning, and connections keep the node's default.
 
 use anyhow::bail;
 use rustix::io::Errno;
