@@ -35,9 +35,9 @@ pub fn resolve(flag: Option<&str>) -> anyhow::Result<Option<String>> {
 }
 
 fn resolve_with(flag: Option<&str>, defaults: &[&str]) -> anyhow::Result<Option<String>> {
-    let system = system_default();
+    let system = system_default().unwrap_or_else(|| "unknown".to_owned());
     let chosen = |name: &str| {
-        info!(algorithm = name, system_default = ?system,
+        info!(algorithm = name, system_default = %system,
             "TCP congestion control of shuffle connections");
         Some(name.to_owned())
     };
@@ -55,7 +55,7 @@ fn resolve_with(flag: Option<&str>, defaults: &[&str]) -> anyhow::Result<Option<
                     Err(e) => refused.push(format!("{name}: {}", explain(e))),
                 }
             }
-            warn!(system_default = ?system, refused = ?refused,
+            warn!(system_default = %system, refused = ?refused,
                 "cannot use any default TCP congestion control; connections keep the node's default (set --tcp-congestion-control to one this process may use, or to system)");
             Ok(None)
         }
