@@ -232,7 +232,7 @@ mod tests {
             Some("127.0.0.1:4321")
         );
         assert_eq!(super::field(line, "algorithm"), None);
-        let line = r#"{"level":"INFO","fields":{"message":"TCP congestion control of shuffle connections","algorithm":"reno","system_default":"Some("bbr")"}}"#;
+        let line = r#"{"level":"INFO","fields":{"message":"TCP congestion control of shuffle connections","algorithm":"reno","system_default":"bbr"}}"#;
         assert!(line.contains(super::CONGESTION_EVENT));
         assert_eq!(super::field(line, "algorithm").as_deref(), Some("reno"));
     }
