@@ -96,8 +96,8 @@ pub struct DaemonArgs {
     pub open_data_files: usize,
     /// TCP congestion control of the shuffle connections: an algorithm of the kernel
     /// (`cubic`, `reno`, `bbr`, ...), or `system` for the node's default
-    /// (`net.ipv4.tcp_congestion_control`). Default: cubic, or the node's default with a
-    /// warning if this process may not use cubic.
+    /// (`net.ipv4.tcp_congestion_control`). Default: the first of cubic and reno this
+    /// process may use, else the node's default with a warning.
     #[arg(long, env = "KSHUFFLE_TCP_CONGESTION_CONTROL")]
     pub tcp_congestion_control: Option<String>,
     /// How often the orphan sweep runs (0 disables it).
