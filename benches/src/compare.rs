@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use kshuffle::daemon::congestion;
 
 use crate::layout::{Layout, LayoutSpec};
 use crate::load::{self, LoadSpec, Report};
@@ -56,13 +57,6 @@ pub struct Options {
     pub spark_sessions: usize,
     /// Extra flags for `kshuffled` (not for a baseline binary).
     pub kshuffled_args: Vec<String>,
-}
-
-/// The node's default TCP congestion control, if readable.
-pub fn system_congestion_control() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-        .ok()
-        .map(|s| s.trim().to_owned())
 }
 
 /// One workload: a layout and how to fetch it.
@@ -226,6 +220,11 @@ pub fn register_layout(
 }
 
 /// Median of `xs` (the mean of the middle two for an even count; 0 for none).
+/// The median of `xs`, or `None` when there are none.
+fn median_if_any(xs: Vec<f64>) -> Option<f64> {
+    (!xs.is_empty()).then(|| median(xs))
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
@@ -396,7 +395,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 .transpose()?
                 .map(|u| u.rss),
         ),
-        congestion: (ours.congestion.clone(), system_congestion_control()),
+        congestion: (ours.congestion.clone(), congestion::system_default()),
         ..Results::default()
     };
     for s in &services {
@@ -753,9 +752,8 @@ pub fn table(r: &Results) -> String {
             opt(j, |v| format!("{v:.1}")),
             ratio(wall(&ours), j)
         );
-        let cpu = |runs: &[&SparkRun]| -> Option<f64> {
-            let v: Vec<f64> = runs.iter().filter_map(|x| x.service_cpu_secs).collect();
-            (!v.is_empty()).then(|| median(v))
+        let cpu = |runs: &[&SparkRun]| {
+            median_if_any(runs.iter().filter_map(|x| x.service_cpu_secs).collect())
         };
         if let Some(o) = cpu(&ours) {
             let j = cpu(&theirs);
@@ -785,11 +783,11 @@ pub fn table(r: &Results) -> String {
             );
         }
         let phase = |runs: &[&SparkRun], name: &str| {
-            let v: Vec<f64> = runs
-                .iter()
-                .filter_map(|x| x.phases.iter().find(|(n, _)| n == name).map(|(_, s)| *s))
-                .collect();
-            (!v.is_empty()).then(|| median(v))
+            median_if_any(
+                runs.iter()
+                    .filter_map(|x| x.phases.iter().find(|(n, _)| n == name).map(|(_, s)| *s))
+                    .collect(),
+            )
         };
         let names = ours
             .first()

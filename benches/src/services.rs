@@ -167,11 +167,11 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// `"addr":"127.0.0.1:1234"` out of a JSON log line.
 /// The message of `kshuffled`'s event naming the congestion control of its connections.
 const CONGESTION_EVENT: &str = "\"TCP congestion control of shuffle connections\"";
 
-/// The string field `name` of a JSON log line (no escapes in the values looked for).
+/// The string field `name` of a JSON log line, e.g. `"addr":"127.0.0.1:1234"` (no escapes
+/// in the values looked for).
 fn field(line: &str, name: &str) -> Option<String> {
     let key = format!("\"{name}\":\"");
     let at = line.find(&key)? + key.len();
