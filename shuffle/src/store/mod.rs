@@ -73,6 +73,9 @@ pub struct MapOutput {
     map_id: i64,
     /// `None` when the map task left no data file.
     data: Option<Arc<File>>,
+    /// Without a data file, the index file, opened to stand as the file of the only
+    /// segments such a map output has: empty ones.
+    blank: Option<Arc<File>>,
     /// The data file's identity when opened (what the index was validated against).
     identity: Option<FileIdentity>,
     data_len: u64,
@@ -100,8 +103,7 @@ impl MapOutput {
         }
     }
 
-    /// The segment of partitions `start..end`. No system call, except for an empty range of
-    /// a map output without data file (rare: the index file is opened as the segment's file).
+    /// The segment of partitions `start..end`. No system call.
     ///
     /// # Errors
     /// Partitions outside the index, a data file shorter than the index says, or a missing
@@ -119,24 +121,18 @@ impl MapOutput {
         };
         let (offset, len) = self.index.range(start_u, end_u).ok_or_else(out_of_range)?;
         let Some(file) = &self.data else {
-            if len == 0 {
-                // A map task that wrote nothing may leave no data file; an empty range of it
-                // is still a valid (empty) block.
-                let file = fsio::open_no_symlinks(&self.index_path).map_err(|source| {
-                    Error::IndexUnreadable {
-                        path: self.index_path.clone(),
-                        source,
-                    }
-                })?;
-                return Ok(Segment {
-                    file: Arc::new(file),
+            // A map task that wrote nothing may leave no data file; an empty range of it is
+            // still a valid (empty) block.
+            return match &self.blank {
+                Some(blank) if len == 0 => Ok(Segment {
+                    file: Arc::clone(blank),
                     offset: 0,
                     len: 0,
-                });
-            }
-            return Err(Error::DataMissing {
-                path: self.data_path.clone(),
-            });
+                }),
+                _ => Err(Error::DataMissing {
+                    path: self.data_path.clone(),
+                }),
+            };
         };
         if self.data_len < offset + len {
             return Err(Error::DataTruncated {
@@ -549,14 +545,23 @@ impl Store {
         let index = self
             .index
             .get(&index_path, identity, |p| self.files.open_uncached(p))?;
-        let (data, data_len) = match data {
-            Some(d) => (Some(d.file), d.len),
-            None => (None, 0),
+        let (data, data_len, blank) = match data {
+            Some(d) => (Some(d.file), d.len, None),
+            None => {
+                let blank = self.files.open_uncached(&index_path).map_err(|source| {
+                    Error::IndexUnreadable {
+                        path: index_path.clone(),
+                        source,
+                    }
+                })?;
+                (None, 0, Some(Arc::new(blank)))
+            }
         };
         Ok(MapOutput {
             shuffle_id,
             map_id,
             data,
+            blank,
             identity,
             data_len,
             index,
