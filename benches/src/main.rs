@@ -85,8 +85,9 @@ enum Cmd {
         /// Seconds per measured run.
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
-        /// Measured runs per service and workload (alternating order).
-        #[arg(long, default_value_t = 3)]
+        /// Measured runs per service and workload (alternating order); the table shows the
+        /// median, so five keep one slow or fast run from deciding a ratio.
+        #[arg(long, default_value_t = 5)]
         reps: usize,
         /// Only these workloads (small, small-batch, medium, large, register).
         #[arg(long, value_delimiter = ',')]
