@@ -48,26 +48,12 @@ struct Cli {
 }
 
 fn main() {
-    let cli = Cli::try_parse().unwrap_or_else(|e| {
-        let usage = e.use_stderr();
-        let _ = e.print();
-        // Help and version go to stdout and succeed; every real usage error is EX_USAGE.
-        std::process::exit(if usage { EX_USAGE } else { 0 });
-    });
-    if let Err(e) = daemon::init_tracing(&cli.daemon.log_level, cli.daemon.log_format) {
-        eprintln!("kshuffle-node: {e:#}");
-        std::process::exit(EX_USAGE);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            std::process::exit(1);
-        }
-    };
+    let cli: Cli = daemon::parse_args_or_exit();
+    let runtime = daemon::start_or_exit(
+        "kshuffle-node",
+        &cli.daemon.log_level,
+        cli.daemon.log_format,
+    );
     let pod_secrets = if cli.auth_from_pods {
         match open_pod_secrets(&cli) {
             Ok(secrets) => Some(secrets),

@@ -2,7 +2,7 @@
 //! [`kshuffle::daemon::run`] until SIGTERM/SIGINT (a second signal exits at once).
 
 use clap::Parser;
-use kshuffle::daemon::{self, DaemonArgs, EX_USAGE, Options};
+use kshuffle::daemon::{self, DaemonArgs, Options};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,26 +16,8 @@ struct Cli {
 }
 
 fn main() {
-    let cli = Cli::try_parse().unwrap_or_else(|e| {
-        let usage = e.use_stderr();
-        let _ = e.print();
-        // Help and version go to stdout and succeed; every real usage error is EX_USAGE.
-        std::process::exit(if usage { EX_USAGE } else { 0 });
-    });
-    if let Err(e) = daemon::init_tracing(&cli.daemon.log_level, cli.daemon.log_format) {
-        eprintln!("kshuffled: {e:#}");
-        std::process::exit(EX_USAGE);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            std::process::exit(1);
-        }
-    };
+    let cli: Cli = daemon::parse_args_or_exit();
+    let runtime = daemon::start_or_exit("kshuffled", &cli.daemon.log_level, cli.daemon.log_format);
     if let Err(e) = runtime.block_on(daemon::run(&cli.daemon, Options::default(), |_| {})) {
         tracing::error!("{e:#}");
         std::process::exit(daemon::exit_code(&e));

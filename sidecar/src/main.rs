@@ -28,33 +28,16 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::try_parse().unwrap_or_else(|e| {
-        let usage = e.use_stderr();
-        let _ = e.print();
-        std::process::exit(if usage { EX_USAGE } else { 0 });
-    });
+    let cli: Cli = daemon::parse_args_or_exit();
     let (level, format) = match &cli.command {
         Command::Webhook(a) => (a.log_level.clone(), a.log_format),
         Command::Serve(a) => (a.daemon.log_level.clone(), a.daemon.log_format),
     };
-    if let Err(e) = daemon::init_tracing(&level, format) {
-        eprintln!("kshuffle-sidecar: {e:#}");
-        std::process::exit(EX_USAGE);
-    }
+    let runtime = daemon::start_or_exit("kshuffle-sidecar", &level, format);
     // One TLS provider for the process (the webhook's server and kube's client): ring.
     // Installing it explicitly keeps kube's client working even if another provider is ever
     // linked in; an error only means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            std::process::exit(1);
-        }
-    };
     let code = match cli.command {
         Command::Webhook(args) => runtime.block_on(run_webhook(*args)),
         Command::Serve(mut args) => match args.prepare(serve::auth_secret_from_env()) {

@@ -88,6 +88,41 @@ pub fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
 }
 
+/// Parses the command line of one of kshuffle's daemon binaries, or exits: help and
+/// version go to stdout and exit 0; every real usage error is printed and exits
+/// [`EX_USAGE`].
+pub fn parse_args_or_exit<C: clap::Parser>() -> C {
+    C::try_parse().unwrap_or_else(|e| {
+        let usage = e.use_stderr();
+        let _ = e.print();
+        std::process::exit(if usage { EX_USAGE } else { 0 });
+    })
+}
+
+/// Installs the log subscriber ([`init_tracing`]) and builds the multi-threaded runtime a
+/// daemon binary runs on, or exits: [`EX_USAGE`] for a bad log filter (printed as
+/// `<binary>: <error>`), 1 when the runtime cannot start.
+pub fn start_or_exit(
+    binary: &str,
+    log_level: &str,
+    log_format: LogFormat,
+) -> tokio::runtime::Runtime {
+    if let Err(e) = init_tracing(log_level, log_format) {
+        eprintln!("{binary}: {e:#}");
+        std::process::exit(EX_USAGE);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Runs the daemon until it is shut down (a signal, or [`Running::shutdown`]). `embed` is
 /// called once, inside the runtime, when both ports are bound and the registry is loaded:
 /// spawn the embedder's tasks there.
