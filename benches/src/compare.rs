@@ -1,6 +1,9 @@
 //! The side-by-side runner: Spark's Java shuffle service and `kshuffled` started on separate
 //! ports over the same files, the same workloads run against each in turn (alternating which
-//! goes first), plus the loopback limit of the machine, measured in the same run.
+//! goes first), plus the loopback limit of the machine, measured in the same run: in every
+//! repetition of the `large` workload the loopback takes a turn with the services (the
+//! best of 1, 2 and 4 connections), so the limit and the figures set against it are
+//! medians over the same minutes.
 //!
 //! Every figure is the median over the repetitions (peak RSS: the largest). Server CPU and
 //! peak RSS come from `/proc` of each service's process; the peak is reset before each run.
@@ -283,14 +286,18 @@ pub struct Results {
     pub fetches: Vec<(Workload, Summary, Option<Summary>)>,
     /// Registration, per shape: (shape, ours, Java), with RSS after (bytes).
     pub registrations: Vec<(&'static str, Registered, Option<Registered>)>,
-    /// Loopback with verification, and raw, over the large layout, with ours' congestion
-    /// control.
+    /// Loopback with verification (the best of [`Results::loopback_alongside`]), and raw
+    /// (at the same connection count), over the large layout, with ours' congestion control.
     pub loopback: Option<(LoopbackReport, LoopbackReport)>,
     /// Loopback with verification with the node's default congestion control (what the
     /// Java service uses), when that is another one.
     pub loopback_system: Option<LoopbackReport>,
     /// Connections of the best loopback run.
     pub loopback_connections: usize,
+    /// Loopback figures (verified, ours' congestion control, each the best of 1, 2 and 4
+    /// connections) taken in turn with the services' runs of the `large` workload, one per
+    /// repetition: the limit over the same minutes as the figures set against it.
+    pub loopback_alongside: Vec<LoopbackReport>,
     /// TCP congestion control: (ours, the node's default, which the Java service uses).
     pub congestion: (Option<String>, Option<String>),
     /// Idle RSS after start (ours, Java).
@@ -421,18 +428,39 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
             load::run(s.addr, Arc::clone(&layout), warm)
                 .with_context(|| format!("warm-up of {} against {}", w.name, s.name))?;
         }
+        // The loopback takes its turns with the services' runs of the large workload (index
+        // `services.len()` in the order): each turn the best of 1, 2 and 4 connections (no
+        // one count is always the best, and one count runs at either of two speeds).
+        let loopback_turn = want_loopback && w.name == "large";
+        let cc = results.congestion.0.clone();
+        if loopback_turn {
+            let warm = opts.duration.min(Duration::from_secs(1));
+            loopback::run(Arc::clone(&layout), 2, warm, true, cc.as_deref())?;
+        }
+        let mut alongside: Vec<(LoopbackReport, usize)> = Vec::new();
         let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); services.len()];
         for rep in 0..opts.reps {
-            let mut order: Vec<usize> = (0..services.len()).collect();
+            let mut order: Vec<usize> = (0..services.len() + usize::from(loopback_turn)).collect();
             if rep % 2 == 1 {
                 order.reverse();
             }
             for i in order {
-                let m = measure(services[i], &layout, load.clone())?;
+                let Some(service) = services.get(i) else {
+                    let (l, conns) = loopback::best(&layout, opts.duration, true, cc.as_deref())?;
+                    eprintln!(
+                        "{:<12} {:<12} rep {rep}: {:>8.1} MiB/s verified, best over {conns} connection(s)",
+                        w.name,
+                        "loopback",
+                        l.mib_per_sec()
+                    );
+                    alongside.push((l, conns));
+                    continue;
+                };
+                let m = measure(service, &layout, load.clone())?;
                 eprintln!(
                     "{:<12} {:<12} rep {rep}: {:>10.0} blocks/s {:>8.1} MiB/s p99 first byte {:>6} us, cpu {:.2} s, peak RSS {:.1} MiB",
                     w.name,
-                    services[i].name,
+                    service.name,
                     m.report.blocks_per_sec(),
                     m.report.mib_per_sec(),
                     m.report.open_to_first_byte.p99_us,
@@ -442,6 +470,27 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 runs[i].push(m);
             }
         }
+        if let Some(&(best, conns)) = alongside
+            .iter()
+            .max_by(|a, b| a.0.mib_per_sec().total_cmp(&b.0.mib_per_sec()))
+        {
+            let raw = loopback::run(
+                Arc::clone(&layout),
+                conns,
+                opts.duration,
+                false,
+                cc.as_deref(),
+            )?;
+            eprintln!(
+                "loopback sendfile ({}): best run {:.1} MiB/s verified ({conns} connection(s)), {:.1} MiB/s raw",
+                cc.as_deref().unwrap_or("node's default"),
+                best.mib_per_sec(),
+                raw.mib_per_sec()
+            );
+            results.loopback = Some((best, raw));
+            results.loopback_connections = conns;
+            results.loopback_alongside = alongside.iter().map(|&(l, _)| l).collect();
+        }
         let ours_summary = Summary::of(&runs[0]);
         let java_summary = runs.get(1).map(|r| Summary::of(r));
         results
@@ -449,7 +498,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
             .push((w.clone(), ours_summary, java_summary));
     }
 
-    if want_loopback {
+    if want_loopback
+        && results.congestion.0.is_some()
+        && results.congestion.0 != results.congestion.1
+    {
         let layout = layout_of(
             &selected
                 .iter()
@@ -457,28 +509,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 .context("no large")?
                 .layout,
         )?;
-        let warm = opts.duration.min(Duration::from_secs(1));
-        let ours = results.congestion.0.clone();
-        let cc = ours.as_deref();
-        loopback::run(Arc::clone(&layout), 2, warm, true, cc)?;
-        let (verified, conns) = loopback::best(&layout, opts.duration, true, cc)?;
-        let raw = loopback::run(Arc::clone(&layout), conns, opts.duration, false, cc)?;
+        let (system, conns) = loopback::best(&layout, opts.duration, true, None)?;
         eprintln!(
-            "loopback sendfile ({}): {:.1} MiB/s verified, {:.1} MiB/s raw, {conns} connection(s)",
-            cc.unwrap_or("node's default"),
-            verified.mib_per_sec(),
-            raw.mib_per_sec()
+            "loopback sendfile (node's default): {:.1} MiB/s verified, {conns} connection(s)",
+            system.mib_per_sec()
         );
-        results.loopback = Some((verified, raw));
-        results.loopback_connections = conns;
-        if ours.is_some() && ours != results.congestion.1 {
-            let (system, conns) = loopback::best(&layout, opts.duration, true, None)?;
-            eprintln!(
-                "loopback sendfile (node's default): {:.1} MiB/s verified, {conns} connection(s)",
-                system.mib_per_sec()
-            );
-            results.loopback_system = Some(system);
-        }
+        results.loopback_system = Some(system);
     }
 
     if want_registration && opts.registrations > 0 {
@@ -599,7 +635,23 @@ pub fn table(r: &Results) -> String {
     let _ = writeln!(s, "|---|---|---:|---:|---:|---|");
     let mib = |b: f64| format!("{:.0} MiB", b / 1048576.0);
     let int = |v: f64| format!("{v:.0}");
-    let loop_verified = r.loopback.map(|(v, _)| v.mib_per_sec());
+    // The limit the services' figures are set against: the median of the loopback runs
+    // taken in turn with theirs (medians against a median), else the best run.
+    let loop_best = r.loopback.map(|(v, _)| v.mib_per_sec());
+    let loop_alongside = median_if_any(
+        r.loopback_alongside
+            .iter()
+            .map(LoopbackReport::mib_per_sec)
+            .collect(),
+    );
+    let loop_limit = loop_alongside.or(loop_best);
+    let limit_label = match loop_alongside {
+        Some(_) => format!(
+            "median of {} turns with the large runs, each the best of 1/2/4 connections",
+            r.loopback_alongside.len()
+        ),
+        None => "best of 1/2/4 connections".to_owned(),
+    };
     for (w, o, j) in &r.fetches {
         let j = j.as_ref();
         let cpu = |v: f64| format!("{v:.2}");
@@ -642,19 +694,29 @@ pub fn table(r: &Results) -> String {
                 ratio(ov, jv)
             );
         }
+        let percent = |v: f64, l: f64| format!("{:.0}%", 100.0 * v / l);
         if w.name != "small"
-            && let Some(l) = loop_verified
+            && let Some(l) = loop_limit
         {
             let _ = writeln!(
                 s,
-                "| {} | % of loopback (sendfile, verified: {l:.0} MiB/s) | {:.0}% | {} | | {} |",
+                "| {} | % of loopback (sendfile, verified, {limit_label}: {l:.0} MiB/s) | {} | {} | | {} |",
                 w.name,
-                100.0 * o.mib_per_sec / l,
-                opt(j.map(|j| j.mib_per_sec), |v| format!(
-                    "{:.0}%",
-                    100.0 * v / l
-                )),
+                percent(o.mib_per_sec, l),
+                opt(j.map(|j| j.mib_per_sec), |v| percent(v, l)),
                 if w.name == "large" { "ours >= 90%" } else { "" }
+            );
+        }
+        if w.name == "large"
+            && loop_alongside.is_some()
+            && let Some(l) = loop_best
+        {
+            let _ = writeln!(
+                s,
+                "| {} | % of the best loopback turn ({l:.0} MiB/s) | {} | {} | | |",
+                w.name,
+                percent(o.mib_per_sec, l),
+                opt(j.map(|j| j.mib_per_sec), |v| percent(v, l)),
             );
         }
     }
@@ -666,10 +728,24 @@ pub fn table(r: &Results) -> String {
         cc_name(ours_cc),
         cc_name(node_cc)
     );
+    if let Some(l) = loop_alongside {
+        let spread = r
+            .loopback_alongside
+            .iter()
+            .map(LoopbackReport::mib_per_sec)
+            .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let _ = writeln!(
+            s,
+            "| loopback | sendfile → read+verify, {}, {limit_label} (MiB/s; range {:.0}-{:.0}) | {l:.0} | | | |",
+            cc_name(ours_cc),
+            spread.0,
+            spread.1
+        );
+    }
     if let Some((v, raw)) = r.loopback {
         let _ = writeln!(
             s,
-            "| loopback | sendfile → read+verify, {}, best of 1/2/4 connections ({}) (MiB/s) | {:.0} | | | |",
+            "| loopback | sendfile → read+verify, {}, the best turn ({} connections) (MiB/s) | {:.0} | | | |",
             cc_name(ours_cc),
             r.loopback_connections,
             v.mib_per_sec()

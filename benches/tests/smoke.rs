@@ -185,6 +185,9 @@ fn runner_drives_the_real_kshuffled_binary_on_tiny_layouts() {
     }
     let (verified, raw) = results.loopback.unwrap();
     assert!(verified.bytes > 0 && raw.bytes > 0);
+    // One loopback run in turn with the services' runs of the large workload per repetition.
+    assert_eq!(results.loopback_alongside.len(), opts.reps);
+    assert!(results.loopback_alongside.iter().all(|l| l.bytes > 0));
     assert_eq!(results.registrations.len(), 2);
     for (shape, (ours, ours_rss), baseline) in &results.registrations {
         let (theirs, _) = baseline.as_ref().unwrap();
@@ -196,7 +199,8 @@ fn runner_drives_the_real_kshuffled_binary_on_tiny_layouts() {
     let table = compare::table(&results);
     for row in [
         "| small | blocks/s |",
-        "| large | % of loopback",
+        "| large | % of loopback (sendfile, verified, median of 1 turns with the large runs",
+        "| large | % of the best loopback turn",
         "| small-batch | % of loopback",
         "| register 20 executors, pipelined: 4 conns × 32 in flight | registrations/s |",
         "| register 20 executors, one connection each, 128 at a time | registrations/s |",
