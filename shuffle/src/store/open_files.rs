@@ -149,10 +149,12 @@ impl OpenFiles {
         before.saturating_sub(self.entries.len())
     }
 
-    /// Closes every kept descriptor (the process ran out of them); returns how many.
+    /// Closes every kept descriptor (the process ran out of them), counted in
+    /// `kshuffle_data_files_shed_total`; returns how many.
     pub fn shed(&self) -> usize {
         let before = self.entries.len();
         self.entries.clear();
+        metrics::counter!("kshuffle_data_files_shed_total").increment(before as u64);
         before
     }
 
@@ -200,7 +202,6 @@ fn retry_after_shedding<T>(
             }
             tracing::warn!(error = %e, closed,
                 "out of file descriptors: closed the kept data files and opening again (raise the open-files limit or lower --open-data-files)");
-            metrics::counter!("kshuffle_data_files_shed_total").increment(closed as u64);
             open()
         }
         other => other,
