@@ -222,12 +222,12 @@ pub fn register_layout(
     .with_context(|| format!("registering {app}/{exec} at {addr}"))
 }
 
-/// Median of `xs` (the mean of the middle two for an even count; 0 for none).
 /// The median of `xs`, or `None` when there are none.
 fn median_if_any(xs: Vec<f64>) -> Option<f64> {
     (!xs.is_empty()).then(|| median(xs))
 }
 
+/// Median of `xs` (the mean of the middle two for an even count; 0 for none).
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();

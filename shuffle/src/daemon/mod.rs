@@ -4,7 +4,9 @@
 //!
 //! [`run`] loads the registry, binds the shuffle and admin ports, and serves until shutdown;
 //! an embedding binary flattens [`DaemonArgs`] into its own parser and gets a [`Running`]
-//! handle to add its tasks. Process concerns (parsing, exit codes) stay in the binaries.
+//! handle to add its tasks. The start every binary's `main` shares is here too
+//! ([`parse_args_or_exit`], [`start_or_exit`]); what else a binary does before or after
+//! [`run`], and the exit code it makes of [`run`]'s error ([`exit_code`]), stay in it.
 
 mod args;
 pub mod congestion;
