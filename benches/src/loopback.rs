@@ -33,7 +33,7 @@ pub struct LoopbackReport {
     /// CPU seconds of the sending threads. Not a floor for a server: bytes a sender leaves
     /// queued in its socket buffer go out when the reader's ACKs open the window, in the
     /// reader's context, with the loopback receive path's softirq work, and how much does
-    /// depends on the threads' placement (README, Benchmarks).
+    /// depends on the threads' placement (benches/README.md).
     pub sender_cpu_secs: f64,
 }
 
