@@ -638,17 +638,17 @@ pub fn table(r: &Results) -> String {
     // The limit the services' figures are set against: the median of the loopback runs
     // taken in turn with theirs (medians against a median), else the best run.
     let loop_best = r.loopback.map(|(v, _)| v.mib_per_sec());
-    let loop_alongside = median_if_any(
-        r.loopback_alongside
-            .iter()
-            .map(LoopbackReport::mib_per_sec)
-            .collect(),
-    );
+    let turns: Vec<f64> = r
+        .loopback_alongside
+        .iter()
+        .map(LoopbackReport::mib_per_sec)
+        .collect();
+    let loop_alongside = median_if_any(turns.clone());
     let loop_limit = loop_alongside.or(loop_best);
     let limit_label = match loop_alongside {
         Some(_) => format!(
             "median of {} turns with the large runs, each the best of 1/2/4 connections",
-            r.loopback_alongside.len()
+            turns.len()
         ),
         None => "best of 1/2/4 connections".to_owned(),
     };
@@ -694,30 +694,34 @@ pub fn table(r: &Results) -> String {
                 ratio(ov, jv)
             );
         }
-        let percent = |v: f64, l: f64| format!("{:.0}%", 100.0 * v / l);
+        // One row of each service's throughput as a share of loopback figure `l`.
+        let percent_row = |metric: String, l: f64, target: &str| {
+            let percent = |v: f64| format!("{:.0}%", 100.0 * v / l);
+            format!(
+                "| {} | {metric} | {} | {} | | {target} |\n",
+                w.name,
+                percent(o.mib_per_sec),
+                opt(j.map(|j| j.mib_per_sec), percent)
+            )
+        };
         if w.name != "small"
             && let Some(l) = loop_limit
         {
-            let _ = writeln!(
-                s,
-                "| {} | % of loopback (sendfile, verified, {limit_label}: {l:.0} MiB/s) | {} | {} | | {} |",
-                w.name,
-                percent(o.mib_per_sec, l),
-                opt(j.map(|j| j.mib_per_sec), |v| percent(v, l)),
-                if w.name == "large" { "ours >= 90%" } else { "" }
-            );
+            s.push_str(&percent_row(
+                format!("% of loopback (sendfile, verified, {limit_label}: {l:.0} MiB/s)"),
+                l,
+                if w.name == "large" { "ours >= 90%" } else { "" },
+            ));
         }
         if w.name == "large"
             && loop_alongside.is_some()
             && let Some(l) = loop_best
         {
-            let _ = writeln!(
-                s,
-                "| {} | % of the best loopback turn ({l:.0} MiB/s) | {} | {} | | |",
-                w.name,
-                percent(o.mib_per_sec, l),
-                opt(j.map(|j| j.mib_per_sec), |v| percent(v, l)),
-            );
+            s.push_str(&percent_row(
+                format!("% of the best loopback turn ({l:.0} MiB/s)"),
+                l,
+                "",
+            ));
         }
     }
     let (ours_cc, node_cc) = &r.congestion;
@@ -729,11 +733,9 @@ pub fn table(r: &Results) -> String {
         cc_name(node_cc)
     );
     if let Some(l) = loop_alongside {
-        let spread = r
-            .loopback_alongside
+        let spread = turns
             .iter()
-            .map(LoopbackReport::mib_per_sec)
-            .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let _ = writeln!(
             s,
             "| loopback | sendfile → read+verify, {}, {limit_label} (MiB/s; range {:.0}-{:.0}) | {l:.0} | | | |",
