@@ -441,14 +441,20 @@ async fn watch_replays_from_a_resource_version_and_sends_bookmarks() {
 
     let wp = WatchParams::default().labels("app=a");
     let mut stream = pods.watch(&wp, &rv).await.unwrap().boxed();
-    let first = within("first event", stream.try_next())
-        .await
-        .unwrap()
-        .unwrap();
-    let WatchEvent::Added(p) = first else {
-        panic!("expected ADDED, got {first:?}")
-    };
-    assert_eq!(p.metadata.name.as_deref(), Some("after"));
+    // The simulated scheduler and kubelet may modify "before" after `rv` was read, so
+    // MODIFIED events can come first; the first ADDED must be "after", not a replay of
+    // "before" (created at or before `rv`) nor "other" (outside the selector).
+    let added = within("first ADDED", async {
+        loop {
+            match stream.try_next().await.unwrap().unwrap() {
+                WatchEvent::Added(p) => break p,
+                WatchEvent::Modified(_) => {}
+                other => panic!("expected ADDED or MODIFIED, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(added.metadata.name.as_deref(), Some("after"));
 
     // Removing the label is a DELETED for this watch.
     let patch = json!({ "metadata": { "labels": { "app": null } } });
