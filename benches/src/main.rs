@@ -35,6 +35,56 @@ struct Shape {
     skew: f64,
 }
 
+/// The services a run starts, for `compare` and `scale`.
+#[derive(clap::Args)]
+struct Services {
+    /// Work directory (default: a temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// The kshuffled binary (default: next to this one).
+    #[arg(long)]
+    kshuffled: Option<PathBuf>,
+    /// SPARK_HOME of the Java service (default: the pinned pyspark venv).
+    #[arg(long)]
+    spark_home: Option<PathBuf>,
+    /// Pinned pyspark version for the Java service.
+    #[arg(long, default_value = "4.3.0")]
+    spark_version: String,
+    /// Without the Java service.
+    #[arg(long)]
+    no_java: bool,
+    /// Extra flag for kshuffled (repeat; e.g. --kshuffled-arg=--inline-body-max-bytes=32768).
+    #[arg(long = "kshuffled-arg", allow_hyphen_values = true)]
+    kshuffled_args: Vec<String>,
+}
+
+impl Services {
+    /// Runner options for these services, `secs` per measured run: one repetition of no
+    /// workload, no baseline and no Spark session until the caller sets them.
+    fn options(self, secs: f64) -> anyhow::Result<Options> {
+        let kshuffled = self
+            .kshuffled
+            .or_else(compare::default_kshuffled)
+            .context("no kshuffled next to this binary; build it (cargo build --release -p kshuffle) or pass --kshuffled")?;
+        Ok(Options {
+            work_dir: self.work_dir,
+            kshuffled,
+            spark_home: self.spark_home,
+            spark_version: self.spark_version,
+            workspace: compare::workspace_root(),
+            duration: Duration::from_secs_f64(secs),
+            reps: 1,
+            only: Vec::new(),
+            workloads: None,
+            registrations: 0,
+            no_java: self.no_java,
+            baseline: None,
+            spark_sessions: 0,
+            kshuffled_args: self.kshuffled_args,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Lay out files under ROOT, register them at ADDR and fetch them for a while.
@@ -95,21 +145,8 @@ enum Cmd {
         /// Executors in the registration workload.
         #[arg(long, default_value_t = 20_000)]
         registrations: u64,
-        /// Work directory (default: a temp dir).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// The kshuffled binary (default: next to this one).
-        #[arg(long)]
-        kshuffled: Option<PathBuf>,
-        /// SPARK_HOME of the Java service (default: the pinned pyspark venv).
-        #[arg(long)]
-        spark_home: Option<PathBuf>,
-        /// Pinned pyspark version for the Java service.
-        #[arg(long, default_value = "4.3.0")]
-        spark_version: String,
-        /// Without the Java service.
-        #[arg(long)]
-        no_java: bool,
+        #[command(flatten)]
+        services: Services,
         /// Another kshuffled binary to compare against instead of the Java service.
         #[arg(long)]
         baseline: Option<PathBuf>,
@@ -120,9 +157,6 @@ enum Cmd {
         /// every round (ours, Java; Java, ours; ...).
         #[arg(long, default_value_t = 2)]
         spark_reps: usize,
-        /// Extra flag for kshuffled (repeat; e.g. --kshuffled-arg=--inline-body-max-bytes=32768).
-        #[arg(long = "kshuffled-arg", allow_hyphen_values = true)]
-        kshuffled_args: Vec<String>,
     },
     /// Scaling curves: connections 1 → 1,000 and registered executors 10 → 100,000.
     Scale {
@@ -135,24 +169,8 @@ enum Cmd {
         /// Executors added per level (totals accumulate).
         #[arg(long, value_delimiter = ',', default_value = "10,990,9000,90000")]
         executors: Vec<u64>,
-        /// Work directory (default: a temp dir).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// The kshuffled binary (default: next to this one).
-        #[arg(long)]
-        kshuffled: Option<PathBuf>,
-        /// SPARK_HOME of the Java service (default: the pinned pyspark venv).
-        #[arg(long)]
-        spark_home: Option<PathBuf>,
-        /// Pinned pyspark version for the Java service.
-        #[arg(long, default_value = "4.3.0")]
-        spark_version: String,
-        /// Without the Java service.
-        #[arg(long)]
-        no_java: bool,
-        /// Extra flag for kshuffled (repeat).
-        #[arg(long = "kshuffled-arg", allow_hyphen_values = true)]
-        kshuffled_args: Vec<String>,
+        #[command(flatten)]
+        services: Services,
     },
     /// Measure the loopback sendfile limit over a layout under a temp dir.
     Loopback {
@@ -240,34 +258,18 @@ fn main() -> anyhow::Result<()> {
             reps,
             only,
             registrations,
-            work_dir,
-            kshuffled,
-            spark_home,
-            spark_version,
-            no_java,
+            services,
             baseline,
             spark_jobs,
             spark_reps,
-            kshuffled_args,
         } => {
-            let kshuffled = kshuffled
-                .or_else(compare::default_kshuffled)
-                .context("no kshuffled next to this binary; build it (cargo build --release -p kshuffle) or pass --kshuffled")?;
             let opts = Options {
-                work_dir,
-                kshuffled,
-                spark_home,
-                spark_version,
-                workspace: compare::workspace_root(),
-                duration: Duration::from_secs_f64(secs),
                 reps: reps.max(1),
                 only,
-                workloads: None,
                 registrations,
-                no_java,
                 baseline,
                 spark_sessions: if spark_jobs { spark_reps.max(1) } else { 0 },
-                kshuffled_args,
+                ..services.options(secs)?
             };
             let results = compare::run(&opts)?;
             println!("{}", compare::table(&results));
@@ -276,32 +278,9 @@ fn main() -> anyhow::Result<()> {
             secs,
             connections,
             executors,
-            work_dir,
-            kshuffled,
-            spark_home,
-            spark_version,
-            no_java,
-            kshuffled_args,
+            services,
         } => {
-            let kshuffled = kshuffled
-                .or_else(compare::default_kshuffled)
-                .context("no kshuffled next to this binary; pass --kshuffled")?;
-            let opts = Options {
-                work_dir,
-                kshuffled,
-                spark_home,
-                spark_version,
-                workspace: compare::workspace_root(),
-                duration: Duration::from_secs_f64(secs),
-                reps: 1,
-                only: Vec::new(),
-                workloads: None,
-                registrations: 0,
-                no_java,
-                baseline: None,
-                spark_sessions: 0,
-                kshuffled_args,
-            };
+            let opts = services.options(secs)?;
             let curves = kshuffle_benches::scale::run(&opts, &connections, &executors)?;
             println!("{}", kshuffle_benches::scale::tables(&curves));
         }
