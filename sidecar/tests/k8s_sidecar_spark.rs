@@ -274,7 +274,8 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
         .address_env(&image, &["KSHUFFLE_BIND", "KSHUFFLE_ADMIN_BIND"])
         .pod_network(pod_network)
         // The injected probes' period is 10 s.
-        .max_probe_period(Duration::from_millis(500));
+        .max_probe_period(Duration::from_millis(500))
+        .java_options(kshuffle_testkit::support::TEST_JVM_OPTIONS);
     let server = FakeApiServer::builder()
         .nodes(NODES.iter().map(|n| Node::new(*n, 4, 8)).collect())
         .webhook_service("kshuffle-sidecar", "kshuffle-webhook", webhook.addr)

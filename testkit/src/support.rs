@@ -21,6 +21,24 @@ use crate::FakeApiServer;
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// The read timeout of [`http_get`].
 pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// JVM options for the Spark JVMs of tests (drivers, executors, spark-submit), which live
+/// for a minute at most on a 2-core machine: the C1 compiler only (C2's optimizing
+/// compiles cost more CPU than such a short run earns back; a real-Spark session takes a
+/// fifth less time) and the serial collector (no GC threads to compete for the cores).
+/// Spark itself is unchanged. Benchmarks do not use them: they measure JVMs as deployed.
+pub const TEST_JVM_OPTIONS: &str = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC";
+
+/// `JAVA_TOOL_OPTIONS` for a test's Spark JVMs: [`TEST_JVM_OPTIONS`], and `tmp` (created
+/// here) as `java.io.tmpdir`, so what the JVMs leave there (native libraries they unpack,
+/// Spark's scratch dirs) goes away with the test's directory rather than piling up in
+/// `/tmp`.
+///
+/// # Panics
+/// When `tmp` cannot be created.
+pub fn test_java_tool_options(tmp: &Path) -> String {
+    std::fs::create_dir_all(tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+    format!("{TEST_JVM_OPTIONS} -Djava.io.tmpdir={}", tmp.display())
+}
 
 /// Polls every [`POLL_INTERVAL`], for at most `secs`, until `f` returns `Some`.
 ///
@@ -164,8 +182,9 @@ pub fn spark_submit(
 /// pyspark `venv`, with each of `confs` as a `--conf`, run in `work` with no stdin (stdout and
 /// stderr are the caller's to set). The environment is this process's, with
 /// `SPARK_LOCAL_IP=127.0.0.1` (this host's name may not resolve to an address of this
-/// machine), the venv's Python for PySpark, unbuffered Python output, and no
-/// `SPARK_HOME`/`SPARK_CONF_DIR` (the venv's Spark, with its own defaults). The caller adds
+/// machine), the venv's Python for PySpark, unbuffered Python output, the JVM options of
+/// [`test_java_tool_options`] (temp dir `work/jvm-tmp`), and no `SPARK_HOME`/`SPARK_CONF_DIR`
+/// (the venv's Spark, with its own defaults). The caller adds
 /// the application and its arguments and starts it, e.g. with [`Group::spawn`].
 pub fn spark_submit_command(
     venv: &Path,
@@ -186,6 +205,10 @@ pub fn spark_submit_command(
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .env("PYSPARK_PYTHON", venv.join("bin/python"))
         .env("PYTHONUNBUFFERED", "1")
+        .env(
+            "JAVA_TOOL_OPTIONS",
+            test_java_tool_options(&work.join("jvm-tmp")),
+        )
         .env_remove("SPARK_HOME")
         .env_remove("SPARK_CONF_DIR")
         .stdin(Stdio::null());

@@ -22,6 +22,8 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 const NS: &str = "spark";
+/// The kubelet's JVM options in [`setup`].
+const JVM_OPTIONS: &str = "-XX:+UseSerialGC";
 
 const FAKE_JAVA: &str = r#"#!/bin/sh
 p=${NAME:+$NAME.}
@@ -64,15 +66,26 @@ async fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Fields drop in order: the server first (its kubelet kills every container), then the
+/// directory, which no container writes to any more.
 struct Setup {
     server: FakeApiServer,
     kubelet: ProcessKubelet,
-    dir: PathBuf,
+    dir: RemovedOnDrop,
 }
 
-impl Drop for Setup {
+struct RemovedOnDrop(PathBuf);
+
+impl std::ops::Deref for RemovedOnDrop {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for RemovedOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -90,7 +103,8 @@ async fn setup(name: &str) -> Setup {
         .address_env("kshuffle-node", &["KSHUFFLE_BIND"])
         .noop_image("busybox")
         .max_probe_period(Duration::from_millis(100))
-        .mount_wait(Duration::from_secs(1));
+        .mount_wait(Duration::from_secs(1))
+        .java_options(JVM_OPTIONS);
     let server = FakeApiServer::builder()
         .nodes(vec![Node::new("node-1", 4, 8), Node::new("node-2", 4, 8)])
         .process_kubelet(kubelet.clone())
@@ -100,7 +114,7 @@ async fn setup(name: &str) -> Setup {
     Setup {
         server,
         kubelet,
-        dir,
+        dir: RemovedOnDrop(dir),
     }
 }
 
@@ -456,10 +470,13 @@ async fn a_driver_pod_runs_spark_submit_in_client_mode_and_its_service_name_reso
     has(format!("SPARK_DRIVER_BIND_ADDRESS={ip}"));
     has(format!("SPARK_CONF_DIR={}", conf.display()));
     has(format!("SPARK_HOME={}", s.dir.join("spark").display()));
+    // The kubelet's JVM options, the pod's own temp dir (which exists), its hosts file.
     has(format!(
-        "JAVA_TOOL_OPTIONS=-Djdk.net.hosts.file={}",
+        "JAVA_TOOL_OPTIONS={JVM_OPTIONS} -Djava.io.tmpdir={} -Djdk.net.hosts.file={}",
+        dir.join("tmp").display(),
         hosts.display()
     ));
+    assert!(dir.join("tmp").is_dir());
 
     // An executor of the app resolves the driver's Service name to the driver pod's IP
     // from its own hosts file (JAVA_TOOL_OPTIONS names it).
@@ -471,7 +488,8 @@ async fn a_driver_pod_runs_spark_submit_in_client_mode_and_its_service_name_reso
     assert!(
         exec_env.lines().any(|l| l
             == format!(
-                "JAVA_TOOL_OPTIONS=-Djdk.net.hosts.file={}",
+                "JAVA_TOOL_OPTIONS={JVM_OPTIONS} -Djava.io.tmpdir={} -Djdk.net.hosts.file={}",
+                exec_dir.join("tmp").display(),
                 exec_dir.join("hosts").display()
             )),
         "{exec_env}"

@@ -344,7 +344,8 @@ fn pyspark_home(venv: &Path) -> PathBuf {
 async fn spark_executors_on_the_process_kubelet(version: &str) {
     let venv = spark_venv(version);
     let work = work_dir(&format!("spark-kubelet-{version}"));
-    let kubelet = ProcessKubelet::new(pyspark_home(&venv), work.join("kubelet"));
+    let kubelet = ProcessKubelet::new(pyspark_home(&venv), work.join("kubelet"))
+        .java_options(support::TEST_JVM_OPTIONS);
     let server = FakeApiServer::builder()
         .nodes(vec![Node::new("node-1", 4, 8), Node::new("node-2", 4, 8)])
         .process_kubelet(kubelet.clone())

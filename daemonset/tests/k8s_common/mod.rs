@@ -64,6 +64,7 @@ pub fn kubelet(spark_home: &Path, work: &Path, network: &str) -> ProcessKubelet 
         .noop_image(&init_image)
         // The manifest's readiness period is 5 s.
         .max_probe_period(Duration::from_millis(200))
+        .java_options(kshuffle_testkit::support::TEST_JVM_OPTIONS)
 }
 
 /// Nodes of `cpu_millis` CPUs and 8 GiB each, named [`NODES`].

@@ -609,7 +609,8 @@ impl SparkDirs {
     }
     /// The command that runs `session` of the job script `script` (under `tests/spark/`)
     /// with the venv's `python`, against a daemon on `port`, in these directories, with an
-    /// environment of its own (no inherited Spark settings).
+    /// environment of its own (no inherited Spark settings; the JVM options of tests, with
+    /// `scratch/jvm-tmp` as the JVMs' temp dir).
     pub fn python_command(&self, python: &Path, script: &str, session: &str, port: u16) -> Command {
         let script = workspace_root().join("shuffle/tests/spark").join(script);
         let mut cmd = Command::new(python);
@@ -625,6 +626,10 @@ impl SparkDirs {
             .env("PYSPARK_PYTHON", python)
             .env("PYSPARK_DRIVER_PYTHON", python)
             .env("PYTHONUNBUFFERED", "1")
+            .env(
+                "JAVA_TOOL_OPTIONS",
+                kshuffle_testkit::support::test_java_tool_options(&self.scratch.join("jvm-tmp")),
+            )
             .env_remove("SPARK_HOME")
             .env_remove("SPARK_CONF_DIR")
             .env_remove("PYSPARK_SUBMIT_ARGS");

@@ -427,12 +427,11 @@ LARGE_DIGESTS_PER_ROW = 64  # 64 x 64-byte SHA-512 digests: 4 KiB incompressible
 
 def large_expected(rows):
     sha512, crc32 = hashlib.sha512, zlib.crc32
+    suffixes = [b"-%d" % k for k in range(LARGE_DIGESTS_PER_ROW)]
     crc_sum = 0
     for i in range(rows):
-        crc = 0
-        for k in range(LARGE_DIGESTS_PER_ROW):
-            crc = crc32(sha512(b"%d-%d" % (i, k)).digest(), crc)
-        crc_sum += crc
+        prefix = b"%d" % i
+        crc_sum += crc32(b"".join([sha512(prefix + k).digest() for k in suffixes]))
     return {
         "rows": rows,
         "sum_id": rows * (rows - 1) // 2,
@@ -462,6 +461,11 @@ def payload_shuffle(spark, n_rows, maps, reducers):
     repartitioned by id into `reducers`, aggregated, against the same figures computed here."""
     from pyspark.sql import functions as F
 
+    # The expected figures take seconds of Python: computed while Spark runs the job (the
+    # driver's main thread waits on the JVM meanwhile, without the GIL).
+    expected = {}
+    worker = threading.Thread(target=lambda: expected.update(large_expected(n_rows)), daemon=True)
+    worker.start()
     # Plain shuffle: keep AQE (and its batch fetch) out of this job.
     spark.conf.set("spark.sql.adaptive.enabled", "false")
     try:
@@ -486,7 +490,8 @@ def payload_shuffle(spark, n_rows, maps, reducers):
     finally:
         spark.conf.set("spark.sql.adaptive.enabled", "true")
     got = {k: row[k] for k in ("rows", "sum_id", "payload_bytes", "sum_crc32")}
-    return {"got": got, "expected": large_expected(n_rows)}
+    worker.join()
+    return {"got": got, "expected": expected}
 
 
 # === sessions ====================================================================================

@@ -107,6 +107,8 @@ const EXECUTOR_MAIN: &str = "org.apache.spark.scheduler.cluster.k8s.KubernetesEx
 const DRIVER_SUBMIT: &str = "bin/spark-submit";
 /// The hosts file of a pod running JVMs, in its pod directory.
 const HOSTS_FILE: &str = "hosts";
+/// The `java.io.tmpdir` of a pod's JVMs, in its pod directory: a container's own `/tmp`.
+const POD_TMP: &str = "tmp";
 /// How long a pod waits for a missing ConfigMap or Secret of its volumes, by default.
 const MOUNT_WAIT: Duration = Duration::from_secs(20);
 /// The reason of a start error that a later attempt may not have (a missing volume source).
@@ -138,6 +140,8 @@ pub struct ProcessKubelet {
     node_network: String,
     /// The first two bytes of the pods' own addresses.
     pod_network: String,
+    /// JVM options put before a Spark container's own `JAVA_TOOL_OPTIONS`.
+    java_options: String,
 }
 
 impl ProcessKubelet {
@@ -158,6 +162,7 @@ impl ProcessKubelet {
             mount_wait: MOUNT_WAIT,
             node_network: "127.0.1".into(),
             pod_network: "127.1".into(),
+            java_options: String::new(),
         }
     }
 
@@ -232,6 +237,13 @@ impl ProcessKubelet {
     /// was started with).
     pub fn java(mut self, java: impl Into<PathBuf>) -> Self {
         self.java = java.into();
+        self
+    }
+
+    /// Gives the JVMs of Spark's containers `options` (in `JAVA_TOOL_OPTIONS`, before the
+    /// container's own, which win), e.g. [`crate::support::TEST_JVM_OPTIONS`].
+    pub fn java_options(mut self, options: &str) -> Self {
+        self.java_options = options.to_owned();
         self
     }
 
@@ -700,7 +712,7 @@ fn spawn(run: &mut PodRun, i: usize, now: Instant) {
 }
 
 fn spawn_launch(l: &Launch) -> std::io::Result<Child> {
-    fs::create_dir_all(&l.dir)?;
+    fs::create_dir_all(l.dir.join(POD_TMP))?;
     let open = |suffix: &str| {
         fs::OpenOptions::new()
             .create(true)
@@ -1853,11 +1865,20 @@ fn launch(
         .or_insert_with(|| cfg.kubeconfig().display().to_string());
     env.insert("SPARK_HOME".into(), cfg.spark_home.display().to_string());
     if registered.is_none() {
-        // Spark's JVMs resolve cluster names from the pod's hosts file.
-        let opts = dns::java_tool_options(
-            env.get("JAVA_TOOL_OPTIONS").map(String::as_str),
-            &dir.join(HOSTS_FILE),
-        );
+        // The kubelet's options, then the pod's own temp dir (no container has the host's
+        // `/tmp`), then the container's own options; last, the pod's hosts file, from which
+        // Spark's JVMs resolve cluster names.
+        let tmp = format!("-Djava.io.tmpdir={}", dir.join(POD_TMP).display());
+        let own = [
+            cfg.java_options.as_str(),
+            &tmp,
+            env.get("JAVA_TOOL_OPTIONS").map_or("", String::as_str),
+        ]
+        .into_iter()
+        .filter(|o| !o.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+        let opts = dns::java_tool_options(Some(&own), &dir.join(HOSTS_FILE));
         env.insert("JAVA_TOOL_OPTIONS".into(), opts);
     }
     // `$(VAR)` in command and args, from the container's env as written (before paths are
