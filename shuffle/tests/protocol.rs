@@ -496,6 +496,16 @@ async fn framing_errors_close_only_that_connection() {
         ("over the configured limit", raw_frame(64 * 1024 + 1, &[3])),
         ("negative length", raw_frame(-5, &[3])),
         ("zero length", raw_frame(0, &[])),
+        (
+            "a TLS ClientHello (Spark 4 with spark.ssl.rpc.enabled)",
+            vec![
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ],
+        ),
+        (
+            "an HTTP request",
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
         ("unknown frame type", raw_frame(9 + 4, &[0x42, 0, 0, 0, 0])),
         (
             "response type from a client",

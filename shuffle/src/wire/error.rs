@@ -18,6 +18,17 @@ pub enum Error {
         len: i64,
     },
 
+    /// The length field is another protocol's opening bytes: a TLS handshake record (Spark
+    /// 4's `spark.ssl.rpc.enabled`) or an HTTP request. Named, so that the log says what the
+    /// peer did rather than quoting a length of 10^18.
+    #[error("the peer speaks {protocol}, not Spark's protocol in the clear: {hint}")]
+    OtherProtocol {
+        /// What the bytes are.
+        protocol: &'static str,
+        /// What to do about it.
+        hint: &'static str,
+    },
+
     /// An incoming frame is longer than the configured limit; refused before its body is
     /// buffered.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
@@ -107,6 +118,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidFrameLength { .. } => "invalid_frame_length",
+            Error::OtherProtocol { .. } => "other_protocol",
             Error::FrameTooLarge { .. } => "frame_too_large",
             Error::UnknownFrameType { .. } => "unknown_frame_type",
             Error::UnknownMessageType { .. } => "unknown_message_type",
@@ -166,6 +178,10 @@ mod tests {
     fn kinds_are_distinct() {
         let all = [
             Error::InvalidFrameLength { len: 0 },
+            Error::OtherProtocol {
+                protocol: "x",
+                hint: "y",
+            },
             Error::FrameTooLarge { len: 0, max: 0 },
             Error::UnknownFrameType { ty: 0 },
             Error::UnknownMessageType { ty: 0 },

@@ -247,10 +247,9 @@ impl Frame {
 fn check_frame_len(len: i64, max_frame_len: usize) -> Result<usize, Error> {
     let valid = u64::try_from(len)
         .is_ok_and(|l| l >= FRAME_HEADER_LEN_BYTES as u64 && l <= MAX_SPARK_FRAME_LEN_BYTES);
-    let frame_len = usize::try_from(len)
-        .ok()
-        .filter(|_| valid)
-        .ok_or(Error::InvalidFrameLength { len })?;
+    let frame_len = usize::try_from(len).ok().filter(|_| valid).ok_or_else(|| {
+        other_protocol(len.to_be_bytes()).unwrap_or(Error::InvalidFrameLength { len })
+    })?;
     if frame_len > max_frame_len {
         return Err(Error::FrameTooLarge {
             len,
@@ -258,6 +257,36 @@ fn check_frame_len(len: i64, max_frame_len: usize) -> Result<usize, Error> {
         });
     }
     Ok(frame_len)
+}
+
+/// [`Error::OtherProtocol`] if the 8 bytes of an invalid length field open a TLS handshake
+/// record (content type 22, version 3.x) or an HTTP request.
+fn other_protocol(head: [u8; LENGTH_FIELD_BYTES]) -> Option<Error> {
+    const HTTP_STARTS: [&[u8]; 8] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"PRI * ",
+    ];
+    if head[0] == 0x16 && head[1] == 0x03 && head[2] <= 0x04 {
+        return Some(Error::OtherProtocol {
+            protocol: "TLS",
+            hint: "kshuffle does not serve TLS (Spark's spark.ssl.rpc.enabled); encrypt shuffle \
+                   traffic with spark.authenticate and spark.network.crypto.enabled instead",
+        });
+    }
+    if HTTP_STARTS.iter().any(|m| head.starts_with(m)) {
+        return Some(Error::OtherProtocol {
+            protocol: "HTTP",
+            hint: "this is the shuffle port; /metrics and the admin endpoints are on the admin \
+                   port (--admin-port)",
+        });
+    }
+    None
 }
 
 /// Decode one frame from the front of `buf`.
@@ -269,8 +298,9 @@ fn check_frame_len(len: i64, max_frame_len: usize) -> Result<usize, Error> {
 ///
 /// # Errors
 ///
-/// [`Error::InvalidFrameLength`] or [`Error::FrameTooLarge`] as soon as the 8 length bytes are
-/// there (nothing consumed); for a complete frame, [`Error::UnknownFrameType`] or a field
+/// [`Error::InvalidFrameLength`] (or [`Error::OtherProtocol`] when it names the protocol the
+/// bytes are) or [`Error::FrameTooLarge`] as soon as the 8 length bytes are there (nothing
+/// consumed); for a complete frame, [`Error::UnknownFrameType`] or a field
 /// error. After an error the stream cannot be resynchronised: close the connection. A
 /// complete frame that fails to decode has been consumed.
 pub fn decode(buf: &mut BytesMut, max_frame_len: usize) -> Result<Option<Frame>, Error> {

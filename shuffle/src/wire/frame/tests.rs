@@ -429,3 +429,47 @@ fn type_names_are_distinct() {
     names.dedup();
     assert_eq!(names.len(), 13);
 }
+
+#[test]
+fn tls_and_http_openings_are_named_not_quoted_as_lengths() {
+    // A TLS 1.2/1.3 ClientHello record header, as Spark 4 sends with spark.ssl.rpc.enabled.
+    let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    let got = decode(&mut buf(&hello), MAX).unwrap_err();
+    assert!(
+        matches!(
+            got,
+            Error::OtherProtocol {
+                protocol: "TLS",
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    assert!(
+        got.to_string().contains("spark.network.crypto.enabled"),
+        "{got}"
+    );
+    for req in [
+        &b"GET /metrics HTTP/1.1\r\n"[..],
+        b"POST /v1/apps HTTP/1.1",
+        b"PRI * HTTP/2.0",
+    ] {
+        let got = decode(&mut buf(req), MAX).unwrap_err();
+        assert!(
+            matches!(
+                got,
+                Error::OtherProtocol {
+                    protocol: "HTTP",
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+    }
+    // Other invalid lengths stay what they are, and a valid one never looks like either.
+    let near = i64::from_be_bytes([0x16, 0x05, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        decode(&mut buf(&near.to_be_bytes()), MAX),
+        Err(Error::InvalidFrameLength { len: near })
+    );
+}
