@@ -89,6 +89,11 @@ impl Helper {
         let mut child = Command::new("java")
             // Short-lived JVMs: the C1 compiler alone starts about twice as fast.
             .arg("-XX:TieredStopAtLevel=1")
+            // The native library commons-crypto unpacks goes away with the classes.
+            .arg(format!(
+                "-Djava.io.tmpdir={}",
+                spark.classes.path().display()
+            ))
             .arg("-cp")
             .arg(cp)
             .arg(HELPER_CLASS)
