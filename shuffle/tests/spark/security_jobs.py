@@ -99,7 +99,12 @@ def session_auth(args):
         )
         sc = SparkContext(conf=conf)
         sc.setLogLevel("WARN")
-        ok, error = run_with_deadline(lambda: word_job(sc), 60 if name == "wrong_secret" else 240, sc)
+        # With the wrong secret no executor registers (each is refused at start and
+        # relaunched, for as long as the job waits: Spark 3.5's master never gives up on the
+        # app), so its job can only fail or wait; 30 s is twice what the job takes with the
+        # right secret on a loaded 2-core machine.
+        deadline_s = 30 if name == "wrong_secret" else 240
+        ok, error = run_with_deadline(lambda: word_job(sc), deadline_s, sc)
         results[name] = {"ok": bool(ok and ok[0]), "error": error}
         jobs.log("%s: %s" % (name, results[name]))
         stop_and_wait(sc)
