@@ -466,7 +466,8 @@ fn tls_and_http_openings_are_named_not_quoted_as_lengths() {
             "{got:?}"
         );
     }
-    // Other invalid lengths stay what they are, and a valid one never looks like either.
+    // Other invalid lengths stay what they are. (A valid length starts with four zero
+    // bytes, so it can never look like either.)
     let near = i64::from_be_bytes([0x16, 0x05, 0, 0, 0, 0, 0, 0]);
     assert_eq!(
         decode(&mut buf(&near.to_be_bytes()), MAX),
