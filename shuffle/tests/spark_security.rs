@@ -1,7 +1,8 @@
 //! Real Spark (pyspark 4.3.0 and 3.5.9, `local-cluster`) against `kshuffled` with
 //! `spark.authenticate` (SASL DIGEST-MD5, Spark's default, and AuthEngine + AES-CTR), and
 //! across a daemon killed with SIGKILL in the middle of an application and restarted within
-//! Spark's fetch-retry window. The jobs are in `tests/spark/security_jobs.py`.
+//! Spark's fetch-retry window; and Spark 4's RPC TLS, which the daemon does not serve, named
+//! in its log. The jobs are in `tests/spark/security_jobs.py`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -104,6 +105,65 @@ fn spark_4_3_authenticate() {
 #[test]
 fn spark_3_5_authenticate() {
     authenticate("3.5.9");
+}
+
+/// Spark 4.3 with `spark.ssl.rpc.enabled` (which covers the shuffle client; 3.5 has no RPC
+/// TLS): its executors cannot register, the job fails, and the daemon's log says the peer
+/// speaks TLS, as the README's Security section says, rather than quoting a frame length.
+#[test]
+fn spark_4_3_rpc_tls_is_refused_and_named_in_the_log() {
+    let d = dirs();
+    // One PKCS12 key store, also the trust store, for Spark's own RPC servers and clients.
+    let keystore = d.base.join("rpc.p12");
+    let keytool = std::env::var_os("JAVA_HOME")
+        .map_or_else(|| "keytool".into(), |h| Path::new(&h).join("bin/keytool"));
+    let made = Command::new(keytool)
+        .args([
+            "-genkeypair",
+            "-alias",
+            "spark",
+            "-keyalg",
+            "EC",
+            "-groupname",
+            "secp256r1",
+        ])
+        .args([
+            "-dname",
+            "CN=localhost",
+            "-validity",
+            "2",
+            "-storetype",
+            "PKCS12",
+        ])
+        .args([
+            "-storepass",
+            "kshuffle",
+            "-keypass",
+            "kshuffle",
+            "-keystore",
+        ])
+        .arg(&keystore)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "keytool: {made:?}");
+
+    let daemon = Daemon::start(Daemon::standard_args(&d.allowed));
+    let mut cmd = python_cmd("4.3.0", &d, daemon.port(), "tls");
+    cmd.arg("--keystore")
+        .arg(&keystore)
+        .args(["--store-password", "kshuffle"]);
+    let run = run_with_timeout(&mut cmd, SESSION_TIMEOUT, None);
+    let mut daemon = daemon;
+    let log = daemon.log_text();
+    let stats = daemon.try_stop().unwrap_or_else(|e| panic!("{e}"));
+    let result = result_of(&run, &log);
+    assert_eq!(result["tls"]["ok"], false, "a TLS job was served: {result}");
+    assert!(
+        log.contains("the peer speaks TLS, not Spark's protocol in the clear"),
+        "the daemon did not name TLS:\n{}",
+        tail(&log, 40)
+    );
+    assert_eq!(stats.registrations, 0, "{stats}");
 }
 
 /// Waits for `path` to appear while `python` runs; the session's output if it ended first.

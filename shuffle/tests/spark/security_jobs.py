@@ -152,9 +152,31 @@ def session_restart(args):
     }
 
 
+def session_tls(args):
+    """Spark 4's RPC TLS (`spark.ssl.rpc.*`, which wraps the shuffle client's connections
+    too) against the daemon, which does not serve TLS: no executor can register, so the job
+    fails or waits out its deadline."""
+    from pyspark import SparkContext
+
+    conf = jobs.base_conf(args, "kshuffle-rpc-tls").set("spark.ssl.rpc.enabled", "true")
+    for prefix in ("keyStore", "trustStore"):
+        conf.set("spark.ssl.rpc.%s" % prefix, args.keystore)
+        conf.set("spark.ssl.rpc.%sPassword" % prefix, args.store_password)
+        conf.set("spark.ssl.rpc.%sType" % prefix, "PKCS12")
+    conf.set("spark.ssl.rpc.keyPassword", args.store_password)
+    sc = SparkContext(conf=conf)
+    sc.setLogLevel("WARN")
+    ok, error = run_with_deadline(lambda: word_job(sc), 30, sc)
+    stop_and_wait(sc)
+    return {"tls": {"ok": bool(ok and ok[0]), "error": error}}
+
+
+SESSIONS = {"auth": session_auth, "restart": session_restart, "tls": session_tls}
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("session", choices=["auth", "restart"])
+    p.add_argument("session", choices=sorted(SESSIONS))
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--local-dir", required=True)
     p.add_argument("--scratch", required=True)
@@ -162,13 +184,15 @@ def main():
     p.add_argument("--wrong-secret", action="store_true")
     p.add_argument("--crypto", action="store_true")
     p.add_argument("--signal-dir", default="")
+    p.add_argument("--keystore", default="")
+    p.add_argument("--store-password", default="")
     p.add_argument("--conf", action="append", default=[])
     p.add_argument("--exit-with-parent", action="store_true")
     args = p.parse_args()
     if args.exit_with_parent:
         jobs.exit_with_parent()
     jobs.prepare_spark_home(args.scratch)
-    result = session_auth(args) if args.session == "auth" else session_restart(args)
+    result = SESSIONS[args.session](args)
     print(json.dumps(result), flush=True)
 
 
