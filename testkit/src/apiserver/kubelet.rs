@@ -1869,16 +1869,8 @@ fn launch(
         // `/tmp`), then the container's own options; last, the pod's hosts file, from which
         // Spark's JVMs resolve cluster names.
         let tmp = format!("-Djava.io.tmpdir={}", dir.join(POD_TMP).display());
-        let own = [
-            cfg.java_options.as_str(),
-            &tmp,
-            env.get("JAVA_TOOL_OPTIONS").map_or("", String::as_str),
-        ]
-        .into_iter()
-        .filter(|o| !o.trim().is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-        let opts = dns::java_tool_options(Some(&own), &dir.join(HOSTS_FILE));
+        let own = env.get("JAVA_TOOL_OPTIONS").map_or("", String::as_str);
+        let opts = dns::java_tool_options(&[&cfg.java_options, &tmp, own], &dir.join(HOSTS_FILE));
         env.insert("JAVA_TOOL_OPTIONS".into(), opts);
     }
     // `$(VAR)` in command and args, from the container's env as written (before paths are

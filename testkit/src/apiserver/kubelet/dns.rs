@@ -117,14 +117,17 @@ pub(super) fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// `JAVA_TOOL_OPTIONS` for a container: the hosts-file property, after the container's own
-/// options (if any).
-pub(super) fn java_tool_options(own: Option<&str>, hosts: &Path) -> String {
+/// `JAVA_TOOL_OPTIONS` for a container: `before` in order (blank ones skipped; later ones win
+/// in the JVM), then the hosts-file property.
+pub(super) fn java_tool_options(before: &[&str], hosts: &Path) -> String {
     let prop = format!("-Djdk.net.hosts.file={}", hosts.display());
-    match own.filter(|o| !o.trim().is_empty()) {
-        Some(o) => format!("{o} {prop}"),
-        None => prop,
-    }
+    before
+        .iter()
+        .copied()
+        .filter(|o| !o.trim().is_empty())
+        .chain([prop.as_str()])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -155,16 +158,20 @@ mod tests {
     fn java_tool_options_keep_the_containers_own() {
         let hosts = Path::new("/w/hosts");
         assert_eq!(
-            java_tool_options(None, hosts),
+            java_tool_options(&[], hosts),
             "-Djdk.net.hosts.file=/w/hosts"
         );
         assert_eq!(
-            java_tool_options(Some(" "), hosts),
+            java_tool_options(&[" "], hosts),
             "-Djdk.net.hosts.file=/w/hosts"
         );
         assert_eq!(
-            java_tool_options(Some("-Xss4m"), hosts),
+            java_tool_options(&["-Xss4m"], hosts),
             "-Xss4m -Djdk.net.hosts.file=/w/hosts"
+        );
+        assert_eq!(
+            java_tool_options(&["-XX:+UseSerialGC", "", "-Xss4m"], hosts),
+            "-XX:+UseSerialGC -Xss4m -Djdk.net.hosts.file=/w/hosts"
         );
     }
 }
