@@ -30,6 +30,13 @@ def expected_counts(n, keys):
     return sorted(counts.items())
 
 
+# How long a job waits when no executor can register with the daemon (a wrong secret, TLS):
+# it can only fail or wait (each executor is refused at start and relaunched for as long as
+# the job waits: Spark 3.5's master never gives up on the app). Twice what the job takes
+# when executors register, on a loaded 2-core machine.
+REFUSED_JOB_DEADLINE_S = 30
+
+
 def word_job(sc, n=200_000, keys=1000, parts=40):
     got = sorted(sc.parallelize(range(n), 8).map(lambda x: (x % keys, x)).reduceByKey(lambda a, b: a + b, parts).collect())
     return got == expected_counts(n, keys), len(got)
@@ -99,11 +106,7 @@ def session_auth(args):
         )
         sc = SparkContext(conf=conf)
         sc.setLogLevel("WARN")
-        # With the wrong secret no executor registers (each is refused at start and
-        # relaunched, for as long as the job waits: Spark 3.5's master never gives up on the
-        # app), so its job can only fail or wait; 30 s is twice what the job takes with the
-        # right secret on a loaded 2-core machine.
-        deadline_s = 30 if name == "wrong_secret" else 240
+        deadline_s = REFUSED_JOB_DEADLINE_S if name == "wrong_secret" else 240
         ok, error = run_with_deadline(lambda: word_job(sc), deadline_s, sc)
         results[name] = {"ok": bool(ok and ok[0]), "error": error}
         jobs.log("%s: %s" % (name, results[name]))
@@ -166,7 +169,7 @@ def session_tls(args):
     conf.set("spark.ssl.rpc.keyPassword", args.store_password)
     sc = SparkContext(conf=conf)
     sc.setLogLevel("WARN")
-    ok, error = run_with_deadline(lambda: word_job(sc), 30, sc)
+    ok, error = run_with_deadline(lambda: word_job(sc), REFUSED_JOB_DEADLINE_S, sc)
     stop_and_wait(sc)
     return {"tls": {"ok": bool(ok and ok[0]), "error": error}}
 
