@@ -7,7 +7,8 @@
 //! Layers, dependencies pointing one way:
 //! - [`server`]: accept loop, connection limit, shutdown;
 //! - [`conn`]: one connection's I/O: frames in, replies out (zero-copy `sendfile`);
-//!   [`budget`]: the global bound on what peers make it buffer;
+//!   [`budget`]: the global bound on what peers make it buffer; [`tls`]: TLS under the
+//!   framing (Spark's `spark.ssl.rpc.*`);
 //! - [`handler`]: what each request does; [`stream`]: the chunks a fetch promised;
 //! - [`wire`]: the pure codec of Spark's frames, messages and block ids (no I/O);
 //! - [`store`]: block id → file segment on disk, confined to the allowed roots;
@@ -37,6 +38,7 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod stream;
+pub mod tls;
 pub mod wire;
 
 pub use config::Config;

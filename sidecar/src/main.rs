@@ -59,7 +59,7 @@ async fn run_webhook(args: WebhookArgs) -> Result<(), (i32, anyhow::Error)> {
     let certs = Arc::new(
         CertStore::load(&args.tls_cert_file, &args.tls_key_file).map_err(|e| usage(e.into()))?,
     );
-    let tls = Arc::new(certs.server_config().map_err(|e| usage(e.into()))?);
+    let tls = Arc::new(webhook::tls::server_config(&certs).map_err(|e| usage(e.into()))?);
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -109,7 +109,7 @@ async fn start_webhook_in_process(pki: &Pki, stop: CancellationToken) -> SocketA
     };
     tokio::spawn(webhook::serve(
         listener,
-        Arc::new(certs.server_config().unwrap()),
+        Arc::new(webhook::tls::server_config(&certs).unwrap()),
         config,
         Settings::default(),
         stop,

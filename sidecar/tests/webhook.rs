@@ -68,7 +68,7 @@ struct Webhook {
 async fn start(dir: &Path, pki: &Pki, settings: Settings) -> Webhook {
     let (cert, key) = write(dir, pki);
     let certs = Arc::new(CertStore::load(&cert, &key).unwrap());
-    let tls = Arc::new(certs.server_config().unwrap());
+    let tls = Arc::new(webhook::tls::server_config(&certs).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
