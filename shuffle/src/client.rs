@@ -9,6 +9,9 @@
 //! The SASL fallback (§6.5) is not offered: the server's side of it is tested with
 //! [`crate::auth::SaslClient`] directly.
 //!
+//! [`Client::over`] runs it over any stream, such as a TLS client stream to a daemon that
+//! serves TLS (Spark 4's `spark.ssl.rpc.*`); [`Client::connect`] is plain TCP.
+//!
 //! Every read waits at most [`DEFAULT_READ_TIMEOUT`] (see [`Client::set_read_timeout`]), so a
 //! server that never answers fails the caller instead of hanging it.
 
@@ -17,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{self, AuthEngineVersion, CipherMode, ClientAuth, Secret, TransportCipher};
@@ -110,10 +113,16 @@ pub struct StreamHandle {
     pub num_chunks: i32,
 }
 
+/// What a [`Client`] speaks over: a TCP stream, or a TLS stream around one (Spark 4's
+/// `spark.ssl.rpc.*`; see [`Client::over`]).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Transport for T {}
+
 /// One protocol connection.
 #[derive(Debug)]
 pub struct Client {
-    socket: TcpStream,
+    socket: Box<dyn Transport>,
     /// Received bytes in clear, not yet decoded.
     rbuf: BytesMut,
     /// After authentication: the transport cipher, and received bytes not yet opened.
@@ -132,13 +141,18 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Result<Self, Error> {
         let socket = TcpStream::connect(addr).await?;
         socket.set_nodelay(true)?;
-        Ok(Self {
-            socket,
+        Ok(Self::over(socket))
+    }
+
+    /// A client over an established `transport` (a TLS stream, for a daemon serving TLS).
+    pub fn over(transport: impl Transport + 'static) -> Self {
+        Self {
+            socket: Box::new(transport),
             rbuf: BytesMut::with_capacity(64 * 1024),
             cipher: None,
             read_timeout: DEFAULT_READ_TIMEOUT,
             next_request_id: 1,
-        })
+        }
     }
 
     /// Connects to `addr` and authenticates with `credentials` (see [`Client::authenticate`]).
@@ -201,6 +215,8 @@ impl Client {
                 self.socket.write_all(&sealed).await?;
             }
         }
+        // A TLS transport may hold records back until flushed.
+        self.socket.flush().await?;
         Ok(())
     }
 

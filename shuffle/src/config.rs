@@ -64,6 +64,9 @@ pub struct Config {
     pub inline_body_max_bytes: u64,
     /// `spark.authenticate`: when set, every connection must authenticate first.
     pub auth: Option<AuthSettings>,
+    /// Spark 4's `spark.ssl.rpc.enabled`: when set, every connection must speak TLS (first,
+    /// under the auth handshake and any transport cipher); see [`crate::tls`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// How clients authenticate (Spark's `spark.authenticate` and `spark.network.crypto.*`).
@@ -109,6 +112,7 @@ impl Config {
             tcp_congestion_control: None,
             inline_body_max_bytes: DEFAULT_INLINE_BODY_MAX_BYTES,
             auth: None,
+            tls: None,
         }
     }
 }

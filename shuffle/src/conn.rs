@@ -81,6 +81,7 @@ use crate::handler::{Chunk, Failure, Service};
 use crate::stats::Stats;
 use crate::store::Segment;
 use crate::stream::Streams;
+use crate::tls;
 use crate::wire::{self, Frame, StreamChunkId};
 
 /// Largest piece handed to one `sendfile` call.
@@ -114,14 +115,23 @@ const MAX_READ_AHEAD_FRAMES: usize = 512;
 /// the fewest shares of this size served (see [`Connection::pick_ahead`]).
 pub const SHARE_BYTES: u64 = 256 << 10;
 
-/// The buffer socket reads go into: `raw` (ciphertext) on an encrypted connection, else
-/// `rbuf`. Takes the fields, not the connection, so the socket stays free to borrow.
-fn read_buffer<'a>(
-    encrypted: bool,
+/// Where received bytes go, layer by layer: socket reads into `tls_in` (records) under TLS,
+/// else into `raw` (AES ciphertext) under a transport cipher, else into `rbuf` (frames);
+/// TLS's plaintext into `raw` under a cipher, else into `rbuf`. So this is the buffer the
+/// layer below `tls` and `cipher` (present or not) writes into: the socket's with `tls`,
+/// TLS's with `cipher` only. Takes the fields, not the connection, so the socket stays free
+/// to borrow.
+fn buffer_below<'a>(
+    (tls, cipher): (bool, bool),
+    tls_in: &'a mut BytesMut,
     raw: &'a mut BytesMut,
     rbuf: &'a mut BytesMut,
 ) -> &'a mut BytesMut {
-    if encrypted { raw } else { rbuf }
+    match (tls, cipher) {
+        (true, _) => tls_in,
+        (false, true) => raw,
+        (false, false) => rbuf,
+    }
 }
 
 /// The policy of [`Connection::pick_ahead`], over the stream ids of the chunk requests at
@@ -199,6 +209,9 @@ pub enum Error {
     /// The transport cipher refused the peer's bytes (forged or garbled).
     #[error("transport decryption failed: {0}")]
     Transport(#[from] crate::auth::Error),
+    /// TLS failed: a handshake, a record, or a client in the clear on a TLS port.
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
     /// Socket I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
@@ -218,6 +231,8 @@ impl Error {
             Error::FileShrank => "file_shrank",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Transport(_) => "transport_decrypt",
+            Error::Tls(tls::Error::Plaintext | tls::Error::NotTls(_)) => "tls_expected",
+            Error::Tls(_) => "tls",
             Error::Io(_) => "io",
         }
     }
@@ -246,8 +261,21 @@ pub async fn serve(
     let span = info_span!("conn", %peer);
     async move {
         tune(&socket, &service.config);
+        let tls = match service
+            .config
+            .tls
+            .as_ref()
+            .map(|c| tls::Layer::new(Arc::clone(c)))
+        {
+            None => None,
+            Some(Ok(layer)) => Some(layer),
+            Some(Err(e)) => {
+                warn!(error = %e, "cannot start a TLS session; closing the connection");
+                return;
+            }
+        };
         Stats::inc(&service.stats.connections_open);
-        let mut conn = Connection::new(socket, service, shutdown);
+        let mut conn = Connection::new(socket, service, shutdown, tls);
         let result = conn.run().await;
         let stats = &conn.service.stats;
         Stats::dec(&stats.connections_open);
@@ -297,8 +325,12 @@ struct Connection {
     client_id: Option<String>,
     /// The transport cipher installed by the handshake, if any.
     cipher: Option<TransportCipher>,
-    /// Bytes as received, before decryption (with a cipher only).
+    /// Bytes to decrypt with the cipher (with a cipher only).
     raw: BytesMut,
+    /// The TLS session, when the daemon serves TLS (under the cipher, if both).
+    tls: Option<tls::Layer>,
+    /// TLS records as received, not yet whole (with TLS only).
+    tls_in: BytesMut,
     /// Scratch for encrypted output (with a cipher only).
     sealed: BytesMut,
     /// Bytes taken from the service's read budget for `rbuf` and `raw`.
@@ -323,7 +355,12 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    fn new(socket: TcpStream, service: Arc<Service>, shutdown: CancellationToken) -> Self {
+    fn new(
+        socket: TcpStream,
+        service: Arc<Service>,
+        shutdown: CancellationToken,
+        tls: Option<tls::Layer>,
+    ) -> Self {
         let streams = Streams::with_budget(
             service.config.max_streams_per_connection,
             Arc::clone(&service.stream_budget),
@@ -343,6 +380,8 @@ impl Connection {
             client_id: None,
             cipher: None,
             raw: BytesMut::new(),
+            tls,
+            tls_in: BytesMut::new(),
             sealed: BytesMut::new(),
             budget_held: 0,
             short_write: AtomicBool::new(false),
@@ -359,12 +398,12 @@ impl Connection {
     /// # Errors
     /// [`Error::ReadBudget`] when more is needed and the budget has no room.
     fn settle_read_budget(&mut self) -> Result<(), Error> {
-        for buf in [&mut self.rbuf, &mut self.raw] {
+        for buf in [&mut self.rbuf, &mut self.raw, &mut self.tls_in] {
             if buf.is_empty() && buf.capacity() > READ_ALLOWANCE_BYTES {
                 *buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
             }
         }
-        let held = self.rbuf.capacity() + self.raw.capacity();
+        let held = self.rbuf.capacity() + self.raw.capacity() + self.tls_in.capacity();
         let want = held.saturating_sub(READ_ALLOWANCE_BYTES);
         let budget = &self.service.read_budget;
         if want > self.budget_held {
@@ -383,14 +422,55 @@ impl Connection {
         Ok(())
     }
 
-    /// Makes room for a socket read in the buffer it goes into (`raw` under a cipher, else
-    /// `rbuf`) and settles the read budget for it.
+    /// Which layers the connection has: TLS, the transport cipher.
+    fn layers(&self) -> (bool, bool) {
+        (self.tls.is_some(), self.cipher.is_some())
+    }
+
+    /// Makes room for a socket read in the buffer it goes into and settles the read budget
+    /// for it.
     fn prepare_read(&mut self) -> Result<(), Error> {
-        let into = read_buffer(self.cipher.is_some(), &mut self.raw, &mut self.rbuf);
+        let layers = self.layers();
+        let into = buffer_below(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
         if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
             into.reserve(READ_BUFFER_BYTES);
         }
         self.settle_read_budget()
+    }
+
+    /// Received bytes not yet decoded into frames, at every layer; a TLS handshake under
+    /// way counts as a frame in progress (its records are not buffered between them).
+    fn pending_bytes(&self) -> usize {
+        let handshaking = self.tls.as_ref().is_some_and(tls::Layer::is_handshaking);
+        (self.rbuf.len() + self.raw.len() + self.tls_in.len()).max(usize::from(handshaking))
+    }
+
+    /// Passes what the socket delivered up through TLS and the transport cipher, whichever
+    /// the connection has, to `rbuf`.
+    fn unwrap_received(&mut self) -> Result<(), Error> {
+        if let Some(layer) = &mut self.tls {
+            let into = if self.cipher.is_some() {
+                &mut self.raw
+            } else {
+                &mut self.rbuf
+            };
+            if let Err(e) = layer.open(&mut self.tls_in, into) {
+                // The alert rustls queued for the peer, best effort and without waiting.
+                let mut alert = BytesMut::new();
+                if layer.seal(&[], &mut alert).is_ok() && !alert.is_empty() {
+                    let _ = rustix::net::send(&self.socket, &alert, SendFlags::NOSIGNAL);
+                }
+                return Err(e.into());
+            }
+            if let Some((version, suite)) = layer.newly_established() {
+                Stats::inc(&self.service.stats.tls_handshakes);
+                debug!(?version, ?suite, "TLS established");
+            }
+        }
+        if let Some(cipher) = &mut self.cipher {
+            cipher.open(&mut self.raw, &mut self.rbuf)?;
+        }
+        Ok(())
     }
 
     async fn run(&mut self) -> Result<(), Error> {
@@ -411,7 +491,7 @@ impl Connection {
             self.flush().await?;
             // Started after the replies went out, so time spent writing to a slow reader is
             // not counted against the frame it pipelined behind its requests.
-            let pending = self.rbuf.len() + self.raw.len();
+            let pending = self.pending_bytes();
             if pending == 0 {
                 partial_since = None;
             } else if decoded || partial_since.is_none() {
@@ -427,12 +507,13 @@ impl Connection {
                 return Ok(());
             }
             self.prepare_read()?;
-            let into = read_buffer(self.cipher.is_some(), &mut self.raw, &mut self.rbuf);
             // Wait no longer than the frame in progress has left.
             let wait = match partial_since {
                 Some(since) => idle.min(frame_timeout.saturating_sub(since.elapsed())),
                 None => idle,
             };
+            let layers = self.layers();
+            let into = buffer_below(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
             let read = match self.socket.try_read_buf(into) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing to read: the connection is about to wait, so it gives back the
@@ -456,15 +537,13 @@ impl Connection {
                     return Err(Error::FrameTimeout(frame_timeout, pending));
                 }
                 Err(_) => return Err(Error::Idle(idle)),
-                Ok(Ok(0)) if self.rbuf.is_empty() && self.raw.is_empty() => return Ok(()),
-                Ok(Ok(0)) => return Err(Error::TruncatedFrame(self.rbuf.len() + self.raw.len())),
+                Ok(Ok(0)) if self.pending_bytes() == 0 => return Ok(()),
+                Ok(Ok(0)) => return Err(Error::TruncatedFrame(self.pending_bytes())),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
             }
             self.sent_since_read = 0;
-            if let Some(cipher) = &mut self.cipher {
-                cipher.open(&mut self.raw, &mut self.rbuf)?;
-            }
+            self.unwrap_received()?;
         }
     }
 
@@ -556,14 +635,14 @@ impl Connection {
         }
         self.sent_since_read = 0;
         self.prepare_read()?;
-        let into = read_buffer(self.cipher.is_some(), &mut self.raw, &mut self.rbuf);
         // End of input or an error is left for the main loop, after what is queued; what
         // `rbuf` already holds is looked at either way.
+        let layers = self.layers();
+        let into = buffer_below(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
         if let Ok(n) = self.socket.try_read_buf(into)
             && n > 0
-            && let Some(cipher) = &mut self.cipher
         {
-            cipher.open(&mut self.raw, &mut self.rbuf)?;
+            self.unwrap_received()?;
         }
         let max_frame = self.service.config.max_frame_len_bytes;
         while self.ahead.len() < MAX_READ_AHEAD_FRAMES {
@@ -918,7 +997,10 @@ impl Connection {
     /// unless the connection is encrypted or the body is at most the configured inline size,
     /// in which case it is read into the write batch.
     async fn send_body(&mut self, file: &File, offset: u64, len: u64) -> Result<(), Error> {
-        if self.cipher.is_none() && len > self.service.config.inline_body_max_bytes {
+        if self.cipher.is_none()
+            && self.tls.is_none()
+            && len > self.service.config.inline_body_max_bytes
+        {
             return self.send_segment(file, offset, len).await;
         }
         let (mut offset, mut remaining) = (offset, len);
@@ -974,6 +1056,14 @@ impl Connection {
         {
             self.sealed.clear();
             cipher.seal(&self.wbuf, &mut crate::auth::fill_random, &mut self.sealed)?;
+            std::mem::swap(&mut self.wbuf, &mut self.sealed);
+        }
+        // Also when there is nothing else to send: handshake messages and alerts.
+        if let Some(layer) = &mut self.tls
+            && (!self.wbuf.is_empty() || layer.wants_write())
+        {
+            self.sealed.clear();
+            layer.seal(&self.wbuf, &mut self.sealed)?;
             std::mem::swap(&mut self.wbuf, &mut self.sealed);
         }
         let flags = if more {

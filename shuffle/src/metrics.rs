@@ -71,6 +71,7 @@ pub fn publish(service: &Service) {
         ("kshuffle_turns_yielded_total", s.turns_yielded),
         ("kshuffle_rpcs_read_ahead_total", s.rpcs_read_ahead),
         ("kshuffle_chunks_out_of_turn_total", s.chunks_out_of_turn),
+        ("kshuffle_tls_handshakes_total", s.tls_handshakes),
     ] {
         metrics::counter!(name).absolute(value);
     }

@@ -82,6 +82,9 @@ counters! {
     /// Chunk requests served ahead of one that arrived before them, to share the connection
     /// among its streams (`conn::Connection::pick_ahead`).
     chunks_out_of_turn,
+    /// TLS handshakes completed (Spark's `spark.ssl.rpc.*`, daemon started with a
+    /// certificate).
+    tls_handshakes,
     /// Connections open now (a gauge).
     connections_open,
     /// Streams open now, over all connections (a gauge).

@@ -14,6 +14,7 @@ use crate::auth::{AuthEngineVersion, CipherMode, Layered, SecretSource};
 use crate::config::AuthSettings;
 use crate::secrets::{FileSecrets, SecretFormat};
 use crate::store::SweepOptions;
+use crate::tls::CertStore;
 
 /// The daemon's flags, for `#[command(flatten)]` into a binary's parser.
 #[derive(Debug, clap::Args)]
@@ -146,6 +147,17 @@ pub struct DaemonArgs {
     /// Spark uses unless `spark.network.crypto.enabled=true`).
     #[arg(long, env = "KSHUFFLE_AUTH_SASL_FALLBACK", default_value_t = true, action = clap::ArgAction::Set)]
     pub auth_sasl_fallback: bool,
+    /// Serve TLS (Spark 4's `spark.ssl.rpc.enabled`, which covers the shuffle client): the
+    /// certificate chain, PEM (leaf first). Every connection must then speak TLS. Needs
+    /// --tls-key-file; both files are re-read every --tls-reload-interval.
+    #[arg(long, env = "KSHUFFLE_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KSHUFFLE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// How often the TLS files are checked for a renewed certificate.
+    #[arg(long, env = "KSHUFFLE_TLS_RELOAD_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
     /// Keep `rdd_*` files when an executor is gone (Spark's
     /// `spark.shuffle.service.fetch.rdd.enabled`: they are served to other executors).
     #[arg(long, env = "KSHUFFLE_RDD_FETCH_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
@@ -203,6 +215,8 @@ pub struct Settings {
     pub sweep: SweepOptions,
     /// How often the sweep runs (zero: never).
     pub sweep_interval: Duration,
+    /// The TLS certificate, when TLS is served (`config.tls` serves from it), to reload.
+    pub tls_certs: Option<Arc<CertStore>>,
 }
 
 impl DaemonArgs {
@@ -260,6 +274,9 @@ impl DaemonArgs {
             auth_engine_version,
             auth_cipher,
             auth_sasl_fallback,
+            tls_cert_file,
+            tls_key_file,
+            tls_reload_interval: _,
         } = self;
         anyhow::ensure!(
             *max_frame_bytes >= 1024,
@@ -356,6 +373,20 @@ impl DaemonArgs {
         } else {
             None
         };
+        let tls_certs = match (tls_cert_file, tls_key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                CertStore::load(cert, key).context("--tls-cert-file / --tls-key-file")?,
+            )),
+            _ => None,
+        };
+        let tls = match &tls_certs {
+            Some(certs) => Some(Arc::new(
+                certs
+                    .server_config()
+                    .context("cannot set up TLS with the certificate")?,
+            )),
+            None => None,
+        };
         Ok(Settings {
             config: Config {
                 allowed_roots: roots,
@@ -374,6 +405,7 @@ impl DaemonArgs {
                 tcp_congestion_control: None,
                 inline_body_max_bytes: *inline_body_max_bytes,
                 auth,
+                tls,
             },
             state_dir: canonical_state,
             admin_token,
@@ -385,6 +417,7 @@ impl DaemonArgs {
                 max_depth: 4,
             },
             sweep_interval: *sweep_interval,
+            tls_certs,
         })
     }
 }

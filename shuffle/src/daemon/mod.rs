@@ -211,6 +211,12 @@ pub async fn run_with_secrets(
             0.0
         },
     );
+    if let Some(certs) = &settings.tls_certs {
+        tokio::spawn(
+            Arc::clone(certs).reload_periodically(args.tls_reload_interval, shutdown.clone()),
+        );
+    }
+    let tls = settings.config.tls.is_some();
     let mut config = settings.config;
     config.tcp_congestion_control = tcp_congestion_control;
     let server = Server::new(config, Arc::new(registry))?;
@@ -244,7 +250,7 @@ pub async fn run_with_secrets(
     // as it runs).
     ready.store(true, Ordering::Relaxed);
     info!(addr = %listener.local_addr()?, admin_addr = %admin_listener.local_addr()?, roots = ?roots,
-        state_dir = %settings.state_dir.display(), executors = recovery.executors, "listening");
+        state_dir = %settings.state_dir.display(), executors = recovery.executors, tls, "listening");
 
     let signalled = CancellationToken::new();
     let hard_stop = CancellationToken::new();

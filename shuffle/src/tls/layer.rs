@@ -50,6 +50,8 @@ pub struct Layer {
     conn: ServerConnection,
     /// Whether any byte arrived yet (the first one is checked for plaintext).
     started: bool,
+    /// Whether [`Layer::newly_established`] reported the handshake's end.
+    reported: bool,
 }
 
 impl Layer {
@@ -66,6 +68,7 @@ impl Layer {
         Ok(Self {
             conn,
             started: false,
+            reported: false,
         })
     }
 
@@ -82,10 +85,23 @@ impl Layer {
 
     /// The protocol version and cipher suite, once the handshake is done (for the log).
     pub fn negotiated(&self) -> Option<(rustls::ProtocolVersion, rustls::CipherSuite)> {
+        if self.conn.is_handshaking() {
+            return None;
+        }
         Some((
             self.conn.protocol_version()?,
             self.conn.negotiated_cipher_suite()?.suite(),
         ))
+    }
+
+    /// [`Layer::negotiated`] the first time it is known, then `None` (to count handshakes).
+    pub fn newly_established(&mut self) -> Option<(rustls::ProtocolVersion, rustls::CipherSuite)> {
+        if self.reported {
+            return None;
+        }
+        let negotiated = self.negotiated()?;
+        self.reported = true;
+        Some(negotiated)
     }
 
     /// Takes the whole records at the front of `received`, and appends their plaintext to
