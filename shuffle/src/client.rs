@@ -9,18 +9,21 @@
 //! The SASL fallback (§6.5) is not offered: the server's side of it is tested with
 //! [`crate::auth::SaslClient`] directly.
 //!
-//! [`Client::over`] runs it over any stream, such as a TLS client stream to a daemon that
-//! serves TLS (Spark 4's `spark.ssl.rpc.*`); [`Client::connect`] is plain TCP.
+//! [`Client::connect_tls`] speaks TLS first (Spark 4's `spark.ssl.rpc.*`), layered as Spark's
+//! Netty pipeline layers it: the auth handshake inside TLS, and the transport cipher it sets
+//! up outside TLS, next to the socket (AES of TLS records of frames).
 //!
 //! Every read waits at most [`DEFAULT_READ_TIMEOUT`] (see [`Client::set_read_timeout`]), so a
 //! server that never answers fails the caller instead of hanging it.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{self, AuthEngineVersion, CipherMode, ClientAuth, Secret, TransportCipher};
@@ -62,6 +65,9 @@ pub enum Error {
     /// Nothing arrived within the read timeout.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake failed (an untrusted certificate, say) or a record did not verify.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// What a client authenticates with (`spark.authenticate`). Both sides must agree on
@@ -113,20 +119,16 @@ pub struct StreamHandle {
     pub num_chunks: i32,
 }
 
-/// What a [`Client`] speaks over: a TCP stream, or a TLS stream around one (Spark 4's
-/// `spark.ssl.rpc.*`; see [`Client::over`]).
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Transport for T {}
-
 /// One protocol connection.
 #[derive(Debug)]
 pub struct Client {
-    socket: Box<dyn Transport>,
+    socket: TcpStream,
     /// Received bytes in clear, not yet decoded.
     rbuf: BytesMut,
     /// After authentication: the transport cipher, and received bytes not yet opened.
     cipher: Option<(TransportCipher, BytesMut)>,
+    /// With TLS: the session, and received records not yet handed to it.
+    tls: Option<(rustls::ClientConnection, BytesMut)>,
     read_timeout: Duration,
     next_request_id: i64,
 }
@@ -141,17 +143,35 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Result<Self, Error> {
         let socket = TcpStream::connect(addr).await?;
         socket.set_nodelay(true)?;
-        Ok(Self::over(socket))
-    }
-
-    /// A client over an established `transport` (a TLS stream, for a daemon serving TLS).
-    pub fn over(transport: impl Transport + 'static) -> Self {
-        Self {
-            socket: Box::new(transport),
+        Ok(Self {
+            socket,
             rbuf: BytesMut::with_capacity(64 * 1024),
             cipher: None,
+            tls: None,
             read_timeout: DEFAULT_READ_TIMEOUT,
             next_request_id: 1,
+        })
+    }
+
+    /// Connects to `addr` and runs a TLS handshake as `server_name` with `config` (whose root
+    /// certificates decide whether the server is trusted); everything after goes through it.
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; [`Error::Tls`] when the handshake fails.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        server_name: ServerName<'static>,
+    ) -> Result<Self, Error> {
+        let mut client = Self::connect(addr).await?;
+        let session = rustls::ClientConnection::new(config, server_name)?;
+        client.tls = Some((session, BytesMut::new()));
+        loop {
+            client.send_raw(&[]).await?;
+            if !client.tls.as_ref().is_some_and(|(s, _)| s.is_handshaking()) {
+                return Ok(client);
+            }
+            client.fill().await?;
         }
     }
 
@@ -185,8 +205,11 @@ impl Client {
         )?;
         let response = self.rpc_raw(Bytes::from(challenge)).await?;
         let cipher = state.with_cipher(credentials.cipher).finish(&response)?;
-        // Whatever arrived after the response is already ciphertext.
-        let pending = self.rbuf.split();
+        // Whatever arrived after the response is already ciphertext (of records, with TLS).
+        let pending = match &mut self.tls {
+            Some((_, records)) => records.split(),
+            None => self.rbuf.split(),
+        };
         self.cipher = Some((cipher, pending));
         self.open_pending()
     }
@@ -201,12 +224,29 @@ impl Client {
         self.read_timeout = timeout;
     }
 
-    /// Writes raw bytes (for tests of malformed input); after authentication they are
-    /// encrypted like everything else.
+    /// Writes raw bytes (for tests of malformed input); with TLS, and after authentication,
+    /// they are encrypted like everything else. With TLS, anything the session has pending
+    /// (handshake messages) goes out too, also when `bytes` is empty.
     ///
     /// # Errors
     /// On socket errors.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let records;
+        let bytes = match &mut self.tls {
+            None => bytes,
+            Some((session, _)) => {
+                session.writer().write_all(bytes)?;
+                let mut out = Vec::new();
+                while session.wants_write() {
+                    session.write_tls(&mut out)?;
+                }
+                records = out;
+                &records[..]
+            }
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
         match &mut self.cipher {
             None => self.socket.write_all(bytes).await?,
             Some((cipher, _)) => {
@@ -215,8 +255,6 @@ impl Client {
                 self.socket.write_all(&sealed).await?;
             }
         }
-        // A TLS transport may hold records back until flushed.
-        self.socket.flush().await?;
         Ok(())
     }
 
@@ -254,11 +292,13 @@ impl Client {
         }
     }
 
-    /// Reads more bytes from the socket into `rbuf` (through the cipher once authenticated).
+    /// Reads more bytes from the socket into `rbuf` (through the cipher once authenticated,
+    /// then TLS).
     async fn fill(&mut self) -> Result<(), Error> {
-        let into = match &mut self.cipher {
-            None => &mut self.rbuf,
-            Some((_, sealed)) => sealed,
+        let into = match (&mut self.cipher, &mut self.tls) {
+            (Some((_, sealed)), _) => sealed,
+            (None, Some((_, records))) => records,
+            (None, None) => &mut self.rbuf,
         };
         into.reserve(64 * 1024);
         let read = tokio::time::timeout(self.read_timeout, self.socket.read_buf(into))
@@ -270,10 +310,28 @@ impl Client {
         self.open_pending()
     }
 
-    /// Moves what the cipher can open of the received bytes to `rbuf`.
+    /// Moves what the cipher and TLS can open of the received bytes to `rbuf`.
     fn open_pending(&mut self) -> Result<(), Error> {
         if let Some((cipher, sealed)) = &mut self.cipher {
-            cipher.open(sealed, &mut self.rbuf)?;
+            let into = match &mut self.tls {
+                Some((_, records)) => records,
+                None => &mut self.rbuf,
+            };
+            cipher.open(sealed, into)?;
+        }
+        if let Some((session, records)) = &mut self.tls {
+            while !records.is_empty() {
+                let took = session.read_tls(&mut records.as_ref())?;
+                records.advance(took);
+                let state = session.process_new_packets()?;
+                let ready = state.plaintext_bytes_to_read();
+                let at = self.rbuf.len();
+                self.rbuf.resize(at + ready, 0);
+                session.reader().read_exact(&mut self.rbuf[at..])?;
+                if took == 0 {
+                    break;
+                }
+            }
         }
         Ok(())
     }

@@ -115,21 +115,21 @@ const MAX_READ_AHEAD_FRAMES: usize = 512;
 /// the fewest shares of this size served (see [`Connection::pick_ahead`]).
 pub const SHARE_BYTES: u64 = 256 << 10;
 
-/// Where received bytes go, layer by layer: socket reads into `tls_in` (records) under TLS,
-/// else into `raw` (AES ciphertext) under a transport cipher, else into `rbuf` (frames);
-/// TLS's plaintext into `raw` under a cipher, else into `rbuf`. So this is the buffer the
-/// layer below `tls` and `cipher` (present or not) writes into: the socket's with `tls`,
-/// TLS's with `cipher` only. Takes the fields, not the connection, so the socket stays free
-/// to borrow.
-fn buffer_below<'a>(
+/// The buffer socket reads go into: `raw` (AES ciphertext) under a transport cipher, else
+/// `tls_in` (TLS records) under TLS, else `rbuf` (frames). With both, the cipher is next to
+/// the socket, outside TLS, as Spark's Netty pipeline has it (the cipher's handlers are added
+/// first in the pipeline after the auth handshake, ahead of the `SslHandler`); see
+/// [`Connection::unwrap_received`]. Takes the fields, not the connection, so the socket stays
+/// free to borrow.
+fn socket_buffer<'a>(
     (tls, cipher): (bool, bool),
     tls_in: &'a mut BytesMut,
     raw: &'a mut BytesMut,
     rbuf: &'a mut BytesMut,
 ) -> &'a mut BytesMut {
     match (tls, cipher) {
-        (true, _) => tls_in,
-        (false, true) => raw,
+        (_, true) => raw,
+        (true, false) => tls_in,
         (false, false) => rbuf,
     }
 }
@@ -232,6 +232,7 @@ impl Error {
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Transport(_) => "transport_decrypt",
             Error::Tls(tls::Error::Plaintext | tls::Error::NotTls(_)) => "tls_expected",
+            Error::Tls(tls::Error::Untrusted(_)) => "tls_untrusted",
             Error::Tls(_) => "tls",
             Error::Io(_) => "io",
         }
@@ -431,7 +432,7 @@ impl Connection {
     /// for it.
     fn prepare_read(&mut self) -> Result<(), Error> {
         let layers = self.layers();
-        let into = buffer_below(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
+        let into = socket_buffer(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
         if into.capacity() - into.len() < READ_BUFFER_BYTES / 4 {
             into.reserve(READ_BUFFER_BYTES);
         }
@@ -445,16 +446,21 @@ impl Connection {
         (self.rbuf.len() + self.raw.len() + self.tls_in.len()).max(usize::from(handshaking))
     }
 
-    /// Passes what the socket delivered up through TLS and the transport cipher, whichever
-    /// the connection has, to `rbuf`.
+    /// Passes what the socket delivered up through the transport cipher and TLS, whichever
+    /// the connection has, to `rbuf`. With both, the cipher is the outer layer: Spark's
+    /// client runs its auth handshake inside TLS, then puts the AES cipher between the socket
+    /// and TLS, so the bytes on the wire are AES of TLS records of frames.
     fn unwrap_received(&mut self) -> Result<(), Error> {
-        if let Some(layer) = &mut self.tls {
-            let into = if self.cipher.is_some() {
-                &mut self.raw
+        if let Some(cipher) = &mut self.cipher {
+            let into = if self.tls.is_some() {
+                &mut self.tls_in
             } else {
                 &mut self.rbuf
             };
-            if let Err(e) = layer.open(&mut self.tls_in, into) {
+            cipher.open(&mut self.raw, into)?;
+        }
+        if let Some(layer) = &mut self.tls {
+            if let Err(e) = layer.open(&mut self.tls_in, &mut self.rbuf) {
                 // The alert rustls queued for the peer, best effort and without waiting.
                 let mut alert = BytesMut::new();
                 if layer.seal(&[], &mut alert).is_ok() && !alert.is_empty() {
@@ -466,9 +472,6 @@ impl Connection {
                 Stats::inc(&self.service.stats.tls_handshakes);
                 debug!(?version, ?suite, "TLS established");
             }
-        }
-        if let Some(cipher) = &mut self.cipher {
-            cipher.open(&mut self.raw, &mut self.rbuf)?;
         }
         Ok(())
     }
@@ -513,7 +516,7 @@ impl Connection {
                 None => idle,
             };
             let layers = self.layers();
-            let into = buffer_below(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
+            let into = socket_buffer(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
             let read = match self.socket.try_read_buf(into) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing to read: the connection is about to wait, so it gives back the
@@ -638,7 +641,7 @@ impl Connection {
         // End of input or an error is left for the main loop, after what is queued; what
         // `rbuf` already holds is looked at either way.
         let layers = self.layers();
-        let into = buffer_below(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
+        let into = socket_buffer(layers, &mut self.tls_in, &mut self.raw, &mut self.rbuf);
         if let Ok(n) = self.socket.try_read_buf(into)
             && n > 0
         {
@@ -711,13 +714,18 @@ impl Connection {
                 debug!(app = %app_id, encrypted = transport.is_some(), "authenticated");
                 self.auth = None;
                 self.client_id = Some(app_id);
-                if let Some(mut cipher) = transport {
+                if let Some(cipher) = transport {
                     // Bytes the client sent after its last auth message are already
-                    // encrypted: move them back before decoding.
-                    let early = self.rbuf.split();
+                    // encrypted: move them back before decoding. Under TLS they are still
+                    // undecoded records (the cipher goes outside TLS: `unwrap_received`).
+                    let early = match self.tls {
+                        Some(_) => self.tls_in.split(),
+                        None => self.rbuf.split(),
+                    };
                     self.raw.unsplit(early);
-                    cipher.open(&mut self.raw, &mut self.rbuf)?;
                     self.cipher = Some(cipher);
+                    Stats::inc(&self.service.stats.encrypted_connections);
+                    self.unwrap_received()?;
                 }
             }
             Err(e) => {
@@ -1051,19 +1059,20 @@ impl Connection {
     }
 
     async fn send_wbuf(&mut self, more: bool) -> Result<(), Error> {
-        if let Some(cipher) = &mut self.cipher
-            && !self.wbuf.is_empty()
-        {
-            self.sealed.clear();
-            cipher.seal(&self.wbuf, &mut crate::auth::fill_random, &mut self.sealed)?;
-            std::mem::swap(&mut self.wbuf, &mut self.sealed);
-        }
-        // Also when there is nothing else to send: handshake messages and alerts.
+        // TLS first, also when there is nothing else to send (handshake messages, alerts),
+        // then the cipher around it (`unwrap_received` says why in that order).
         if let Some(layer) = &mut self.tls
             && (!self.wbuf.is_empty() || layer.wants_write())
         {
             self.sealed.clear();
             layer.seal(&self.wbuf, &mut self.sealed)?;
+            std::mem::swap(&mut self.wbuf, &mut self.sealed);
+        }
+        if let Some(cipher) = &mut self.cipher
+            && !self.wbuf.is_empty()
+        {
+            self.sealed.clear();
+            cipher.seal(&self.wbuf, &mut crate::auth::fill_random, &mut self.sealed)?;
             std::mem::swap(&mut self.wbuf, &mut self.sealed);
         }
         let flags = if more {

@@ -72,6 +72,10 @@ pub fn publish(service: &Service) {
         ("kshuffle_rpcs_read_ahead_total", s.rpcs_read_ahead),
         ("kshuffle_chunks_out_of_turn_total", s.chunks_out_of_turn),
         ("kshuffle_tls_handshakes_total", s.tls_handshakes),
+        (
+            "kshuffle_encrypted_connections_total",
+            s.encrypted_connections,
+        ),
     ] {
         metrics::counter!(name).absolute(value);
     }

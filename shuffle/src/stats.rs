@@ -82,6 +82,9 @@ counters! {
     /// Chunk requests served ahead of one that arrived before them, to share the connection
     /// among its streams (`conn::Connection::pick_ahead`).
     chunks_out_of_turn,
+    /// Connections whose auth handshake set up Spark's AES transport cipher
+    /// (`spark.network.crypto.enabled`).
+    encrypted_connections,
     /// TLS handshakes completed (Spark's `spark.ssl.rpc.*`, daemon started with a
     /// certificate).
     tls_handshakes,

@@ -1,14 +1,14 @@
 //! Real Spark (pyspark 4.3.0 and 3.5.9, `local-cluster`) against `kshuffled` with
 //! `spark.authenticate` (SASL DIGEST-MD5, Spark's default, and AuthEngine + AES-CTR), and
 //! across a daemon killed with SIGKILL in the middle of an application and restarted within
-//! Spark's fetch-retry window; and Spark 4's RPC TLS, which the daemon does not serve, named
-//! in its log. The jobs are in `tests/spark/security_jobs.py`.
+//! Spark's fetch-retry window; and Spark 4's RPC TLS (`spark.ssl.rpc.*`), alone and with
+//! `spark.authenticate` inside it. The jobs are in `tests/spark/security_jobs.py`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -107,63 +107,160 @@ fn spark_3_5_authenticate() {
     authenticate("3.5.9");
 }
 
-/// Spark 4.3 with `spark.ssl.rpc.enabled` (which covers the shuffle client; 3.5 has no RPC
-/// TLS): its executors cannot register, the job fails, and the daemon's log says the peer
-/// speaks TLS, as the README's Security section says, rather than quoting a frame length.
-#[test]
-fn spark_4_3_rpc_tls_is_refused_and_named_in_the_log() {
-    let d = dirs();
-    // One PKCS12 key store, also the trust store, for Spark's own RPC servers and clients.
-    let keystore = d.base.join("rpc.p12");
+/// Runs `keytool` (from `JAVA_HOME` if set) with `args`.
+fn keytool(args: &[&OsStr]) {
     let keytool = std::env::var_os("JAVA_HOME")
         .map_or_else(|| "keytool".into(), |h| Path::new(&h).join("bin/keytool"));
-    let made = Command::new(keytool)
-        .args([
-            "-genkeypair",
-            "-alias",
-            "spark",
-            "-keyalg",
-            "EC",
-            "-groupname",
-            "secp256r1",
-        ])
-        .args([
-            "-dname",
-            "CN=localhost",
-            "-validity",
-            "2",
-            "-storetype",
-            "PKCS12",
-        ])
-        .args([
-            "-storepass",
-            "kshuffle",
-            "-keypass",
-            "kshuffle",
-            "-keystore",
-        ])
-        .arg(&keystore)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "keytool: {made:?}");
+    let made = Command::new(keytool).args(args).output().unwrap();
+    assert!(made.status.success(), "keytool {args:?}: {made:?}");
+}
 
-    let daemon = Daemon::start(Daemon::standard_args(&d.allowed));
+/// Spark 4.3 with `spark.ssl.rpc.enabled` (which covers the shuffle client; 3.5 has no RPC
+/// TLS) against the daemon serving TLS with `--tls-cert-file`; with `secret`, also
+/// `spark.authenticate` and `spark.network.crypto.enabled`, the daemon with that secret.
+/// Executors register and every fetch goes over TLS.
+fn rpc_tls(secret: Option<&str>) {
+    let d = dirs();
+    // Spark's own RPC servers (driver, master, workers, executors) get a key made by
+    // keytool; the daemon one made here, which Spark's clients trust through the same store.
+    let keystore = d.base.join("rpc.p12");
+    let store = keystore.as_os_str();
+    let pass = OsStr::new("kshuffle");
+    let [
+        genkeypair,
+        alias,
+        keyalg,
+        groupname,
+        dname,
+        validity,
+        storetype,
+        storepass,
+        keypass,
+    ] = [
+        "-genkeypair",
+        "-alias",
+        "-keyalg",
+        "-groupname",
+        "-dname",
+        "-validity",
+        "-storetype",
+        "-storepass",
+        "-keypass",
+    ]
+    .map(OsStr::new);
+    keytool(&[
+        genkeypair,
+        alias,
+        "spark".as_ref(),
+        keyalg,
+        "EC".as_ref(),
+        groupname,
+        "secp256r1".as_ref(),
+        dname,
+        "CN=localhost".as_ref(),
+        validity,
+        "2".as_ref(),
+        storetype,
+        "PKCS12".as_ref(),
+        storepass,
+        pass,
+        keypass,
+        pass,
+        "-keystore".as_ref(),
+        store,
+    ]);
+    let daemon_key =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (cert, key) = (d.base.join("kshuffle.crt"), d.base.join("kshuffle.key"));
+    std::fs::write(&cert, daemon_key.cert.pem()).unwrap();
+    std::fs::write(&key, daemon_key.signing_key.serialize_pem()).unwrap();
+    keytool(&[
+        "-importcert".as_ref(),
+        "-noprompt".as_ref(),
+        alias,
+        "kshuffle".as_ref(),
+        "-file".as_ref(),
+        cert.as_os_str(),
+        storetype,
+        "PKCS12".as_ref(),
+        storepass,
+        pass,
+        "-keystore".as_ref(),
+        store,
+    ]);
+
+    let mut args = Daemon::standard_args(&d.allowed);
+    args.extend([
+        OsString::from("--tls-cert-file"),
+        cert.into_os_string(),
+        OsString::from("--tls-key-file"),
+        key.into_os_string(),
+    ]);
+    if let Some(secret) = secret {
+        let secret_file = d.base.join("secret");
+        std::fs::write(&secret_file, secret).unwrap();
+        args.extend([
+            OsString::from("--auth-secret-file"),
+            secret_file.into_os_string(),
+        ]);
+    }
+    let daemon = Daemon::start(args);
     let mut cmd = python_cmd("4.3.0", &d, daemon.port(), "tls");
     cmd.arg("--keystore")
         .arg(&keystore)
         .args(["--store-password", "kshuffle"]);
+    if let Some(secret) = secret {
+        cmd.args(["--secret", secret]);
+    }
+    let started = Instant::now();
     let run = run_with_timeout(&mut cmd, SESSION_TIMEOUT, None);
     let mut daemon = daemon;
     let log = daemon.log_text();
     let stats = daemon.try_stop().unwrap_or_else(|e| panic!("{e}"));
     let result = result_of(&run, &log);
-    assert_eq!(result["tls"]["ok"], false, "a TLS job was served: {result}");
-    assert!(
-        log.contains("the peer speaks TLS, not Spark's protocol in the clear"),
-        "the daemon did not name TLS:\n{}",
+    eprintln!(
+        "pyspark 4.3.0 TLS: {:.1}s, {result}, daemon: {stats}",
+        started.elapsed().as_secs_f64()
+    );
+    let name = if secret.is_some() { "tls_auth" } else { "tls" };
+    assert_eq!(
+        result[name]["ok"],
+        true,
+        "the TLS job failed: {result}\n{}\ndaemon log:\n{}",
+        tail(&run.stderr, 60),
         tail(&log, 40)
     );
-    assert_eq!(stats.registrations, 0, "{stats}");
+    // Every executor's registration and every fetch came over a TLS session.
+    assert!(stats.registrations >= 2, "{stats}");
+    assert!(stats.chunks_served > 0, "{stats}");
+    assert!(
+        stats.counter("tls_handshakes") >= stats.registrations,
+        "{stats}"
+    );
+    // With the secret, they were authenticated and AES-encrypted (around TLS) as well.
+    if secret.is_some() {
+        assert!(
+            stats.counter("encrypted_connections") >= stats.registrations,
+            "{stats}"
+        );
+    }
+    assert_eq!(
+        stats.counter("connection_errors"),
+        0,
+        "{stats}\n{}",
+        tail(&log, 40)
+    );
+}
+
+#[test]
+fn spark_4_3_rpc_tls() {
+    rpc_tls(None);
+}
+
+#[test]
+fn spark_4_3_rpc_tls_with_authenticate_and_crypto() {
+    rpc_tls(Some("kshuffle-tls-secret"));
 }
 
 /// Waits for `path` to appear while `python` runs; the session's output if it ended first.

@@ -309,6 +309,8 @@ pub async fn run_with_secrets(
         turns_yielded = stats.turns_yielded,
         rpcs_read_ahead = stats.rpcs_read_ahead,
         chunks_out_of_turn = stats.chunks_out_of_turn,
+        tls_handshakes = stats.tls_handshakes,
+        encrypted_connections = stats.encrypted_connections,
         "stopped"
     );
     Ok(())

@@ -35,13 +35,31 @@ pub enum Error {
     /// The first byte is neither a TLS handshake record's nor a Spark frame's.
     #[error("the peer does not open with a TLS handshake (first byte {0:#04x})")]
     NotTls(u8),
+    /// The client refused this daemon's certificate (its alert says so).
+    #[error(
+        "TLS: the client does not trust this daemon's certificate ({0:?}): add it, or the CA \
+         that issued it, to the application's spark.ssl.rpc.trustStore"
+    )]
+    Untrusted(rustls::AlertDescription),
     /// The handshake failed or a record did not verify (rustls sent the peer an alert).
     #[error("TLS: {0}")]
-    Protocol(#[from] rustls::Error),
+    Protocol(rustls::Error),
     /// rustls refused bytes it was handed (its buffers full); not expected with whole
     /// records handed over one at a time.
     #[error("TLS: {0}")]
     Buffer(#[from] io::Error),
+}
+
+impl From<rustls::Error> for Error {
+    fn from(e: rustls::Error) -> Self {
+        use rustls::AlertDescription::{BadCertificate, CertificateUnknown, UnknownCA};
+        match e {
+            rustls::Error::AlertReceived(
+                alert @ (BadCertificate | CertificateUnknown | UnknownCA),
+            ) => Error::Untrusted(alert),
+            other => Error::Protocol(other),
+        }
+    }
 }
 
 /// One connection's TLS state.

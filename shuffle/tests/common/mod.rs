@@ -152,6 +152,14 @@ impl Stats {
         }
     }
 
+    /// A counter of the "stopped" event by name (0 if missing), for those not listed above.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.all
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
     /// Bytes sent as chunk and stream payloads.
     pub fn bytes_served(&self) -> u64 {
         self.chunk_bytes + self.stream_bytes

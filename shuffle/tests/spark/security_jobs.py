@@ -1,4 +1,5 @@
-"""Real Spark against kshuffled with spark.authenticate, and across a daemon restart.
+"""Real Spark against kshuffled with spark.authenticate, with RPC TLS, and across a daemon
+restart.
 
 Sessions (one per invocation; prints one JSON line with the results):
   auth      one job with the right secret (SASL, Spark's default) and, with --crypto, with
@@ -8,6 +9,8 @@ Sessions (one per invocation; prints one JSON line with the results):
             --signal-dir) and waits until the daemon was SIGKILLed; job 2 then starts while the
             daemon is down and must complete once the harness restarts it, reading the same
             map output (an accumulator proves nothing was recomputed).
+  tls       one job with spark.ssl.rpc.enabled (Spark 4) and --keystore as Spark's key and
+            trust store; with --secret, spark.authenticate and spark.network.crypto.enabled too.
 
 Reuses the environment helpers of jobs.py.
 """
@@ -30,7 +33,7 @@ def expected_counts(n, keys):
     return sorted(counts.items())
 
 
-# How long a job waits when no executor can register with the daemon (a wrong secret, TLS):
+# How long a job waits when no executor can register with the daemon (a wrong secret):
 # it can only fail or wait (each executor is refused at start and relaunched for as long as
 # the job waits: Spark 3.5's master never gives up on the app). Twice what the job takes
 # when executors register, on a loaded 2-core machine.
@@ -157,21 +160,27 @@ def session_restart(args):
 
 def session_tls(args):
     """Spark 4's RPC TLS (`spark.ssl.rpc.*`, which wraps the shuffle client's connections
-    too) against the daemon, which does not serve TLS: no executor can register, so the job
-    fails or waits out its deadline."""
+    too) against the daemon serving TLS. With --secret, spark.authenticate and
+    spark.network.crypto.enabled are on as well: their handshake (and any AES layer) runs
+    inside TLS."""
     from pyspark import SparkContext
 
-    conf = jobs.base_conf(args, "kshuffle-rpc-tls").set("spark.ssl.rpc.enabled", "true")
+    name = "tls_auth" if args.secret else "tls"
+    conf = jobs.base_conf(args, "kshuffle-rpc-" + name).set("spark.ssl.rpc.enabled", "true")
     for prefix in ("keyStore", "trustStore"):
         conf.set("spark.ssl.rpc.%s" % prefix, args.keystore)
         conf.set("spark.ssl.rpc.%sPassword" % prefix, args.store_password)
         conf.set("spark.ssl.rpc.%sType" % prefix, "PKCS12")
     conf.set("spark.ssl.rpc.keyPassword", args.store_password)
+    if args.secret:
+        conf.set("spark.authenticate", "true")
+        conf.set("spark.authenticate.secret", args.secret)
+        conf.set("spark.network.crypto.enabled", "true")
     sc = SparkContext(conf=conf)
     sc.setLogLevel("WARN")
-    ok, error = run_with_deadline(lambda: word_job(sc), REFUSED_JOB_DEADLINE_S, sc)
+    ok, error = run_with_deadline(lambda: word_job(sc), 240, sc)
     stop_and_wait(sc)
-    return {"tls": {"ok": bool(ok and ok[0]), "error": error}}
+    return {name: {"ok": bool(ok and ok[0]), "error": error}}
 
 
 SESSIONS = {"auth": session_auth, "restart": session_restart, "tls": session_tls}

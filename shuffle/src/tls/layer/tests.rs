@@ -165,6 +165,39 @@ fn a_broken_handshake_record_fails_with_an_alert_for_the_peer() {
 }
 
 #[test]
+fn a_client_that_refuses_the_certificate_is_named() {
+    let (server_config, _) = configs();
+    // A client that trusts no certificate at all.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let untrusting = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut server = Layer::new(server_config).unwrap();
+    let mut client = client(&Arc::new(untrusting));
+    let mut received = BytesMut::new();
+    let err = loop {
+        received.extend_from_slice(&client_output(&mut client));
+        if let Err(e) = server.open(&mut received, &mut BytesMut::new()) {
+            break e;
+        }
+        let mut reply = BytesMut::new();
+        server.seal(&[], &mut reply).unwrap();
+        client.read_tls(&mut reply.as_ref()).unwrap();
+        assert!(client.process_new_packets().is_err() || client.is_handshaking());
+    };
+    assert!(
+        matches!(err, Error::Untrusted(rustls::AlertDescription::UnknownCA)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("spark.ssl.rpc.trustStore"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_tampered_record_is_refused() {
     let (mut server, mut client, mut received) = handshake(usize::MAX);
     client.writer().write_all(b"a request").unwrap();
