@@ -275,8 +275,8 @@ fn other_protocol(head: [u8; LENGTH_FIELD_BYTES]) -> Option<Error> {
     if head[0] == 0x16 && head[1] == 0x03 && head[2] <= 0x04 {
         return Some(Error::OtherProtocol {
             protocol: "TLS",
-            hint: "kshuffle does not serve TLS (Spark's spark.ssl.rpc.enabled); encrypt shuffle \
-                   traffic with spark.authenticate and spark.network.crypto.enabled instead",
+            hint: "this daemon was started without TLS; to serve Spark's spark.ssl.rpc.enabled, \
+                   start it with --tls-cert-file and --tls-key-file",
         });
     }
     if HTTP_STARTS.iter().any(|m| head.starts_with(m)) {

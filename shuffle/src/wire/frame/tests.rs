@@ -446,7 +446,7 @@ fn tls_and_http_openings_are_named_not_quoted_as_lengths() {
         "{got:?}"
     );
     assert!(
-        got.to_string().contains("spark.network.crypto.enabled"),
+        got.to_string().contains("--tls-cert-file"),
         "{got}"
     );
     for req in [
