@@ -636,19 +636,11 @@ fn the_node_binary_accepts_the_daemonset_args_and_env() {
     assert!(!node_accepts(&bad, &env).status.success());
 }
 
-/// The probe paths answer 200 on the real binary's admin port when it runs with the
-/// DaemonSet's args (host paths moved into a temp dir, ports ephemeral on loopback, no API
-/// server), and SIGTERM ends it well within `terminationGracePeriodSeconds`.
-#[test]
-fn probe_paths_answer_on_the_real_binary_started_with_the_daemonset_args() {
-    use std::io::{Read as _, Write as _};
-
-    let base = Base::load();
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let state = tmp.path().join("state");
-    let args: Vec<String> = base
-        .daemon()
+/// `container`'s args for a run on this machine: the host paths moved into `tmp`, ports
+/// ephemeral on loopback, no API server.
+fn local_args(container: &Container, tmp: &Path) -> Vec<String> {
+    let (root, state) = (tmp.join("root"), tmp.join("state"));
+    container
         .args
         .iter()
         .flatten()
@@ -667,9 +659,21 @@ fn probe_paths_answer_on_the_real_binary_started_with_the_daemonset_args() {
             ]
             .map(str::to_owned),
         )
-        .collect();
+        .collect()
+}
+
+/// The probe paths answer 200 on the real binary's admin port when it runs with the
+/// DaemonSet's args (host paths moved into a temp dir, ports ephemeral on loopback, no API
+/// server), and SIGTERM ends it well within `terminationGracePeriodSeconds`.
+#[test]
+fn probe_paths_answer_on_the_real_binary_started_with_the_daemonset_args() {
+    use std::io::{Read as _, Write as _};
+
+    let base = Base::load();
+    let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
-    cmd.args(&args).env_remove("RUST_LOG");
+    cmd.args(local_args(base.daemon(), tmp.path()))
+        .env_remove("RUST_LOG");
     let daemon = common::Daemon::start_command(cmd);
     let admin: std::net::SocketAddr = daemon
         .events()
@@ -703,4 +707,95 @@ fn probe_paths_answer_on_the_real_binary_started_with_the_daemonset_args() {
     }
     // Daemon::stop waits (bounded) for a clean exit 0 after SIGTERM.
     daemon.stop();
+}
+
+/// `kubectl kustomize daemonset/examples/tls`: the base with the `tls` component. It adds the
+/// Secret `kshuffle-tls` (readable by the service's group only), mounted read-only and not by
+/// subPath (so renewals reach the files), and the two env vars naming its files; nothing of
+/// the base is lost. The real binary, started with those args and env (the Secret's files
+/// made here), serves TLS.
+#[test]
+fn the_tls_component_mounts_the_secret_and_the_binary_serves_tls_from_it() {
+    const MOUNT: &str = "/etc/kshuffle/tls";
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tls");
+    let docs = kshuffle_testkit::kustomize::render(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let rendered = kshuffle_testkit::kustomize::one(&docs, "DaemonSet").unwrap();
+    let with_tls: DaemonSet = typed("DaemonSet", rendered.clone());
+    let base = Base::load();
+    let spec = with_tls.spec.template.spec.as_ref().unwrap();
+
+    let secret = volume(spec, "tls")
+        .secret
+        .as_ref()
+        .expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("kshuffle-tls"));
+    assert_eq!(secret.default_mode, Some(0o440));
+    let security = spec.security_context.as_ref().unwrap();
+    assert_eq!(
+        security.fs_group,
+        Some(SPARK_UID),
+        "the key is readable by group 185"
+    );
+    assert_eq!(security.run_as_user, Some(SPARK_UID));
+    assert_eq!(security.run_as_non_root, Some(true));
+
+    let daemon = &spec.containers[0];
+    assert_eq!(daemon.name, DAEMON_CONTAINER);
+    let mount = daemon
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "tls")
+        .expect("the tls volume is mounted");
+    assert_eq!(mount.mount_path, MOUNT);
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(mount.sub_path, None, "a subPath mount never sees a renewal");
+    let env = |name: &str| {
+        daemon
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(env("KSHUFFLE_TLS_CERT_FILE"), format!("{MOUNT}/tls.crt"));
+    assert_eq!(env("KSHUFFLE_TLS_KEY_FILE"), format!("{MOUNT}/tls.key"));
+
+    // The base is all still there.
+    assert_eq!(daemon.args, base.daemon().args);
+    for v in base.pod_spec().volumes.iter().flatten() {
+        assert_eq!(volume(spec, &v.name), v);
+    }
+    for e in base.daemon().env.iter().flatten() {
+        assert!(daemon.env.iter().flatten().any(|x| x == e), "{e:?} lost");
+    }
+
+    // The real binary with the component's env: the Secret's two files, made here.
+    let tmp = tempfile::tempdir().unwrap();
+    let secret_dir = tmp.path().join("tls");
+    std::fs::create_dir(&secret_dir).unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(secret_dir.join("tls.crt"), key.cert.pem()).unwrap();
+    std::fs::write(secret_dir.join("tls.key"), key.signing_key.serialize_pem()).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
+    cmd.args(local_args(daemon, tmp.path()))
+        .env_remove("RUST_LOG");
+    for e in daemon.env.iter().flatten() {
+        if let Some(file) = e.value.as_deref().and_then(|v| v.strip_prefix(MOUNT)) {
+            cmd.env(&e.name, format!("{}{file}", secret_dir.display()));
+        }
+    }
+    let node = common::Daemon::start_command(cmd);
+    let listening = node
+        .events()
+        .into_iter()
+        .find(|e| e.message == "listening")
+        .expect("listening");
+    assert_eq!(
+        listening.fields.get("tls"),
+        Some(&Value::Bool(true)),
+        "{listening:?}"
+    );
+    node.stop();
 }

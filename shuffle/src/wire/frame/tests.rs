@@ -445,10 +445,7 @@ fn tls_and_http_openings_are_named_not_quoted_as_lengths() {
         ),
         "{got:?}"
     );
-    assert!(
-        got.to_string().contains("--tls-cert-file"),
-        "{got}"
-    );
+    assert!(got.to_string().contains("--tls-cert-file"), "{got}");
     for req in [
         &b"GET /metrics HTTP/1.1\r\n"[..],
         b"POST /v1/apps HTTP/1.1",
