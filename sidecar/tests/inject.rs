@@ -35,7 +35,12 @@ fn config() -> Config {
 /// Runs the review, checks the envelope, and returns the pod after applying the patch (if any),
 /// plus the response.
 fn admit(body: &[u8]) -> (Value, Value, Verdict) {
-    let reviewed = admission::review(body, &config()).unwrap();
+    admit_with(body, &config())
+}
+
+/// [`admit`] with the webhook configured as `config`.
+fn admit_with(body: &[u8], config: &Config) -> (Value, Value, Verdict) {
+    let reviewed = admission::review(body, config).unwrap();
     let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(answer["kind"], "AdmissionReview");
@@ -701,4 +706,106 @@ fn in_client_mode_the_sidecar_gets_the_driver_endpoint() {
     let pod = as_pod(&patched);
     assert!(env_value(container(&pod, "kshuffle"), "KSHUFFLE_DRIVER_URL").is_some());
     assert!(env_value(container(&pod, "kshuffle"), "KSHUFFLE_DRIVER_POD").is_none());
+}
+
+/// `--sidecar-tls-secret`: the sidecar mounts that Secret read-only (not by subPath, so
+/// renewals reach it) and serves TLS from its two files; the executor is untouched. A pod
+/// that already has a volume of that name is left alone. The real binary accepts the args.
+#[test]
+fn with_a_tls_secret_the_sidecar_serves_tls_from_it() {
+    let config = Config {
+        tls_secret: Some("shuffle-tls".to_owned()),
+        ..config()
+    };
+    let (patched, _, verdict) = admit_with(REVIEW.as_bytes(), &config);
+    assert!(
+        matches!(verdict, Verdict::Decided(Decision::Inject(_))),
+        "{verdict:?}"
+    );
+    let original = as_pod(&review_value()["request"]["object"]);
+    let pod = as_pod(&patched);
+    assert_eq!(
+        container(&pod, "spark-kubernetes-executor"),
+        container(&original, "spark-kubernetes-executor")
+    );
+    let sidecar = container(&pod, "kshuffle");
+    let args = sidecar.args.clone().unwrap();
+    for flag in [
+        "--tls-cert-file=/etc/kshuffle/tls/tls.crt",
+        "--tls-key-file=/etc/kshuffle/tls/tls.key",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} not in {args:?}");
+    }
+    let mount = sidecar
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "kshuffle-tls")
+        .expect("the Secret is mounted");
+    assert_eq!(mount.mount_path, "/etc/kshuffle/tls");
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(mount.sub_path, None);
+    let volume = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "kshuffle-tls")
+        .unwrap();
+    assert_eq!(
+        volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("shuffle-tls")
+    );
+
+    // The binary parses every arg before `--help` (a bad one exits non-zero).
+    let accepts = |args: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kshuffle-sidecar"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(accepts(&args), "{args:?}");
+    let mut bad = args.clone();
+    bad.push("--tls-cert-fil=x".to_owned());
+    assert!(!accepts(&bad));
+
+    // Without the option, none of it.
+    let (plain, _, _) = admit(REVIEW.as_bytes());
+    let plain = as_pod(&plain);
+    let sidecar = container(&plain, "kshuffle");
+    assert!(
+        !sidecar
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a.starts_with("--tls"))
+    );
+    assert!(
+        !sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "kshuffle-tls")
+    );
+
+    // A pod with its own volume of that name is not patched.
+    let taken = review_with(|pod| {
+        pod["spec"]["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "kshuffle-tls", "emptyDir": {}}));
+    });
+    let reviewed = admission::review(&taken, &config).unwrap();
+    assert_eq!(
+        reviewed.verdict,
+        Verdict::Decided(Decision::Unsafe(Unsafe::NameTaken {
+            what: "volume",
+            name: "kshuffle-tls".into()
+        }))
+    );
 }

@@ -31,8 +31,8 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SecurityContext,
-    Volume, VolumeMount,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
@@ -53,6 +53,11 @@ pub const LOCAL_DIR_VOLUME_PREFIX: &str = "spark-local-dir-";
 pub const STATE_VOLUME: &str = "kshuffle-state";
 /// Where the sidecar's registry journal lives (`--state-dir`).
 pub const STATE_DIR: &str = "/var/lib/kshuffle";
+/// The Secret volume of the sidecar's TLS certificate (with [`Config::tls_secret`]).
+pub const TLS_VOLUME: &str = "kshuffle-tls";
+/// Where the sidecar mounts [`TLS_VOLUME`]: `tls.crt` and `tls.key` of a `kubernetes.io/tls`
+/// Secret.
+pub const TLS_DIR: &str = "/etc/kshuffle/tls";
 /// Name of Spark's executor container when no pod template names it otherwise.
 pub const SPARK_EXECUTOR_CONTAINER: &str = "spark-kubernetes-executor";
 /// Env var Spark sets on the executor container (`BasicExecutorFeatureStep`).
@@ -109,6 +114,9 @@ pub struct Config {
     pub default_run_as: i64,
     /// `--log-level` of the sidecar.
     pub log_level: String,
+    /// A `kubernetes.io/tls` Secret, in each executor pod's namespace, whose certificate the
+    /// sidecar serves TLS with (Spark 4's `spark.ssl.rpc.enabled`); `None`: no TLS.
+    pub tls_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -124,6 +132,7 @@ impl Default for Config {
             fallback_local_dir: "/var/data/kshuffle".to_owned(),
             default_run_as: 185,
             log_level: "info".to_owned(),
+            tls_secret: None,
         }
     }
 }
@@ -308,6 +317,16 @@ fn plan(pod: &Pod, config: &Config) -> Result<Patch, Unsafe> {
         local_mounts.push(mount);
     }
     new_volumes.push(empty_dir(STATE_VOLUME));
+    if let Some(secret) = &config.tls_secret {
+        new_volumes.push(Volume {
+            name: TLS_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
 
     // Spark gives executor pods an ownerReference to the driver pod whenever there is one
     // (cluster mode, or client mode with spark.kubernetes.driver.pod.name).
@@ -361,15 +380,19 @@ fn check_names_and_ports(spec: &PodSpec, config: &Config) -> Result<(), Unsafe> 
             });
         }
     }
-    if spec
+    let ours = [
+        Some(STATE_VOLUME),
+        config.tls_secret.as_ref().map(|_| TLS_VOLUME),
+    ];
+    if let Some(taken) = spec
         .volumes
         .iter()
         .flatten()
-        .any(|v| v.name == STATE_VOLUME)
+        .find(|v| ours.contains(&Some(v.name.as_str())))
     {
         return Err(Unsafe::NameTaken {
             what: "volume",
-            name: STATE_VOLUME.to_owned(),
+            name: taken.name.clone(),
         });
     }
     for container in all_containers {
@@ -418,6 +441,10 @@ fn sidecar_container(
         format!("--state-dir={STATE_DIR}"),
         format!("--log-level={}", config.log_level),
     ];
+    if config.tls_secret.is_some() {
+        args.push(format!("--tls-cert-file={TLS_DIR}/tls.crt"));
+        args.push(format!("--tls-key-file={TLS_DIR}/tls.key"));
+    }
     args.extend(
         local_mounts
             .iter()
@@ -481,6 +508,15 @@ fn sidecar_container(
         mount_path: STATE_DIR.to_owned(),
         ..VolumeMount::default()
     });
+    if config.tls_secret.is_some() {
+        // Not by subPath: the kubelet then updates the files when the Secret is renewed.
+        mounts.push(VolumeMount {
+            name: TLS_VOLUME.to_owned(),
+            mount_path: TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     mounts.extend(
         exec.volume_mounts
             .iter()

@@ -84,6 +84,11 @@ pub struct WebhookArgs {
         default_value = "info"
     )]
     pub sidecar_log_level: String,
+    /// Serve TLS in every sidecar (Spark 4's `spark.ssl.rpc.enabled`) with this
+    /// `kubernetes.io/tls` Secret, which must exist in each executor pod's namespace; mounted
+    /// at `/etc/kshuffle/tls`. Empty: no TLS.
+    #[arg(long, env = "KSHUFFLE_WEBHOOK_SIDECAR_TLS_SECRET", default_value = "")]
+    pub sidecar_tls_secret: String,
     /// Minimum `terminationGracePeriodSeconds` of injected pods: the longest the sidecar keeps
     /// serving after its pod is deleted, while the driver lives (e.g. `1h`, `30m`).
     #[arg(long, env = "KSHUFFLE_WEBHOOK_GRACE_PERIOD", default_value = "1h", value_parser = parse_duration)]
@@ -138,6 +143,7 @@ impl WebhookArgs {
             sidecar_memory_limit,
             sidecar_run_as,
             sidecar_log_level,
+            sidecar_tls_secret,
             grace_period,
             fallback_local_dir,
             max_body_bytes,
@@ -214,6 +220,7 @@ impl WebhookArgs {
             fallback_local_dir: fallback_local_dir.display().to_string(),
             default_run_as: *sidecar_run_as,
             log_level: sidecar_log_level.clone(),
+            tls_secret: (!sidecar_tls_secret.is_empty()).then(|| sidecar_tls_secret.clone()),
         };
         let settings = Settings {
             max_body_bytes: *max_body_bytes,
