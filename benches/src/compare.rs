@@ -60,6 +60,9 @@ pub struct Options {
     pub spark_sessions: usize,
     /// Extra flags for `kshuffled` (not for a baseline binary).
     pub kshuffled_args: Vec<String>,
+    /// Every service serves TLS (Spark 4's `spark.ssl.rpc.enabled`) and the load generator
+    /// speaks it ([`crate::tls`]); the registration workload is skipped.
+    pub tls: bool,
 }
 
 /// One workload: a layout and how to fetch it.
@@ -210,12 +213,19 @@ pub fn register_layout(
     layout: &Layout,
     app: &str,
     exec: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut client = kshuffle::client::Client::connect(addr).await?;
+        let mut client = match tls {
+            None => kshuffle::client::Client::connect(addr).await?,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                kshuffle::client::Client::connect_tls(addr, Arc::clone(config), name).await?
+            }
+        };
         client.register(app, exec, layout.local_dirs(), 64).await?;
         anyhow::Ok(())
     })
@@ -304,6 +314,8 @@ pub struct Results {
     pub idle_rss: (u64, Option<u64>),
     /// The Java service's name.
     pub java_name: String,
+    /// Every fetch went over TLS ([`Options::tls`]).
+    pub tls: bool,
     /// Real-Spark sessions in the order they ran, each with its service (0: ours, 1: Java
     /// or the baseline).
     pub spark: Vec<(usize, SparkRun)>,
@@ -326,7 +338,23 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         .into_iter()
         .filter(|w| opts.only.is_empty() || opts.only.iter().any(|o| o == w.name))
         .collect();
-    let want_registration = opts.only.is_empty() || opts.only.iter().any(|o| o == "register");
+    let want_registration =
+        !opts.tls && (opts.only.is_empty() || opts.only.iter().any(|o| o == "register"));
+    let tls = if opts.tls {
+        eprintln!(
+            "TLS: both services serve it, the load generator speaks it (no registration workload)"
+        );
+        Some(crate::tls::prepare(&work.join("tls"))?)
+    } else {
+        None
+    };
+    let tls_client = tls.as_ref().map(|t| Arc::clone(&t.client));
+    let ours_args: Vec<String> = opts
+        .kshuffled_args
+        .iter()
+        .chain(tls.iter().flat_map(|t| &t.kshuffled_args))
+        .cloned()
+        .collect();
     let want_loopback = selected.iter().any(|w| w.name == "large");
 
     // Layouts, shared by workloads with the same file shape. Registration alone needs one
@@ -368,14 +396,20 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         &opts.kshuffled,
         &root,
         &work.join("kshuffled-state"),
-        &opts.kshuffled_args,
+        &ours_args,
         Duration::from_secs(20),
     )?;
     eprintln!("kshuffled pid {} on {}", ours.pid(), ours.addr);
     let java = if let Some(baseline) = &opts.baseline {
         let state = work.join("baseline-state");
-        let mut b =
-            Service::start_kshuffled(baseline, &root, &state, &[], Duration::from_secs(20))?;
+        let baseline_args = tls.as_ref().map_or(&[][..], |t| &t.kshuffled_args[..]);
+        let mut b = Service::start_kshuffled(
+            baseline,
+            &root,
+            &state,
+            baseline_args,
+            Duration::from_secs(20),
+        )?;
         b.name = "baseline".into();
         eprintln!("baseline kshuffled pid {} on {}", b.pid(), b.addr);
         Some(b)
@@ -388,7 +422,16 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         };
         let name = format!("spark-{}", opts.spark_version);
         let log = work.join("java-service.log");
-        let java = Service::start_java(&home, &name, &state, &root, &log, Duration::from_secs(90))?;
+        let java_opts = tls.as_ref().map_or("", |t| &t.java_opts);
+        let java = Service::start_java(
+            &home,
+            &name,
+            &state,
+            &root,
+            &log,
+            java_opts,
+            Duration::from_secs(90),
+        )?;
         eprintln!("{} pid {} on {}", java.name, java.pid(), java.addr);
         Some(java)
     };
@@ -403,12 +446,13 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 .map(|u| u.rss),
         ),
         congestion: (ours.congestion.clone(), congestion::system_default()),
+        tls: opts.tls,
         ..Results::default()
     };
     for s in &services {
         for (_, layout) in &layouts {
             let exec = format!("exec-s{}", layout.spec.shuffle_id);
-            register_layout(s.addr, layout, "app-bench", &exec)?;
+            register_layout(s.addr, layout, "app-bench", &exec, tls_client.as_ref())?;
         }
     }
 
@@ -417,6 +461,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         let load = LoadSpec {
             exec_id: format!("exec-s{}", w.layout.shuffle_id),
             duration: opts.duration,
+            tls: tls_client.clone(),
             ..w.load.clone()
         };
         // Warm-up (JIT, page cache), not measured.
@@ -628,6 +673,12 @@ pub fn table(r: &Results) -> String {
         &r.java_name
     };
     let mut s = String::new();
+    if r.tls {
+        let _ = writeln!(
+            s,
+            "Every fetch over TLS (both services serving it; the loopback limit is plain sendfile).\n"
+        );
+    }
     let _ = writeln!(
         s,
         "| workload | metric | kshuffled | {java} | kshuffled / {java} | target (vs Java) |"

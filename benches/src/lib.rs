@@ -27,6 +27,7 @@ pub mod register;
 pub mod scale;
 pub mod services;
 pub mod sparkjobs;
+pub mod tls;
 
 /// The directory a run works in: `dir` (created if missing) or, without one, a fresh temporary
 /// directory named `prefix…` that lives as long as the returned guard. The path is canonical.

@@ -81,6 +81,8 @@ pub struct LoadSpec {
     /// `spark.shuffle.io.receiveBuffer`); `None` leaves the kernel's autotuning, as Spark
     /// does by default.
     pub receive_buffer: Option<u32>,
+    /// Speak TLS with this client config (the service serves TLS: `compare --tls`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl LoadSpec {
@@ -99,6 +101,7 @@ impl LoadSpec {
             client_threads: 1,
             io_timeout: Duration::from_secs(60),
             receive_buffer: None,
+            tls: None,
         }
     }
 }
@@ -322,6 +325,13 @@ struct Fetch {
     chunks_sent_at: Instant,
 }
 
+/// One connection's TLS session and its record buffers.
+struct Tls {
+    session: rustls::ClientConnection,
+    records_in: BytesMut,
+    records_out: BytesMut,
+}
+
 /// Receive state: between frames, or inside a chunk body.
 #[derive(Debug)]
 enum Rx {
@@ -337,8 +347,12 @@ enum Rx {
 struct Conn {
     plan: Arc<Plan>,
     socket: TcpStream,
+    /// Replies in clear, not yet consumed.
     rbuf: BytesMut,
+    /// Requests in clear, not yet sent (or, with TLS, not yet encrypted).
     wbuf: BytesMut,
+    /// With TLS: the session, records received and not yet opened, records to send.
+    tls: Option<Tls>,
     fetches: Vec<Fetch>,
     rx: Rx,
     next_request_id: i64,
@@ -366,9 +380,25 @@ impl Conn {
         }
         .with_context(|| format!("connecting to {addr}"))?;
         socket.set_nodelay(true)?;
+        let mut socket = socket;
+        let tls = match &plan.spec.tls {
+            None => None,
+            Some(config) => {
+                let mut session = crate::tls::session(config)?;
+                crate::tls::handshake(&mut socket, &mut session)
+                    .await
+                    .with_context(|| format!("TLS handshake with {addr}"))?;
+                Some(Tls {
+                    session,
+                    records_in: BytesMut::with_capacity(READ_CHUNK_BYTES),
+                    records_out: BytesMut::new(),
+                })
+            }
+        };
         let mut conn = Conn {
             plan,
             socket,
+            tls,
             rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             wbuf: BytesMut::with_capacity(64 * 1024),
             fetches: Vec::new(),
@@ -392,7 +422,7 @@ impl Conn {
             if self.fetches.is_empty() {
                 return Ok(());
             }
-            let interest = if self.wbuf.is_empty() {
+            let interest = if self.outgoing().is_empty() {
                 Interest::READABLE
             } else {
                 Interest::READABLE | Interest::WRITABLE
@@ -402,12 +432,23 @@ impl Conn {
                 .with_context(|| format!("no progress for {io_timeout:?}"))??;
             if ready.is_readable() {
                 for _ in 0..READS_PER_TURN {
-                    if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK_BYTES / 2 {
-                        self.rbuf.reserve(READ_CHUNK_BYTES);
+                    let into = match &mut self.tls {
+                        Some(tls) => &mut tls.records_in,
+                        None => &mut self.rbuf,
+                    };
+                    if into.capacity() - into.len() < READ_CHUNK_BYTES / 2 {
+                        into.reserve(READ_CHUNK_BYTES);
                     }
-                    match self.socket.try_read_buf(&mut self.rbuf) {
+                    match self.socket.try_read_buf(into) {
                         Ok(0) => bail!("connection closed by the server"),
                         Ok(_) => {
+                            if let Some(tls) = &mut self.tls {
+                                crate::tls::open(
+                                    &mut tls.session,
+                                    &mut tls.records_in,
+                                    &mut self.rbuf,
+                                )?;
+                            }
                             self.process()?;
                             // Requests made while reading (a stream's chunk requests, the
                             // next open when a fetch completed) go out at once, as Netty
@@ -428,16 +469,35 @@ impl Conn {
         }
     }
 
+    /// What is left to write to the socket: the requests, or with TLS their records.
+    fn outgoing(&mut self) -> &mut BytesMut {
+        match &mut self.tls {
+            Some(tls) => &mut tls.records_out,
+            None => &mut self.wbuf,
+        }
+    }
+
     /// Opens fetches up to the in-flight limit and writes as much of the request buffer as
-    /// the socket takes without waiting.
+    /// the socket takes without waiting (through TLS when the connection has it).
     fn send_requests(&mut self) -> anyhow::Result<()> {
         while self.fetches.len() < self.plan.spec.inflight {
             let Some(rect) = self.plan.take() else { break };
             self.open(rect);
         }
-        while !self.wbuf.is_empty() {
-            match self.socket.try_write(&self.wbuf) {
-                Ok(n) => self.wbuf.advance(n),
+        if let Some(tls) = &mut self.tls
+            && !self.wbuf.is_empty()
+        {
+            crate::tls::seal(&mut tls.session, &self.wbuf, &mut tls.records_out)?;
+            self.wbuf.clear();
+        }
+        let socket = &self.socket;
+        let out = match &mut self.tls {
+            Some(tls) => &mut tls.records_out,
+            None => &mut self.wbuf,
+        };
+        while !out.is_empty() {
+            match socket.try_write(out) {
+                Ok(n) => out.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e).context("writing requests"),
             }

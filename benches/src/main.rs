@@ -81,6 +81,7 @@ impl Services {
             baseline: None,
             spark_sessions: 0,
             kshuffled_args: self.kshuffled_args,
+            tls: false,
         })
     }
 }
@@ -157,6 +158,11 @@ enum Cmd {
         /// every round (ours, Java; Java, ours; ...).
         #[arg(long, default_value_t = 2)]
         spark_reps: usize,
+        /// Both services serve TLS (Spark 4's spark.ssl.rpc.enabled: Java's with its
+        /// spark.ssl.rpc.* settings, ours with --tls-cert-file) and the load generator speaks
+        /// it. Skips the registration workload.
+        #[arg(long)]
+        tls: bool,
     },
     /// Scaling curves: connections 1 → 1,000 and registered executors 10 → 100,000.
     Scale {
@@ -209,7 +215,7 @@ fn main() -> anyhow::Result<()> {
             pid,
         } => {
             let layout = Arc::new(Layout::create(&root, "load", 2, layout_spec(&shape))?);
-            compare::register_layout(addr, &layout, "app-bench", "0")?;
+            compare::register_layout(addr, &layout, "app-bench", "0", None)?;
             let spec = LoadSpec {
                 connections,
                 inflight,
@@ -262,8 +268,10 @@ fn main() -> anyhow::Result<()> {
             baseline,
             spark_jobs,
             spark_reps,
+            tls,
         } => {
             let opts = Options {
+                tls,
                 reps: reps.max(1),
                 only,
                 registrations,

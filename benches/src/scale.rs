@@ -92,6 +92,7 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
             &state,
             &root,
             &work.join("java-service.log"),
+            "",
             Duration::from_secs(90),
         )?);
     }
@@ -100,7 +101,7 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
         ..Curves::default()
     };
     for s in &services {
-        register_layout(s.addr, &layout, "app-bench", "0")?;
+        register_layout(s.addr, &layout, "app-bench", "0", None)?;
     }
     let small = |connections: usize, secs: Duration| LoadSpec {
         connections,

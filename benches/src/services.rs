@@ -98,7 +98,8 @@ impl Service {
     }
 
     /// Starts Spark's Java shuffle service from `spark_home` with `spark.local.dir` =
-    /// `state_dir,root` on a free port and waits until it accepts connections.
+    /// `state_dir,root` (and the JVM options `extra_opts`, e.g. `-Dspark.ssl.rpc.*`) on a free
+    /// port and waits until it accepts connections.
     ///
     /// # Errors
     /// When it cannot start or does not accept connections within `wait`.
@@ -108,11 +109,12 @@ impl Service {
         state_dir: &Path,
         root: &Path,
         log: &Path,
+        extra_opts: &str,
         wait: Duration,
     ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let opts = format!(
-            "-Dspark.shuffle.service.port={port} -Dspark.local.dir={},{}",
+            "-Dspark.shuffle.service.port={port} -Dspark.local.dir={},{} {extra_opts}",
             state_dir.display(),
             root.display()
         );
