@@ -48,6 +48,12 @@
 //! transport cipher, every byte in both directions goes through it: chunk bodies are then
 //! read and encrypted in user memory (no `sendfile` on encrypted connections).
 //!
+//! With TLS configured (`--tls-cert-file`, Spark 4's `spark.ssl.rpc.*`), every connection
+//! starts with a TLS handshake ([`crate::tls::Layer`]) and every byte goes through it, the
+//! auth handshake included; bodies are copied and encrypted as above. When a client also
+//! sets up the transport cipher, the cipher goes *around* TLS, next to the socket, as
+//! Spark's Netty pipeline puts it ([`Connection::unwrap_received`]).
+//!
 //! Limits on what a peer can make a connection hold: a frame must arrive whole within the
 //! frame timeout of its first byte (slow senders that trickle bytes to dodge the idle
 //! timeout are closed), and read-buffer bytes above [`READ_ALLOWANCE_BYTES`] are drawn from
