@@ -70,9 +70,8 @@ fn handshake_with(
     client_config: &Arc<ClientConfig>,
     step: usize,
 ) -> (Layer, ClientConnection, BytesMut) {
-    let (server_config, client_config) = (Arc::clone(server_config), client_config);
-    let mut server = Layer::new(server_config).unwrap();
-    let mut client = client(&client_config);
+    let mut server = Layer::new(Arc::clone(server_config)).unwrap();
+    let mut client = client(client_config);
     let mut received = BytesMut::new();
     assert!(!server.is_handshaking(), "no byte yet: nothing in progress");
     while client.is_handshaking() {
