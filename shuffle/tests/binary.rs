@@ -5,11 +5,15 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::Daemon;
-use kshuffle::client::Client;
+use kshuffle::client::{Client, Error as ClientError};
 use kshuffle::fixture::ExecutorDirs;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
 #[tokio::test]
 async fn serves_and_stops_cleanly_on_sigterm() {
@@ -53,6 +57,8 @@ async fn serves_and_stops_cleanly_on_sigterm() {
 fn bad_flags_exit_with_usage_status() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().display().to_string();
+    let (cert, key) = write_certificate(tmp.path(), "localhost");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     for (args, needle) in [
         (vec!["--port", "7337"], "--allowed-root"),
         (vec!["--allowed-root", &root, "--port", "70000"], "--port"),
@@ -76,6 +82,22 @@ fn bad_flags_exit_with_usage_status() {
                 "no-such-algorithm",
             ],
             "--tcp-congestion-control no-such-algorithm: No such file or directory (os error 2): not available in this kernel",
+        ),
+        // TLS needs both files, and files that hold a certificate and its key.
+        (
+            vec!["--allowed-root", &root, "--tls-cert-file", &cert],
+            "--tls-key-file",
+        ),
+        (
+            vec![
+                "--allowed-root",
+                &root,
+                "--tls-cert-file",
+                &key,
+                "--tls-key-file",
+                &key,
+            ],
+            "no usable PEM certificate",
         ),
     ] {
         let out = Command::new(Daemon::bin()).args(&args).output().unwrap();
@@ -184,4 +206,130 @@ fn the_tcp_congestion_control_in_use_is_logged() {
     };
     assert_eq!(chosen(Some("reno")).as_deref(), Some("reno"));
     assert_eq!(chosen(Some("system")), None);
+}
+
+/// Writes a fresh self-signed certificate for `name` and its key into `dir` as `tls.crt` and
+/// `tls.key`; returns both paths.
+fn write_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, key.cert.pem()).unwrap();
+    std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+/// A TLS client trusting only the certificate in `cert` (PEM).
+async fn tls_client(addr: std::net::SocketAddr, cert: &Path) -> Result<Client, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    Client::connect_tls(addr, Arc::new(config), name).await
+}
+
+/// `--tls-cert-file`/`--tls-key-file`: the daemon serves TLS (`tls=true` in its listening
+/// line) and only TLS; when the files are replaced by a renewed certificate, new connections
+/// get it within `--tls-reload-interval`, without a restart, while a connection made
+/// before goes on.
+#[tokio::test]
+async fn tls_is_served_and_a_renewed_certificate_is_picked_up_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let (cert, key) = write_certificate(&certs, "localhost");
+    let old = tmp.path().join("old.crt");
+    std::fs::copy(&cert, &old).unwrap();
+    let mut args = Daemon::standard_args(&root);
+    args.extend(
+        [
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-reload-interval",
+            "100ms",
+        ]
+        .map(Into::into),
+    );
+    let daemon = Daemon::start(args);
+    let listening = daemon
+        .events()
+        .into_iter()
+        .find(|e| e.message == "listening")
+        .unwrap();
+    assert_eq!(
+        listening.fields.get("tls"),
+        Some(&serde_json::Value::Bool(true))
+    );
+
+    let dirs = ExecutorDirs::create(&root, "e", 1, 64).unwrap();
+    dirs.write_map_output(0, 7, &[b"over", b"tls"]).unwrap();
+    let mut first = tls_client(daemon.addr(), &old).await.unwrap();
+    first
+        .register("app-1", "1", dirs.as_strings(), 64)
+        .await
+        .unwrap();
+    // In the clear, refused.
+    let mut plain = Client::connect(daemon.addr()).await.unwrap();
+    assert!(
+        plain
+            .register("app-1", "2", dirs.as_strings(), 64)
+            .await
+            .is_err()
+    );
+
+    // Renewal: new files in place (as the kubelet swaps a Secret's files).
+    let renewed = tmp.path().join("renewed");
+    std::fs::create_dir(&renewed).unwrap();
+    let (new_cert, new_key) = write_certificate(&renewed, "localhost");
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::rename(&new_cert, &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tls_client(daemon.addr(), &cert).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the renewed certificate was not served: {e}"),
+        }
+    }
+    // Clients that trust only the old one now fail; the connection made before goes on.
+    let stale = tls_client(daemon.addr(), &old).await.unwrap_err();
+    assert!(matches!(stale, ClientError::Tls(_)), "{stale}");
+    let handle = first
+        .open(&kshuffle::wire::Message::FetchShuffleBlocks {
+            app_id: "app-1".into(),
+            exec_id: "1".into(),
+            shuffle_id: 0,
+            map_ids: vec![7],
+            reduce_ids: vec![vec![1]],
+            batch_fetch_enabled: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.chunk(handle.stream_id, 0).await.unwrap(), &b"tls"[..]);
+    drop((first, plain));
+
+    let log = daemon.log_text();
+    assert!(
+        log.contains("serving certificate reloaded"),
+        "no reload logged:\n{log}"
+    );
+    assert!(
+        log.contains("this daemon requires TLS"),
+        "the client in the clear was not named:\n{log}"
+    );
+    let stats = daemon.stop();
+    assert_eq!(stats.registrations, 1, "{stats}");
+    // The first client's and the renewed one's; the others failed theirs.
+    assert_eq!(stats.counter("tls_handshakes"), 2, "{stats}");
 }
