@@ -86,16 +86,10 @@ pub fn prepare(dir: &Path) -> anyhow::Result<Setup> {
         cert_arg,
     ])?;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(ours.cert.der().to_vec()))?;
     let java_der = CertificateDer::from_pem_file(&java_cert)
         .with_context(|| format!("reading {}", java_cert.display()))?;
-    roots.add(java_der)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let ours_der = CertificateDer::from(ours.cert.der().to_vec());
+    let client = kshuffle::tls::client_config([ours_der, java_der])?;
 
     let java_opts = [
         "-Dspark.ssl.rpc.enabled=true".to_owned(),

@@ -774,10 +774,7 @@ fn the_tls_component_mounts_the_secret_and_the_binary_serves_tls_from_it() {
     // The real binary with the component's env: the Secret's two files, made here.
     let tmp = tempfile::tempdir().unwrap();
     let secret_dir = tmp.path().join("tls");
-    std::fs::create_dir(&secret_dir).unwrap();
-    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    std::fs::write(secret_dir.join("tls.crt"), key.cert.pem()).unwrap();
-    std::fs::write(secret_dir.join("tls.key"), key.signing_key.serialize_pem()).unwrap();
+    common::TestCertificate::create(&secret_dir, &["localhost"]);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kshuffle-node"));
     cmd.args(local_args(daemon, tmp.path()))
         .env_remove("RUST_LOG");

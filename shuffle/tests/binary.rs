@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, TestCertificate};
 use kshuffle::client::{Client, Error as ClientError};
 use kshuffle::fixture::ExecutorDirs;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -30,17 +30,7 @@ async fn serves_and_stops_cleanly_on_sigterm() {
         .register("app-1", "1", dirs.as_strings(), 64)
         .await
         .unwrap();
-    let handle = client
-        .open(&kshuffle::wire::Message::FetchShuffleBlocks {
-            app_id: "app-1".into(),
-            exec_id: "1".into(),
-            shuffle_id: 0,
-            map_ids: vec![7],
-            reduce_ids: vec![vec![1]],
-            batch_fetch_enabled: false,
-        })
-        .await
-        .unwrap();
+    let handle = client.open(&second_block_of_map_7()).await.unwrap();
     assert_eq!(
         client.chunk(handle.stream_id, 0).await.unwrap(),
         &b"world"[..]
@@ -53,12 +43,27 @@ async fn serves_and_stops_cleanly_on_sigterm() {
     assert_eq!(stats.chunk_bytes, 5, "{stats}");
 }
 
+/// Executor "1" of `app-1`: partition 1 of map output 7 of shuffle 0.
+fn second_block_of_map_7() -> kshuffle::wire::Message {
+    kshuffle::wire::Message::FetchShuffleBlocks {
+        app_id: "app-1".into(),
+        exec_id: "1".into(),
+        shuffle_id: 0,
+        map_ids: vec![7],
+        reduce_ids: vec![vec![1]],
+        batch_fetch_enabled: false,
+    }
+}
+
 #[test]
 fn bad_flags_exit_with_usage_status() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().display().to_string();
-    let (cert, key) = write_certificate(tmp.path(), "localhost");
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let made = TestCertificate::create(tmp.path(), &["localhost"]);
+    let (cert, key) = (
+        made.cert.display().to_string(),
+        made.key.display().to_string(),
+    );
     for (args, needle) in [
         (vec!["--port", "7337"], "--allowed-root"),
         (vec!["--allowed-root", &root, "--port", "70000"], "--port"),
@@ -208,28 +213,10 @@ fn the_tcp_congestion_control_in_use_is_logged() {
     assert_eq!(chosen(Some("system")), None);
 }
 
-/// Writes a fresh self-signed certificate for `name` and its key into `dir` as `tls.crt` and
-/// `tls.key`; returns both paths.
-fn write_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
-    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert_path, key.cert.pem()).unwrap();
-    std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
-
 /// A TLS client trusting only the certificate in `cert` (PEM).
 async fn tls_client(addr: std::net::SocketAddr, cert: &Path) -> Result<Client, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(cert).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let trusted = CertificateDer::from_pem_file(cert).unwrap();
+    let config = kshuffle::tls::client_config([trusted]).unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     Client::connect_tls(addr, Arc::new(config), name).await
 }
@@ -244,7 +231,7 @@ async fn tls_is_served_and_a_renewed_certificate_is_picked_up_without_a_restart(
     let root = tmp.path().join("root");
     let certs = tmp.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
-    let (cert, key) = write_certificate(&certs, "localhost");
+    let TestCertificate { cert, key, .. } = TestCertificate::create(&certs, &["localhost"]);
     let old = tmp.path().join("old.crt");
     std::fs::copy(&cert, &old).unwrap();
     let mut args = Daemon::standard_args(&root);
@@ -287,11 +274,9 @@ async fn tls_is_served_and_a_renewed_certificate_is_picked_up_without_a_restart(
     );
 
     // Renewal: new files in place (as the kubelet swaps a Secret's files).
-    let renewed = tmp.path().join("renewed");
-    std::fs::create_dir(&renewed).unwrap();
-    let (new_cert, new_key) = write_certificate(&renewed, "localhost");
-    std::fs::rename(&new_key, &key).unwrap();
-    std::fs::rename(&new_cert, &cert).unwrap();
+    let renewed = TestCertificate::create(&tmp.path().join("renewed"), &["localhost"]);
+    std::fs::rename(&renewed.key, &key).unwrap();
+    std::fs::rename(&renewed.cert, &cert).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match tls_client(daemon.addr(), &cert).await {
@@ -305,17 +290,7 @@ async fn tls_is_served_and_a_renewed_certificate_is_picked_up_without_a_restart(
     // Clients that trust only the old one now fail; the connection made before goes on.
     let stale = tls_client(daemon.addr(), &old).await.unwrap_err();
     assert!(matches!(stale, ClientError::Tls(_)), "{stale}");
-    let handle = first
-        .open(&kshuffle::wire::Message::FetchShuffleBlocks {
-            app_id: "app-1".into(),
-            exec_id: "1".into(),
-            shuffle_id: 0,
-            map_ids: vec![7],
-            reduce_ids: vec![vec![1]],
-            batch_fetch_enabled: false,
-        })
-        .await
-        .unwrap();
+    let handle = first.open(&second_block_of_map_7()).await.unwrap();
     assert_eq!(first.chunk(handle.stream_id, 0).await.unwrap(), &b"tls"[..]);
     drop((first, plain));
 

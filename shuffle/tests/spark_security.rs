@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Finished, SparkDirs, run_with_timeout, spark_venv, tail};
+use common::{Daemon, Finished, SparkDirs, TestCertificate, run_with_timeout, spark_venv, tail};
 use serde_json::Value;
 
 const SESSION_TIMEOUT: Duration = Duration::from_secs(480);
@@ -169,12 +169,8 @@ fn rpc_tls(secret: Option<&str>) {
         "-keystore".as_ref(),
         store,
     ]);
-    let daemon_key =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    let (cert, key) = (d.base.join("kshuffle.crt"), d.base.join("kshuffle.key"));
-    std::fs::write(&cert, daemon_key.cert.pem()).unwrap();
-    std::fs::write(&key, daemon_key.signing_key.serialize_pem()).unwrap();
+    let TestCertificate { cert, key, .. } =
+        TestCertificate::create(&d.base.join("kshuffle-tls"), &["localhost", "127.0.0.1"]);
     keytool(&[
         "-importcert".as_ref(),
         "-noprompt".as_ref(),

@@ -26,6 +26,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
+use common::TestCertificate;
+
 const APP: &str = "app-tls";
 
 struct Daemon {
@@ -45,11 +49,8 @@ impl Daemon {
         let tmp = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(tmp.path()).unwrap().join("root");
         std::fs::create_dir(&root).unwrap();
-        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let (cert_path, key_path) = (tmp.path().join("tls.crt"), tmp.path().join("tls.key"));
-        std::fs::write(&cert_path, key.cert.pem()).unwrap();
-        std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
-        let certs = Arc::new(CertStore::load(&cert_path, &key_path).unwrap());
+        let made = TestCertificate::create(tmp.path(), &["localhost"]);
+        let certs = Arc::new(CertStore::load(&made.cert, &made.key).unwrap());
         let mut config = Config::new(vec![root.clone()]);
         config.tls = Some(Arc::new(certs.server_config().unwrap()));
         tweak(&mut config);
@@ -62,7 +63,7 @@ impl Daemon {
         Daemon {
             addr,
             root,
-            cert: CertificateDer::from(key.cert.der().to_vec()),
+            cert: CertificateDer::from(made.der),
             shutdown,
             task,
             _tmp: tmp,
@@ -71,14 +72,7 @@ impl Daemon {
 
     /// A TLS client trusting `trusted` (the daemon's own certificate for a good client).
     async fn tls_client(&self, trusted: &CertificateDer<'static>) -> Result<Client, ClientError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(trusted.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = kshuffle::tls::client_config([trusted.clone()]).unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         Client::connect_tls(self.addr, Arc::new(config), name).await
     }
@@ -220,8 +214,9 @@ async fn clients_in_the_clear_or_untrusting_are_closed_and_others_are_served() {
     );
 
     // A client that does not trust the daemon's certificate fails its handshake.
-    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let untrusting = within(daemon.tls_client(&CertificateDer::from(other.cert.der().to_vec())))
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = TestCertificate::create(elsewhere.path(), &["localhost"]);
+    let untrusting = within(daemon.tls_client(&CertificateDer::from(other.der)))
         .await
         .unwrap_err();
     assert!(
@@ -254,12 +249,7 @@ async fn a_stalled_handshake_is_closed_by_the_frame_timeout() {
     })
     .await;
     // A real ClientHello, as the rustls client writes it.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
+    let config = kshuffle::tls::client_config([]).unwrap();
     let mut hello_client =
         rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
             .unwrap();

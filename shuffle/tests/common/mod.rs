@@ -30,6 +30,34 @@ pub const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long `scripts/spark-venv.sh` may take (a fresh machine downloads pyspark, ~400 MB).
 pub const VENV_TIMEOUT: Duration = Duration::from_secs(360);
 
+/// A fresh self-signed certificate (rcgen) for TLS tests, written as a `kubernetes.io/tls`
+/// Secret's two files would be.
+pub struct TestCertificate {
+    /// `tls.crt`: the certificate, PEM (`--tls-cert-file`).
+    pub cert: PathBuf,
+    /// `tls.key`: its private key, PEM (`--tls-key-file`).
+    pub key: PathBuf,
+    /// The certificate, DER: what a client trusts.
+    pub der: Vec<u8>,
+}
+
+impl TestCertificate {
+    /// A certificate for `names` (DNS names or IP addresses), its files in `dir`.
+    pub fn create(dir: &Path, names: &[&str]) -> TestCertificate {
+        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let made = rcgen::generate_simple_self_signed(names).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        TestCertificate {
+            cert,
+            key,
+            der: made.cert.der().to_vec(),
+        }
+    }
+}
+
 /// The workspace root (`shuffle/..`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

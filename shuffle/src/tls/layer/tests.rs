@@ -17,17 +17,11 @@ fn configs() -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
     std::fs::write(&cert_path, key.cert.pem()).unwrap();
     std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
     let store = Arc::new(CertStore::load(&cert_path, &key_path).unwrap());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(key.cert.der().to_vec()))
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (Arc::new(store.server_config().unwrap()), Arc::new(client))
+    let client = crate::tls::client_config([CertificateDer::from(key.cert.der().to_vec())]);
+    (
+        Arc::new(store.server_config().unwrap()),
+        Arc::new(client.unwrap()),
+    )
 }
 
 fn client(config: &Arc<ClientConfig>) -> ClientConnection {
@@ -176,12 +170,7 @@ fn a_broken_handshake_record_fails_with_an_alert_for_the_peer() {
 fn a_client_that_refuses_the_certificate_is_named() {
     let (server_config, _) = configs();
     // A client that trusts no certificate at all.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let untrusting = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
+    let untrusting = crate::tls::client_config([]).unwrap();
     let mut server = Layer::new(server_config).unwrap();
     let mut client = client(&Arc::new(untrusting));
     let mut received = BytesMut::new();
