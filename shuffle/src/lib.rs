@@ -38,6 +38,8 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod stream;
+#[cfg(test)]
+mod test_rng;
 pub mod tls;
 pub mod wire;
 

@@ -546,21 +546,7 @@ fn decode_byte_by_byte() {
 
 // === mutation (property-style) ===
 
-/// xorshift64*: a tiny deterministic PRNG.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 /// Applies 1–4 random mutations to `bytes`.
 fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {

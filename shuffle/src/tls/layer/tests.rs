@@ -6,6 +6,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection};
 
 use super::{Error, Layer, whole_records};
+use crate::test_rng::Rng;
 use crate::tls::CertStore;
 
 /// A server config for a fresh self-signed `localhost` certificate, and a client config that
@@ -234,22 +235,6 @@ fn whole_records_counts_complete_records_only() {
     assert_eq!(whole_records(&huge), huge.len());
     let unknown = [&record(10)[..], &[99, 3, 3, 0, 200]].concat();
     assert_eq!(whole_records(&unknown), unknown.len());
-}
-
-/// xorshift64*: a fixed sequence, so a failure names a case that can be rerun.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Many sessions, each sending requests of random sizes that arrive cut at random places,
