@@ -284,6 +284,13 @@ pub async fn serve(
         Stats::inc(&service.stats.connections_open);
         let mut conn = Connection::new(socket, service, shutdown, tls);
         let result = conn.run().await;
+        // Unless writing or TLS itself failed, the stream is at a record boundary.
+        if !matches!(
+            result,
+            Err(Error::WriteStalled(_) | Error::Io(_) | Error::Tls(_) | Error::Transport(_))
+        ) {
+            conn.close_tls();
+        }
         let stats = &conn.service.stats;
         Stats::dec(&stats.connections_open);
         Stats::adjust(&stats.streams_open, conn.streams.len(), 0);
@@ -450,6 +457,32 @@ impl Connection {
     fn pending_bytes(&self) -> usize {
         let handshaking = self.tls.as_ref().is_some_and(tls::Layer::is_handshaking);
         (self.rbuf.len() + self.raw.len() + self.tls_in.len()).max(usize::from(handshaking))
+    }
+
+    /// Ends an established TLS session with `close_notify` (as Netty's `SslHandler` does when
+    /// Spark's own services close a channel), so the peer can tell the end from a truncation:
+    /// best effort, without waiting (a full socket buffer or a gone peer just gets the FIN).
+    fn close_tls(&mut self) {
+        let Some(layer) = &mut self.tls else { return };
+        if layer.negotiated().is_none() {
+            return;
+        }
+        layer.close();
+        let mut out = BytesMut::new();
+        if layer.seal(&[], &mut out).is_err() {
+            return;
+        }
+        if let Some(cipher) = &mut self.cipher {
+            let mut sealed = BytesMut::new();
+            if cipher
+                .seal(&out, &mut crate::auth::fill_random, &mut sealed)
+                .is_err()
+            {
+                return;
+            }
+            out = sealed;
+        }
+        let _ = rustix::net::send(&self.socket, &out, SendFlags::NOSIGNAL);
     }
 
     /// Passes what the socket delivered up through the transport cipher and TLS, whichever

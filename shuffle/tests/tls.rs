@@ -280,3 +280,44 @@ async fn a_stalled_handshake_is_closed_by_the_frame_timeout() {
     assert_eq!(stats.tls_handshakes, 0, "{stats:?}");
     assert_eq!(stats.connection_errors, 2, "{stats:?}");
 }
+
+/// An established TLS session driven by hand over a plain socket, to see every record the
+/// server sends, the last ones included.
+async fn raw_session(daemon: &Daemon) -> (TcpStream, rustls::ClientConnection) {
+    let config = kshuffle::tls::client_config([daemon.cert.clone()]).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut session = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut socket = TcpStream::connect(daemon.addr).await.unwrap();
+    loop {
+        let mut out = Vec::new();
+        while session.wants_write() {
+            session.write_tls(&mut out).unwrap();
+        }
+        socket.write_all(&out).await.unwrap();
+        if !session.is_handshaking() {
+            return (socket, session);
+        }
+        let mut buf = vec![0; 64 * 1024];
+        let n = within(socket.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed during the handshake");
+        session.read_tls(&mut &buf[..n]).unwrap();
+        session.process_new_packets().unwrap();
+    }
+}
+
+/// When the daemon closes a TLS connection itself (here: idle), it ends the session with
+/// `close_notify` first, so the client can tell the end from a truncation.
+#[tokio::test]
+async fn the_daemon_ends_a_session_with_close_notify() {
+    let daemon = Daemon::start(|config| config.idle_timeout = Duration::from_millis(300)).await;
+    let (mut socket, mut session) = raw_session(&daemon).await;
+    let mut rest = Vec::new();
+    within(socket.read_to_end(&mut rest)).await.unwrap();
+    let mut rest = &rest[..];
+    while !rest.is_empty() {
+        session.read_tls(&mut rest).unwrap();
+    }
+    let state = session.process_new_packets().unwrap();
+    assert!(state.peer_has_closed(), "no close_notify before the FIN");
+    daemon.stop().await;
+}
