@@ -102,18 +102,22 @@ async fn within<F: std::future::IntoFuture>(f: F) -> F::Output {
         .expect("timed out")
 }
 
+/// `FetchShuffleBlocks` of partitions `reduces` of map output 7 of executor "1" of `app`.
+fn fetch(app: &str, reduces: &[i32]) -> Message {
+    Message::FetchShuffleBlocks {
+        app_id: app.into(),
+        exec_id: "1".into(),
+        shuffle_id: 0,
+        map_ids: vec![7],
+        reduce_ids: vec![reduces.to_vec()],
+        batch_fetch_enabled: false,
+    }
+}
+
 /// Every block of map output 7 of executor "1" of `app`, fetched as Spark does.
 async fn fetch_all(c: &mut Client, app: &str, blocks: usize) -> Result<Vec<Bytes>, ClientError> {
-    let stream = c
-        .open(&Message::FetchShuffleBlocks {
-            app_id: app.into(),
-            exec_id: "1".into(),
-            shuffle_id: 0,
-            map_ids: vec![7],
-            reduce_ids: vec![(0..i32::try_from(blocks).unwrap()).collect()],
-            batch_fetch_enabled: false,
-        })
-        .await?;
+    let all: Vec<i32> = (0..i32::try_from(blocks).unwrap()).collect();
+    let stream = c.open(&fetch(app, &all)).await?;
     let mut out = Vec::new();
     for chunk_index in 0..stream.num_chunks {
         out.push(c.chunk(stream.stream_id, chunk_index).await?);
@@ -139,16 +143,21 @@ async fn a_fetch_over_tls_returns_every_byte() {
     daemon.register(&mut c, APP, &refs).await;
     let got = within(fetch_all(&mut c, APP, blocks.len())).await.unwrap();
     assert_eq!(got, blocks);
-    // A second connection, a second handshake.
+    // A second connection, a second handshake; the large block also by `StreamRequest`
+    // (Spark's fetch-to-disk path: the body follows its frame).
     let mut again = daemon.client().await;
     let got = within(fetch_all(&mut again, APP, blocks.len()))
         .await
         .unwrap();
     assert_eq!(got, blocks);
+    let stream = within(again.open(&fetch(APP, &[2]))).await.unwrap();
+    let body = within(again.stream(stream.stream_id, 0)).await.unwrap();
+    assert_eq!(body, blocks[2]);
     drop((c, again));
     let stats = daemon.stop().await;
     assert_eq!(stats.tls_handshakes, 2, "{stats:?}");
     assert_eq!(stats.chunks_served, 6, "{stats:?}");
+    assert_eq!(stats.streams_served, 1, "{stats:?}");
     assert_eq!(stats.connection_errors, 0, "{stats:?}");
 }
 
