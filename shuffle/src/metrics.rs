@@ -17,7 +17,7 @@
 //! | `numActiveConnections` | `kshuffle_connections_open` |
 //! | `numRegisteredConnections` | `kshuffle_connections_total` |
 //! | `numCaughtExceptions` | `kshuffle_errors_total{kind}` |
-//! | – | `kshuffle_registered_apps`, `kshuffle_streams_open`, `kshuffle_data_files_kept_open`, `kshuffle_data_files_shed_total` (kept data files closed because the process ran out of descriptors), `kshuffle_apps_removed_total`, `kshuffle_cleanup_reclaimed_bytes_total`, `kshuffle_orphan_dirs_reclaimed_total`, `kshuffle_registry_recovered_with_loss`, `kshuffle_turns_yielded_total`, `kshuffle_rpcs_read_ahead_total`, `kshuffle_chunks_out_of_turn_total`, `kshuffle_registry_syncs_total` and `kshuffle_registry_synced_records_total` (their ratio: registrations per journal sync) |
+//! | – | `kshuffle_registered_apps`, `kshuffle_streams_open`, `kshuffle_data_files_kept_open`, `kshuffle_data_files_shed_total` (kept data files closed because the process ran out of descriptors), `kshuffle_apps_removed_total`, `kshuffle_cleanup_reclaimed_bytes_total`, `kshuffle_orphan_dirs_reclaimed_total`, `kshuffle_registry_recovered_with_loss`, `kshuffle_turns_yielded_total`, `kshuffle_rpcs_read_ahead_total`, `kshuffle_chunks_out_of_turn_total`, `kshuffle_tls_handshakes_total` (TLS sessions established), `kshuffle_encrypted_connections_total` (connections with Spark's AES cipher), `kshuffle_registry_syncs_total` and `kshuffle_registry_synced_records_total` (their ratio: registrations per journal sync) |
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
