@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the cargo-fuzz targets (needs cargo-fuzz; stable Rust works with RUSTC_BOOTSTRAP=1).
-# Targets: wire_decode, message_decode, block_id, index_file, auth_handshake (fuzz/README.md).
+# Targets: wire_decode, message_decode, block_id, index_file, auth_handshake, tls_records
+# (fuzz/README.md).
 #   scripts/fuzz-build.sh                    # build all targets
 #   scripts/fuzz-build.sh run wire_decode -- -max_total_time=60
 #   scripts/fuzz-build.sh all 300            # each target for 300 s, one after the other,
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-targets=(wire_decode message_decode block_id index_file auth_handshake)
+targets=(wire_decode message_decode block_id index_file auth_handshake tls_records)
 case "${1:-}" in
   run)
     shift

@@ -14,20 +14,23 @@
 mod alloc;
 mod auth;
 mod index;
+mod tls;
 mod wire;
 
 pub use alloc::{CountingAlloc, counting_is_active, measure};
 pub use auth::{AUTH_APP_ID, AUTH_SECRET, check_auth_handshake};
 pub use index::check_index_file;
+pub use tls::check_tls_records;
 pub use wire::{check_block_id, check_frames, check_message};
 
 /// Input of every target: what `fuzz/corpus/<target>/` files hold.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "wire_decode",
     "message_decode",
     "block_id",
     "index_file",
     "auth_handshake",
+    "tls_records",
 ];
 
 /// Runs the check of target `name` on `data`.
@@ -41,6 +44,7 @@ pub fn check(name: &str, data: &[u8]) {
         "block_id" => check_block_id(data),
         "index_file" => check_index_file(data),
         "auth_handshake" => check_auth_handshake(data),
+        "tls_records" => check_tls_records(data),
         other => panic!("no fuzz target named {other:?}"),
     }
 }
@@ -103,6 +107,10 @@ impl<'a> Input<'a> {
     pub(crate) fn piece(&mut self) -> &'a [u8] {
         let n = usize::from(self.u16());
         self.bytes(n)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub(crate) fn rest(&mut self) -> &'a [u8] {

@@ -185,7 +185,7 @@ impl Layer {
 
 /// How many bytes at the front of `buf` are whole records (all of `buf` when a header is
 /// impossible, an unknown content type or a length over the limit: rustls then refuses it).
-fn whole_records(buf: &[u8]) -> usize {
+pub(crate) fn whole_records(buf: &[u8]) -> usize {
     let mut at = 0;
     while let Some(header) = buf.get(at..at + RECORD_HEADER_BYTES) {
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));

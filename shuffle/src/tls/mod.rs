@@ -12,6 +12,7 @@ mod certs;
 mod layer;
 
 pub use certs::{CertStore, Error as CertError};
+pub(crate) use layer::whole_records;
 pub use layer::{Error, Layer};
 
 use std::sync::Arc;
