@@ -56,6 +56,11 @@ struct Services {
     /// Extra flag for kshuffled (repeat; e.g. --kshuffled-arg=--inline-body-max-bytes=32768).
     #[arg(long = "kshuffled-arg", allow_hyphen_values = true)]
     kshuffled_args: Vec<String>,
+    /// Both services serve TLS (Spark 4's spark.ssl.rpc.enabled: Java's with its
+    /// spark.ssl.rpc.* settings, ours with --tls-cert-file) and the load generator speaks
+    /// it. Skips the registration workload and curve.
+    #[arg(long)]
+    tls: bool,
 }
 
 impl Services {
@@ -81,7 +86,7 @@ impl Services {
             baseline: None,
             spark_sessions: 0,
             kshuffled_args: self.kshuffled_args,
-            tls: false,
+            tls: self.tls,
         })
     }
 }
@@ -158,11 +163,6 @@ enum Cmd {
         /// every round (ours, Java; Java, ours; ...).
         #[arg(long, default_value_t = 2)]
         spark_reps: usize,
-        /// Both services serve TLS (Spark 4's spark.ssl.rpc.enabled: Java's with its
-        /// spark.ssl.rpc.* settings, ours with --tls-cert-file) and the load generator speaks
-        /// it. Skips the registration workload.
-        #[arg(long)]
-        tls: bool,
     },
     /// Scaling curves: connections 1 → 1,000 and registered executors 10 → 100,000.
     Scale {
@@ -268,10 +268,8 @@ fn main() -> anyhow::Result<()> {
             baseline,
             spark_jobs,
             spark_reps,
-            tls,
         } => {
             let opts = Options {
-                tls,
                 reps: reps.max(1),
                 only,
                 registrations,

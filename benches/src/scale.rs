@@ -72,11 +72,24 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
         );
     eprintln!("writing layout");
     let layout = Arc::new(Layout::create(&root, "scale", 2, spec)?);
+    let tls = if opts.tls {
+        eprintln!("TLS: both services serve it, the load generator speaks it (no executors curve)");
+        Some(crate::tls::prepare(&work.join("tls"))?)
+    } else {
+        None
+    };
+    let tls_client = tls.as_ref().map(|t| Arc::clone(&t.client));
+    let ours_args: Vec<String> = opts
+        .kshuffled_args
+        .iter()
+        .chain(tls.iter().flat_map(|t| &t.kshuffled_args))
+        .cloned()
+        .collect();
     let mut services = vec![Service::start_kshuffled(
         &opts.kshuffled,
         &root,
         &work.join("kshuffled-state"),
-        &opts.kshuffled_args,
+        &ours_args,
         Duration::from_secs(20),
     )?];
     if !opts.no_java {
@@ -92,7 +105,7 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
             &state,
             &root,
             &work.join("java-service.log"),
-            "",
+            tls.as_ref().map_or("", |t| &t.java_opts),
             Duration::from_secs(90),
         )?);
     }
@@ -101,13 +114,14 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
         ..Curves::default()
     };
     for s in &services {
-        register_layout(s.addr, &layout, "app-bench", "0", None)?;
+        register_layout(s.addr, &layout, "app-bench", "0", tls_client.as_ref())?;
     }
     let small = |connections: usize, secs: Duration| LoadSpec {
         connections,
         inflight: 2,
         duration: secs,
         io_timeout: Duration::from_secs(120),
+        tls: tls_client.clone(),
         ..LoadSpec::new(64, 1, false)
     };
     // Warm-up.
@@ -137,6 +151,7 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
         });
     }
     let mut total = 0;
+    let executors = if opts.tls { &[][..] } else { executors };
     for (level, &n) in executors.iter().enumerate() {
         total += n;
         let mut measured = Vec::new();
