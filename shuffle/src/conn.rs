@@ -341,13 +341,13 @@ struct Connection {
     cipher: Option<TransportCipher>,
     /// Bytes to decrypt with the cipher (with a cipher only).
     raw: BytesMut,
-    /// The TLS session, when the daemon serves TLS (under the cipher, if both).
+    /// The TLS session, when the daemon serves TLS (inside the cipher, if both).
     tls: Option<tls::Layer>,
-    /// TLS records as received, not yet whole (with TLS only).
+    /// TLS records not yet whole, from the socket (or from the cipher, with both).
     tls_in: BytesMut,
-    /// Scratch for encrypted output (with a cipher only).
+    /// Scratch for the transport cipher's output (with a cipher only; TLS seals in place).
     sealed: BytesMut,
-    /// Bytes taken from the service's read budget for `rbuf` and `raw`.
+    /// Bytes taken from the service's read budget for `rbuf`, `raw` and `tls_in`.
     budget_held: usize,
     /// The last write was short: the socket buffer is full (see the module docs).
     short_write: AtomicBool,
@@ -1100,12 +1100,8 @@ impl Connection {
     async fn send_wbuf(&mut self, more: bool) -> Result<(), Error> {
         // TLS first, also when there is nothing else to send (handshake messages, alerts),
         // then the cipher around it (`unwrap_received` says why in that order).
-        if let Some(layer) = &mut self.tls
-            && (!self.wbuf.is_empty() || layer.wants_write())
-        {
-            self.sealed.clear();
-            layer.seal(&self.wbuf, &mut self.sealed)?;
-            std::mem::swap(&mut self.wbuf, &mut self.sealed);
+        if let Some(layer) = &mut self.tls {
+            layer.seal_in_place(&mut self.wbuf)?;
         }
         if let Some(cipher) = &mut self.cipher
             && !self.wbuf.is_empty()

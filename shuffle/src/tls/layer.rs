@@ -177,6 +177,20 @@ impl Layer {
         Ok(())
     }
 
+    /// [`Layer::seal`] of what `buf` holds, into `buf`: its plaintext is replaced by the
+    /// records (rustls takes a copy as it encrypts), so a connection needs no second buffer
+    /// the size of its write batch.
+    ///
+    /// # Errors
+    /// As [`Layer::seal`].
+    pub fn seal_in_place(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+        if !buf.is_empty() {
+            self.conn.writer().write_all(buf)?;
+            buf.clear();
+        }
+        self.seal(&[], buf)
+    }
+
     /// Queues a `close_notify` alert for the next [`Layer::seal`].
     pub fn close(&mut self) {
         self.conn.send_close_notify();
