@@ -340,21 +340,13 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         .collect();
     let want_registration =
         !opts.tls && (opts.only.is_empty() || opts.only.iter().any(|o| o == "register"));
-    let tls = if opts.tls {
-        eprintln!(
-            "TLS: both services serve it, the load generator speaks it (no registration workload)"
-        );
-        Some(crate::tls::prepare(&work.join("tls"))?)
-    } else {
-        None
-    };
+    let (tls, ours_args) = crate::tls::for_run(
+        opts.tls,
+        &work,
+        &opts.kshuffled_args,
+        "no registration workload",
+    )?;
     let tls_client = tls.as_ref().map(|t| Arc::clone(&t.client));
-    let ours_args: Vec<String> = opts
-        .kshuffled_args
-        .iter()
-        .chain(tls.iter().flat_map(|t| &t.kshuffled_args))
-        .cloned()
-        .collect();
     let want_loopback = selected.iter().any(|w| w.name == "large");
 
     // Layouts, shared by workloads with the same file shape. Registration alone needs one

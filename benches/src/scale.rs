@@ -72,19 +72,9 @@ pub fn run(opts: &Options, connections: &[usize], executors: &[u64]) -> anyhow::
         );
     eprintln!("writing layout");
     let layout = Arc::new(Layout::create(&root, "scale", 2, spec)?);
-    let tls = if opts.tls {
-        eprintln!("TLS: both services serve it, the load generator speaks it (no executors curve)");
-        Some(crate::tls::prepare(&work.join("tls"))?)
-    } else {
-        None
-    };
+    let (tls, ours_args) =
+        crate::tls::for_run(opts.tls, &work, &opts.kshuffled_args, "no executors curve")?;
     let tls_client = tls.as_ref().map(|t| Arc::clone(&t.client));
-    let ours_args: Vec<String> = opts
-        .kshuffled_args
-        .iter()
-        .chain(tls.iter().flat_map(|t| &t.kshuffled_args))
-        .cloned()
-        .collect();
     let mut services = vec![Service::start_kshuffled(
         &opts.kshuffled,
         &root,

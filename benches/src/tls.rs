@@ -35,6 +35,31 @@ pub struct Setup {
     pub client: Arc<ClientConfig>,
 }
 
+/// The TLS set-up of a run with `--tls` ([`prepare`] in `work/tls`, `skipped` said on stderr),
+/// or `None`; with `kshuffled`'s flags: `extra_args` followed by the TLS ones.
+///
+/// # Errors
+/// As [`prepare`].
+pub fn for_run(
+    tls: bool,
+    work: &Path,
+    extra_args: &[String],
+    skipped: &str,
+) -> anyhow::Result<(Option<Setup>, Vec<String>)> {
+    let setup = if tls {
+        eprintln!("TLS: both services serve it, the load generator speaks it ({skipped})");
+        Some(prepare(&work.join("tls"))?)
+    } else {
+        None
+    };
+    let args = extra_args
+        .iter()
+        .chain(setup.iter().flat_map(|t| &t.kshuffled_args))
+        .cloned()
+        .collect();
+    Ok((setup, args))
+}
+
 /// Makes both services' keys and certificates in `dir`.
 ///
 /// # Errors
