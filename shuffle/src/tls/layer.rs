@@ -1,7 +1,7 @@
 //! The server side of TLS on one shuffle connection, without I/O: records as received go in,
 //! plaintext comes out; plaintext goes in, records to send come out. The connection
 //! ([`crate::conn`]) does the socket I/O around it, as it does for the AES transport cipher,
-//! which (when a client sets both) runs inside it.
+//! which (when a client sets both) runs around it, next to the socket, as in Spark.
 //!
 //! Records are handed to rustls only whole: a record still arriving stays in the caller's
 //! buffer, where the connection's frame timeout and read budget see it, rather than in a
