@@ -144,9 +144,40 @@ async fn a_deleted_node_daemon_pod_is_recreated_and_reloads_its_registrations() 
     let _ = std::fs::remove_dir_all(&work);
 }
 
-async fn spark_daemonset_scenario(version: &str) {
+/// Which executor pod allocator the driver runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Allocator {
+    /// Spark's own (`ExecutorPodsAllocator`).
+    Spark,
+    /// kshuffle-scheduler, through the JVM adapter of `scheduler/jvm`.
+    Kshuffle,
+}
+
+/// Builds the JVM adapter's jar against `spark_home`'s jars, into `work`.
+fn adapter_jar(spark_home: &Path, work: &Path) -> std::path::PathBuf {
+    let jar = work.join("kshuffle-spark.jar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scheduler/jvm/build.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(spark_home)
+        .arg(&jar)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scheduler/jvm/build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    jar
+}
+
+async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
     let venv = common::spark_venv(version);
-    let work = work_dir(&format!("spark-k8s-daemonset-{version}"));
+    let suffix = match allocator {
+        Allocator::Spark => "",
+        Allocator::Kshuffle => "-kshuffle-scheduler",
+    };
+    let work = work_dir(&format!("spark-k8s-daemonset-{version}{suffix}"));
     let kubelet = kubelet(&pyspark_home(&venv), &work.join("kubelet"), "127.0.4");
     // 1.5 CPUs a node: its daemon (250m) and one executor (1 CPU) fit, a second executor
     // goes to another node.
@@ -169,8 +200,32 @@ async fn spark_daemonset_scenario(version: &str) {
     ]
     .map(str::to_owned)
     .into();
+    let mut confs = confs;
+    let mut jars = Vec::new();
+    let scheduler_bin =
+        Path::new(env!("CARGO_BIN_EXE_kshuffle-node")).with_file_name("kshuffle-scheduler");
+    if allocator == Allocator::Kshuffle {
+        assert!(
+            scheduler_bin.is_file(),
+            "{} is not built: build the workspace (`cargo build --workspace`) first",
+            scheduler_bin.display()
+        );
+        jars = vec![
+            "--jars".to_owned(),
+            adapter_jar(&pyspark_home(&venv), &work)
+                .display()
+                .to_string(),
+        ];
+        confs.extend([
+            "spark.kubernetes.allocation.pods.allocator=io.kshuffle.spark.KshufflePodsAllocator"
+                .to_owned(),
+            format!("spark.kshuffle.scheduler.binary={}", scheduler_bin.display()),
+            "spark.kubernetes.allocation.batch.size=1".to_owned(),
+        ]);
+    }
     let mut cmd = spark_submit(&venv, &server, &work, "client", "submit", &confs);
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/k8s_daemonset.py"))
+    cmd.args(&jars)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/k8s_daemonset.py"))
         .args(["--test-pid", &std::process::id().to_string()])
         .args(["--daemons", &ips.join(",")]);
     let mut group = Group::spawn(&mut cmd);
@@ -226,6 +281,42 @@ async fn spark_daemonset_scenario(version: &str) {
         blockmgr,
         "no blockmgr-* dir in any node's /var/lib/kshuffle"
     );
+    // Who created the executor pods: Spark's allocator logs each request; with the adapter,
+    // kshuffle-scheduler (its log in the driver's) created them, one per batch, and stopped
+    // when the driver closed its standard input.
+    let spark_requests = stderr.contains("Going to request");
+    match allocator {
+        Allocator::Spark => assert!(spark_requests, "{tail}"),
+        Allocator::Kshuffle => {
+            assert!(!spark_requests, "Spark's allocator ran:\n{tail}");
+            for needle in [
+                "kshuffle-scheduler is ready at http://127.0.0.1:",
+                "scheduler started",
+                "standard input closed: shutting down",
+            ] {
+                assert!(stderr.contains(needle), "no {needle:?} in:\n{tail}");
+            }
+            let created = stderr
+                .lines()
+                .filter(|l| l.contains("created executor pod"))
+                .count();
+            assert!(created >= 2, "{created} pods created:\n{tail}");
+            let ours: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.contains("kshuffle") && !l.contains("JAVA_TOOL_OPTIONS"))
+                .collect();
+            eprintln!("{}", ours.join("\n"));
+            // Nothing of the application is left: the scheduler deleted its pods.
+            assert!(
+                server
+                    .pods(spark_ns)
+                    .iter()
+                    .all(|p| p.metadata.deletion_timestamp.is_some()),
+                "{:?}",
+                server.pods(spark_ns)
+            );
+        }
+    }
     drop(group);
     drop(server);
     let _ = std::fs::remove_dir_all(&work);
@@ -233,10 +324,20 @@ async fn spark_daemonset_scenario(version: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_daemonset_4_3_dynamic_allocation_reads_removed_executors_output() {
-    spark_daemonset_scenario("4.3.0").await;
+    spark_daemonset_scenario("4.3.0", Allocator::Spark).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_daemonset_3_5_dynamic_allocation_reads_removed_executors_output() {
-    spark_daemonset_scenario("3.5.9").await;
+    spark_daemonset_scenario("3.5.9", Allocator::Spark).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_daemonset_4_3_with_kshuffle_scheduler_allocating_executor_pods() {
+    spark_daemonset_scenario("4.3.0", Allocator::Kshuffle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_k8s_daemonset_3_5_with_kshuffle_scheduler_allocating_executor_pods() {
+    spark_daemonset_scenario("3.5.9", Allocator::Kshuffle).await;
 }

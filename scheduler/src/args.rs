@@ -7,10 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use k8s_openapi::api::core::v1::Pod;
-
 use crate::config::Config;
-use crate::pods;
+use crate::pods::{self, Template};
 
 /// The flags.
 #[derive(Debug, Parser)]
@@ -41,6 +39,21 @@ pub struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "KSHUFFLE_SCHEDULER_LOG_JSON")]
     pub log_json: bool,
+    /// The executor pod Spark's own builder made in the driver (JSON or YAML), written by the
+    /// JVM adapter (`scheduler/jvm`, `spark.kubernetes.allocation.pods.allocator`): used as it
+    /// is but for each executor's name, labels, id and hostname. The settings that shaped it
+    /// (image, pod template, resources) are then not applied again, and Spark keys under our
+    /// prefixes that this scheduler does not know are ignored (Spark has checked them).
+    #[arg(long, value_name = "FILE")]
+    pub spark_executor_pod: Option<PathBuf>,
+    /// Writes the HTTP API's bound address (`ip:port`) to this file once it listens, for
+    /// `--listen 127.0.0.1:0`.
+    #[arg(long, value_name = "FILE")]
+    pub address_file: Option<PathBuf>,
+    /// Stops (as on SIGTERM) when standard input reaches its end: a parent that started this
+    /// process holds the other end of the pipe, and the scheduler never outlives it.
+    #[arg(long)]
+    pub stop_on_stdin_eof: bool,
 }
 
 /// What the flags resolve to.
@@ -48,14 +61,18 @@ pub struct Args {
 pub struct Settings {
     /// The Spark configuration.
     pub config: Config,
-    /// The executor pod template, when one is configured.
-    pub template: Option<Pod>,
+    /// The executor pod template, when one is configured (or Spark's executor pod).
+    pub template: Option<Template>,
     /// See [`Args::listen`].
     pub listen: SocketAddr,
     /// See [`Args::kube_url`].
     pub kube_url: Option<String>,
     /// See [`Args::log_json`].
     pub log_json: bool,
+    /// See [`Args::address_file`].
+    pub address_file: Option<PathBuf>,
+    /// See [`Args::stop_on_stdin_eof`].
+    pub stop_on_stdin_eof: bool,
 }
 
 fn properties(text: &str) -> Vec<String> {
@@ -81,6 +98,9 @@ impl Args {
             listen,
             kube_url,
             log_json,
+            spark_executor_pod,
+            address_file,
+            stop_on_stdin_eof,
         } = self;
         let mut all = Vec::new();
         if let Some(path) = &properties_file {
@@ -89,11 +109,22 @@ impl Args {
             all.extend(properties(&text));
         }
         all.extend(conf);
-        let config = Config::from_args(all.iter().map(String::as_str))?;
+        let config = if spark_executor_pod.is_some() {
+            Config::from_spark_args(all.iter().map(String::as_str))?
+        } else {
+            Config::from_args(all.iter().map(String::as_str))?
+        };
         let k = &config.kubernetes;
-        let template = match &k.pod_template_file {
-            None => None,
-            Some(path) => {
+        let template = match (&spark_executor_pod, &k.pod_template_file) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--spark-executor-pod {}", path.display()))?;
+                let pod = pods::parse_template(&text, None, k.pod_template_container_name.as_deref())
+                    .with_context(|| format!("--spark-executor-pod {}", path.display()))?;
+                Some(Template::Spark(pod))
+            }
+            (None, None) => None,
+            (None, Some(path)) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("spark.kubernetes.executor.podTemplateFile {path}"))?;
                 let pod = pods::parse_template(
@@ -102,7 +133,7 @@ impl Args {
                     k.pod_template_container_name.as_deref(),
                 )
                 .with_context(|| format!("spark.kubernetes.executor.podTemplateFile {path}"))?;
-                Some(pod)
+                Some(Template::User(pod))
             }
         };
         if template.is_none() && k.container_image.is_none() {
@@ -120,6 +151,8 @@ impl Args {
             listen,
             kube_url,
             log_json,
+            address_file,
+            stop_on_stdin_eof,
         })
     }
 }

@@ -346,6 +346,27 @@ impl Config {
         Self::from_map(&map)
     }
 
+    /// Parses the settings of a running Spark driver (from the JVM adapter): as
+    /// [`Config::from_args`], but keys under our prefixes that this scheduler does not know
+    /// are ignored, since Spark has already accepted them (e.g. executor labels and volumes,
+    /// which shaped the executor pod Spark's builder made).
+    ///
+    /// # Errors
+    /// As [`Config::from_args`], for the keys it knows.
+    pub fn from_spark_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Self, Error> {
+        let mut map = BTreeMap::new();
+        for a in args {
+            let (k, v) = a
+                .split_once('=')
+                .ok_or_else(|| Error::NotKeyValue(a.to_owned()))?;
+            let owned = OWNED_PREFIXES.iter().any(|p| k.trim().starts_with(p));
+            if !owned || KNOWN.contains(&k.trim()) {
+                map.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+        Self::from_map(&map)
+    }
+
     /// Builds and validates the configuration from a map of Spark keys.
     ///
     /// # Errors

@@ -16,6 +16,13 @@
 //!   `memory` (executor memory plus overhead, also the memory limit), and a `cpu` limit when
 //!   `spark.kubernetes.executor.limit.cores` is set. These override the template, as in Spark.
 //!
+//! A [`Template::Spark`] is the pod Spark's own executor builder made in the driver (sent by
+//! the JVM adapter, `scheduler/jvm`): it already carries everything above that is the same for
+//! every executor (resources, driver URL, volumes, `SPARK_JAVA_OPT_*`, the executor conf map),
+//! so only each executor's own fields are set: the name, the labels, `SPARK_EXECUTOR_ID`, the
+//! owner reference and the hostname (the last 63 characters of the pod name, as
+//! `BasicExecutorFeatureStep` makes it).
+//!
 //! Invariant: a template is checked when loaded; a template that is not a valid Pod is
 //! refused then, not at the first pod creation.
 
@@ -113,10 +120,51 @@ pub fn parse_template(
     Ok(pod)
 }
 
+/// Where the pod of each executor starts from.
+#[derive(Debug, Clone)]
+pub enum Template {
+    /// A user's pod template (`spark.kubernetes.executor.podTemplateFile`): Spark's settings
+    /// (image, resources, driver URL) are applied over it.
+    User(Pod),
+    /// The executor pod Spark's builder made: used as it is but for each executor's own
+    /// fields (see the module docs).
+    Spark(Pod),
+}
+
+impl From<Pod> for Template {
+    fn from(pod: Pod) -> Self {
+        Self::User(pod)
+    }
+}
+
+/// Spark's executor hostname for a pod name (`BasicExecutorFeatureStep`): its last 63
+/// characters, without leading non-word characters, other characters than word characters
+/// and `-` replaced by `_`.
+pub fn spark_hostname(pod_name: &str) -> String {
+    let chars: Vec<char> = pod_name.chars().collect();
+    let tail = &chars[chars.len().saturating_sub(63)..];
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(tail.len());
+    let mut replaced = false;
+    for &c in tail.iter().skip_while(|c| !word(**c)) {
+        if word(c) || c == '-' {
+            out.push(c);
+            replaced = false;
+        } else if !replaced {
+            // A run of such characters becomes one `_`, as Spark's `[^\w-]+` does.
+            out.push('_');
+            replaced = true;
+        }
+    }
+    out
+}
+
 /// Builds executor pods for one application.
 #[derive(Debug, Clone)]
 pub struct Factory {
     template: Pod,
+    /// The template is Spark's own executor pod ([`Template::Spark`]).
+    from_spark: bool,
     app_id: String,
     prefix: String,
     image: Option<String>,
@@ -140,15 +188,21 @@ pub fn owner_reference(driver: &Pod) -> Option<OwnerReference> {
 impl Factory {
     /// A factory over a checked template (or an empty pod when `None`).
     pub fn new(
-        template: Option<Pod>,
+        template: Option<Template>,
         app_id: &str,
         prefix: Option<&str>,
         image: Option<&str>,
         container: Option<&str>,
         owner: Option<OwnerReference>,
     ) -> Self {
+        let (template, from_spark) = match template {
+            None => (Pod::default(), false),
+            Some(Template::User(pod)) => (pod, false),
+            Some(Template::Spark(pod)) => (pod, true),
+        };
         Self {
-            template: template.unwrap_or_default(),
+            template,
+            from_spark,
             app_id: app_id.to_owned(),
             prefix: prefix.unwrap_or(app_id).to_owned(),
             image: image.map(str::to_owned),
@@ -158,9 +212,12 @@ impl Factory {
         }
     }
 
-    /// Sets the executor resources and driver address put on each pod.
+    /// Sets the executor resources and driver address put on each pod (not on a
+    /// [`Template::Spark`], which has Spark's own).
     pub fn with_executor(mut self, executor: Executor) -> Self {
-        self.executor = Some(executor);
+        if !self.from_spark {
+            self.executor = Some(executor);
+        }
         self
     }
 
@@ -193,6 +250,9 @@ impl Factory {
         }
         let spec = pod.spec.get_or_insert_with(PodSpec::default);
         spec.restart_policy = Some("Never".into());
+        if self.from_spark && spec.hostname.is_some() {
+            spec.hostname = Some(spark_hostname(&self.pod_name(id)));
+        }
         let idx = match &self.container {
             Some(name) => spec.containers.iter().position(|c| &c.name == name),
             None => (!spec.containers.is_empty()).then_some(0),
@@ -208,7 +268,7 @@ impl Factory {
             spec.containers.len() - 1
         });
         if let Some(c) = spec.containers.get_mut(idx) {
-            if let Some(image) = &self.image {
+            if let Some(image) = self.image.as_ref().filter(|_| !self.from_spark) {
                 c.image = Some(image.clone());
             }
             let mut vars = vec![
@@ -299,7 +359,7 @@ spec:
         ])
         .unwrap();
         let f = Factory::new(
-            Some(template),
+            Some(template.into()),
             "spark-123",
             None,
             None,
@@ -349,6 +409,75 @@ spec:
             f.selector(),
             "spark-app-selector=spark-123,spark-role=executor"
         );
+    }
+
+    #[test]
+    fn spark_built_pods_keep_their_fields_but_each_executors_own() {
+        // What the JVM adapter sends: the pod of Spark's builder, without the fields that are
+        // each executor's own; a sidecar before the executor container.
+        let spark: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"spark-app-selector": "spark-9", "spark-role": "executor"}},
+            "spec": {
+                "hostname": "x",
+                "containers": [
+                    {"name": "side", "image": "busybox"},
+                    {"name": "spark-kubernetes-executor", "image": "spark:3.5",
+                     "env": [{"name": "SPARK_DRIVER_URL", "value": "spark://d:1"},
+                             {"name": "SPARK_EXECUTOR_MEMORY", "value": "512m"}],
+                     "resources": {"requests": {"cpu": "1", "memory": "896Mi"}}}
+                ]
+            }
+        }))
+        .unwrap();
+        let conf = crate::config::Config::from_args(["spark.executor.memory=2g"]).unwrap();
+        let f = Factory::new(
+            Some(Template::Spark(spark)),
+            "spark-9",
+            Some("job-5f2a"),
+            Some("other:1"),
+            Some("spark-kubernetes-executor"),
+            None,
+        )
+        .with_executor(conf.executor);
+        let pod = f.build(ExecutorId(12));
+        assert_eq!(pod.metadata.name.as_deref(), Some("job-5f2a-exec-12"));
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["spark-exec-id"], "12");
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("job-5f2a-exec-12"));
+        assert_eq!(spec.containers[0].name, "side");
+        assert_eq!(spec.containers[0].env, None);
+        let c = &spec.containers[1];
+        // Spark's image and resources stay; only the executor id is added.
+        assert_eq!(c.image.as_deref(), Some("spark:3.5"));
+        let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests["memory"].0, "896Mi");
+        let env: Vec<(&str, Option<&str>)> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("SPARK_DRIVER_URL", Some("spark://d:1")),
+                ("SPARK_EXECUTOR_MEMORY", Some("512m")),
+                ("SPARK_EXECUTOR_ID", Some("12")),
+                ("SPARK_APPLICATION_ID", Some("spark-9")),
+            ]
+        );
+    }
+
+    #[test]
+    fn hostnames_are_sparks() {
+        assert_eq!(spark_hostname("app-exec-1"), "app-exec-1");
+        let long = format!("{}-exec-7", "a".repeat(70));
+        let h = spark_hostname(&long);
+        assert_eq!(h.len(), 63);
+        assert!(h.ends_with("a-exec-7"));
+        // Leading non-word characters go; other runs become one `_`.
+        assert_eq!(spark_hostname("--a.b..c-exec-2"), "a_b_c-exec-2");
     }
 
     #[test]

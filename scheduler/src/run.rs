@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::pods::Template;
 use crate::scheduler::{self, Scheduler};
 
 /// How long in-flight work may take after shutdown is asked for.
@@ -43,7 +43,7 @@ impl Error {
 pub async fn run(
     client: kube::Client,
     config: Config,
-    template: Option<Pod>,
+    template: Option<Template>,
     listener: TcpListener,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,

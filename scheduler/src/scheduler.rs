@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::allocator::{API_CALL_TIMEOUT, Allocator, Applier, Counts, Settings};
 use crate::config::Config;
 use crate::ids::ExecutorId;
-use crate::pods::{self, Factory, owner_reference};
+use crate::pods::{self, Factory, Template, owner_reference};
 use crate::snapshots::{self, ExecutorEvent, ExecutorPod, Store};
 
 /// Errors of the scheduler's API.
@@ -94,7 +94,7 @@ impl Scheduler {
     pub async fn start(
         client: kube::Client,
         config: &Config,
-        template: Option<Pod>,
+        template: Option<Template>,
         tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Self, Error> {

@@ -287,7 +287,7 @@ async fn a_pod_template_shapes_the_executors() {
     let sched = Scheduler::start(
         kube_client(&server, NS).unwrap(),
         &conf,
-        Some(template),
+        Some(template.into()),
         &tasks,
         cancel.clone(),
     )

@@ -98,6 +98,7 @@ impl Applier {
             let outcome = match timed("create", self.api.create(&pp, &pod)).await {
                 Ok(_) => {
                     metrics::counter!("kshuffle_scheduler_pods_requested_total").increment(1);
+                    tracing::info!(executor = %id, pod = pod.metadata.name.as_deref().unwrap_or_default(), "created executor pod");
                     Created::Yes
                 }
                 Err(Some(kube::Error::Api(s))) if s.code == 409 => Created::Yes,
@@ -149,6 +150,7 @@ impl Applier {
             {
                 metrics::counter!("kshuffle_scheduler_pods_deleted_total")
                     .increment(chunk.len() as u64);
+                tracing::info!(executors = %list, pending_only, "deleted executor pods");
             }
         }
     }

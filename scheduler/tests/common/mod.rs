@@ -68,7 +68,7 @@ impl Cluster {
         let scheduler = Scheduler::start(
             kube_client(&server, NS).unwrap(),
             &config,
-            Some(template),
+            Some(template.into()),
             &tasks,
             cancel.clone(),
         )
