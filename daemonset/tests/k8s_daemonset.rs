@@ -151,6 +151,22 @@ enum Allocator {
     Spark,
     /// kshuffle-scheduler, through the JVM adapter of `scheduler/jvm`.
     Kshuffle,
+    /// The same, the scheduler killed (SIGKILL) once the first executors are gone: the
+    /// adapter starts it again, and the new one scales up for the second phase.
+    KshuffleKilled,
+}
+
+/// The pids of processes whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
 }
 
 /// Builds the JVM adapter's jar against `spark_home`'s jars, into `work`.
@@ -176,6 +192,7 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
     let suffix = match allocator {
         Allocator::Spark => "",
         Allocator::Kshuffle => "-kshuffle-scheduler",
+        Allocator::KshuffleKilled => "-kshuffle-scheduler-killed",
     };
     let work = work_dir(&format!("spark-k8s-daemonset-{version}{suffix}"));
     let kubelet = kubelet(&pyspark_home(&venv), &work.join("kubelet"), "127.0.4");
@@ -204,7 +221,7 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
     let mut jars = Vec::new();
     let scheduler_bin =
         Path::new(env!("CARGO_BIN_EXE_kshuffle-node")).with_file_name("kshuffle-scheduler");
-    if allocator == Allocator::Kshuffle {
+    if allocator != Allocator::Spark {
         assert!(
             scheduler_bin.is_file(),
             "{} is not built: build the workspace (`cargo build --workspace`) first",
@@ -219,7 +236,10 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
         confs.extend([
             "spark.kubernetes.allocation.pods.allocator=io.kshuffle.spark.KshufflePodsAllocator"
                 .to_owned(),
-            format!("spark.kshuffle.scheduler.binary={}", scheduler_bin.display()),
+            format!(
+                "spark.kshuffle.scheduler.binary={}",
+                scheduler_bin.display()
+            ),
             "spark.kubernetes.allocation.batch.size=1".to_owned(),
         ]);
     }
@@ -229,6 +249,26 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
         .args(["--test-pid", &std::process::id().to_string()])
         .args(["--daemons", &ips.join(",")]);
     let mut group = Group::spawn(&mut cmd);
+    if allocator == Allocator::KshuffleKilled {
+        // The adapter's files are in the driver's temp dir, so the scheduler's command line
+        // names this test's work dir.
+        let needle = format!("{}/kshuffle-scheduler-", work.join("jvm-tmp").display());
+        eventually("an executor pod", 60, || {
+            (!server.pods(spark_ns).is_empty()).then_some(())
+        })
+        .await;
+        eventually("the first executors to be gone", 90, || {
+            server.pods(spark_ns).is_empty().then_some(())
+        })
+        .await;
+        let pids = pids_with(&needle);
+        assert_eq!(pids.len(), 1, "scheduler processes: {pids:?}");
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pids[0].to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
     let status = eventually("spark-submit to exit", 150, || group.0.try_wait().unwrap()).await;
     let stdout = std::fs::read_to_string(work.join("submit.stdout")).unwrap();
     let stderr = std::fs::read_to_string(work.join("submit.stderr")).unwrap();
@@ -287,7 +327,7 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
     let spark_requests = stderr.contains("Going to request");
     match allocator {
         Allocator::Spark => assert!(spark_requests, "{tail}"),
-        Allocator::Kshuffle => {
+        Allocator::Kshuffle | Allocator::KshuffleKilled => {
             assert!(!spark_requests, "Spark's allocator ran:\n{tail}");
             for needle in [
                 "kshuffle-scheduler is ready at http://127.0.0.1:",
@@ -306,6 +346,28 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
                 .filter(|l| l.contains("kshuffle") && !l.contains("JAVA_TOOL_OPTIONS"))
                 .collect();
             eprintln!("{}", ours.join("\n"));
+            let starts = stderr.matches("scheduler started").count();
+            if allocator == Allocator::KshuffleKilled {
+                assert!(
+                    stderr.contains("kshuffle-scheduler exited with code")
+                        && stderr.contains("starting it again"),
+                    "{tail}"
+                );
+                assert_eq!(starts, 2, "{tail}");
+                // The new scheduler used none of the ids the driver had seen: each executor
+                // pod name was created once.
+                let mut names: Vec<&str> = stderr
+                    .lines()
+                    .filter(|l| l.contains("created executor pod"))
+                    .filter_map(|l| l.split("pod=").nth(1))
+                    .collect();
+                let all = names.len();
+                names.sort_unstable();
+                names.dedup();
+                assert_eq!(names.len(), all, "an executor id was used twice:\n{tail}");
+            } else {
+                assert_eq!(starts, 1, "{tail}");
+            }
             // Nothing of the application is left: the scheduler deleted its pods.
             assert!(
                 server
@@ -334,7 +396,7 @@ async fn spark_k8s_daemonset_3_5_dynamic_allocation_reads_removed_executors_outp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_daemonset_4_3_with_kshuffle_scheduler_allocating_executor_pods() {
-    spark_daemonset_scenario("4.3.0", Allocator::Kshuffle).await;
+    spark_daemonset_scenario("4.3.0", Allocator::KshuffleKilled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

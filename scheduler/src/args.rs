@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
-use clap::Parser;
 use crate::config::Config;
 use crate::pods::{self, Template};
+use anyhow::Context;
+use clap::Parser;
 
 /// The flags.
 #[derive(Debug, Parser)]
@@ -50,6 +50,11 @@ pub struct Args {
     /// `--listen 127.0.0.1:0`.
     #[arg(long, value_name = "FILE")]
     pub address_file: Option<PathBuf>,
+    /// The lowest executor id to create (ids above every executor pod seen are used in any
+    /// case): for a scheduler started again for a running driver, one above every id that
+    /// driver has seen, so none is reused.
+    #[arg(long, value_name = "ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_executor_id: u64,
     /// Stops (as on SIGTERM) when standard input reaches its end: a parent that started this
     /// process holds the other end of the pipe, and the scheduler never outlives it.
     #[arg(long)]
@@ -100,6 +105,7 @@ impl Args {
             log_json,
             spark_executor_pod,
             address_file,
+            first_executor_id,
             stop_on_stdin_eof,
         } = self;
         let mut all = Vec::new();
@@ -109,18 +115,20 @@ impl Args {
             all.extend(properties(&text));
         }
         all.extend(conf);
-        let config = if spark_executor_pod.is_some() {
+        let mut config = if spark_executor_pod.is_some() {
             Config::from_spark_args(all.iter().map(String::as_str))?
         } else {
             Config::from_args(all.iter().map(String::as_str))?
         };
+        config.kubernetes.first_executor_id = first_executor_id;
         let k = &config.kubernetes;
         let template = match (&spark_executor_pod, &k.pod_template_file) {
             (Some(path), _) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("--spark-executor-pod {}", path.display()))?;
-                let pod = pods::parse_template(&text, None, k.pod_template_container_name.as_deref())
-                    .with_context(|| format!("--spark-executor-pod {}", path.display()))?;
+                let pod =
+                    pods::parse_template(&text, None, k.pod_template_container_name.as_deref())
+                        .with_context(|| format!("--spark-executor-pod {}", path.display()))?;
                 Some(Template::Spark(pod))
             }
             (None, None) => None,

@@ -121,6 +121,10 @@ pub struct Kubernetes {
     pub max_executor_failures: u32,
     /// `spark.executor.failuresValidityInterval` (none: failures never expire).
     pub failures_validity_interval: Option<Duration>,
+    /// Not a Spark setting (`--first-executor-id`; 1): the lowest executor id to create. A
+    /// scheduler started again for a running driver must not reuse the ids of executors the
+    /// driver has already seen come and go, whose pods are gone and so out of its view.
+    pub first_executor_id: u64,
 }
 
 impl Kubernetes {
@@ -562,6 +566,7 @@ impl Config {
                     MS,
                 )?),
             },
+            first_executor_id: 1,
         };
         let memory_mib = match c.raw("spark.executor.memory") {
             None => 1024,

@@ -320,3 +320,107 @@ async fn the_binary_serves_the_api_against_the_fake_server_and_stops_on_sigterm(
     // Our own shutdown leaves the executors alone.
     assert_eq!(server.pods(NS).len(), 2);
 }
+
+/// What the JVM adapter (`scheduler/jvm`) relies on: `--spark-executor-pod` (Spark's pod kept
+/// but for each executor's own fields, unknown Spark keys under our prefixes ignored),
+/// `--address-file` for `--listen 127.0.0.1:0`, `--first-executor-id`, and
+/// `--stop-on-stdin-eof`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_run_by_the_jvm_adapter_takes_sparks_pod_and_stops_with_its_stdin() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = kshuffle_testkit::support::work_dir("scheduler-adapter-flags");
+    let pod = dir.join("executor-pod.json");
+    std::fs::write(
+        &pod,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"labels": {"spark-app-name": "job", "spark-role": "executor"}},
+            "spec": {
+                "hostname": "executor",
+                "containers": [{
+                    "name": "exec", "image": "spark:3.5", "args": ["executor"],
+                    "env": [{"name": "SPARK_DRIVER_URL", "value": "spark://CoarseGrainedScheduler@d:7078"}],
+                    "resources": {"requests": {"cpu": "1", "memory": "896Mi"}}
+                }]
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let props = dir.join("spark.properties");
+    std::fs::write(
+        &props,
+        "spark.app.id=spark-abc\n\
+         spark.kubernetes.namespace=spark\n\
+         spark.kubernetes.executor.podNamePrefix=job-1f\n\
+         spark.kubernetes.executor.podTemplateContainerName=exec\n\
+         spark.kubernetes.executor.label.team=data\n\
+         spark.kubernetes.allocation.batch.delay=20ms\n\
+         spark.executor.memory=4g\n",
+    )
+    .unwrap();
+    let address = dir.join("address");
+    let bin = env!("CARGO_BIN_EXE_kshuffle-scheduler");
+    let mut child = std::process::Command::new(bin)
+        .arg("--listen=127.0.0.1:0")
+        .arg(format!("--address-file={}", address.display()))
+        .arg("--stop-on-stdin-eof")
+        .arg(format!("--spark-executor-pod={}", pod.display()))
+        .arg(format!("--properties-file={}", props.display()))
+        .arg("--first-executor-id=5")
+        .arg(format!("--kube-url={}", server.url()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the address file", async || address.exists()).await;
+    // Written whole (renamed into place).
+    let addr: std::net::SocketAddr = std::fs::read_to_string(&address).unwrap().parse().unwrap();
+    eventually("ready", async || {
+        call(addr, "GET", "/ready", "").await.0 == 200
+    })
+    .await;
+    let (code, _) = call(addr, "PUT", "/v1/executors/total", r#"{"total": 2}"#).await;
+    assert_eq!(code, 200);
+    eventually("2 pods", async || server.pods(NS).len() == 2).await;
+    let pods = server.pods(NS);
+    let names: Vec<_> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["job-1f-exec-5", "job-1f-exec-6"]);
+    let p = &pods[0];
+    let labels = p.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["spark-app-selector"], "spark-abc");
+    assert_eq!(labels["spark-exec-id"], "5");
+    assert_eq!(labels["spark-app-name"], "job");
+    let spec = p.spec.as_ref().unwrap();
+    assert_eq!(spec.hostname.as_deref(), Some("job-1f-exec-5"));
+    let c = &spec.containers[0];
+    assert_eq!(c.image.as_deref(), Some("spark:3.5"));
+    // Spark's resources stay (not the 4g + overhead of the properties).
+    let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+    assert_eq!(requests["memory"].0, "896Mi");
+    let env = c.env.as_ref().unwrap();
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("SPARK_EXECUTOR_ID").as_deref(), Some("5"));
+    assert_eq!(
+        value("SPARK_DRIVER_URL").as_deref(),
+        Some("spark://CoarseGrainedScheduler@d:7078")
+    );
+    assert_eq!(value("SPARK_EXECUTOR_MEMORY"), None);
+
+    // The parent goes: its end of the pipe closes, and the scheduler stops (leaving the pods).
+    drop(child.stdin.take());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert_eq!(server.pods(NS).len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,6 +53,8 @@ pub struct Settings {
     pub failures_window: Option<Duration>,
     /// How long a deletion may go unseen before it is asked for again (5 * batch.delay).
     pub delete_retry: Duration,
+    /// The lowest executor id to create.
+    pub first_executor_id: u64,
 }
 
 impl Settings {
@@ -67,6 +69,7 @@ impl Settings {
             max_failures: c.kubernetes.max_executor_failures,
             failures_window: c.kubernetes.failures_validity_interval,
             delete_retry: c.kubernetes.batch_delay.saturating_mul(5),
+            first_executor_id: c.kubernetes.first_executor_id,
         }
     }
 }
@@ -143,10 +146,11 @@ pub struct Allocator {
 impl Allocator {
     /// An allocator with target 0.
     pub fn new(settings: Settings) -> Self {
+        let next_id = settings.first_executor_id.max(1);
         Self {
             settings,
             target: 0,
-            next_id: 1,
+            next_id,
             initialised: false,
             newly_created: BTreeMap::new(),
             uncertain: BTreeMap::new(),

@@ -17,6 +17,7 @@ fn settings() -> Settings {
         max_failures: 3,
         failures_window: None,
         delete_retry: Duration::from_secs(5),
+        first_executor_id: 1,
     }
 }
 
@@ -121,6 +122,22 @@ fn stuck_pending_pods_are_timed_out_counted_and_not_retried_in_a_loop() {
     assert!(a.counts().stopped);
     assert_eq!(creates, 4);
     assert_eq!(rounds_with_creates, 1);
+}
+
+#[test]
+fn ids_start_at_the_first_executor_id_and_above_every_pod_seen() {
+    let t0 = Instant::now();
+    let mut a = Allocator::new(Settings {
+        first_executor_id: 40,
+        ..settings()
+    });
+    a.set_target(2);
+    let ids = |p: Plan| p.create.iter().map(|id| id.0).collect::<Vec<_>>();
+    // A pod of id 7 is still there: the first id wins as it is higher.
+    assert_eq!(ids(a.round(t0, &snap(&[(7, PodState::Running)]))), [40]);
+    let mut b = Allocator::new(settings());
+    b.set_target(2);
+    assert_eq!(ids(b.round(t0, &snap(&[(7, PodState::Running)]))), [8]);
 }
 
 #[test]

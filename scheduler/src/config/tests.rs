@@ -195,3 +195,22 @@ fn executor_resources_as_spark_computes_them() {
     assert_eq!(parse_mib("2048k"), Some(2));
     assert_eq!(parse_mib("1t"), Some(1 << 20));
 }
+
+#[test]
+fn a_drivers_conf_may_hold_keys_we_do_not_know_but_known_ones_are_still_checked() {
+    let conf = [
+        "spark.app.id=a",
+        "spark.kubernetes.executor.label.team=data",
+        "spark.kubernetes.executor.volumes.hostPath.d.mount.path=/d",
+        "spark.dynamicAllocation.newSettingOfSpark5=1",
+        "spark.kubernetes.allocation.batch.size=3",
+    ];
+    assert!(matches!(
+        Config::from_args(conf),
+        Err(Error::UnknownKey { .. })
+    ));
+    let c = Config::from_spark_args(conf).unwrap();
+    assert_eq!(c.kubernetes.batch_size, 3);
+    let bad = Config::from_spark_args(["spark.kubernetes.allocation.batch.size=-3"]);
+    assert!(bad.unwrap_err().to_string().contains("batch.size"));
+}

@@ -18,6 +18,7 @@ import java.util.Set;
 import java.util.TreeMap;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.stream.Stream;
 
 import com.fasterxml.jackson.databind.JsonNode;
@@ -75,7 +76,10 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
     static final String PLACEHOLDER_ID = "7777777777";
     private static final String EXEC_ID_LABEL = "spark-exec-id";
     private static final String EXEC_ID_ENV = "SPARK_EXECUTOR_ID";
-    private static final int MAX_RESTARTS = 5;
+    /** Failed starts in a row after which no new scheduler is started. */
+    private static final int MAX_FAILED_STARTS = 8;
+    /** A scheduler that ran this long before exiting resets the count of failed starts. */
+    private static final int STABLE_SECONDS = 60;
 
     /** Keys of the driver's conf the scheduler reads (the rest of the conf stays here). */
     private static final String[] PASSED_PREFIXES = {
@@ -92,6 +96,9 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
     private final String namespace;
     private final Option<Pod> driverPod;
     private final Set<Long> deleted = ConcurrentHashMap.newKeySet();
+    /** The highest executor id seen (in the scheduler's events or from Spark): a scheduler
+     * started again begins above it, so no id the driver has seen is reused. */
+    private final AtomicLong maxId = new AtomicLong();
     private final HttpClient http = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
     private final ObjectMapper json = new ObjectMapper();
 
@@ -103,7 +110,8 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
     private Process process;
     private URI base;
     private Thread poller;
-    private int restarts;
+    private int failedStarts;
+    private long startedAtMs;
     /** The total Spark asked for, and whether the scheduler has it. Guarded by {@code this}. */
     private int wanted = -1;
     private boolean sent = true;
@@ -257,8 +265,12 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
         Path address = dir.resolve("address");
         Files.deleteIfExists(address);
         // Its log goes to the driver's standard error, next to Spark's own.
-        ProcessBuilder pb = new ProcessBuilder(command).redirectErrorStream(true);
-        LOG.info("Starting {}", String.join(" ", command));
+        List<String> args = new ArrayList<>(command);
+        if (maxId.get() > 0) {
+            args.add("--first-executor-id=" + (maxId.get() + 1));
+        }
+        ProcessBuilder pb = new ProcessBuilder(args).redirectErrorStream(true);
+        LOG.info("Starting {}", String.join(" ", args));
         Process p = pb.start();
         Thread pump = new Thread(() -> {
             try (InputStream log = p.getInputStream()) {
@@ -303,6 +315,7 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
             base = uri;
             sent = wanted < 0;
         }
+        startedAtMs = System.currentTimeMillis();
         LOG.info("kshuffle-scheduler is ready at {}", uri);
     }
 
@@ -381,6 +394,8 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
                 }
                 if (!p.isAlive()) {
                     restart(p);
+                    // The new scheduler numbers its events from 1.
+                    after = 0;
                     continue;
                 }
                 send();
@@ -393,8 +408,10 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
                 }
                 JsonNode page = json.readTree(r.body());
                 for (JsonNode ev : page.path("events")) {
+                    long id = ev.path("id").asLong();
+                    maxId.accumulateAndGet(id, Math::max);
                     if ("removed".equals(ev.path("event").asText())) {
-                        deleted.add(ev.path("id").asLong());
+                        deleted.add(id);
                     }
                 }
                 if (page.path("missed").asBoolean(false)) {
@@ -411,30 +428,47 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
         }
     }
 
+    /**
+     * Starts the scheduler again after it exited, waiting 1, 2, 4 … 30 s after failed starts
+     * (a scheduler that exits within {@value #STABLE_SECONDS} s of starting is one); gives up
+     * after {@value #MAX_FAILED_STARTS} in a row.
+     */
     private void restart(Process dead) throws InterruptedException {
-        restarts++;
-        if (restarts > MAX_RESTARTS) {
-            LOG.error("kshuffle-scheduler exited with code {} {} times; no more executors will be created",
-                    dead.exitValue(), restarts);
-            stopping = true;
-            return;
-        }
-        LOG.error("kshuffle-scheduler exited with code {}; starting it again", dead.exitValue());
+        long ranMs = System.currentTimeMillis() - startedAtMs;
+        // A scheduler that exits soon after starting counts as a failed start.
+        failedStarts = ranMs >= STABLE_SECONDS * 1000L ? 0 : failedStarts + 1;
+        LOG.error("kshuffle-scheduler exited with code {} after {} s; starting it again",
+                dead.exitValue(), ranMs / 1000);
         synchronized (this) {
             base = null;
         }
-        try {
-            launch();
-            send();
-        } catch (IOException e) {
-            LOG.error("cannot start kshuffle-scheduler again: {}", e.toString());
+        while (!stopping) {
+            if (failedStarts > 0) {
+                Thread.sleep(Math.min(30_000L, 1000L << Math.min(failedStarts - 1, 5)));
+            }
+            try {
+                launch();
+                send();
+                return;
+            } catch (IOException e) {
+                failedStarts++;
+                if (failedStarts >= MAX_FAILED_STARTS) {
+                    LOG.error("kshuffle-scheduler did not start {} times in a row ({}); "
+                            + "no more executors will be created", failedStarts, e.toString());
+                    stopping = true;
+                    return;
+                }
+                LOG.error("cannot start kshuffle-scheduler again: {}", e.toString());
+            }
         }
     }
 
     @Override
     public boolean isDeleted(String executorId) {
         try {
-            return deleted.contains(Long.parseLong(executorId));
+            long id = Long.parseLong(executorId);
+            maxId.accumulateAndGet(id, Math::max);
+            return deleted.contains(id);
         } catch (NumberFormatException e) {
             return false;
         }
