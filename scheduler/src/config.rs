@@ -329,6 +329,23 @@ impl Conf<'_> {
     }
 }
 
+/// `key=value` arguments as a map (keys and values trimmed), the keys `keep` accepts.
+fn key_values<'a>(
+    args: impl IntoIterator<Item = &'a str>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, String>, Error> {
+    let mut map = BTreeMap::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| Error::NotKeyValue(a.to_owned()))?;
+        if keep(k.trim()) {
+            map.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+    }
+    Ok(map)
+}
+
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 /// Spark's "never" for second-valued timeouts (Int.MaxValue seconds).
@@ -340,14 +357,7 @@ impl Config {
     /// # Errors
     /// [`Error::NotKeyValue`] or any error of [`Config::from_map`].
     pub fn from_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Self, Error> {
-        let mut map = BTreeMap::new();
-        for a in args {
-            let (k, v) = a
-                .split_once('=')
-                .ok_or_else(|| Error::NotKeyValue(a.to_owned()))?;
-            map.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
-        Self::from_map(&map)
+        Self::from_map(&key_values(args, |_| true)?)
     }
 
     /// Parses the settings of a running Spark driver (from the JVM adapter): as
@@ -358,17 +368,9 @@ impl Config {
     /// # Errors
     /// As [`Config::from_args`], for the keys it knows.
     pub fn from_spark_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Self, Error> {
-        let mut map = BTreeMap::new();
-        for a in args {
-            let (k, v) = a
-                .split_once('=')
-                .ok_or_else(|| Error::NotKeyValue(a.to_owned()))?;
-            let owned = OWNED_PREFIXES.iter().any(|p| k.trim().starts_with(p));
-            if !owned || KNOWN.contains(&k.trim()) {
-                map.insert(k.trim().to_owned(), v.trim().to_owned());
-            }
-        }
-        Self::from_map(&map)
+        let known =
+            |k: &str| !OWNED_PREFIXES.iter().any(|p| k.starts_with(p)) || KNOWN.contains(&k);
+        Self::from_map(&key_values(args, known)?)
     }
 
     /// Builds and validates the configuration from a map of Spark keys.

@@ -202,6 +202,17 @@ async fn the_http_api_drives_the_scheduler_and_rejects_bad_input() {
     cancel.cancel();
 }
 
+/// Waits for the binary at `addr` to be ready, asks it for 2 executors and waits for their pods.
+async fn ready_then_two_pods(addr: std::net::SocketAddr, server: &FakeApiServer) {
+    eventually("ready", async || {
+        call(addr, "GET", "/ready", "").await.0 == 200
+    })
+    .await;
+    let (code, _) = call(addr, "PUT", "/v1/executors/total", r#"{"total": 2}"#).await;
+    assert_eq!(code, 200);
+    eventually("2 pods", async || server.pods(NS).len() == 2).await;
+}
+
 #[test]
 fn the_binary_rejects_bad_flags_with_exit_64_naming_them() {
     let bin = env!("CARGO_BIN_EXE_kshuffle-scheduler");
@@ -287,13 +298,7 @@ async fn the_binary_serves_the_api_against_the_fake_server_and_stops_on_sigterm(
     .await
     .unwrap();
 
-    eventually("ready", async || {
-        call(addr, "GET", "/ready", "").await.0 == 200
-    })
-    .await;
-    let (code, _) = call(addr, "PUT", "/v1/executors/total", r#"{"total": 2}"#).await;
-    assert_eq!(code, 200);
-    eventually("2 pods", async || server.pods(NS).len() == 2).await;
+    ready_then_two_pods(addr, &server).await;
     let names: Vec<_> = server
         .pods(NS)
         .into_iter()
@@ -377,13 +382,7 @@ async fn the_binary_run_by_the_jvm_adapter_takes_sparks_pod_and_stops_with_its_s
     eventually("the address file", async || address.exists()).await;
     // Written whole (renamed into place).
     let addr: std::net::SocketAddr = std::fs::read_to_string(&address).unwrap().parse().unwrap();
-    eventually("ready", async || {
-        call(addr, "GET", "/ready", "").await.0 == 200
-    })
-    .await;
-    let (code, _) = call(addr, "PUT", "/v1/executors/total", r#"{"total": 2}"#).await;
-    assert_eq!(code, 200);
-    eventually("2 pods", async || server.pods(NS).len() == 2).await;
+    ready_then_two_pods(addr, &server).await;
     let pods = server.pods(NS);
     let names: Vec<_> = pods
         .iter()
