@@ -23,8 +23,8 @@ use std::net::TcpStream;
 use std::path::Path;
 
 use k8s_common::{
-    Cluster, Group, NODES, NS, common, eventually, http_get, kubelet, metric, pyspark_home, ready,
-    spark_submit, start_cluster, work_dir,
+    Cluster, Group, NODES, NS, common, eventually, http_get, kshuffle_scheduler_confs, kubelet,
+    metric, pyspark_home, ready, spark_submit, start_cluster, work_dir,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -169,24 +169,6 @@ fn pids_with(needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Builds the JVM adapter's jar against `spark_home`'s jars, into `work`.
-fn adapter_jar(spark_home: &Path, work: &Path) -> std::path::PathBuf {
-    let jar = work.join("kshuffle-spark.jar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scheduler/jvm/build.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg(spark_home)
-        .arg(&jar)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scheduler/jvm/build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    jar
-}
-
 async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
     let venv = common::spark_venv(version);
     let suffix = match allocator {
@@ -218,34 +200,13 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
     .map(str::to_owned)
     .into();
     let mut confs = confs;
-    let mut jars = Vec::new();
-    let scheduler_bin =
-        Path::new(env!("CARGO_BIN_EXE_kshuffle-node")).with_file_name("kshuffle-scheduler");
     if allocator != Allocator::Spark {
-        assert!(
-            scheduler_bin.is_file(),
-            "{} is not built: build the workspace (`cargo build --workspace`) first",
-            scheduler_bin.display()
-        );
-        jars = vec![
-            "--jars".to_owned(),
-            adapter_jar(&pyspark_home(&venv), &work)
-                .display()
-                .to_string(),
-        ];
-        confs.extend([
-            "spark.kubernetes.allocation.pods.allocator=io.kshuffle.spark.KshufflePodsAllocator"
-                .to_owned(),
-            format!(
-                "spark.kshuffle.scheduler.binary={}",
-                scheduler_bin.display()
-            ),
-            "spark.kubernetes.allocation.batch.size=1".to_owned(),
-        ]);
+        confs.extend(kshuffle_scheduler_confs(&pyspark_home(&venv), &work, ""));
+        // One pod per batch: the log shows each created.
+        confs.push("spark.kubernetes.allocation.batch.size=1".to_owned());
     }
     let mut cmd = spark_submit(&venv, &server, &work, "client", "submit", &confs);
-    cmd.args(&jars)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/k8s_daemonset.py"))
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/k8s_daemonset.py"))
         .args(["--test-pid", &std::process::id().to_string()])
         .args(["--daemons", &ips.join(",")]);
     let mut group = Group::spawn(&mut cmd);

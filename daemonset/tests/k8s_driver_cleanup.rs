@@ -11,7 +11,9 @@
 //! manifest's args with a 2 s `--driver-cleanup-delay` and an admin token (to list their
 //! registrations). When A's driver pod has Succeeded, every node daemon drops exactly A's
 //! registrations and `blockmgr-*` dirs, and B's stay as they were; when B's driver pod is
-//! then deleted, B goes from every node too.
+//! then deleted, B goes from every node too. B's executor pods are allocated by
+//! `kshuffle-scheduler`, started in B's driver pod by the JVM adapter of `scheduler/jvm`
+//! (cluster mode: owner references to the driver pod); A's by Spark's own allocator.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_common::{
-    Cluster, Group, admin_apps, common, eventually, eventually_or, kubelet, pyspark_home,
-    spark_submit, start_cluster, work_dir,
+    Cluster, Group, admin_apps, common, eventually, eventually_or, kshuffle_scheduler_confs,
+    kubelet, pyspark_home, spark_submit, start_cluster, work_dir,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kshuffle_testkit::FakeApiServer;
@@ -160,6 +162,23 @@ fn dirs_of(regs: &Registrations, app: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// The whole standard error of the app's driver pod (empty without one).
+fn driver_stderr(
+    kubelet: &kshuffle_testkit::apiserver::ProcessKubelet,
+    server: &FakeApiServer,
+    ns: &str,
+) -> String {
+    server
+        .pods(ns)
+        .into_iter()
+        .find(|p| role(p) == Some("driver"))
+        .and_then(|d| {
+            let dir = kubelet.pod_dir(ns, d.metadata.name.as_deref()?);
+            std::fs::read_to_string(dir.join("stderr")).ok()
+        })
+        .unwrap_or_default()
+}
+
 fn driver_log(
     kubelet: &kshuffle_testkit::apiserver::ProcessKubelet,
     server: &FakeApiServer,
@@ -244,14 +263,16 @@ async fn spark_driver_cleanup_scenario(version: &str, network: &str) {
     // (100m) and B's first executor fit on node-1, B's second goes to node-2, then A's to
     // node-2 and node-3. B's executors reach its driver by its Service's name (on 4.x the
     // default is the driver pod's IP: spark.kubernetes.executor.useDriverPodIP).
-    let mut b = submit(
-        &venv,
-        &server,
+    // B's executor pods are created by kshuffle-scheduler, started by the JVM adapter in
+    // B's driver pod.
+    let mut b_confs = vec!["spark.kubernetes.executor.useDriverPodIP=false".to_owned()];
+    b_confs.extend(kshuffle_scheduler_confs(
+        &pyspark_home(&venv),
         &work,
-        "spark-b",
-        false,
-        &["spark.kubernetes.executor.useDriverPodIP=false"],
-    );
+        "local://",
+    ));
+    let b_confs: Vec<&str> = b_confs.iter().map(String::as_str).collect();
+    let mut b = submit(&venv, &server, &work, "spark-b", false, &b_confs);
     let mut a = submit(&venv, &server, &work, "spark-a", true, &[]);
     let diagnose = |app: &App| {
         let out =
@@ -328,6 +349,39 @@ async fn spark_driver_cleanup_scenario(version: &str, network: &str) {
         }
         results.insert(app.ns, r);
     }
+    // B's executor pods came from kshuffle-scheduler in its driver pod (its log is the
+    // driver's), named and labelled as Spark's, owned by the driver pod; A's from Spark.
+    let b_log = driver_stderr(&kubelet, &server, b.ns);
+    assert!(
+        b_log.contains("kshuffle-scheduler is ready at") && !b_log.contains("Going to request"),
+        "{b_log}"
+    );
+    let b_driver_pod = server
+        .pods(b.ns)
+        .into_iter()
+        .find(|p| role(p) == Some("driver"))
+        .unwrap();
+    let b_execs: Vec<Pod> = server
+        .pods(b.ns)
+        .into_iter()
+        .filter(|p| role(p) == Some("executor"))
+        .collect();
+    assert_eq!(b_execs.len(), 2);
+    for p in &b_execs {
+        let name = p.metadata.name.as_deref().unwrap();
+        let id = &p.metadata.labels.as_ref().unwrap()["spark-exec-id"];
+        assert!(name.ends_with(&format!("-exec-{id}")), "{name}");
+        let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(Some(&owner.uid), b_driver_pod.metadata.uid.as_ref());
+        assert_eq!(owner.kind, "Pod");
+        let created = format!("created executor pod executor={id} pod=\"{name}\"");
+        assert!(b_log.contains(&created), "{created} not in {b_log}");
+    }
+    let a_log = driver_stderr(&kubelet, &server, a.ns);
+    assert!(
+        a_log.contains("Going to request") && !a_log.contains("kshuffle-scheduler"),
+        "{a_log}"
+    );
     let app_a = results["spark-a"]["app_id"].as_str().unwrap().to_owned();
     let app_b = results["spark-b"]["app_id"].as_str().unwrap().to_owned();
     let exec_nodes = |ns: &str| -> BTreeSet<String> {
