@@ -20,6 +20,9 @@
 //! block of it. When the application ends, the sidecars see the driver's endpoint refuse
 //! connections, stop, and the pods are removed.
 //!
+//! In `spark_k8s_sidecar_3_5_with_kshuffle_scheduler_*` the executor pods are allocated by
+//! `kshuffle-scheduler` through the JVM adapter of `scheduler/jvm`, not by Spark's allocator.
+//!
 //! `spark_k8s_sidecar_4_3_cluster_mode_*`: the same in cluster mode, the driver run by the
 //! kubelet as a pod (Spark's image convention `driver`): the webhook gives the sidecars the
 //! driver pod's name (the executor pods' ownerReference), and they stop once the driver pod
@@ -263,7 +266,15 @@ async fn handshake(
 
 /// One scenario; `pod_network` (two bytes, e.g. `127.31`) is its own, because the sidecars
 /// bind the fixed ports 7337/7338 (and cluster-mode drivers 7078/7079) on their pod IPs.
-async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
+/// `kshuffle_scheduler`: the driver allocates executor pods through `kshuffle-scheduler` and
+/// the JVM adapter of `scheduler/jvm`, not Spark's own allocator: the webhook injects them
+/// all the same.
+async fn spark_sidecar_scenario(
+    version: &str,
+    mode: Mode,
+    pod_network: &str,
+    kshuffle_scheduler: bool,
+) {
     let venv = common::spark_venv(version);
     let work = work_dir(&format!("spark-k8s-sidecar-{version}-{mode:?}"));
     let env = deployment_env();
@@ -329,6 +340,21 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
             format!("local://{}", script.display())
         }
     };
+    if kshuffle_scheduler {
+        let bin =
+            Path::new(env!("CARGO_BIN_EXE_kshuffle-sidecar")).with_file_name("kshuffle-scheduler");
+        let scheme = if mode == Mode::Cluster {
+            "local://"
+        } else {
+            ""
+        };
+        confs.extend(kshuffle_testkit::support::kshuffle_scheduler_confs(
+            &bin,
+            &pyspark_home(&venv),
+            &work,
+            scheme,
+        ));
+    }
     let deploy_mode = format!("{mode:?}").to_lowercase();
     let mut cmd = spark_submit(&venv, &server, &work, &deploy_mode, SUBMIT, &confs);
     cmd.arg(script)
@@ -440,6 +466,18 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
         before.len()
     );
     assert_eq!(result["spark_version"], version, "{result}");
+    // Who created the executor pods (in client mode the driver's log is spark-submit's).
+    if mode == Mode::Client {
+        let ours = stderr.contains("kshuffle-scheduler is ready at")
+            && stderr.contains("created executor pod");
+        let sparks = stderr.contains("Going to request");
+        assert_eq!(
+            (ours, sparks),
+            (kshuffle_scheduler, !kshuffle_scheduler),
+            "{}",
+            common::tail(&stderr, 60)
+        );
+    }
     assert_eq!(result["phase_a_count"], 200_000, "{result}");
     assert_eq!(result["phase_b_correct"], true, "{result}");
     // The map stage ran once: phase B read phase A's output, written by executors whose pods
@@ -506,15 +544,16 @@ async fn spark_sidecar_scenario(version: &str, mode: Mode, pod_network: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_sidecar_4_3_deleted_executor_pods_serve_until_the_driver_ends() {
-    spark_sidecar_scenario("4.3.0", Mode::Client, "127.31").await;
+    spark_sidecar_scenario("4.3.0", Mode::Client, "127.31", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spark_k8s_sidecar_3_5_deleted_executor_pods_serve_until_the_driver_ends() {
-    spark_sidecar_scenario("3.5.9", Mode::Client, "127.32").await;
+async fn spark_k8s_sidecar_3_5_with_kshuffle_scheduler_deleted_executor_pods_serve_until_the_driver_ends()
+ {
+    spark_sidecar_scenario("3.5.9", Mode::Client, "127.32", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_k8s_sidecar_4_3_cluster_mode_serves_until_the_driver_pod_succeeds() {
-    spark_sidecar_scenario("4.3.0", Mode::Cluster, "127.33").await;
+    spark_sidecar_scenario("4.3.0", Mode::Cluster, "127.33", false).await;
 }

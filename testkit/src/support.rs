@@ -215,6 +215,44 @@ pub fn spark_submit_command(
     cmd
 }
 
+/// The confs that make Spark's driver allocate executor pods through `kshuffle-scheduler`
+/// (the program `bin`), with the JVM adapter of `scheduler/jvm` built against `spark_home`'s
+/// jars into `work` and named in `spark.jars` with `scheme` (`""` for a client-mode driver,
+/// `"local://"` for one in a pod).
+///
+/// # Panics
+/// When `bin` is not built (build the workspace first) or the adapter does not build.
+pub fn kshuffle_scheduler_confs(
+    bin: &Path,
+    spark_home: &Path,
+    work: &Path,
+    scheme: &str,
+) -> Vec<String> {
+    assert!(
+        bin.is_file(),
+        "{} is not built: build the workspace (`cargo build --workspace`) first",
+        bin.display()
+    );
+    let jar = work.join("kshuffle-spark.jar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scheduler/jvm/build.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(spark_home)
+        .arg(&jar)
+        .output()
+        .unwrap_or_else(|e| panic!("bash: {e}"));
+    assert!(
+        out.status.success(),
+        "scheduler/jvm/build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vec![
+        format!("spark.jars={scheme}{}", jar.display()),
+        "spark.kubernetes.allocation.pods.allocator=io.kshuffle.spark.KshufflePodsAllocator".into(),
+        format!("spark.kshuffle.scheduler.binary={}", bin.display()),
+    ]
+}
+
 /// A child process leading its own process group; the whole group is killed (SIGKILL) and
 /// the child reaped on drop.
 #[derive(Debug)]

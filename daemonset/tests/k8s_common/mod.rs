@@ -219,35 +219,11 @@ pub fn spark_submit(
     kshuffle_testkit::support::spark_submit(venv, server, work, deploy_mode, name, &confs)
 }
 
-/// The confs that make Spark's driver allocate executor pods through `kshuffle-scheduler`
-/// (the workspace's binary, next to `kshuffle-node`), with the JVM adapter of `scheduler/jvm`
-/// built against `spark_home`'s jars into `work` and named in `spark.jars` with `scheme`
-/// (`""` for a client-mode driver, `"local://"` for one in a pod).
+/// [`kshuffle_testkit::support::kshuffle_scheduler_confs`] with the workspace's
+/// `kshuffle-scheduler`, next to `kshuffle-node`.
 pub fn kshuffle_scheduler_confs(spark_home: &Path, work: &Path, scheme: &str) -> Vec<String> {
     let bin = Path::new(env!("CARGO_BIN_EXE_kshuffle-node")).with_file_name("kshuffle-scheduler");
-    assert!(
-        bin.is_file(),
-        "{} is not built: build the workspace (`cargo build --workspace`) first",
-        bin.display()
-    );
-    let jar = work.join("kshuffle-spark.jar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scheduler/jvm/build.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(spark_home)
-        .arg(&jar)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scheduler/jvm/build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    vec![
-        format!("spark.jars={scheme}{}", jar.display()),
-        "spark.kubernetes.allocation.pods.allocator=io.kshuffle.spark.KshufflePodsAllocator".into(),
-        format!("spark.kshuffle.scheduler.binary={}", bin.display()),
-    ]
+    kshuffle_testkit::support::kshuffle_scheduler_confs(&bin, spark_home, work, scheme)
 }
 
 /// The sum over `ips` of a counter or gauge on the daemons' `/metrics` (all label sets;
