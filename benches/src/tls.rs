@@ -6,13 +6,12 @@
 //! Spark's own executors would configure it. The client trusts exactly those two
 //! certificates (both for `localhost`), so the handshake is verified as Spark's client does.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection};
@@ -203,19 +202,7 @@ pub fn open(
     records: &mut BytesMut,
     plain: &mut BytesMut,
 ) -> anyhow::Result<()> {
-    while !records.is_empty() {
-        let took = session.read_tls(&mut records.as_ref())?;
-        records.advance(took);
-        let state = session.process_new_packets()?;
-        let ready = state.plaintext_bytes_to_read();
-        let at = plain.len();
-        plain.resize(at + ready, 0);
-        session.reader().read_exact(&mut plain[at..])?;
-        if took == 0 {
-            break;
-        }
-    }
-    Ok(())
+    kshuffle::tls::open_records(session, records, plain)
 }
 
 /// Encrypts `plain` (and whatever the session has pending) and appends the records to `out`.
@@ -227,12 +214,5 @@ pub fn seal(
     plain: &[u8],
     out: &mut BytesMut,
 ) -> anyhow::Result<()> {
-    if !plain.is_empty() {
-        session.writer().write_all(plain)?;
-    }
-    let mut sink = bytes::BufMut::writer(out);
-    while session.wants_write() {
-        session.write_tls(&mut sink)?;
-    }
-    Ok(())
+    Ok(kshuffle::tls::seal_records(session, plain, out)?)
 }

@@ -16,12 +16,12 @@
 //! Every read waits at most [`DEFAULT_READ_TIMEOUT`] (see [`Client::set_read_timeout`]), so a
 //! server that never answers fails the caller instead of hanging it.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -235,11 +235,8 @@ impl Client {
         let bytes = match &mut self.tls {
             None => bytes,
             Some((session, _)) => {
-                session.writer().write_all(bytes)?;
-                let mut out = Vec::new();
-                while session.wants_write() {
-                    session.write_tls(&mut out)?;
-                }
+                let mut out = BytesMut::new();
+                crate::tls::seal_records(session, bytes, &mut out)?;
                 records = out;
                 &records[..]
             }
@@ -320,18 +317,7 @@ impl Client {
             cipher.open(sealed, into)?;
         }
         if let Some((session, records)) = &mut self.tls {
-            while !records.is_empty() {
-                let took = session.read_tls(&mut records.as_ref())?;
-                records.advance(took);
-                let state = session.process_new_packets()?;
-                let ready = state.plaintext_bytes_to_read();
-                let at = self.rbuf.len();
-                self.rbuf.resize(at + ready, 0);
-                session.reader().read_exact(&mut self.rbuf[at..])?;
-                if took == 0 {
-                    break;
-                }
-            }
+            crate::tls::open_records::<_, Error>(session, records, &mut self.rbuf)?;
         }
         Ok(())
     }

@@ -7,10 +7,10 @@
 //! buffer, where the connection's frame timeout and read budget see it, rather than in a
 //! buffer of rustls's that they cannot.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::BytesMut;
 use rustls::{ServerConfig, ServerConnection};
 
 /// A TLS record's header: content type, protocol version, length.
@@ -144,21 +144,7 @@ impl Layer {
         }
         let whole = whole_records(received);
         let mut records = received.split_to(whole);
-        while !records.is_empty() {
-            let took = self.conn.read_tls(&mut records.as_ref())?;
-            records.advance(took);
-            let state = self.conn.process_new_packets()?;
-            let ready = state.plaintext_bytes_to_read();
-            if ready > 0 {
-                let at = plain.len();
-                plain.resize(at + ready, 0);
-                self.conn.reader().read_exact(&mut plain[at..])?;
-            }
-            if took == 0 {
-                break;
-            }
-        }
-        Ok(())
+        super::open_records(&mut self.conn, &mut records, plain)
     }
 
     /// Encrypts `plain` and appends the records to `out`, after any handshake messages or
@@ -167,14 +153,7 @@ impl Layer {
     /// # Errors
     /// When rustls fails to encrypt (not expected).
     pub fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> Result<(), Error> {
-        if !plain.is_empty() {
-            self.conn.writer().write_all(plain)?;
-        }
-        let mut sink = out.writer();
-        while self.conn.wants_write() {
-            self.conn.write_tls(&mut sink)?;
-        }
-        Ok(())
+        Ok(super::seal_records(&mut self.conn, plain, out)?)
     }
 
     /// [`Layer::seal`] of what `buf` holds, into `buf`: its plaintext is replaced by the
