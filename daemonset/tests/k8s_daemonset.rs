@@ -302,6 +302,8 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
                 .filter(|l| l.contains("created executor pod"))
                 .count();
             assert!(created >= 2, "{created} pods created:\n{tail}");
+            // The adapter's every call carried the scheduler's API token.
+            assert!(!stderr.contains("bearer token refused"), "{tail}");
             let ours: Vec<&str> = stderr
                 .lines()
                 .filter(|l| l.contains("kshuffle") && !l.contains("JAVA_TOOL_OPTIONS"))

@@ -39,6 +39,11 @@ pub struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "KSHUFFLE_SCHEDULER_LOG_JSON")]
     pub log_json: bool,
+    /// File holding a bearer token that every request to the allocation API (`/v1/...`)
+    /// must carry (`Authorization: Bearer …`); without it that API is open to whoever
+    /// reaches `--listen`.
+    #[arg(long, env = "KSHUFFLE_SCHEDULER_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// The executor pod Spark's own builder made in the driver (JSON or YAML), written by the
     /// JVM adapter (`scheduler/jvm`, `spark.kubernetes.allocation.pods.allocator`): used as it
     /// is but for each executor's name, labels, id and hostname. The settings that shaped it
@@ -76,6 +81,8 @@ pub struct Settings {
     pub log_json: bool,
     /// See [`Args::address_file`].
     pub address_file: Option<PathBuf>,
+    /// The token of [`Args::api_token_file`].
+    pub api_token: Option<String>,
     /// See [`Args::stop_on_stdin_eof`].
     pub stop_on_stdin_eof: bool,
 }
@@ -103,6 +110,7 @@ impl Args {
             listen,
             kube_url,
             log_json,
+            api_token_file,
             spark_executor_pod,
             address_file,
             first_executor_id,
@@ -149,6 +157,20 @@ impl Args {
                 "set spark.kubernetes.container.image or spark.kubernetes.executor.podTemplateFile"
             );
         }
+        let api_token = match &api_token_file {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("--api-token-file {}", path.display()))?;
+                let token = token.trim().to_owned();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "--api-token-file {} is empty",
+                    path.display()
+                );
+                Some(token)
+            }
+        };
         if let Some(url) = &kube_url {
             url.parse::<axum::http::Uri>()
                 .with_context(|| format!("--kube-url {url}"))?;
@@ -160,6 +182,7 @@ impl Args {
             kube_url,
             log_json,
             address_file,
+            api_token,
             stop_on_stdin_eof,
         })
     }

@@ -10,16 +10,25 @@
 //! | `GET /v1/events?after=N` | | `{"events": [{"seq", "event": "added"\|"removed", "id", "reason"}], "next": M, "missed": bool}` |
 //! | `DELETE /v1/application` | | deletes every executor pod of the application |
 //!
+//! With a token ([`require_token`], `--api-token-file`), every `/v1/...` request needs
+//! `Authorization: Bearer <token>` (401 otherwise); `/live`, `/ready` and `/metrics` stay
+//! open.
+//!
 //! Bad JSON, wrong types, negative or impossible numbers (a total above
 //! `spark.dynamicAllocation.maxExecutors`, more than [`MAX_KILL_IDS`] ids) get 400 with
 //! `{"error": "<reason>"}`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
+use axum::extract::Request;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::header;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -85,6 +94,44 @@ pub fn router(scheduler: Scheduler, metrics: Option<PrometheusHandle>, events: E
             metrics,
             events,
         })
+}
+
+/// Compares without an early exit, so the time taken says nothing about the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `router` with the allocation API (`/v1/...`) behind `Authorization: Bearer <token>`.
+pub fn require_token(router: Router, token: String) -> Router {
+    let token = Arc::new(token);
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let token = Arc::clone(&token);
+            async move {
+                let given = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if req.uri().path().starts_with("/v1/")
+                    && !same(given.trim().as_bytes(), token.as_bytes())
+                {
+                    metrics::counter!("kshuffle_scheduler_api_unauthorized_total").increment(1);
+                    tracing::warn!(
+                        path = req.uri().path(),
+                        "API request with a missing or wrong bearer token refused"
+                    );
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({ "error": "missing or wrong bearer token" })),
+                    )
+                        .into_response();
+                }
+                next.run(req).await
+            }
+        },
+    ))
 }
 
 async fn ready(State(s): State<AppState>) -> Response {

@@ -116,6 +116,15 @@ async fn serve(s: kshuffle_scheduler::args::Settings) -> anyhow::Result<()> {
             token.cancel();
         }
     });
-    kshuffle_scheduler::run::run(client, s.config, s.template, listener, metrics, shutdown).await?;
+    kshuffle_scheduler::run::run(
+        client,
+        s.config,
+        s.template,
+        listener,
+        metrics,
+        s.api_token,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -36,7 +36,8 @@ impl Error {
     }
 }
 
-/// Runs the scheduler and serves its API on `listener` until `shutdown`.
+/// Runs the scheduler and serves its API on `listener` until `shutdown`; with `api_token`,
+/// the allocation API needs it as a bearer token ([`crate::http::require_token`]).
 ///
 /// # Errors
 /// When the scheduler cannot start (e.g. no driver pod) or the server fails.
@@ -46,6 +47,7 @@ pub async fn run(
     template: Option<Template>,
     listener: TcpListener,
     metrics: Option<PrometheusHandle>,
+    api_token: Option<String>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let tasks = TaskTracker::new();
@@ -53,7 +55,10 @@ pub async fn run(
     tracing::info!(app = %config.app_id, addr = ?listener.local_addr().ok(), "scheduler started");
     let events = crate::events::EventLog::default();
     tasks.spawn(events.clone().fill(sched.events(), shutdown.child_token()));
-    let app = crate::http::router(sched, metrics, events);
+    let mut app = crate::http::router(sched, metrics, events);
+    if let Some(token) = api_token {
+        app = crate::http::require_token(app, token);
+    }
     let token = shutdown.clone();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })

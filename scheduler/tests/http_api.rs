@@ -17,9 +17,21 @@ use tokio_util::task::TaskTracker;
 const NS: &str = "spark";
 
 async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    call_as(addr, None, method, path, body).await
+}
+
+/// [`call`] with `Authorization: Bearer <token>` when `token` is given.
+async fn call_as(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Value) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -202,13 +214,19 @@ async fn the_http_api_drives_the_scheduler_and_rejects_bad_input() {
     cancel.cancel();
 }
 
-/// Waits for the binary at `addr` to be ready, asks it for 2 executors and waits for their pods.
-async fn ready_then_two_pods(addr: std::net::SocketAddr, server: &FakeApiServer) {
+/// Waits for the binary at `addr` to be ready, asks it for 2 executors (with `token`) and waits
+/// for their pods.
+async fn ready_then_two_pods(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    server: &FakeApiServer,
+) {
     eventually("ready", async || {
         call(addr, "GET", "/ready", "").await.0 == 200
     })
     .await;
-    let (code, _) = call(addr, "PUT", "/v1/executors/total", r#"{"total": 2}"#).await;
+    let total = r#"{"total": 2}"#;
+    let (code, _) = call_as(addr, token, "PUT", "/v1/executors/total", total).await;
     assert_eq!(code, 200);
     eventually("2 pods", async || server.pods(NS).len() == 2).await;
 }
@@ -235,6 +253,15 @@ fn the_binary_rejects_bad_flags_with_exit_64_naming_them() {
             "spark.kubernetes.allocation.batch.sise",
         ),
         (vec!["--listen", "nowhere"], "--listen"),
+        (
+            vec![
+                "--conf",
+                "spark.kubernetes.container.image=i",
+                "--api-token-file",
+                "/nonexistent/token",
+            ],
+            "--api-token-file",
+        ),
     ] {
         let out = std::process::Command::new(bin)
             .args(&args)
@@ -298,7 +325,7 @@ async fn the_binary_serves_the_api_against_the_fake_server_and_stops_on_sigterm(
     .await
     .unwrap();
 
-    ready_then_two_pods(addr, &server).await;
+    ready_then_two_pods(addr, None, &server).await;
     let names: Vec<_> = server
         .pods(NS)
         .into_iter()
@@ -328,8 +355,8 @@ async fn the_binary_serves_the_api_against_the_fake_server_and_stops_on_sigterm(
 
 /// What the JVM adapter (`scheduler/jvm`) relies on: `--spark-executor-pod` (Spark's pod kept
 /// but for each executor's own fields, unknown Spark keys under our prefixes ignored),
-/// `--address-file` for `--listen 127.0.0.1:0`, `--first-executor-id`, and
-/// `--stop-on-stdin-eof`.
+/// `--address-file` for `--listen 127.0.0.1:0`, `--first-executor-id`, `--api-token-file`
+/// and `--stop-on-stdin-eof`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_run_by_the_jvm_adapter_takes_sparks_pod_and_stops_with_its_stdin() {
     let server = FakeApiServer::start().await.unwrap();
@@ -365,6 +392,8 @@ async fn the_binary_run_by_the_jvm_adapter_takes_sparks_pod_and_stops_with_its_s
     )
     .unwrap();
     let address = dir.join("address");
+    let token_file = dir.join("api-token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let bin = env!("CARGO_BIN_EXE_kshuffle-scheduler");
     let mut child = std::process::Command::new(bin)
         .arg("--listen=127.0.0.1:0")
@@ -373,6 +402,7 @@ async fn the_binary_run_by_the_jvm_adapter_takes_sparks_pod_and_stops_with_its_s
         .arg(format!("--spark-executor-pod={}", pod.display()))
         .arg(format!("--properties-file={}", props.display()))
         .arg("--first-executor-id=5")
+        .arg(format!("--api-token-file={}", token_file.display()))
         .arg(format!("--kube-url={}", server.url()))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -382,7 +412,13 @@ async fn the_binary_run_by_the_jvm_adapter_takes_sparks_pod_and_stops_with_its_s
     eventually("the address file", async || address.exists()).await;
     // Written whole (renamed into place).
     let addr: std::net::SocketAddr = std::fs::read_to_string(&address).unwrap().parse().unwrap();
-    ready_then_two_pods(addr, &server).await;
+    // The allocation API needs the token; health and metrics do not.
+    for token in [None, Some("wrong")] {
+        let (code, body) = call_as(addr, token, "GET", "/v1/executors", "").await;
+        assert_eq!(code, 401, "{body}");
+    }
+    assert_eq!(call(addr, "GET", "/metrics", "").await.0, 200);
+    ready_then_two_pods(addr, Some("s3cret-token"), &server).await;
     let pods = server.pods(NS);
     let names: Vec<_> = pods
         .iter()

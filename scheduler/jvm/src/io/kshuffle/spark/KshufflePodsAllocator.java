@@ -9,6 +9,8 @@ import java.net.http.HttpResponse;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.security.SecureRandom;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Comparator;
@@ -101,6 +103,9 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
     private final AtomicLong maxId = new AtomicLong();
     private final HttpClient http = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
     private final ObjectMapper json = new ObjectMapper();
+    /** The scheduler's API token: its port is on the loopback, which a pod on the host
+     * network shares with the node. */
+    private final String token = newToken();
 
     private volatile boolean stopping;
     /** The executor pod names' prefix, {@code <prefix>-exec-<id>}. */
@@ -163,6 +168,10 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
             command.add("--listen=127.0.0.1:0");
             command.add("--address-file=" + dir.resolve("address"));
             command.add("--stop-on-stdin-eof");
+            Path tokenFile = dir.resolve("api-token");
+            Files.write(tokenFile, token.getBytes(StandardCharsets.UTF_8));
+            Files.setPosixFilePermissions(tokenFile, PosixFilePermissions.fromString("rw-------"));
+            command.add("--api-token-file=" + tokenFile);
             command.add("--spark-executor-pod=" + podFile);
             command.add("--properties-file=" + props);
             String kubeUrl = conf.get("spark.kshuffle.scheduler.kubeUrl", null);
@@ -241,6 +250,16 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
         StringBuilder text = new StringBuilder("# Written by io.kshuffle.spark.KshufflePodsAllocator\n");
         out.forEach((k, v) -> text.append(k).append('=').append(v).append('\n'));
         return text.toString();
+    }
+
+    private static String newToken() {
+        byte[] bytes = new byte[32];
+        new SecureRandom().nextBytes(bytes);
+        StringBuilder hex = new StringBuilder();
+        for (byte b : bytes) {
+            hex.append(String.format("%02x", b & 0xff));
+        }
+        return hex.toString();
     }
 
     private static boolean passed(String key) {
@@ -353,7 +372,7 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
             total = wanted;
         }
         try {
-            HttpResponse<String> r = http.send(HttpRequest.newBuilder(uri.resolve("/v1/executors/total"))
+            HttpResponse<String> r = http.send(api(uri, "/v1/executors/total")
                             .timeout(Duration.ofSeconds(10))
                             .header("content-type", "application/json")
                             .PUT(HttpRequest.BodyPublishers.ofString("{\"total\":" + total + "}"))
@@ -400,7 +419,7 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
                 }
                 send();
                 HttpResponse<String> r = http.send(
-                        HttpRequest.newBuilder(uri.resolve("/v1/events?after=" + after))
+                        api(uri, "/v1/events?after=" + after)
                                 .timeout(Duration.ofSeconds(10)).build(),
                         HttpResponse.BodyHandlers.ofString());
                 if (r.statusCode() != 200) {
@@ -491,7 +510,7 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
         }
         if (uri != null && conf.getBoolean("spark.kubernetes.executor.deleteOnTermination", true)) {
             try {
-                http.send(HttpRequest.newBuilder(uri.resolve("/v1/application"))
+                http.send(api(uri, "/v1/application")
                                 .timeout(Duration.ofSeconds(30)).DELETE().build(),
                         HttpResponse.BodyHandlers.discarding());
             } catch (IOException e) {
@@ -519,6 +538,11 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
         } catch (IOException e) {
             // Left in the temp dir.
         }
+    }
+
+    /** A request to the scheduler's allocation API, with its bearer token. */
+    private HttpRequest.Builder api(URI uri, String path) {
+        return HttpRequest.newBuilder(uri.resolve(path)).header("authorization", "Bearer " + token);
     }
 
     /** A no-argument method by name: its return type differs between Scala 2.12 and 2.13. */
