@@ -79,23 +79,12 @@ async fn serve(s: kshuffle_scheduler::args::Settings) -> anyhow::Result<()> {
     let client = kube::Client::try_from(kube_config)?;
     let listener = tokio::net::TcpListener::bind(s.listen).await?;
     if let Some(path) = &s.address_file {
-        // Written whole under another name, then renamed: a reader never sees half of it.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, listener.local_addr()?.to_string())
-            .and_then(|()| std::fs::rename(&tmp, path))
+        kshuffle_scheduler::run::write_address_file(path, listener.local_addr()?)
             .with_context(|| format!("--address-file {}", path.display()))?;
     }
     let shutdown = CancellationToken::new();
     if s.stop_on_stdin_eof {
-        let token = shutdown.clone();
-        // A blocking read on a thread of its own: the runtime's threads never wait on it.
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            // Anything written is ignored; the end (or an error) stops the scheduler.
-            while matches!(std::io::Read::read(&mut std::io::stdin(), &mut buf), Ok(n) if n > 0) {}
-            tracing::info!("standard input closed: shutting down");
-            token.cancel();
-        });
+        kshuffle_scheduler::run::cancel_at_stdin_eof(shutdown.clone());
     }
     let token = shutdown.clone();
     tokio::spawn(async move {

@@ -36,6 +36,32 @@ impl Error {
     }
 }
 
+/// Writes `addr` (`ip:port`) to `path` whole: to a file beside it, then renamed, so a reader
+/// never sees half of it.
+///
+/// # Errors
+/// The file system's.
+pub fn write_address_file(
+    path: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Cancels `token` when standard input reaches its end (or fails): the parent holding the
+/// other end of the pipe has closed it or is gone. Anything written is ignored. The blocking
+/// read runs on a thread of its own, never on the runtime's.
+pub fn cancel_at_stdin_eof(token: CancellationToken) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while matches!(std::io::Read::read(&mut std::io::stdin(), &mut buf), Ok(n) if n > 0) {}
+        tracing::info!("standard input closed: shutting down");
+        token.cancel();
+    });
+}
+
 /// Runs the scheduler and serves its API on `listener` until `shutdown`; with `api_token`,
 /// the allocation API needs it as a bearer token ([`crate::http::require_token`]).
 ///
