@@ -13,6 +13,9 @@
 #   scripts/sim-cluster.sh                     # 3 nodes, pyspark 4.3.0, nothing applied
 #   scripts/sim-cluster.sh --daemonset         # ... with kshuffle-node on every node
 #   scripts/sim-cluster.sh --sidecar           # ... or with the sidecar injector
+#   scripts/sim-cluster.sh --daemonset --scheduler  # ... and the printed spark-submit has
+#                                              #     kshuffle-scheduler allocate executor pods
+#                                              #     (its JVM adapter, built into the work dir)
 #   scripts/sim-cluster.sh --nodes 2 --spark 3.5.9 --daemonset --work-dir /tmp/sim
 #
 # Ctrl-C (or SIGTERM) stops the server and kills every process it and its kubelet started.
@@ -22,6 +25,7 @@ nodes=3
 spark=4.3.0
 daemonset=0
 sidecar=0
+scheduler=0
 work=""
 extra=()
 while [ $# -gt 0 ]; do
@@ -32,7 +36,8 @@ while [ $# -gt 0 ]; do
     --sidecar) sidecar=1; shift ;;
     --work-dir) work="$2"; shift 2 ;;
     --) shift; extra+=("$@"); break ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --scheduler) scheduler=1; shift ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help; arguments after -- go to fake-apiserver)" >&2; exit 64 ;;
   esac
 done
@@ -56,6 +61,12 @@ echo "work dir $work (pods' logs under pods/, nodes' hostPaths under nodes/)" >&
 
 args=(--nodes "$nodes" --work-dir "$work" --spark-home "$pyspark"
       --spark-submit "$venv/bin/spark-submit" --max-probe-period-ms 1000)
+if [ "$scheduler" = 1 ]; then
+  bash scheduler/jvm/build.sh "$pyspark" "$work/kshuffle-spark.jar"
+  args+=(--submit-conf "spark.jars=$work/kshuffle-spark.jar"
+         --submit-conf "spark.kubernetes.allocation.pods.allocator=io.kshuffle.spark.KshufflePodsAllocator"
+         --submit-conf "spark.kshuffle.scheduler.binary=$bin/kshuffle-scheduler")
+fi
 if [ "$daemonset" = 1 ]; then
   kubectl="${KUBECTL:-kubectl}"
   "$kubectl" kustomize daemonset/deploy > "$work/daemonset.yaml"

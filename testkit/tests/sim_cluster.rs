@@ -197,7 +197,8 @@ async fn scenario(network: &str, signal: &str) {
         .args(["--max-probe-period-ms", "200"])
         .args(["--spark-submit", "/venv/bin/spark-submit"])
         .arg("--submit-flags")
-        .arg(&flags);
+        .arg(&flags)
+        .args(["--submit-conf", "spark.kshuffle.scheduler.binary=/bin/ks"]);
     let mut cluster = Cluster::spawn(&mut cmd, &work);
 
     let line = cluster.line("the URL", 30, |l| l.starts_with("fake API server at "));
@@ -228,6 +229,9 @@ async fn scenario(network: &str, signal: &str) {
     });
     cluster.line("the shuffle service flag", 10, |l| {
         l.contains("--conf spark.shuffle.service.enabled=true")
+    });
+    cluster.line("the --submit-conf flag", 10, |l| {
+        l.contains("--conf spark.kshuffle.scheduler.binary=/bin/ks")
     });
     // One Ready daemon pod per node, on the node's address.
     for i in 1..=3 {

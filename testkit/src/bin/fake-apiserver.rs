@@ -74,6 +74,10 @@ struct Args {
     /// A flags file (`--conf k=v` lines) whose flags go into the printed example command.
     #[arg(long, value_name = "FILE")]
     submit_flags: Option<PathBuf>,
+    /// One more `--conf KEY=VALUE` of the printed example command (repeatable), e.g. the
+    /// settings of kshuffle-scheduler's JVM adapter.
+    #[arg(long = "submit-conf", value_name = "KEY=VALUE", value_parser = pair)]
+    submit_confs: Vec<(String, String)>,
     /// Do not print every request.
     #[arg(long)]
     no_request_log: bool,
@@ -163,7 +167,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(submit) = &args.spark_submit {
-        print_submit(&server.url(), submit, args.submit_flags.as_deref())?;
+        print_submit(
+            &server.url(),
+            submit,
+            args.submit_flags.as_deref(),
+            &args.submit_confs,
+        )?;
     }
     println!("running; Ctrl-C stops the cluster and every process it started");
     serve(&server, !args.no_request_log).await?;
@@ -177,11 +186,13 @@ fn print_submit(
     url: &str,
     submit: &std::path::Path,
     flags: Option<&std::path::Path>,
+    extra: &[(String, String)],
 ) -> anyhow::Result<()> {
     let mut confs = match flags {
         Some(f) => cluster::read_submit_flags(f)?,
         None => Vec::new(),
     };
+    confs.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
     confs.extend(
         [
             "spark.kubernetes.container.image=kshuffle/spark-test",
