@@ -304,6 +304,17 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
             assert!(created >= 2, "{created} pods created:\n{tail}");
             // The adapter's every call carried the scheduler's API token.
             assert!(!stderr.contains("bearer token refused"), "{tail}");
+            // Its files (in the driver's temp dir) went with the application.
+            let left = std::fs::read_dir(work.join("jvm-tmp"))
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("kshuffle-scheduler-")
+                })
+                .count();
+            assert_eq!(left, 0);
             let ours: Vec<&str> = stderr
                 .lines()
                 .filter(|l| l.contains("kshuffle") && !l.contains("JAVA_TOOL_OPTIONS"))

@@ -505,9 +505,20 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
             p = process;
             uri = base;
         }
-        if (p == null) {
-            return;
+        if (p != null) {
+            stopScheduler(p, uri);
         }
+        if (dir != null) {
+            try (Stream<Path> files = Files.walk(dir)) {
+                files.sorted(Comparator.reverseOrder()).forEach(f -> f.toFile().delete());
+            } catch (IOException e) {
+                // Left in the temp dir.
+            }
+        }
+    }
+
+    /** Deletes the executor pods (as Spark's allocator does) and stops the scheduler. */
+    private void stopScheduler(Process p, URI uri) {
         if (uri != null && conf.getBoolean("spark.kubernetes.executor.deleteOnTermination", true)) {
             try {
                 http.send(api(uri, "/v1/application")
@@ -532,11 +543,6 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
         } catch (InterruptedException e) {
             p.destroyForcibly();
             Thread.currentThread().interrupt();
-        }
-        try (Stream<Path> files = Files.walk(dir)) {
-            files.sorted(Comparator.reverseOrder()).forEach(f -> f.toFile().delete());
-        } catch (IOException e) {
-            // Left in the temp dir.
         }
     }
 
