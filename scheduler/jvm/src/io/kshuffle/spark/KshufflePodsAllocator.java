@@ -120,6 +120,8 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
     /** The total Spark asked for, and whether the scheduler has it. Guarded by {@code this}. */
     private int wanted = -1;
     private boolean sent = true;
+    /** Held for the whole of one send of the total. */
+    private final Object sendLock = new Object();
     private boolean warnedProfiles;
 
     /** The constructor Spark's {@code KubernetesClusterManager} calls by reflection. */
@@ -360,37 +362,46 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
         send();
     }
 
-    /** Sends the wanted total when the scheduler does not have it yet. */
+    /**
+     * Sends the wanted total when the scheduler does not have it yet. One send at a time (Spark's
+     * thread and the poller's retries), each reading the newest total: an older total can never
+     * reach the scheduler after a newer one.
+     */
     private void send() {
-        URI uri;
-        int total;
-        synchronized (this) {
-            if (sent || base == null) {
-                return;
-            }
-            uri = base;
-            total = wanted;
-        }
-        try {
-            HttpResponse<String> r = http.send(api(uri, "/v1/executors/total")
-                            .timeout(Duration.ofSeconds(10))
-                            .header("content-type", "application/json")
-                            .PUT(HttpRequest.BodyPublishers.ofString("{\"total\":" + total + "}"))
-                            .build(),
-                    HttpResponse.BodyHandlers.ofString());
-            if (r.statusCode() != 200) {
-                LOG.error("kshuffle-scheduler refused a total of {} executors: {}", total, r.body());
-            }
+        synchronized (sendLock) {
+            URI uri;
+            int total;
             synchronized (this) {
-                // A newer total may have come meanwhile; it is then sent by its own call.
-                if (wanted == total) {
-                    sent = true;
+                if (sent || base == null) {
+                    return;
                 }
+                uri = base;
+                total = wanted;
             }
-        } catch (IOException e) {
-            LOG.warn("cannot reach kshuffle-scheduler to ask for {} executors (retrying): {}", total, e.toString());
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
+            try {
+                HttpResponse<String> r = http.send(api(uri, "/v1/executors/total")
+                                .timeout(Duration.ofSeconds(10))
+                                .header("content-type", "application/json")
+                                .PUT(HttpRequest.BodyPublishers.ofString("{\"total\":" + total + "}"))
+                                .build(),
+                        HttpResponse.BodyHandlers.ofString());
+                if (r.statusCode() != 200) {
+                    // Not retried: the same total would be refused again.
+                    LOG.error("kshuffle-scheduler refused a total of {} executors: {}", total, r.body());
+                }
+                synchronized (this) {
+                    // A newer total may have come meanwhile: the call that set it is waiting
+                    // for the lock, and sends it next.
+                    if (wanted == total) {
+                        sent = true;
+                    }
+                }
+            } catch (IOException e) {
+                LOG.warn("cannot reach kshuffle-scheduler to ask for {} executors (retrying): {}",
+                        total, e.toString());
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
         }
     }
 
