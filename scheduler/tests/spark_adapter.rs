@@ -1,15 +1,25 @@
-//! The JVM adapter of `scheduler/jvm` failing as an application starts, with real Spark:
-//! `spark-submit --master k8s://…` (pyspark 4.3.0, client mode) against testkit's fake API
-//! server (real HTTP; no Kubernetes cluster runs here). A scheduler that cannot start stops
-//! the application at once, with the reason in the driver's log, and no executor pod is
-//! created. The adapter's working runs are the simulated-cluster scenarios of
-//! `daemonset/tests` and `sidecar/tests`.
+//! The JVM adapter of `scheduler/jvm` with real Spark: `spark-submit --master k8s://…` in
+//! client mode against testkit's fake API server (real HTTP; no Kubernetes cluster runs
+//! here).
+//!
+//! - `spark_4_3_kshuffle_scheduler_that_cannot_start_*`: a scheduler that cannot start stops
+//!   the application at once, with the reason in the driver's log, and no executor pod is
+//!   created.
+//! - `spark_3_5_kshuffle_scheduler_static_allocation_*`: without dynamic allocation, Spark
+//!   asks once for `spark.executor.instances` as the application starts; the scheduler
+//!   creates them (the process kubelet runs them as JVMs on 2 simulated nodes, from Spark's
+//!   own pod: no pod template) and the job runs on them.
+//!
+//! The dynamic-allocation runs (DaemonSet and sidecar, client and cluster mode) are the
+//! simulated-cluster scenarios of `daemonset/tests` and `sidecar/tests`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
-use kshuffle_testkit::FakeApiServer;
+use kshuffle_testkit::{FakeApiServer, Node};
+
+use kshuffle_testkit::apiserver::ProcessKubelet;
 use kshuffle_testkit::support::{
     Group, eventually, kshuffle_scheduler_confs, pyspark_home, spark_submit, work_dir,
 };
@@ -136,5 +146,88 @@ async fn spark_4_3_kshuffle_scheduler_that_cannot_start_stops_the_application_wi
         assert!(log.contains(needle), "no {needle:?} in\n{}", tail(&log, 40));
     }
     assert!(server.pods("spark").is_empty());
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_3_5_kshuffle_scheduler_static_allocation_creates_the_executors_spark_asks_for() {
+    let venv = spark_venv("3.5.9");
+    let work = work_dir("spark-adapter-static");
+    let kubelet = ProcessKubelet::new(pyspark_home(&venv), work.join("kubelet"))
+        .node_network("127.0.13")
+        .pod_network("127.43")
+        .java_options(kshuffle_testkit::support::TEST_JVM_OPTIONS);
+    let server = FakeApiServer::builder()
+        .nodes(vec![Node::new("node-1", 4, 8), Node::new("node-2", 4, 8)])
+        .process_kubelet(kubelet)
+        .start()
+        .await
+        .unwrap();
+    let real = Path::new(env!("CARGO_BIN_EXE_kshuffle-scheduler"));
+    let mut confs = kshuffle_scheduler_confs(real, &pyspark_home(&venv), &work, "");
+    confs.extend(
+        [
+            "spark.kubernetes.container.image=kshuffle/spark-test",
+            "spark.kubernetes.namespace=spark",
+            "spark.driver.host=127.0.0.1",
+            "spark.ui.enabled=false",
+            "spark.executor.instances=2",
+            "spark.executor.memory=512m",
+            "spark.executor.cores=1",
+            "spark.task.maxFailures=1",
+            // Tasks wait for both executors, so both run some.
+            "spark.scheduler.minRegisteredResourcesRatio=1.0",
+            "spark.scheduler.maxRegisteredResourcesWaitingTime=120s",
+        ]
+        .map(str::to_owned),
+    );
+    let job = work.join("job.py");
+    std::fs::write(
+        &job,
+        "from pyspark.sql import SparkSession\n\
+         spark = SparkSession.builder.getOrCreate()\n\
+         sc = spark.sparkContext\n\
+         pairs = sc.parallelize(range(100000), 8).map(lambda x: (x % 100, x))\n\
+         sums = dict(pairs.reduceByKey(lambda a, b: a + b, 4).collect())\n\
+         ok = all(sums[k] == sum(range(k, 100000, 100)) for k in range(100))\n\
+         print('RESULT', ok, len(sums))\n\
+         spark.stop()\n",
+    )
+    .unwrap();
+    let mut cmd = spark_submit(&venv, &server, &work, "client", "static", &confs);
+    cmd.arg(&job);
+    let mut group = Group::spawn(&mut cmd);
+    let status = eventually("spark-submit to exit", 150, || group.0.try_wait().unwrap()).await;
+    let stdout = std::fs::read_to_string(work.join("static.stdout")).unwrap();
+    let stderr = std::fs::read_to_string(work.join("static.stderr")).unwrap();
+    assert!(
+        status.success() && stdout.contains("RESULT True 100"),
+        "{status}\n{stdout}\n{}",
+        tail(&stderr, 60)
+    );
+    // Exactly the two executors asked for, created by the scheduler (not Spark's allocator).
+    let created: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("created executor pod"))
+        .collect();
+    assert_eq!(created.len(), 2, "{}", tail(&stderr, 60));
+    assert!(!stderr.contains("Going to request"));
+    // Both ran tasks, at their pods' addresses.
+    for id in ["1", "2"] {
+        let ran = stderr.lines().any(|l| {
+            l.contains("Starting task")
+                && l.contains("(127.43.")
+                && l.contains(&format!(", executor {id}, "))
+        });
+        assert!(
+            ran && created
+                .iter()
+                .any(|l| l.contains(&format!("executor={id} "))),
+            "{}",
+            tail(&stderr, 60)
+        );
+    }
+    drop(group);
+    drop(server);
     let _ = std::fs::remove_dir_all(&work);
 }
