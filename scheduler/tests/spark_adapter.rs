@@ -15,39 +15,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kshuffle_testkit::{FakeApiServer, Node};
 
 use kshuffle_testkit::apiserver::ProcessKubelet;
 use kshuffle_testkit::support::{
-    Group, eventually, kshuffle_scheduler_confs, pyspark_home, spark_submit, work_dir,
+    Group, eventually, kshuffle_scheduler_confs, pyspark_home, spark_submit, spark_venv, work_dir,
 };
-
-/// The venv of pyspark `version` from `scripts/spark-venv.sh` (installed on first use; the
-/// test command installs both before the tests).
-fn spark_venv(version: &str) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/spark-venv.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg(version)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "spark-venv.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(
-        stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap()
-            .trim(),
-    )
-}
 
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {

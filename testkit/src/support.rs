@@ -215,6 +215,37 @@ pub fn spark_submit_command(
     cmd
 }
 
+/// The pyspark venv of `version`, installed on first use by `scripts/spark-venv.sh` (cached in
+/// `~/.cache/kshuffle`; the test command installs both pinned versions before the tests).
+///
+/// # Panics
+/// When the script fails or prints no venv with a `spark-submit`.
+pub fn spark_venv(version: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/spark-venv.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(version)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/spark-venv.sh: {e}"));
+    assert!(
+        out.status.success(),
+        "spark-venv.sh {version}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let venv = PathBuf::from(
+        stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .trim(),
+    );
+    assert!(venv.join("bin/spark-submit").exists(), "{}", venv.display());
+    venv
+}
+
 /// The confs that make Spark's driver allocate executor pods through `kshuffle-scheduler`
 /// (the program `bin`), with the JVM adapter of `scheduler/jvm` built against `spark_home`'s
 /// jars into `work` and named in `spark.jars` with `scheme` (`""` for a client-mode driver,

@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
@@ -31,32 +31,6 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The pyspark venv of `version`, installed on first use by `scripts/spark-venv.sh`.
-fn spark_venv(version: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(workspace_root().join("scripts/spark-venv.sh"))
-        .arg(version)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/spark-venv.sh");
-    assert!(
-        out.status.success(),
-        "spark-venv.sh {version}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let venv = PathBuf::from(
-        stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap()
-            .trim(),
-    );
-    assert!(venv.join("bin/spark-submit").exists(), "{}", venv.display());
-    venv
 }
 
 async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
@@ -190,7 +164,7 @@ impl Submitted {
 /// Runs the application with Spark `version` and asserts, through the fake, what its
 /// Kubernetes client did.
 async fn spark_client_mode(version: &str, fabric8: &str) {
-    let venv = spark_venv(version);
+    let venv = support::spark_venv(version);
     let server = FakeApiServer::start().await.unwrap();
     let work = work_dir(&format!("spark-k8s-{version}"));
     let go_file = work.join("go");
@@ -342,7 +316,7 @@ fn pyspark_home(venv: &Path) -> PathBuf {
 /// register with the driver and run a shuffle job whose result is exact; on stop the pods
 /// are deleted and their processes are gone.
 async fn spark_executors_on_the_process_kubelet(version: &str) {
-    let venv = spark_venv(version);
+    let venv = support::spark_venv(version);
     let work = work_dir(&format!("spark-kubelet-{version}"));
     let kubelet = ProcessKubelet::new(pyspark_home(&venv), work.join("kubelet"))
         .java_options(support::TEST_JVM_OPTIONS);
