@@ -5,10 +5,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::Config;
-use crate::pods::{self, Template};
 use anyhow::Context;
 use clap::Parser;
+
+use crate::config::Config;
+use crate::pods::{self, Template};
 
 /// The flags.
 #[derive(Debug, Parser)]

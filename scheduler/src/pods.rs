@@ -205,7 +205,8 @@ impl Factory {
             from_spark,
             app_id: app_id.to_owned(),
             prefix: prefix.unwrap_or(app_id).to_owned(),
-            image: image.map(str::to_owned),
+            // Spark's pod has Spark's image already.
+            image: image.filter(|_| !from_spark).map(str::to_owned),
             container: container.map(str::to_owned),
             owner,
             executor: None,
@@ -268,7 +269,7 @@ impl Factory {
             spec.containers.len() - 1
         });
         if let Some(c) = spec.containers.get_mut(idx) {
-            if let Some(image) = self.image.as_ref().filter(|_| !self.from_spark) {
+            if let Some(image) = &self.image {
                 c.image = Some(image.clone());
             }
             let mut vars = vec![
