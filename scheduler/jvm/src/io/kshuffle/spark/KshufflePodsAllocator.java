@@ -110,6 +110,8 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
     private volatile boolean stopping;
     /** The executor pod names' prefix, {@code <prefix>-exec-<id>}. */
     private String prefix;
+    /** The name of the executor container in the pod (the builder adds it last). */
+    private String containerName;
     private Path dir;
     private List<String> command;
     private Process process;
@@ -164,7 +166,7 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
             Path podFile = dir.resolve("executor-pod.json");
             Files.write(podFile, Serialization.asJson(pod).getBytes(StandardCharsets.UTF_8));
             Path props = dir.resolve("spark.properties");
-            Files.write(props, properties(applicationId, pod).getBytes(StandardCharsets.UTF_8));
+            Files.write(props, properties(applicationId).getBytes(StandardCharsets.UTF_8));
             command = new ArrayList<>();
             command.add(conf.get("spark.kshuffle.scheduler.binary", "kshuffle-scheduler"));
             command.add("--listen=127.0.0.1:0");
@@ -232,10 +234,11 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
                     + "kshuffle-scheduler does not set: " + text);
         }
         prefix = name.substring(0, name.length() - suffix.length());
+        containerName = container.getName();
         return pod;
     }
 
-    private String properties(String applicationId, Pod pod) {
+    private String properties(String applicationId) {
         Map<String, String> out = new TreeMap<>();
         for (Tuple2<String, String> kv : conf.getAll()) {
             if (passed(kv._1()) && kv._2().indexOf('\n') < 0 && kv._2().indexOf('\r') < 0) {
@@ -246,9 +249,7 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
         out.put("spark.app.id", applicationId);
         out.put("spark.kubernetes.namespace", namespace);
         out.put("spark.kubernetes.executor.podNamePrefix", prefix);
-        List<Container> containers = pod.getSpec().getContainers();
-        out.put("spark.kubernetes.executor.podTemplateContainerName",
-                containers.get(containers.size() - 1).getName());
+        out.put("spark.kubernetes.executor.podTemplateContainerName", containerName);
         StringBuilder text = new StringBuilder("# Written by io.kshuffle.spark.KshufflePodsAllocator\n");
         out.forEach((k, v) -> text.append(k).append('=').append(v).append('\n'));
         return text.toString();
