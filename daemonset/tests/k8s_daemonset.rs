@@ -156,19 +156,6 @@ enum Allocator {
     KshuffleKilled,
 }
 
-/// The pids of processes whose command line contains `needle`.
-fn pids_with(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
-        .collect()
-}
-
 async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
     let venv = common::spark_venv(version);
     let suffix = match allocator {
@@ -222,7 +209,7 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
             server.pods(spark_ns).is_empty().then_some(())
         })
         .await;
-        let pids = pids_with(&needle);
+        let pids = kshuffle_testkit::support::processes_mentioning(&needle);
         assert_eq!(pids.len(), 1, "scheduler processes: {pids:?}");
         let killed = std::process::Command::new("kill")
             .args(["-KILL", &pids[0].to_string()])
@@ -297,24 +284,20 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
             ] {
                 assert!(stderr.contains(needle), "no {needle:?} in:\n{tail}");
             }
-            let created = stderr
+            let created: Vec<&str> = stderr
                 .lines()
                 .filter(|l| l.contains("created executor pod"))
-                .count();
-            assert!(created >= 2, "{created} pods created:\n{tail}");
+                .collect();
+            assert!(
+                created.len() >= 2,
+                "{} pods created:\n{tail}",
+                created.len()
+            );
             // The adapter's every call carried the scheduler's API token.
             assert!(!stderr.contains("bearer token refused"), "{tail}");
             // Its files (in the driver's temp dir) went with the application.
-            let left = std::fs::read_dir(work.join("jvm-tmp"))
-                .unwrap()
-                .filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with("kshuffle-scheduler-")
-                })
-                .count();
-            assert_eq!(left, 0);
+            let left = kshuffle_testkit::support::kshuffle_scheduler_dirs_left(&work);
+            assert!(left.is_empty(), "{left:?}");
             let ours: Vec<&str> = stderr
                 .lines()
                 .filter(|l| l.contains("kshuffle") && !l.contains("JAVA_TOOL_OPTIONS"))
@@ -330,9 +313,8 @@ async fn spark_daemonset_scenario(version: &str, allocator: Allocator) {
                 assert_eq!(starts, 2, "{tail}");
                 // The new scheduler used none of the ids the driver had seen: each executor
                 // pod name was created once.
-                let mut names: Vec<&str> = stderr
-                    .lines()
-                    .filter(|l| l.contains("created executor pod"))
+                let mut names: Vec<&str> = created
+                    .iter()
                     .filter_map(|l| l.split("pod=").nth(1))
                     .collect();
                 let all = names.len();

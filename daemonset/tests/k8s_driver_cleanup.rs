@@ -162,20 +162,35 @@ fn dirs_of(regs: &Registrations, app: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// The app's driver pod, if there is one yet.
+fn driver_pod(server: &FakeApiServer, ns: &str) -> Option<Pod> {
+    server
+        .pods(ns)
+        .into_iter()
+        .find(|p| role(p) == Some("driver"))
+}
+
+/// The standard error of `pod`'s container, as the kubelet keeps it (empty if none yet).
+fn pod_stderr(
+    kubelet: &kshuffle_testkit::apiserver::ProcessKubelet,
+    ns: &str,
+    pod: &Pod,
+) -> String {
+    pod.metadata
+        .name
+        .as_deref()
+        .and_then(|name| std::fs::read_to_string(kubelet.pod_dir(ns, name).join("stderr")).ok())
+        .unwrap_or_default()
+}
+
 /// The whole standard error of the app's driver pod (empty without one).
 fn driver_stderr(
     kubelet: &kshuffle_testkit::apiserver::ProcessKubelet,
     server: &FakeApiServer,
     ns: &str,
 ) -> String {
-    server
-        .pods(ns)
-        .into_iter()
-        .find(|p| role(p) == Some("driver"))
-        .and_then(|d| {
-            let dir = kubelet.pod_dir(ns, d.metadata.name.as_deref()?);
-            std::fs::read_to_string(dir.join("stderr")).ok()
-        })
+    driver_pod(server, ns)
+        .map(|d| pod_stderr(kubelet, ns, &d))
         .unwrap_or_default()
 }
 
@@ -184,15 +199,10 @@ fn driver_log(
     server: &FakeApiServer,
     ns: &str,
 ) -> String {
-    let Some(driver) = server
-        .pods(ns)
-        .into_iter()
-        .find(|p| role(p) == Some("driver"))
-    else {
+    let Some(driver) = driver_pod(server, ns) else {
         return format!("(no driver pod in {ns})");
     };
-    let dir = kubelet.pod_dir(ns, driver.metadata.name.as_deref().unwrap());
-    let err = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    let err = pod_stderr(kubelet, ns, &driver);
     let st = driver.status.unwrap_or_default();
     format!(
         "phase {:?} reason {:?} message {:?} node {:?}\n{}",
@@ -356,11 +366,7 @@ async fn spark_driver_cleanup_scenario(version: &str, network: &str) {
         b_log.contains("kshuffle-scheduler is ready at") && !b_log.contains("Going to request"),
         "{b_log}"
     );
-    let b_driver_pod = server
-        .pods(b.ns)
-        .into_iter()
-        .find(|p| role(p) == Some("driver"))
-        .unwrap();
+    let b_driver_pod = driver_pod(&server, b.ns).unwrap();
     let b_execs: Vec<Pod> = server
         .pods(b.ns)
         .into_iter()

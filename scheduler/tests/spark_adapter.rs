@@ -21,7 +21,8 @@ use kshuffle_testkit::{FakeApiServer, Node};
 
 use kshuffle_testkit::apiserver::ProcessKubelet;
 use kshuffle_testkit::support::{
-    Group, eventually, kshuffle_scheduler_confs, pyspark_home, spark_submit, spark_venv, work_dir,
+    Group, eventually, kshuffle_scheduler_confs, kshuffle_scheduler_dirs_left, pyspark_home,
+    spark_submit, spark_venv, work_dir,
 };
 
 /// The last `n` lines of `text`.
@@ -76,12 +77,7 @@ async fn failing_submit(
         tail(&stderr, 40)
     );
     // The adapter's files (in the driver's temp dir) went with the application.
-    let left: Vec<_> = std::fs::read_dir(work.join("jvm-tmp"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("kshuffle-scheduler-"))
-        .collect();
+    let left = kshuffle_scheduler_dirs_left(work);
     assert!(left.is_empty(), "{left:?}");
     stderr
 }

@@ -215,25 +215,36 @@ pub fn spark_submit_command(
     cmd
 }
 
+/// Runs the workspace's bash script `script` (a path from the workspace root) with `args` and
+/// no stdin; returns its stdout.
+///
+/// # Panics
+/// When it cannot run or fails (its stderr in the message).
+fn workspace_script(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The pyspark venv of `version`, installed on first use by `scripts/spark-venv.sh` (cached in
 /// `~/.cache/kshuffle`; the test command installs both pinned versions before the tests).
 ///
 /// # Panics
 /// When the script fails or prints no venv with a `spark-submit`.
 pub fn spark_venv(version: &str) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/spark-venv.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(version)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run scripts/spark-venv.sh: {e}"));
-    assert!(
-        out.status.success(),
-        "spark-venv.sh {version}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = workspace_script("scripts/spark-venv.sh", &[std::ffi::OsStr::new(version)]);
     let venv = PathBuf::from(
         stdout
             .lines()
@@ -265,23 +276,58 @@ pub fn kshuffle_scheduler_confs(
         bin.display()
     );
     let jar = work.join("kshuffle-spark.jar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scheduler/jvm/build.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(spark_home)
-        .arg(&jar)
-        .output()
-        .unwrap_or_else(|e| panic!("bash: {e}"));
-    assert!(
-        out.status.success(),
-        "scheduler/jvm/build.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
+    workspace_script(
+        "scheduler/jvm/build.sh",
+        &[spark_home.as_os_str(), jar.as_os_str()],
     );
     vec![
         format!("spark.jars={scheme}{}", jar.display()),
         "spark.kubernetes.allocation.pods.allocator=io.kshuffle.spark.KshufflePodsAllocator".into(),
         format!("spark.kshuffle.scheduler.binary={}", bin.display()),
     ]
+}
+
+/// The JVM adapter's working directories (`kshuffle-scheduler-*`) left in the temp dir of a
+/// driver run by [`spark_submit_command`] in `work`: none once the application has stopped.
+///
+/// # Panics
+/// When that temp dir cannot be read.
+pub fn kshuffle_scheduler_dirs_left(work: &Path) -> Vec<String> {
+    let tmp = work.join("jvm-tmp");
+    std::fs::read_dir(&tmp)
+        .unwrap_or_else(|e| panic!("read {}: {e}", tmp.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kshuffle-scheduler-"))
+        .collect()
+}
+
+/// Pids of live processes whose command line mentions `needle` (zombies, already gone but not
+/// reaped yet, left out).
+///
+/// # Panics
+/// When `/proc` cannot be read.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")
+        .unwrap_or_else(|e| panic!("read /proc: {e}"))
+        .filter_map(Result::ok)
+    {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// A child process leading its own process group; the whole group is killed (SIGKILL) and

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kshuffle_testkit::support::processes_mentioning;
 use serde_json::Value;
 
 /// The binary under test. If a test fails before stopping it, drop sends it SIGTERM (so it
@@ -140,29 +141,6 @@ fn ok(answer: &str) -> bool {
         .lines()
         .next()
         .is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200 "))
-}
-
-/// Pids of live processes whose command line mentions `needle` (the kubelet maps the
-/// daemons' hostPath arguments into the work dir, so theirs do).
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // Zombies (state Z) are gone already; their parent just has not reaped them.
-        let zombie = stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, r)| r.starts_with('Z'));
-        if !zombie && String::from_utf8_lossy(&cmd).contains(needle) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 async fn scenario(network: &str, signal: &str) {
@@ -314,6 +292,8 @@ async fn scenario(network: &str, signal: &str) {
         let ready = http_get(&format!("{network}.{i}:7338"), "/readyz");
         assert!(ok(&ready), "{ready}");
     }
+    // The kubelet maps the daemons' hostPath arguments into the work dir: their command
+    // lines name it.
     let work_str = work.display().to_string();
     let started = processes_mentioning(&work_str);
     assert!(started.len() >= 3, "daemon processes: {started:?}");
