@@ -33,6 +33,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A line that cannot be written is dropped: reporting it with `eprintln!` (the
+        // default) panics the logging task when stderr is a closed pipe.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if settings.log_json {
         fmt.json().init();

@@ -356,7 +356,7 @@ async fn the_binary_serves_the_api_against_the_fake_server_and_stops_on_sigterm(
 /// What the JVM adapter (`scheduler/jvm`) relies on: `--spark-executor-pod` (Spark's pod kept
 /// but for each executor's own fields, unknown Spark keys under our prefixes ignored),
 /// `--address-file` for `--listen 127.0.0.1:0`, `--first-executor-id`, `--api-token-file`
-/// and `--stop-on-stdin-eof`.
+/// and `--stop-on-stdin-eof`, with its log going nowhere (a killed driver's pipe).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_run_by_the_jvm_adapter_takes_sparks_pod_and_stops_with_its_stdin() {
     let server = FakeApiServer::start().await.unwrap();
@@ -405,10 +405,14 @@ async fn the_binary_run_by_the_jvm_adapter_takes_sparks_pod_and_stops_with_its_s
         .arg(format!("--api-token-file={}", token_file.display()))
         .arg(format!("--kube-url={}", server.url()))
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Nobody reads its log, as when the driver is killed (the adapter pumps the log into
+    // the driver's stderr): every line fails with EPIPE, and the scheduler must go on, and
+    // still stop when its stdin closes.
+    drop((child.stdout.take(), child.stderr.take()));
     eventually("the address file", async || address.exists()).await;
     // Written whole (renamed into place).
     let addr: std::net::SocketAddr = std::fs::read_to_string(&address).unwrap().parse().unwrap();

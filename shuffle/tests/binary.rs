@@ -43,6 +43,69 @@ async fn serves_and_stops_cleanly_on_sigterm() {
     assert_eq!(stats.chunk_bytes, 5, "{stats}");
 }
 
+/// A daemon whose log pipe lost its reader (a log shipper that died, `kshuffled | head`)
+/// serves on and still stops on SIGTERM: every line it logs fails with `EPIPE` and is
+/// dropped, and the task that logged it (a connection's, the signal handler's) lives on.
+/// (tracing-subscriber reported such a failure with `eprintln!`, which panics on a closed
+/// stderr: the signal handler died logging "shutting down", and the daemon never exited.)
+#[tokio::test]
+async fn a_log_pipe_nobody_reads_stops_neither_serving_nor_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mut child = Command::new(Daemon::bin())
+        .args(Daemon::standard_args(&root))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut log, &mut line).unwrap();
+        assert!(n > 0, "kshuffled exited before logging \"listening\"");
+        addr = common::Event::parse(&line)
+            .filter(|e| e.message == "listening")
+            .and_then(|e| e.str_field("addr"))
+            .map(|a| a.parse::<std::net::SocketAddr>().unwrap());
+    }
+    // The only reader goes: from here every write to the log fails.
+    drop(log);
+
+    let dirs = ExecutorDirs::create(&root, "e", 1, 64).unwrap();
+    dirs.write_map_output(0, 7, &[b"hello", b"world"]).unwrap();
+    for _ in 0..2 {
+        // Each registration is logged, by the connection's task.
+        let mut client = Client::connect(addr.unwrap()).await.unwrap();
+        client
+            .register("app-1", "1", dirs.as_strings(), 64)
+            .await
+            .unwrap();
+        let handle = client.open(&second_block_of_map_7()).await.unwrap();
+        assert_eq!(
+            client.chunk(handle.stream_id, 0).await.unwrap(),
+            &b"world"[..]
+        );
+    }
+
+    common::signal(&child.id().to_string(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("kshuffled did not exit within 30 s of SIGTERM with its log pipe closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "kshuffled exited with {status}");
+}
+
 /// Executor "1" of `app-1`: partition 1 of map output 7 of shuffle 0.
 fn second_block_of_map_7() -> kshuffle::wire::Message {
     kshuffle::wire::Message::FetchShuffleBlocks {

@@ -69,7 +69,8 @@ pub struct Options {
 }
 
 /// Sets up logging to stderr: `level` is a filter (`info`, `kshuffle=debug,warn`), which
-/// `RUST_LOG` overrides.
+/// `RUST_LOG` overrides. A line that cannot be written (stderr a pipe nobody reads) is
+/// dropped; the daemon serves on.
 ///
 /// # Errors
 /// An invalid filter, or a subscriber already installed.
@@ -82,6 +83,10 @@ pub fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is lost, nothing more. Reporting it (the default)
+        // prints to stderr with `eprintln!`, which panics when stderr is a closed pipe (its
+        // reader gone): the task logging it, the signal handler included, would die.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.try_init(),
