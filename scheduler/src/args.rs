@@ -41,10 +41,15 @@ pub struct Args {
     #[arg(long, env = "KSHUFFLE_SCHEDULER_LOG_JSON")]
     pub log_json: bool,
     /// File holding a bearer token that every request to the allocation API (`/v1/...`)
-    /// must carry (`Authorization: Bearer …`); without it that API is open to whoever
-    /// reaches `--listen`.
+    /// must carry (`Authorization: Bearer …`). Required when `--listen` is not a loopback
+    /// address, unless `--open-api`.
     #[arg(long, env = "KSHUFFLE_SCHEDULER_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Serves the allocation API without a token on a `--listen` address that is not
+    /// loopback: anyone who reaches it can then create and delete the application's
+    /// executor pods. Only where the network already limits who does (a NetworkPolicy).
+    #[arg(long, env = "KSHUFFLE_SCHEDULER_OPEN_API")]
+    pub open_api: bool,
     /// The executor pod Spark's own builder made in the driver (JSON or YAML), written by the
     /// JVM adapter (`scheduler/jvm`, `spark.kubernetes.allocation.pods.allocator`): used as it
     /// is but for each executor's name, labels, id and hostname. The settings that shaped it
@@ -112,6 +117,7 @@ impl Args {
             kube_url,
             log_json,
             api_token_file,
+            open_api,
             spark_executor_pod,
             address_file,
             first_executor_id,
@@ -172,6 +178,14 @@ impl Args {
                 Some(token)
             }
         };
+        // As the daemon's admin API: what can delete executor pods is not open to the
+        // network by default.
+        anyhow::ensure!(
+            api_token.is_some() || open_api || listen.ip().is_loopback(),
+            "--listen {listen} is not a loopback address: the allocation API there (which \
+             creates and deletes executor pods) needs --api-token-file, or --open-api where \
+             the network already limits who reaches it"
+        );
         if let Some(url) = &kube_url {
             url.parse::<axum::http::Uri>()
                 .with_context(|| format!("--kube-url {url}"))?;
@@ -245,6 +259,10 @@ mod tests {
             ),
             (vec!["--conf", img, "--kube-url", "not a url"], "--kube-url"),
             (vec!["--conf", img, "--conf", "novalue"], "novalue"),
+            (
+                vec!["--conf", img, "--listen", "0.0.0.0:7400"],
+                "--api-token-file, or --open-api",
+            ),
         ] {
             let err = format!("{:#}", settings(&args).unwrap_err());
             assert!(err.contains(needle), "{args:?}: {err}");
@@ -266,6 +284,29 @@ mod tests {
         std::fs::write(&path, "spec: {containers: [{name: c, image: 'spark:4'}]}\n").unwrap();
         assert!(settings(&["--conf", &conf]).unwrap().template.is_some());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_api_is_served_beyond_loopback_with_a_token_or_when_opened() {
+        let img = "spark.kubernetes.container.image=i";
+        for listen in ["127.0.0.1:7400", "[::1]:7400"] {
+            assert!(settings(&["--conf", img, "--listen", listen]).is_ok());
+        }
+        let open = settings(&["--conf", img, "--listen", "0.0.0.0:7400", "--open-api"]);
+        assert_eq!(open.unwrap().api_token, None);
+        let token = std::env::temp_dir().join(format!("kshuffle-sched-tok-{}", std::process::id()));
+        std::fs::write(&token, "t0ken\n").unwrap();
+        let path = token.to_str().unwrap();
+        let s = settings(&[
+            "--conf",
+            img,
+            "--listen",
+            "10.0.0.5:7400",
+            "--api-token-file",
+            path,
+        ]);
+        assert_eq!(s.unwrap().api_token.as_deref(), Some("t0ken"));
+        std::fs::remove_file(&token).unwrap();
     }
 
     #[test]

@@ -257,6 +257,15 @@ fn the_binary_rejects_bad_flags_with_exit_64_naming_them() {
             vec![
                 "--conf",
                 "spark.kubernetes.container.image=i",
+                "--listen",
+                "0.0.0.0:7400",
+            ],
+            "--api-token-file, or --open-api",
+        ),
+        (
+            vec![
+                "--conf",
+                "spark.kubernetes.container.image=i",
                 "--api-token-file",
                 "/nonexistent/token",
             ],
