@@ -8,7 +8,8 @@
 //! - `spark_3_5_kshuffle_scheduler_static_allocation_*`: without dynamic allocation, Spark
 //!   asks once for `spark.executor.instances` as the application starts; the scheduler
 //!   creates them (the process kubelet runs them as JVMs on 2 simulated nodes, from Spark's
-//!   own pod: no pod template) and the job runs on them.
+//!   own pod: no pod template) and the job runs on them. Then the driver's JVM is SIGKILLed
+//!   and its scheduler, whose stdin and log pipe were the driver's, exits on its own.
 //!
 //! The dynamic-allocation runs (DaemonSet and sidecar, client and cluster mode) are the
 //! simulated-cluster scenarios of `daemonset/tests` and `sidecar/tests`.
@@ -21,8 +22,8 @@ use kshuffle_testkit::{FakeApiServer, Node};
 
 use kshuffle_testkit::apiserver::ProcessKubelet;
 use kshuffle_testkit::support::{
-    Group, eventually, kshuffle_scheduler_confs, kshuffle_scheduler_dirs_left, pyspark_home,
-    spark_submit, spark_venv, work_dir,
+    Group, eventually, kshuffle_scheduler_confs, kshuffle_scheduler_dirs_left,
+    processes_mentioning, pyspark_home, spark_submit, spark_venv, work_dir,
 };
 
 /// The last `n` lines of `text`.
@@ -161,21 +162,45 @@ async fn spark_3_5_kshuffle_scheduler_static_allocation_creates_the_executors_sp
          pairs = sc.parallelize(range(100000), 8).map(lambda x: (x % 100, x))\n\
          sums = dict(pairs.reduceByKey(lambda a, b: a + b, 4).collect())\n\
          ok = all(sums[k] == sum(range(k, 100000, 100)) for k in range(100))\n\
-         print('RESULT', ok, len(sums))\n\
-         spark.stop()\n",
+         print('RESULT', ok, len(sums), flush=True)\n\
+         import time\n\
+         time.sleep(600)\n",
     )
     .unwrap();
     let mut cmd = spark_submit(&venv, &server, &work, "client", "static", &confs);
     cmd.arg(&job);
     let mut group = Group::spawn(&mut cmd);
-    let status = eventually("spark-submit to exit", 150, || group.0.try_wait().unwrap()).await;
-    let stdout = std::fs::read_to_string(work.join("static.stdout")).unwrap();
-    let stderr = std::fs::read_to_string(work.join("static.stderr")).unwrap();
+    let stdout_path = work.join("static.stdout");
+    let stderr_path = work.join("static.stderr");
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+    let exited = eventually("the job's result", 150, || {
+        if read(&stdout_path).contains("RESULT") {
+            return Some(None);
+        }
+        group.0.try_wait().unwrap().map(Some)
+    })
+    .await;
     assert!(
-        status.success() && stdout.contains("RESULT True 100"),
-        "{status}\n{stdout}\n{}",
-        tail(&stderr, 60)
+        exited.is_none() && read(&stdout_path).contains("RESULT True 100"),
+        "{exited:?}\n{}\n{}",
+        read(&stdout_path),
+        tail(&read(&stderr_path), 60)
     );
+    // The driver dies without stopping anything (the job sleeps): its scheduler, whose stdin
+    // and log pipe were the driver's, stops on its own and does not outlive it.
+    let schedulers =
+        || processes_mentioning(&format!("{}/jvm-tmp/kshuffle-scheduler-", work.display()));
+    assert_eq!(schedulers().len(), 1, "{}", tail(&read(&stderr_path), 60));
+    // spark-submit execs the driver's JVM, the group's leader: SIGKILL to it alone (as the
+    // OOM killer would), not to the group the scheduler is in.
+    group.0.kill().unwrap();
+    eventually(
+        "the scheduler to exit after its driver was killed",
+        30,
+        || schedulers().is_empty().then_some(()),
+    )
+    .await;
+    let stderr = read(&stderr_path);
     // Exactly the two executors asked for, created by the scheduler (not Spark's allocator).
     let created: Vec<&str> = stderr
         .lines()
