@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::debug;
 
+use crate::auth::{AUTH_MESSAGE_TAG, SASL_MESSAGE_TAG};
 use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::registry::Executor;
@@ -97,8 +98,25 @@ impl Service {
         streams: &mut Streams,
         client: Option<&str>,
     ) -> Result<Bytes, Failure> {
-        self.rpc_message(Message::decode(body)?, streams, client)
-            .await
+        let message = Message::decode(body).map_err(|e| match (&e, client) {
+            // Spark's auth handshake on a connection that has none: the application has
+            // `spark.authenticate` on, this service has no secrets. Java's service answers
+            // only "Unknown message type: -22"; we keep that and say why.
+            (wire::Error::UnknownMessageType { ty }, None)
+                if [AUTH_MESSAGE_TAG, SASL_MESSAGE_TAG].contains(&ty.to_ne_bytes()[0]) =>
+            {
+                Failure::new(
+                    "auth_not_enabled",
+                    format!(
+                        "{e} (an authentication handshake: the application has spark.authenticate \
+                         on, but this shuffle service has no secrets; start it with \
+                         --auth-secret-file, --auth-secrets-dir or --auth-from-pods)"
+                    ),
+                )
+            }
+            _ => e.into(),
+        })?;
+        self.rpc_message(message, streams, client).await
     }
 
     /// [`Service::rpc`] for a message already decoded.

@@ -145,6 +145,13 @@ async fn a_client_acts_only_for_its_own_app() {
         exec_ids: vec!["1".into()],
     };
     assert!(refusal(a.rpc(&dirs).await).contains("not authorized"));
+    // A second handshake on an authenticated connection is only an unknown message (the
+    // hint for services without auth is not given where auth is on).
+    let again = refusal(
+        a.rpc_raw(Bytes::from_static(&[0xEA, 0, 0, 0, 1, b'a']))
+            .await,
+    );
+    assert_eq!(again, "Unknown message type: -22");
     // B is untouched.
     assert_eq!(
         fetch_all(&mut b, "app-b").await.unwrap(),
@@ -157,7 +164,12 @@ async fn nothing_before_authentication_and_wrong_secrets_are_refused() {
     let env = start(0).await;
     // A plain request first: refused and closed.
     let mut plain = Client::connect(env.addr).await.unwrap();
-    assert!(!refusal(plain.rpc(&fetch("app-a")).await).is_empty());
+    let err = refusal(plain.rpc(&fetch("app-a")).await);
+    assert!(
+        err.starts_with("Expected SaslMessage")
+            && err.ends_with("requires spark.authenticate=true"),
+        "{err}"
+    );
     assert_closed(&mut plain).await;
     // A chunk request first: closed without a reply.
     let mut chunk = Client::connect(env.addr).await.unwrap();

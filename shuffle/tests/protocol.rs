@@ -343,12 +343,24 @@ async fn bad_requests_get_failures_and_the_connection_goes_on() {
     let mut c = daemon.client().await;
     let layout = daemon.executor(&mut c, 1, 4).await;
 
-    // An auth message to a service without auth, as Spark's service answers it.
+    // An auth message (AuthEngine's, SASL's) to a service without auth: Spark's service
+    // answers "Unknown message type: -5"; ours says so too, then why.
+    for (tag, ty) in [(0xFB, "-5"), (0xEA, "-22")] {
+        let err = failure(c.rpc_raw(Bytes::from(vec![tag, 0, 0, 0, 1, b'a'])).await);
+        assert!(
+            err.starts_with(&format!(
+                "Unknown message type: {ty} (an authentication handshake"
+            )) && err.contains("spark.authenticate")
+                && err.contains("--auth-secret-file"),
+            "{err}"
+        );
+    }
+    // Any other unknown type is only that.
     let err = failure(
-        c.rpc_raw(Bytes::from_static(&[0xFB, 0, 0, 0, 1, b'a']))
+        c.rpc_raw(Bytes::from_static(&[0x7F, 0, 0, 0, 1, b'a']))
             .await,
     );
-    assert_eq!(err, "Unknown message type: -5");
+    assert_eq!(err, "Unknown message type: 127");
     let err = failure(c.rpc_raw(Bytes::new()).await);
     assert!(!err.is_empty());
     // A truncated message body.

@@ -24,7 +24,8 @@ pub enum Error {
     /// `spark.authenticate` sending a block-transfer message to a server with it.
     #[error(
         "Expected SaslMessage, received something else \
-         (maybe your client does not have SASL enabled?)"
+         (maybe your client does not have SASL enabled?): this shuffle service requires \
+         spark.authenticate=true"
     )]
     NotSasl {
         /// The payload's first byte (`None`: empty payload).
