@@ -25,17 +25,7 @@ async fn serves_and_stops_cleanly_on_sigterm() {
 
     let dirs = ExecutorDirs::create(&root, "e", 1, 64).unwrap();
     dirs.write_map_output(0, 7, &[b"hello", b"world"]).unwrap();
-    let mut client = Client::connect(daemon.addr()).await.unwrap();
-    client
-        .register("app-1", "1", dirs.as_strings(), 64)
-        .await
-        .unwrap();
-    let handle = client.open(&second_block_of_map_7()).await.unwrap();
-    assert_eq!(
-        client.chunk(handle.stream_id, 0).await.unwrap(),
-        &b"world"[..]
-    );
-    drop(client);
+    register_and_read_world(daemon.addr(), &dirs).await;
 
     let stats = daemon.stop();
     assert_eq!(stats.registrations, 1, "{stats}");
@@ -78,16 +68,7 @@ async fn a_log_pipe_nobody_reads_stops_neither_serving_nor_sigterm() {
     dirs.write_map_output(0, 7, &[b"hello", b"world"]).unwrap();
     for _ in 0..2 {
         // Each registration is logged, by the connection's task.
-        let mut client = Client::connect(addr.unwrap()).await.unwrap();
-        client
-            .register("app-1", "1", dirs.as_strings(), 64)
-            .await
-            .unwrap();
-        let handle = client.open(&second_block_of_map_7()).await.unwrap();
-        assert_eq!(
-            client.chunk(handle.stream_id, 0).await.unwrap(),
-            &b"world"[..]
-        );
+        register_and_read_world(addr.unwrap(), &dirs).await;
     }
 
     common::signal(&child.id().to_string(), "TERM");
@@ -104,6 +85,21 @@ async fn a_log_pipe_nobody_reads_stops_neither_serving_nor_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "kshuffled exited with {status}");
+}
+
+/// Registers `dirs` as executor "1" of `app-1` on a new connection to `addr` and reads the
+/// block [`second_block_of_map_7`] (written as `[b"hello", b"world"]`).
+async fn register_and_read_world(addr: std::net::SocketAddr, dirs: &ExecutorDirs) {
+    let mut client = Client::connect(addr).await.unwrap();
+    client
+        .register("app-1", "1", dirs.as_strings(), 64)
+        .await
+        .unwrap();
+    let handle = client.open(&second_block_of_map_7()).await.unwrap();
+    assert_eq!(
+        client.chunk(handle.stream_id, 0).await.unwrap(),
+        &b"world"[..]
+    );
 }
 
 /// Executor "1" of `app-1`: partition 1 of map output 7 of shuffle 0.
