@@ -4,7 +4,8 @@
 //!
 //! - `spark_4_3_kshuffle_scheduler_that_cannot_start_*`: a scheduler that cannot start stops
 //!   the application at once, with the reason in the driver's log, and no executor pod is
-//!   created.
+//!   created; so does a stage with its own resource profile, which the adapter does not
+//!   serve.
 //! - `spark_3_5_kshuffle_scheduler_static_allocation_*`: without dynamic allocation, Spark
 //!   asks once for `spark.executor.instances` as the application starts; the scheduler
 //!   creates them (the process kubelet runs them as JVMs on 2 simulated nodes, from Spark's
@@ -37,13 +38,23 @@ const JOB: &str = "from pyspark.sql import SparkSession\n\
     print('COUNT', spark.sparkContext.parallelize(range(10), 2).count())\n\
     spark.stop()\n";
 
-/// Runs the job with the adapter, `bin` as the scheduler and `extra` confs; returns the
+/// A job whose only stage asks for executors of its own resource profile (stage-level
+/// scheduling, with dynamic allocation).
+const PROFILE_JOB: &str = "from pyspark.sql import SparkSession\n\
+    from pyspark.resource import ExecutorResourceRequests, ResourceProfileBuilder, TaskResourceRequests\n\
+    spark = SparkSession.builder.getOrCreate()\n\
+    rp = ResourceProfileBuilder().require(ExecutorResourceRequests().cores(1).memory('512m'))\n\
+    rp = rp.require(TaskResourceRequests().cpus(1)).build\n\
+    print('COUNT', spark.sparkContext.parallelize(range(10), 2).withResources(rp).count())\n\
+    spark.stop()\n";
+
+/// Runs `job` with the adapter, `bin` as the scheduler and `extra` confs; returns the
 /// driver's standard error once spark-submit has failed.
 async fn failing_submit(
     venv: &Path,
     server: &FakeApiServer,
     work: &Path,
-    name: &str,
+    (name, job): (&str, &str),
     bin: &Path,
     extra: &[&str],
 ) -> String {
@@ -64,16 +75,19 @@ async fn failing_submit(
         .map(str::to_owned),
     );
     confs.extend(extra.iter().map(|c| (*c).to_owned()));
-    let job = work.join("job.py");
-    std::fs::write(&job, JOB).unwrap();
+    // Not `{name}.py`: the script's dir comes first on `sys.path`, and `profile.py` would
+    // shadow the standard library's `profile`, which pyspark imports.
+    let path = work.join(format!("job-{name}.py"));
+    std::fs::write(&path, job).unwrap();
     let mut cmd = spark_submit(venv, server, work, "client", name, &confs);
-    cmd.arg(&job);
+    cmd.arg(&path);
     let mut group = Group::spawn(&mut cmd);
     let status = eventually("spark-submit to exit", 120, || group.0.try_wait().unwrap()).await;
     let stdout = std::fs::read_to_string(work.join(format!("{name}.stdout"))).unwrap();
     let stderr = std::fs::read_to_string(work.join(format!("{name}.stderr"))).unwrap();
+    // No count printed (a traceback may quote the line that prints it).
     assert!(
-        !status.success() && !stdout.contains("COUNT"),
+        !status.success() && !stdout.lines().any(|l| l.starts_with("COUNT ")),
         "{status}\n{stdout}\n{}",
         tail(&stderr, 40)
     );
@@ -92,7 +106,7 @@ async fn spark_4_3_kshuffle_scheduler_that_cannot_start_stops_the_application_wi
 
     // No such program.
     let missing = work.join("no-such-kshuffle-scheduler");
-    let log = failing_submit(&venv, &server, &work, "missing", &missing, &[]).await;
+    let log = failing_submit(&venv, &server, &work, ("missing", JOB), &missing, &[]).await;
     for needle in [
         "cannot start kshuffle-scheduler",
         &missing.display().to_string(),
@@ -106,7 +120,7 @@ async fn spark_4_3_kshuffle_scheduler_that_cannot_start_stops_the_application_wi
         &venv,
         &server,
         &work,
-        "refused",
+        ("refused", JOB),
         real,
         &["spark.kubernetes.allocation.batch.size=0"],
     )
@@ -114,6 +128,29 @@ async fn spark_4_3_kshuffle_scheduler_that_cannot_start_stops_the_application_wi
     for needle in [
         "spark.kubernetes.allocation.batch.size",
         "kshuffle-scheduler exited with code 64",
+    ] {
+        assert!(log.contains(needle), "no {needle:?} in\n{}", tail(&log, 40));
+    }
+    assert!(server.pods("spark").is_empty());
+
+    // A stage with its own resource profile: the adapter serves the default profile only,
+    // and stops the application saying so instead of leaving the stage waiting for ever.
+    let log = failing_submit(
+        &venv,
+        &server,
+        &work,
+        ("profile", PROFILE_JOB),
+        real,
+        &[
+            "spark.dynamicAllocation.enabled=true",
+            "spark.dynamicAllocation.shuffleTracking.enabled=true",
+            "spark.dynamicAllocation.maxExecutors=2",
+        ],
+    )
+    .await;
+    for needle in [
+        "serves the default resource profile only",
+        "executors of resource profile 1 (stage-level scheduling): stopping the application",
     ] {
         assert!(log.contains(needle), "no {needle:?} in\n{}", tail(&log, 40));
     }

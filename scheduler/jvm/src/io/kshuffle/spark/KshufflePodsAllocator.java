@@ -33,6 +33,8 @@ import io.fabric8.kubernetes.client.KubernetesClient;
 import io.fabric8.kubernetes.client.utils.Serialization;
 import org.apache.spark.SecurityManager;
 import org.apache.spark.SparkConf;
+import org.apache.spark.SparkContext;
+import org.apache.spark.SparkContext$;
 import org.apache.spark.deploy.k8s.KubernetesConf;
 import org.apache.spark.deploy.k8s.KubernetesExecutorConf;
 import org.apache.spark.deploy.k8s.KubernetesExecutorSpec;
@@ -124,7 +126,7 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
     private boolean sent = true;
     /** Held for the whole of one send of the total. */
     private final Object sendLock = new Object();
-    private boolean warnedProfiles;
+    private boolean refusedProfiles;
 
     /** The constructor Spark's {@code KubernetesClusterManager} calls by reflection. */
     public KshufflePodsAllocator(
@@ -350,10 +352,19 @@ public final class KshufflePodsAllocator extends AbstractPodsAllocator {
             int n = ((Number) e._2()).intValue();
             if (e._1().id() == ResourceProfile.DEFAULT_RESOURCE_PROFILE_ID()) {
                 total = n;
-            } else if (n > 0 && !warnedProfiles) {
-                warnedProfiles = true;
-                LOG.error("kshuffle-scheduler serves the default resource profile only: "
-                        + "{} executors of profile {} are not requested", n, e._1().id());
+            } else if (n > 0 && !refusedProfiles) {
+                // Its executors would never come and its stages would wait for ever: the
+                // application stops instead, saying why.
+                refusedProfiles = true;
+                LOG.error("kshuffle-scheduler serves the default resource profile only, and this "
+                        + "application asks for {} executors of resource profile {} (stage-level "
+                        + "scheduling): stopping the application. Use Spark's own allocator (no "
+                        + "spark.kubernetes.allocation.pods.allocator) for such applications.",
+                        n, e._1().id());
+                Option<SparkContext> active = SparkContext$.MODULE$.getActive();
+                if (active.isDefined()) {
+                    active.get().stopInNewThread();
+                }
             }
         }
         synchronized (this) {
