@@ -27,6 +27,13 @@ use kshuffle_testkit::support::{
     processes_mentioning, pyspark_home, spark_submit, spark_venv, work_dir,
 };
 
+/// Asserts that the driver's `log` contains each of `needles`.
+fn assert_mentions(log: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(log.contains(needle), "no {needle:?} in\n{}", tail(log, 40));
+    }
+}
+
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -107,12 +114,13 @@ async fn spark_4_3_kshuffle_scheduler_that_cannot_start_stops_the_application_wi
     // No such program.
     let missing = work.join("no-such-kshuffle-scheduler");
     let log = failing_submit(&venv, &server, &work, ("missing", JOB), &missing, &[]).await;
-    for needle in [
-        "cannot start kshuffle-scheduler",
-        &missing.display().to_string(),
-    ] {
-        assert!(log.contains(needle), "no {needle:?} in\n{}", tail(&log, 40));
-    }
+    assert_mentions(
+        &log,
+        &[
+            "cannot start kshuffle-scheduler",
+            &missing.display().to_string(),
+        ],
+    );
 
     // A setting Spark's own allocator would only read later, refused by the scheduler: its
     // message names the key, and the driver's says it exited.
@@ -125,12 +133,13 @@ async fn spark_4_3_kshuffle_scheduler_that_cannot_start_stops_the_application_wi
         &["spark.kubernetes.allocation.batch.size=0"],
     )
     .await;
-    for needle in [
-        "spark.kubernetes.allocation.batch.size",
-        "kshuffle-scheduler exited with code 64",
-    ] {
-        assert!(log.contains(needle), "no {needle:?} in\n{}", tail(&log, 40));
-    }
+    assert_mentions(
+        &log,
+        &[
+            "spark.kubernetes.allocation.batch.size",
+            "kshuffle-scheduler exited with code 64",
+        ],
+    );
     assert!(server.pods("spark").is_empty());
 
     // A stage with its own resource profile: the adapter serves the default profile only,
@@ -148,12 +157,13 @@ async fn spark_4_3_kshuffle_scheduler_that_cannot_start_stops_the_application_wi
         ],
     )
     .await;
-    for needle in [
-        "serves the default resource profile only",
-        "executors of resource profile 1 (stage-level scheduling): stopping the application",
-    ] {
-        assert!(log.contains(needle), "no {needle:?} in\n{}", tail(&log, 40));
-    }
+    assert_mentions(
+        &log,
+        &[
+            "serves the default resource profile only",
+            "executors of resource profile 1 (stage-level scheduling): stopping the application",
+        ],
+    );
     assert!(server.pods("spark").is_empty());
     let _ = std::fs::remove_dir_all(&work);
 }
