@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::debug;
 
-use crate::auth::{AUTH_MESSAGE_TAG, SASL_MESSAGE_TAG};
+use crate::auth::is_auth_payload;
 use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::registry::Executor;
@@ -102,9 +102,7 @@ impl Service {
             // Spark's auth handshake on a connection that has none: the application has
             // `spark.authenticate` on, this service has no secrets. Java's service answers
             // only "Unknown message type: -22"; we keep that and say why.
-            (wire::Error::UnknownMessageType { ty }, None)
-                if [AUTH_MESSAGE_TAG, SASL_MESSAGE_TAG].contains(&ty.to_ne_bytes()[0]) =>
-            {
+            (wire::Error::UnknownMessageType { .. }, None) if is_auth_payload(body) => {
                 Failure::new(
                     "auth_not_enabled",
                     format!(
